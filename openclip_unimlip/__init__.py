@@ -1,0 +1,27 @@
+"""openclip-unimlip: Uni-Mlip medical vision-language pre-training as an OpenCLIP plugin.
+
+Installing the package registers the ``unimlip-*`` model configs in OpenCLIP and adapts
+``open_clip_train`` (see ``openclip_unimlip.patches``); nothing needs importing. The public
+classes below are imported lazily so ``import openclip_unimlip`` stays cheap.
+"""
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "UniMlip": "model",
+    "UniMlipCfg": "model",
+    "UniMlipLoss": "losses",
+    "ThreeViewTransform": "views",
+    "TERMS": "terms",
+    "set_batchnorm_stats_frozen": "batchnorm",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

@@ -1,0 +1,17 @@
+"""``python -m openclip_unimlip.train <open_clip_train args>``: the explicit equivalent of
+``python -m open_clip_train.main`` with the plugin active (also when its .pth is disabled)."""
+import sys
+from typing import Optional, Sequence
+
+
+def main(argv: Optional[Sequence[str]] = None):
+    from .patches import install_all
+
+    install_all()
+    from open_clip_train.main import main as openclip_main
+
+    return openclip_main(list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
