@@ -3,8 +3,8 @@
 Follows BERT's reference recipe (``create_pretraining_data.py``): per caption, the number of
 tokens to predict is ``max(1, round(p * n))`` for ``n`` maskable tokens (never [CLS], [SEP],
 [PAD]), whole words are chosen in random order until that budget is reached (a word that
-would overflow the budget ends the selection, a vectorisable simplification of BERT's
-"skip and try the next word"), and chosen tokens become [MASK] 80%, a random token 10%,
+would overflow the budget ends the selection (words longer than the whole budget are tried
+last), a vectorisable simplification of BERT's "skip and try the next word"), and chosen tokens become [MASK] 80%, a random token 10%,
 unchanged 10%. The fixed budget bounds the number of predicted positions per caption, so
 the model returns MLM logits only at those positions, batch-first and of fixed shape.
 """
@@ -76,7 +76,9 @@ class CaptionMasker(nn.Module):
         quota = torch.clamp(torch.round(n_tokens * self.probability), min=1, max=budget).long()
 
         word_slot = torch.arange(length, device=device).expand(batch, length)
-        score = torch.rand(batch, length, device=device).masked_fill(word_slot >= n_words, 2.0)
+        # words too long for the quota go last, so a caption with any word that fits gets one
+        score = torch.rand(batch, length, device=device) + (word_length > quota).float()
+        score = score.masked_fill(word_slot >= n_words, 3.0)
         order = torch.argsort(score, dim=1)
         taken_sorted = torch.cumsum(word_length.gather(1, order), dim=1) <= quota
         taken_sorted &= word_slot < n_words

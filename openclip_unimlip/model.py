@@ -52,6 +52,7 @@ class UniMlipCfg:
     simclr_head_hidden: int = 4096
     simclr_head_dim: int = 256
     freeze_bn_with_simclr: bool = True  # the paper's fix; False reproduces the naive baseline
+    feed_views_without_simclr: bool = False  # Table 3, row 3: views through the tower, no SimCLR term
 
     def __post_init__(self):
         if self.fusion_image_tokens not in ("pooled", "grid"):
@@ -135,7 +136,8 @@ class UniMlip(CustomTextCLIP):
             self.simclr_head.requires_grad_("simclr" in self.active_terms)
 
     def set_simclr_active(self, active: bool) -> None:
-        """Switch the SimCLR branch; BatchNorm statistics are frozen exactly while it is on."""
+        """Switch the SimCLR branch (the strong views are used only while it is on); BatchNorm
+        statistics are frozen exactly while it is on, unless ``freeze_bn_with_simclr`` is off."""
         self.simclr_active = active
         if self.cfg.freeze_bn_with_simclr:
             set_batchnorm_stats_frozen(self.visual, active)
@@ -185,7 +187,8 @@ class UniMlip(CustomTextCLIP):
         views = None
         if image.ndim == 5:
             image, views = image[:, 0], image[:, 1:3]
-        use_views = views is not None and "simclr" in terms and self.simclr_active
+        use_views = views is not None and self.simclr_active and (
+            "simclr" in terms or self.cfg.feed_views_without_simclr)
         batch = image.shape[0]
 
         if use_views and self.bn_stats_frozen:
@@ -205,7 +208,7 @@ class UniMlip(CustomTextCLIP):
         out = {"image_features": F.normalize(pooled[0], dim=-1)}
         if "image_perturbed_itc" in terms:
             out["perturbed_image_features"] = F.normalize(pooled[1], dim=-1)
-        if use_views:
+        if use_views and "simclr" in terms:
             view_a, view_b = pooled[-2:]
             if self.simclr_head is not None:
                 view_a, view_b = self.simclr_head(view_a), self.simclr_head(view_b)

@@ -4,16 +4,20 @@ OpenCLIP 3.3 has no plugin mechanism (see shared notes), so the plugin patches, 
 exactly these names and nothing else:
 
 - ``open_clip``: registers our model configs (public ``add_model_config``; the text-tower
-  locations are then resolved inside the registry); ``create_model`` builds ``UniMlip`` for
-  configs carrying ``unimlip_cfg`` (the factory has no class hook: it looks
+  locations are then resolved inside the registry, again after every rescan, which
+  ``add_model_config`` triggers and which re-reads the JSONs from disk); ``create_model`` builds the recipe's model
+  class for configs carrying a recipe key (``recipes.py``; ``unimlip_cfg`` → ``UniMlip``) (the factory has no class hook: it looks
   ``CustomTextCLIP`` up in its module at call time, so that name is swapped for the call);
   ``create_model_and_transforms`` applies the trainer's ``--unimlip-*`` options to our
   models and gives them the three-view train transform; ``create_loss`` returns
-  ``UniMlipLoss`` for our models.
+  the recipe's loss (``UniMlipLoss`` for Uni-Mlip models).
 - ``open_clip_train.params.parse_args``: splits off the ``--unimlip-*`` flags (OpenCLIP's
   parser is strict) and lists them under ``--help``.
 - ``open_clip_train.train.train_one_epoch``: switches the SimCLR branch and BatchNorm
   freezing by epoch (so a resumed run is in the right phase).
+- ``torch.nn.parallel.DistributedDataParallel``, only inside a Uni-Mlip training run:
+  ``open_clip_train.main`` passes ``device_ids=[device]``, which torch rejects for CPU
+  modules, so multi-process CPU (gloo) runs would fail; the replacement drops CPU device ids.
 
 For any model that is not ours every wrapper calls OpenCLIP's original with the same
 arguments. On an OpenCLIP version outside the supported range nothing is patched.
@@ -27,8 +31,10 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+from .recipes import recipe_for, recipe_for_config
+
 SUPPORTED_OPENCLIP = ((3, 3), (4, 0))  # [min, max)
-CONFIG_KEY = "unimlip_cfg"
+UNIMLIP_KEY = "unimlip_cfg"
 
 # The --unimlip-* options of the training run in this process, set by the parse_args patch.
 _trainer_options: Optional[argparse.Namespace] = None
@@ -60,9 +66,8 @@ def check_openclip_version() -> None:
 
 
 def is_unimlip_model(model_name) -> bool:
-    from open_clip import get_model_config
-
-    return isinstance(model_name, str) and CONFIG_KEY in (get_model_config(model_name.replace("/", "-")) or {})
+    recipe = recipe_for(model_name)
+    return recipe is not None and recipe.config_key == UNIMLIP_KEY
 
 
 def _mark(module) -> bool:
@@ -83,19 +88,36 @@ def _supported_or_warn() -> bool:
 
 
 # ----- open_clip ----------------------------------------------------------------------------
-def register_model_configs() -> None:
-    import open_clip
+def _resolve_text_towers() -> None:
+    """Point our configs' text towers at local copies (``text_models.resolve_text_model``)."""
     from open_clip import factory
 
     from .text_models import resolve_text_model
 
-    open_clip.add_model_config(model_configs_dir())
-    for name, cfg in factory._MODEL_CONFIGS.items():
-        if CONFIG_KEY in cfg:
+    for cfg in factory._MODEL_CONFIGS.values():
+        if recipe_for_config(cfg) is not None:
             text_cfg = cfg["text_cfg"]
             for key in ("hf_model_name", "hf_tokenizer_name"):
                 if key in text_cfg:
                     text_cfg[key] = resolve_text_model(text_cfg[key])
+
+
+def _wrap_rescan(original):
+    # every add_model_config() re-reads all JSONs from disk: resolve again after each rescan
+    @functools.wraps(original)
+    def _rescan_model_configs():
+        original()
+        _resolve_text_towers()
+
+    return _rescan_model_configs
+
+
+def register_model_configs() -> None:
+    import open_clip
+    from open_clip import factory
+
+    factory._rescan_model_configs = _wrap_rescan(factory._rescan_model_configs)
+    open_clip.add_model_config(model_configs_dir())
 
 
 @contextlib.contextmanager
@@ -113,11 +135,10 @@ def _factory_builds(model_class):
 def _wrap_create_model(original):
     @functools.wraps(original)
     def create_model(model_name, *args, **kwargs):
-        if not is_unimlip_model(model_name):
+        recipe = recipe_for(model_name)
+        if recipe is None:
             return original(model_name, *args, **kwargs)
-        from .model import UniMlip
-
-        with _factory_builds(UniMlip):
+        with _factory_builds(recipe.load_model_class()):
             return original(model_name, *args, **kwargs)
 
     return create_model
@@ -134,12 +155,12 @@ def _wrap_create_model_and_transforms(original):
         from . import train_args
         from .views import ThreeViewTransform
 
-        kwargs[CONFIG_KEY] = {**get_model_config(model_name.replace("/", "-"))[CONFIG_KEY],
+        kwargs[UNIMLIP_KEY] = {**get_model_config(model_name.replace("/", "-"))[UNIMLIP_KEY],
                               **train_args.cfg_overrides(options)}
         model, preprocess_train, preprocess_val = original(model_name, *args, **kwargs)
         weights = train_args.loss_weights(options)
         model.configure_terms([t for t, w in weights.items() if w > 0])
-        if weights["simclr"] > 0:
+        if weights["simclr"] > 0 or model.cfg.feed_views_without_simclr:
             if model.simclr_head is not None and options.unimlip_simclr_start_epoch > 0:
                 raise SystemExit(
                     "error: a SimCLR MLP head with --unimlip-simclr-start-epoch > 0 has no gradient in the first "
@@ -153,20 +174,13 @@ def _wrap_create_model_and_transforms(original):
 def _wrap_create_loss(original):
     @functools.wraps(original)
     def create_loss(args):
-        if not is_unimlip_model(getattr(args, "model", None)):
+        model_name = getattr(args, "model", None)
+        recipe = recipe_for(model_name)
+        if recipe is None:
             return original(args)
-        from . import train_args
-        from .losses import UniMlipLoss
+        from open_clip import get_model_config
 
-        options = _trainer_options or train_args.build_parser().parse_args([])
-        return UniMlipLoss(
-            weights=train_args.loss_weights(options),
-            simclr_temperature=options.unimlip_simclr_temperature,
-            local_loss=args.local_loss,
-            gather_with_grad=args.gather_with_grad,
-            rank=args.rank,
-            world_size=args.world_size,
-        )
+        return recipe.create_loss(args, get_model_config(model_name.replace("/", "-")))
 
     return create_loss
 
@@ -207,11 +221,31 @@ def _wrap_parse_args(original):
         if error:
             raise SystemExit(f"error: {error}")
         _trainer_options = options
+        _allow_cpu_ddp()
         for key, value in vars(options).items():
             setattr(args, key, value)  # recorded in params.txt and wandb's config
         return args
 
     return parse_args
+
+
+def _allow_cpu_ddp() -> None:
+    import torch
+    import torch.nn.parallel as parallel
+
+    stock = parallel.DistributedDataParallel
+    if getattr(stock, "drops_cpu_device_ids", False):
+        return
+
+    class DistributedDataParallel(stock):
+        drops_cpu_device_ids = True
+
+        def __init__(self, module, device_ids=None, *args, **kwargs):
+            if device_ids and all(torch.device(d).type == "cpu" for d in device_ids):
+                device_ids = None
+            super().__init__(module, device_ids, *args, **kwargs)
+
+    parallel.DistributedDataParallel = DistributedDataParallel
 
 
 def patch_params(params) -> None:
@@ -221,16 +255,20 @@ def patch_params(params) -> None:
 
 def _wrap_train_one_epoch(original):
     @functools.wraps(original)
-    def train_one_epoch(model, data, loss, epoch, *args, **kwargs):
+    def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=None):
+        from open_clip_train.distributed import is_master
+
         from .model import UniMlip, unwrap_model
 
         inner = unwrap_model(model)
         if isinstance(inner, UniMlip) and _trainer_options is not None:
-            active = "simclr" in inner.active_terms and epoch >= _trainer_options.unimlip_simclr_start_epoch
-            logging.info(f"Uni-Mlip epoch {epoch}: SimCLR {'on' if active else 'off'}, "
-                         f"BatchNorm statistics {'frozen' if active and inner.cfg.freeze_bn_with_simclr else 'updating'}")
+            uses_views = "simclr" in inner.active_terms or inner.cfg.feed_views_without_simclr
+            active = uses_views and epoch >= _trainer_options.unimlip_simclr_start_epoch
             inner.set_simclr_active(active)
-        return original(model, data, loss, epoch, *args, **kwargs)
+            if is_master(args):
+                logging.info(f"Uni-Mlip epoch {epoch}: SimCLR {'on' if active else 'off'}, BatchNorm statistics "
+                             f"{'frozen' if inner.bn_stats_frozen else 'updating'}")
+        return original(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=tb_writer)
 
     return train_one_epoch
 

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "the paper starts from PMC-CLIP weights with both on (default: 0)")
     group.add_argument(f"{PREFIX}no-bn-freeze", action="store_true",
                        help="keep BatchNorm statistics updating while SimCLR is on (the naive baseline of Table 3)")
+    group.add_argument(f"{PREFIX}feed-views", action="store_true",
+                       help="forward the SimCLR views through the image tower even with SimCLR weight 0 "
+                            "(the 'views fed, no SimCLR' row of Table 3)")
     group.add_argument(f"{PREFIX}itc-on-clean-caption", action="store_true",
                        help="run ITC on the clean caption with a second text pass (default: the masked caption, as PMC-CLIP)")
     group.add_argument(f"{PREFIX}view-crop-scale", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
@@ -72,6 +75,8 @@ def cfg_overrides(options: argparse.Namespace) -> Dict:
         overrides["freeze_bn_with_simclr"] = False
     if options.unimlip_itc_on_clean_caption:
         overrides["itc_on_clean_caption"] = True
+    if options.unimlip_feed_views:
+        overrides["feed_views_without_simclr"] = True
     return overrides
 
 
@@ -108,3 +113,20 @@ def validate(options: argparse.Namespace, args: argparse.Namespace) -> Optional[
     except ValueError as exc:
         return str(exc)
     return None
+
+
+def create_unimlip_loss(args: argparse.Namespace, model_cfg: dict):
+    """The Uni-Mlip recipe's loss factory (see ``recipes.py``): OpenCLIP's distributed flags plus
+    our ``--unimlip-*`` options, which the parse_args patch put on ``args`` (paper defaults otherwise)."""
+    from .losses import UniMlipLoss
+
+    defaults = vars(build_parser().parse_args([]))
+    options = argparse.Namespace(**{k: getattr(args, k, v) for k, v in defaults.items()})
+    return UniMlipLoss(
+        weights=loss_weights(options),
+        simclr_temperature=options.unimlip_simclr_temperature,
+        local_loss=args.local_loss,
+        gather_with_grad=args.gather_with_grad,
+        rank=args.rank,
+        world_size=args.world_size,
+    )

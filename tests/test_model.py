@@ -1,0 +1,154 @@
+"""The Uni-Mlip model's train/eval outputs, perturbations, BatchNorm freezing and gradients."""
+import torch
+import torch.nn.functional as F
+
+from openclip_unimlip.losses import UniMlipLoss
+from openclip_unimlip.terms import TERMS
+
+
+def _images(batch=4, size=96, views=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (batch, 3, 3, size, size) if views else (batch, 3, size, size)
+    return torch.randn(shape, generator=g)
+
+
+def test_train_outputs_are_batch_first(tiny_model, captions):
+    tiny_model.train()
+    tiny_model.set_simclr_active(True)
+    out = tiny_model(_images(), captions)
+    expected = {"image_features", "text_features", "logit_scale", "perturbed_image_features",
+                "perturbed_text_features", "simclr_features_a", "simclr_features_b", "mlm_logits", "mlm_targets"}
+    assert set(out) == expected
+    for key in expected - {"logit_scale"}:
+        assert out[key].shape[0] == 4, key
+    assert out["mlm_logits"].shape[-1] == tiny_model.text.config.vocab_size
+    for key in ("image_features", "perturbed_image_features", "text_features", "simclr_features_a"):
+        torch.testing.assert_close(out[key].norm(dim=-1), torch.ones(4))
+
+
+def test_perturbation_differs_in_train_and_is_absent_in_eval(tiny_model, captions):
+    tiny_model.train()
+    out = tiny_model(_images(views=False), captions)
+    assert not torch.allclose(out["perturbed_image_features"], out["image_features"])
+    assert not torch.allclose(out["perturbed_text_features"], out["text_features"])
+    tiny_model.eval()
+    with torch.no_grad():
+        images = _images(views=False)
+        evaluated = tiny_model(images, captions)
+        assert set(evaluated) == {"image_features", "text_features", "logit_scale"}
+        # exactly CustomTextCLIP: no masking, no perturbation
+        torch.testing.assert_close(evaluated["image_features"], tiny_model.encode_image(images, normalize=True))
+        torch.testing.assert_close(evaluated["text_features"], tiny_model.encode_text(captions, normalize=True))
+        with_views = tiny_model(torch.stack([images, images * 0, images * 0], dim=1), captions)
+        torch.testing.assert_close(with_views["image_features"], evaluated["image_features"])
+
+
+def test_simclr_views_only_when_active(tiny_model, captions):
+    tiny_model.train()
+    tiny_model.set_simclr_active(False)
+    assert "simclr_features_a" not in tiny_model(_images(), captions)
+    assert not tiny_model.bn_stats_frozen
+    tiny_model.set_simclr_active(True)
+    assert "simclr_features_a" in tiny_model(_images(), captions)
+    assert tiny_model.bn_stats_frozen
+
+
+def test_frozen_batchnorm_keeps_statistics_and_trains_affine(tiny_model, captions):
+    tiny_model.set_simclr_active(True)
+    tiny_model.train()  # OpenCLIP calls train() every epoch: frozen layers must stay in eval
+    bn = tiny_model.visual.bn1
+    assert not bn.training
+    before = {k: v.clone() for k, v in tiny_model.visual.state_dict().items() if "running" in k}
+    shifted = _images() * 3 + 5
+    loss = sum(UniMlipLoss()(**tiny_model(shifted, captions), output_dict=True).values())
+    loss.backward()
+    after = tiny_model.visual.state_dict()
+    for key, value in before.items():
+        torch.testing.assert_close(after[key], value, msg=key)
+    assert bn.weight.grad is not None and bn.weight.grad.abs().sum() > 0
+
+    tiny_model.set_simclr_active(False)  # unfreeze: statistics follow the batch again
+    assert bn.training
+    tiny_model(shifted[:, 0], captions)
+    assert not torch.allclose(tiny_model.visual.bn1.running_mean, before["bn1.running_mean"])
+
+
+def test_every_trainable_parameter_gets_a_gradient(tiny_model, captions):
+    tiny_model.train()
+    tiny_model.set_simclr_active(True)
+    loss = sum(UniMlipLoss()(**tiny_model(_images(), captions), output_dict=True).values())
+    loss.backward()
+    # DDP needs a gradient for every trainable parameter (zero is fine: OpenCLIP's ResNet
+    # initialises each block's last BatchNorm weight to 0, which zeroes the branch gradient at init)
+    missing = [n for n, p in tiny_model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    for name in ("visual.conv1.weight", "visual.layer4.0.bn3.weight", "visual.layer4.0.downsample.0.weight", "visual.attnpool.c_proj.weight",
+                 "text.transformer.encoder.layer.0.attention.self.query.weight", "text.proj.weight",
+                 "fusion.transformer.resblocks.0.attn.in_proj_weight", "fusion.vocab_proj.weight",
+                 "fusion.image_token", "logit_scale"):
+        assert dict(tiny_model.named_parameters())[name].grad.abs().sum() > 0, name
+
+
+def test_switched_off_terms_are_not_computed(tiny_model, captions):
+    tiny_model.train()
+    tiny_model.configure_terms(["itc", "text_perturbed_itc"])
+    out = tiny_model(_images(), captions)
+    assert set(out) == {"image_features", "text_features", "perturbed_text_features", "logit_scale"}
+    assert not any(p.requires_grad for p in tiny_model.fusion.parameters())
+    tiny_model.configure_terms(TERMS)
+    assert all(p.requires_grad for p in tiny_model.fusion.parameters())
+
+
+def test_grad_checkpointing_gives_the_same_gradients(tiny_model, captions):
+    tiny_model.train()
+    tiny_model.set_simclr_active(True)
+    images = _images()
+
+    def gradients():
+        tiny_model.zero_grad()
+        torch.manual_seed(1)
+        sum(UniMlipLoss()(**tiny_model(images, captions), output_dict=True).values()).backward()
+        return {n: p.grad.clone() for n, p in tiny_model.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    tiny_model.set_grad_checkpointing(True)
+    assert tiny_model.fusion.transformer.grad_checkpointing and tiny_model.checkpoint_trunk
+    checkpointed = gradients()
+    for name in ("visual.layer1.0.conv1.weight", "fusion.transformer.resblocks.0.mlp.c_fc.weight"):
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-5, rtol=1e-4)
+
+
+def test_options_grid_tokens_simclr_head_and_clean_caption_itc(captions):
+    import open_clip
+
+    model = open_clip.create_model("unimlip-tiny", unimlip_cfg={
+        "fusion_layers": 1, "fusion_heads": 6, "fusion_image_tokens": "grid", "simclr_head": "mlp",
+        "simclr_head_hidden": 64, "simclr_head_dim": 32, "itc_on_clean_caption": True})
+    model.train()
+    model.set_simclr_active(True)
+    text_passes = []
+    model.text.transformer.register_forward_hook(lambda m, i, o: text_passes.append(1))
+    out = model(_images(), captions)
+    assert out["simclr_features_a"].shape == (4, 32)
+    assert len(text_passes) == 2  # masked caption for MLM, clean caption for ITC
+    sum(UniMlipLoss()(**out, output_dict=True).values()).backward()
+    assert model.fusion.image_proj.weight.grad is not None  # the layer-4 grid feeds the fusion
+    assert model.simclr_head[0].weight.grad is not None
+
+
+def test_layer4_map_feeds_the_perturbed_pooling(tiny_model):
+    """DropBlock acts on the layer-4 map, before attention pooling, from the same trunk pass."""
+    tiny_model.train()
+    calls = []
+    tiny_model.visual.layer4.register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    images = _images(views=False)
+    trunk = tiny_model._trunk(images)
+    torch.manual_seed(0)
+    dropped = tiny_model.image_perturbation(trunk)
+    assert (dropped == 0).any() and not (trunk == 0).all()
+    expected = F.normalize(tiny_model.visual.attnpool(dropped), dim=-1)
+    calls.clear()
+    torch.manual_seed(0)
+    out = tiny_model._forward_train(images, torch.tensor([[101, 2000, 102]] * 4))
+    assert len(calls) == 1  # one trunk pass serves the clean and the perturbed features
+    assert out["perturbed_image_features"].shape == expected.shape
