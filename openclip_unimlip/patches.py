@@ -15,7 +15,7 @@ exactly these names and nothing else:
   parser is strict) and lists them under ``--help``.
 - ``open_clip_train.train.train_one_epoch``: switches the SimCLR branch and BatchNorm
   freezing by epoch (so a resumed run is in the right phase).
-- ``torch.nn.parallel.DistributedDataParallel``, only inside a Uni-Mlip training run:
+- ``torch.nn.parallel.DistributedDataParallel``, only inside a training run of one of our recipes:
   ``open_clip_train.main`` passes ``device_ids=[device]``, which torch rejects for CPU
   modules, so multi-process CPU (gloo) runs would fail; the replacement drops CPU device ids.
 
@@ -212,6 +212,8 @@ def _wrap_parse_args(original):
             if "-h" in argv or "--help" in argv:
                 train_args.build_parser().print_help()
             raise
+        if recipe_for(args.model) is not None:
+            _allow_cpu_ddp()
         if not is_unimlip_model(args.model):
             if given:
                 raise SystemExit(f"error: --unimlip-* flags apply only to Uni-Mlip models, not --model {args.model}")
@@ -221,7 +223,6 @@ def _wrap_parse_args(original):
         if error:
             raise SystemExit(f"error: {error}")
         _trainer_options = options
-        _allow_cpu_ddp()
         for key, value in vars(options).items():
             setattr(args, key, value)  # recorded in params.txt and wandb's config
         return args

@@ -29,6 +29,8 @@ def _load(path: str):
 
 RECIPES = (
     Recipe("unimlip_cfg", "openclip_unimlip.model:UniMlip", "openclip_unimlip.train_args:create_unimlip_loss"),
+    Recipe("mlip_liu_cfg", "openclip_unimlip.mlip.liu:MlipLiu", "openclip_unimlip.mlip.losses:create_mlip_liu_loss"),
+    Recipe("mlip_li_cfg", "openclip_unimlip.mlip.li:MlipLi", "openclip_unimlip.mlip.losses:create_mlip_li_loss"),
 )
 
 

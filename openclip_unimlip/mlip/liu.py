@@ -1,0 +1,150 @@
+"""MLIP (Liu et al., ISBI 2024) as we reconstruct it: masked contrastive learning with a
+semantic-integrity weight, patch-sentence matching and masked patch reconstruction.
+
+What is the paper's, MaCo's or ours: docs/methods/mlip-liu.md. In eval mode the model is
+exactly OpenCLIP's ``CustomTextCLIP``. In train mode ``model(images, texts)`` returns,
+batch-first:
+
+- ``image_features`` [B, D]: the masked view's embedding (mean of its projected visible
+  patch tokens, OpenCLIP's ``pool_type: avg``), ``text_features`` [B, D], ``logit_scale``;
+- ``integrity_weights`` [B]: softplus(Linear(keep-mask));
+- ``patch_embeddings`` [B, K, D] (visible patches), ``sentence_embeddings`` [B, S, D] and
+  ``sentence_mask`` [B, S];
+- ``reconstruction`` and ``reconstruction_target`` [B, N - K, patch² · 3] for the masked patches.
+
+Outputs whose loss weight is 0 (``configure_terms``) are not computed.
+"""
+from dataclasses import asdict
+from typing import Dict, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from open_clip.model import CustomTextCLIP
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from ..text_models import check_text_model
+from .config import LIU_TERMS, LiuCfg
+from .ops import (gather_tokens, keep_mask, normalize_patches, patchify, pool_sentences, project_tokens,
+                  random_patch_mask, sentence_segments, vit_tokens)
+from .towers import require_hf_text, require_vit, text_pass
+
+
+class IntegrityEstimator(nn.Module):
+    """Per-sample weight of a masked view, w = softplus(Linear(keep-mask)); zero-initialised
+    (as MaCo) so every view starts at w = ln 2 and the weighting is learned from there."""
+
+    def __init__(self, num_patches: int):
+        super().__init__()
+        self.linear = nn.Linear(num_patches, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, kept: torch.Tensor) -> torch.Tensor:
+        return F.softplus(self.linear(kept)).squeeze(-1)
+
+
+class MaskedPatchDecoder(nn.Module):
+    """MAE-style decoder: visible encoder tokens plus a learned mask token at every masked
+    position, through a few transformer blocks, to per-patch pixels."""
+
+    def __init__(self, encoder_width: int, num_patches: int, patch_pixels: int, width: int, depth: int, heads: int):
+        super().__init__()
+        self.embed = nn.Linear(encoder_width, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.position = nn.Parameter(torch.zeros(1, num_patches, width))
+        self.blocks = nn.Sequential(*[Block(width, heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(depth)])
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, patch_pixels)
+        nn.init.normal_(self.mask_token, std=0.02)
+        nn.init.normal_(self.position, std=0.02)
+
+    def forward(self, visible: torch.Tensor, keep: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """``visible`` [B, K, encoder_width] at ``keep`` [B, K] -> pixels [B, M, P] at ``masked`` [B, M]."""
+        x = self.embed(visible)
+        batch, width = x.shape[0], x.shape[-1]
+        full = self.mask_token.to(x.dtype).expand(batch, self.position.shape[1], width)
+        full = full.scatter(1, keep.unsqueeze(-1).expand(-1, -1, width), x)
+        x = self.blocks(full + self.position.to(x.dtype))
+        return self.head(self.norm(gather_tokens(x, masked)))
+
+
+class MlipLiu(CustomTextCLIP):
+    def __init__(self, embed_dim: int, vision_cfg: dict, text_cfg: dict, mlip_liu_cfg: Optional[dict] = None,
+                 **kwargs):
+        cfg = LiuCfg.from_dict(mlip_liu_cfg)
+        if "hf_model_name" not in text_cfg:
+            raise ValueError("MLIP (Liu) needs a Hugging Face text tower (text_cfg.hf_model_name)")
+        tokenizer = check_text_model(text_cfg["hf_model_name"], text_cfg.get("hf_tokenizer_name"))
+        super().__init__(embed_dim, vision_cfg, text_cfg, **kwargs)
+        visual = require_vit(self.visual, "MLIP (Liu)")
+        require_hf_text(self.text, "MLIP (Liu)")
+        if visual.pool_type != "avg":
+            raise ValueError("MLIP (Liu) embeds an image as the mean of its patch tokens (MaCo): "
+                             "set vision_cfg.pool_type to 'avg'")
+        self.cfg = cfg
+        delimiter_ids = tokenizer.convert_tokens_to_ids(cfg.sentence_delimiters)
+        if tokenizer.unk_token_id in delimiter_ids:
+            raise ValueError(f"sentence_delimiters {cfg.sentence_delimiters} are not all tokens of the vocabulary")
+        self.sentence_delimiter_ids = tuple(delimiter_ids)
+        self.special_token_ids = tuple(tokenizer.all_special_ids)
+
+        num_patches = visual.grid_size[0] * visual.grid_size[1]
+        self.patch_size = visual.patch_size[0]
+        self.integrity = IntegrityEstimator(num_patches)
+        self.decoder = MaskedPatchDecoder(
+            encoder_width=visual.conv1.out_channels,
+            num_patches=num_patches,
+            patch_pixels=self.patch_size ** 2 * 3,
+            width=cfg.decoder_width,
+            depth=cfg.decoder_depth,
+            heads=cfg.decoder_heads,
+        )
+        self.configure_terms(t for t, w in cfg.loss_weights.items() if w > 0)
+
+    def configure_terms(self, terms: Iterable[str]) -> None:
+        """Compute only the outputs of ``terms``; modules no active term uses stop training
+        (DDP, built without ``find_unused_parameters``, needs a gradient for every parameter)."""
+        terms = frozenset(terms)
+        unknown = sorted(terms - set(LIU_TERMS))
+        if unknown:
+            raise ValueError(f"Unknown MLIP (Liu) terms {unknown}; known: {list(LIU_TERMS)}")
+        self.active_terms = terms
+        self.integrity.requires_grad_("masked_contrastive" in terms)
+        self.logit_scale.requires_grad_("masked_contrastive" in terms)
+        self.decoder.requires_grad_("reconstruction" in terms)
+
+    def method_cfg(self) -> Dict:
+        return asdict(self.cfg)
+
+    def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
+        if not self.training or image is None or text is None:
+            return super().forward(image, text)
+        return self._forward_train(image, text)
+
+    def _forward_train(self, image: torch.Tensor, text: torch.Tensor) -> Dict[str, torch.Tensor]:
+        terms = self.active_terms
+        num_patches = self.integrity.linear.in_features
+        keep, masked = random_patch_mask(image.shape[0], num_patches, self.cfg.mask_ratio, device=image.device)
+        pooled, tokens = vit_tokens(self.visual, image, keep)
+        out = {"image_features": F.normalize(pooled, dim=-1)}
+        if "masked_contrastive" in terms:
+            out["integrity_weights"] = self.integrity(keep_mask(keep, num_patches).to(pooled.dtype))
+
+        text_out, _, text_projected = text_pass(self.text, text)
+        out["text_features"] = F.normalize(text_projected, dim=-1)
+        if "patch_sentence" in terms:
+            out["patch_embeddings"] = F.normalize(project_tokens(self.visual, tokens), dim=-1)
+            segments = sentence_segments(text, self.sentence_delimiter_ids, self.special_token_ids,
+                                         self.cfg.max_sentences)
+            sentences, valid = pool_sentences(text_out.last_hidden_state, segments)
+            out["sentence_embeddings"] = F.normalize(self.text.proj(sentences), dim=-1)
+            out["sentence_mask"] = valid
+        if "reconstruction" in terms and masked.shape[1] > 0:
+            out["reconstruction"] = self.decoder(tokens, keep, masked)
+            out["reconstruction_target"] = gather_tokens(normalize_patches(patchify(image, self.patch_size)), masked)
+
+        out["logit_scale"] = self.logit_scale.exp()
+        if self.logit_bias is not None:
+            out["logit_bias"] = self.logit_bias
+        return out
