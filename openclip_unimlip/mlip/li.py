@@ -21,6 +21,7 @@ from open_clip.model import CLIPTextCfg, CustomTextCLIP
 from torch import nn
 
 from ..text_models import check_text_model
+from ..terms import validate_terms
 from .config import LI_TERMS, LiCfg
 from .knowledge import load_knowledge
 from .ops import project_tokens, vit_tokens
@@ -89,11 +90,7 @@ class MlipLi(CustomTextCLIP):
     def configure_terms(self, terms: Iterable[str]) -> None:
         """Compute only the outputs of ``terms``; parameters no active term uses stop training
         (DDP, built without ``find_unused_parameters``, needs a gradient for every parameter)."""
-        terms = frozenset(terms)
-        unknown = sorted(terms - set(LI_TERMS))
-        if unknown:
-            raise ValueError(f"Unknown MLIP (Li) terms {unknown}; known: {list(LI_TERMS)}")
-        self.active_terms = terms
+        self.active_terms = frozenset(validate_terms(terms, LI_TERMS, "MLIP (Li)"))
         self.prototypes.requires_grad_("prototype" in terms)
         self.logit_scale.requires_grad_("global" in terms)
 

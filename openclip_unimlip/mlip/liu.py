@@ -24,6 +24,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from ..text_models import check_text_model
+from ..terms import validate_terms
 from .config import LIU_TERMS, LiuCfg
 from .ops import (gather_tokens, keep_mask, normalize_patches, patchify, pool_sentences, project_tokens,
                   random_patch_mask, sentence_segments, vit_tokens)
@@ -105,11 +106,7 @@ class MlipLiu(CustomTextCLIP):
     def configure_terms(self, terms: Iterable[str]) -> None:
         """Compute only the outputs of ``terms``; modules no active term uses stop training
         (DDP, built without ``find_unused_parameters``, needs a gradient for every parameter)."""
-        terms = frozenset(terms)
-        unknown = sorted(terms - set(LIU_TERMS))
-        if unknown:
-            raise ValueError(f"Unknown MLIP (Liu) terms {unknown}; known: {list(LIU_TERMS)}")
-        self.active_terms = terms
+        self.active_terms = frozenset(validate_terms(terms, LIU_TERMS, "MLIP (Liu)"))
         self.integrity.requires_grad_("masked_contrastive" in terms)
         self.logit_scale.requires_grad_("masked_contrastive" in terms)
         self.decoder.requires_grad_("reconstruction" in terms)
