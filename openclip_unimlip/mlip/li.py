@@ -91,8 +91,8 @@ class MlipLi(CustomTextCLIP):
         """Compute only the outputs of ``terms``; parameters no active term uses stop training
         (DDP, built without ``find_unused_parameters``, needs a gradient for every parameter)."""
         self.active_terms = frozenset(validate_terms(terms, LI_TERMS, "MLIP (Li)"))
-        self.prototypes.requires_grad_("prototype" in terms)
-        self.logit_scale.requires_grad_("global" in terms)
+        self.prototypes.requires_grad_("prototype" in self.active_terms)
+        self.logit_scale.requires_grad_("global" in self.active_terms)
 
     def method_cfg(self) -> Dict:
         return asdict(self.cfg)

@@ -107,9 +107,9 @@ class MlipLiu(CustomTextCLIP):
         """Compute only the outputs of ``terms``; modules no active term uses stop training
         (DDP, built without ``find_unused_parameters``, needs a gradient for every parameter)."""
         self.active_terms = frozenset(validate_terms(terms, LIU_TERMS, "MLIP (Liu)"))
-        self.integrity.requires_grad_("masked_contrastive" in terms)
-        self.logit_scale.requires_grad_("masked_contrastive" in terms)
-        self.decoder.requires_grad_("reconstruction" in terms)
+        self.integrity.requires_grad_("masked_contrastive" in self.active_terms)
+        self.logit_scale.requires_grad_("masked_contrastive" in self.active_terms)
+        self.decoder.requires_grad_("reconstruction" in self.active_terms)
 
     def method_cfg(self) -> Dict:
         return asdict(self.cfg)
