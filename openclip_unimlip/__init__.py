@@ -12,7 +12,7 @@ _LAZY = {
     "UniMlip": "model",
     "UniMlipCfg": "model",
     "UniMlipLoss": "losses",
-    "ThreeViewTransform": "views",
+    "StrongViews": "views",
     "TERMS": "terms",
     "set_batchnorm_stats_frozen": "batchnorm",
 }

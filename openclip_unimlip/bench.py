@@ -2,10 +2,10 @@
 
 Each variant runs a full step (forward, loss, backward, AdamW) of one model:
 
-- ``clip``: OpenCLIP's ``CustomTextCLIP.forward`` (clean view only, BatchNorm in train mode)
-  with OpenCLIP's ``ClipLoss``: the baseline every ratio refers to;
-- ``unimlip``: all five terms on the three-view batch with BatchNorm statistics frozen, the
-  paper's main recipe;
+- ``clip``: OpenCLIP's ``CustomTextCLIP.forward`` (BatchNorm in train mode) with OpenCLIP's
+  ``ClipLoss``: the baseline every ratio refers to;
+- ``unimlip``: all five terms with BatchNorm statistics frozen, the paper's main recipe; its
+  step includes drawing the two strong views on the device;
 - ``+<term>``: ITC plus that one term (BatchNorm frozen only for ``+simclr``, which is the
   only one fed the strong views).
 
@@ -156,11 +156,11 @@ def build_model(size: str, device: str = "cpu") -> Tuple[UniMlip, Callable, str]
 
 def make_batch(model: UniMlip, tokenizer: Callable, batch_size: int, device: str,
                seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """A three-view image batch [B, 3, C, H, W] and tokenised captions [B, L]."""
+    """A clean image batch [B, C, H, W] and tokenised captions [B, L]."""
     image_size = model.visual.image_size
     image_size = image_size[0] if isinstance(image_size, (tuple, list)) else image_size
     generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch_size, 3, 3, image_size, image_size, generator=generator)
+    images = torch.randn(batch_size, 3, image_size, image_size, generator=generator)
     texts = tokenizer([_CAPTIONS[i % len(_CAPTIONS)] for i in range(batch_size)])
     return images.to(device), texts.to(device)
 
@@ -173,7 +173,7 @@ def _configure(model: UniMlip, variant: str) -> Tuple[Callable, torch.nn.Module]
     if variant == "clip":
         model.configure_terms(["itc"])
         model.set_simclr_active(False)
-        return (lambda images, texts: CustomTextCLIP.forward(model, images[:, 0], texts)), ClipLoss()
+        return (lambda images, texts: CustomTextCLIP.forward(model, images, texts)), ClipLoss()
     terms = TERMS if variant == "unimlip" else ("itc", variant[1:])
     model.configure_terms(terms)
     model.set_simclr_active("simclr" in terms)

@@ -1,17 +1,20 @@
 """Throughput of the three-view train pipeline against OpenCLIP's single-view one.
 
-Both read the same webdataset shards through ``open_clip_train.data.get_wds_dataset`` (shard
-and sample shuffling, PNG decoding, tokenisation, batching all included); they differ only in
-the image transform: OpenCLIP's train transform, or ``ThreeViewTransform`` over it.
+Both read the same webdataset shards through ``open_clip_train.data.get_wds_dataset`` with
+OpenCLIP's train transform (shard and sample shuffling, PNG decoding, tokenisation, batching
+all included). The three-view pipeline then draws the two strong SimCLR views of every batch
+on the device, as the model does in training (``views.StrongViews``), and that time counts.
 """
 import statistics
 import time
 from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
-from .views import ThreeViewTransform
+import torch
+
+from .views import StrongViews
 
 PIPELINES = ("single-view", "three-view")
 
@@ -32,14 +35,6 @@ class PipelineMeasurement:
         return (max(self.samples_per_second) - min(self.samples_per_second)) / self.median
 
 
-def train_transforms(image_size: int = 224) -> Dict[str, Callable]:
-    """OpenCLIP's default train transform and the three-view transform built on it."""
-    from open_clip import image_transform
-
-    base = image_transform(image_size, is_train=True)
-    return {"single-view": base, "three-view": ThreeViewTransform(base)}
-
-
 def _loader_args(shards: str, num_samples: int, batch_size: int, workers: int) -> Namespace:
     # the fields get_wds_dataset reads for a training split
     return Namespace(
@@ -56,9 +51,12 @@ def bench_pipeline(
         workers: int,
         batch_size: int = 16,
         epochs: int = 3,
+        device: str = "cpu",
+        strong_views: Optional[StrongViews] = None,
 ) -> List[float]:
     """Samples per second of each of ``epochs`` timed passes, after one untimed warm-up pass
-    (which also starts the workers: they persist across epochs, as in training)."""
+    (which also starts the workers: they persist across epochs, as in training). Each batch is
+    moved to ``device`` and, when given, ``strong_views`` draws its two views there."""
     from open_clip_train.data import get_wds_dataset
 
     info = get_wds_dataset(_loader_args(shards, num_samples, batch_size, workers), transform,
@@ -68,7 +66,12 @@ def bench_pipeline(
         info.set_epoch(epoch)
         begin, seen = time.perf_counter(), 0
         for images, _ in info.dataloader:
+            images = images.to(device, non_blocking=True)
+            if strong_views is not None:
+                strong_views(images)
             seen += len(images)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         if epoch > 0:
             rates.append(seen / (time.perf_counter() - begin))
     return rates
@@ -82,12 +85,16 @@ def run_data_benchmark(
         workers: Sequence[int] = (0, 2),
         batch_size: int = 16,
         epochs: int = 3,
+        device: str = "cpu",
 ) -> List[PipelineMeasurement]:
     """Every pipeline at every worker count, on the same shards."""
-    transforms = train_transforms(image_size)
+    from open_clip import image_transform
+
+    transform = image_transform(image_size, is_train=True)
+    views = {"single-view": None, "three-view": StrongViews(image_size).to(device)}
     return [
-        PipelineMeasurement(name, n, bench_pipeline(shards, num_samples, transforms[name], tokenizer, n,
-                                                    batch_size, epochs))
+        PipelineMeasurement(name, n, bench_pipeline(shards, num_samples, transform, tokenizer, n,
+                                                    batch_size, epochs, device, views[name]))
         for n in workers for name in PIPELINES
     ]
 

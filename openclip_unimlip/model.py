@@ -10,15 +10,14 @@ clip_benchmark see a CLIP). In train mode ``model(images, texts)`` returns, batc
   only the attention pooling re-run (Sec. 3.2: after the last residual stage, before pooling);
 - ``perturbed_text_features``: dropout on the pooled text-encoder output before the
   projection (Sec. 3.2: "after getting the text features from the text encoder");
-- ``simclr_features_a/_b``: embeddings of the two strongly augmented views, when the batch
-  carries them (``images`` of shape [B, 3, C, H, W]: clean view, view a, view b) and the
-  SimCLR branch is active;
+- ``simclr_features_a/_b``: embeddings of the two strongly augmented views, drawn on the
+  device from the clean batch (``views.StrongViews``) while the SimCLR branch is active;
 - ``mlm_logits`` [B, K, V] at the K predicted positions and ``mlm_targets`` [B, K] (-100 unused).
 
 Branches whose term is switched off (``configure_terms``) are not computed.
 """
 from dataclasses import asdict, dataclass, fields
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +32,7 @@ from .fusion import MaskedLanguageFusion
 from .masking import CaptionMasker
 from .terms import TERMS, validate_terms
 from .text_models import check_text_model
+from .views import StrongViews
 
 
 @dataclass
@@ -53,6 +53,7 @@ class UniMlipCfg:
     simclr_head_dim: int = 256
     freeze_bn_with_simclr: bool = True  # the paper's fix; False reproduces the naive baseline
     feed_views_without_simclr: bool = False  # Table 3, row 3: views through the tower, no SimCLR term
+    view_crop_scale: Optional[Tuple[float, float]] = None  # None: the views share the clean view's crop
 
     def __post_init__(self):
         if self.fusion_image_tokens not in ("pooled", "grid"):
@@ -66,6 +67,11 @@ class UniMlipCfg:
             raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
         if self.dropblock_size < 1:
             raise ValueError(f"dropblock_size must be >= 1, got {self.dropblock_size}")
+        if self.view_crop_scale is not None:
+            low, high = self.view_crop_scale
+            if not 0 < low <= high <= 1:
+                raise ValueError(f"view_crop_scale needs 0 < min <= max <= 1, got {list(self.view_crop_scale)}")
+            self.view_crop_scale = (float(low), float(high))
 
     @classmethod
     def from_dict(cls, values: Optional[dict]) -> "UniMlipCfg":
@@ -119,6 +125,9 @@ class UniMlip(CustomTextCLIP):
             mlp_ratio=cfg.fusion_mlp_ratio,
             grid_channels=grid_channels if cfg.fusion_image_tokens == "grid" else None,
         )
+        image_size = self.visual.image_size
+        self.strong_views = StrongViews(image_size[0] if isinstance(image_size, (tuple, list)) else image_size,
+                                        crop_scale=cfg.view_crop_scale)
         self.simclr_head = (
             _simclr_mlp(embed_dim, cfg.simclr_head_hidden, cfg.simclr_head_dim) if cfg.simclr_head == "mlp" else None
         )
@@ -176,26 +185,26 @@ class UniMlip(CustomTextCLIP):
         return self.text.pooler(out, attention_mask), out.last_hidden_state
 
     def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
-        if image is not None and image.ndim == 5 and not self.training:
-            image = image[:, 0]  # evaluation uses the clean view only
         if not self.training or image is None or text is None:
             return super().forward(image, text)
         return self._forward_train(image, text)
 
     def _forward_train(self, image: torch.Tensor, text: torch.Tensor) -> Dict[str, torch.Tensor]:
         terms = self.active_terms
-        views = None
-        if image.ndim == 5:
-            image, views = image[:, 0], image[:, 1:3]
-        use_views = views is not None and self.simclr_active and (
-            "simclr" in terms or self.cfg.feed_views_without_simclr)
+        use_views = self.simclr_active and ("simclr" in terms or self.cfg.feed_views_without_simclr)
         batch = image.shape[0]
 
+        if use_views:
+            # the clean view's normalisation is the one OpenCLIP's factory recorded on the tower
+            preprocess_cfg = getattr(self.visual, "preprocess_cfg", None)
+            if preprocess_cfg:
+                self.strong_views.set_normalization(preprocess_cfg["mean"], preprocess_cfg["std"])
+            view_a, view_b = self.strong_views(image)
         if use_views and self.bn_stats_frozen:
             # frozen statistics make the passes independent of batch composition: one pass
-            maps = self._trunk(torch.cat([image, views[:, 0], views[:, 1]])).split(batch)
+            maps = self._trunk(torch.cat([image, view_a, view_b])).split(batch)
         elif use_views:
-            maps = [self._trunk(image), self._trunk(views[:, 0]), self._trunk(views[:, 1])]
+            maps = [self._trunk(image), self._trunk(view_a), self._trunk(view_b)]
         else:
             maps = [self._trunk(image)]
         clean_map = maps[0]
@@ -209,11 +218,11 @@ class UniMlip(CustomTextCLIP):
         if "image_perturbed_itc" in terms:
             out["perturbed_image_features"] = F.normalize(pooled[1], dim=-1)
         if use_views and "simclr" in terms:
-            view_a, view_b = pooled[-2:]
+            pooled_a, pooled_b = pooled[-2:]
             if self.simclr_head is not None:
-                view_a, view_b = self.simclr_head(view_a), self.simclr_head(view_b)
-            out["simclr_features_a"] = F.normalize(view_a, dim=-1)
-            out["simclr_features_b"] = F.normalize(view_b, dim=-1)
+                pooled_a, pooled_b = self.simclr_head(pooled_a), self.simclr_head(pooled_b)
+            out["simclr_features_a"] = F.normalize(pooled_a, dim=-1)
+            out["simclr_features_b"] = F.normalize(pooled_b, dim=-1)
 
         masked = self.masker(text) if "mlm" in terms else None
         text_pooled, text_states = self._text_states(masked.input_ids if masked is not None else text)

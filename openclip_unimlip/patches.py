@@ -9,7 +9,8 @@ exactly these names and nothing else:
   class for configs carrying a recipe key (``recipes.py``; ``unimlip_cfg`` → ``UniMlip``) (the factory has no class hook: it looks
   ``CustomTextCLIP`` up in its module at call time, so that name is swapped for the call);
   ``create_model_and_transforms`` applies the trainer's ``--unimlip-*`` options to our
-  models and gives them the three-view train transform; ``create_loss`` returns
+  models (the train transform stays OpenCLIP's: the SimCLR views are made on the device,
+  ``views.py``); ``create_loss`` returns
   the recipe's loss (``UniMlipLoss`` for Uni-Mlip models).
 - ``open_clip_train.params.parse_args``: splits off the ``--unimlip-*`` flags (OpenCLIP's
   parser is strict) and lists them under ``--help``.
@@ -153,19 +154,16 @@ def _wrap_create_model_and_transforms(original):
         from open_clip import get_model_config
 
         from . import train_args
-        from .views import ThreeViewTransform
 
         kwargs[UNIMLIP_KEY] = {**get_model_config(model_name.replace("/", "-"))[UNIMLIP_KEY],
                               **train_args.cfg_overrides(options)}
         model, preprocess_train, preprocess_val = original(model_name, *args, **kwargs)
         weights = train_args.loss_weights(options)
         model.configure_terms([t for t, w in weights.items() if w > 0])
-        if weights["simclr"] > 0 or model.cfg.feed_views_without_simclr:
-            if model.simclr_head is not None and options.unimlip_simclr_start_epoch > 0:
-                raise SystemExit(
-                    "error: a SimCLR MLP head with --unimlip-simclr-start-epoch > 0 has no gradient in the first "
-                    "epochs, which DDP (built without find_unused_parameters) rejects; start SimCLR at epoch 0")
-            preprocess_train = ThreeViewTransform(preprocess_train, crop_scale=options.unimlip_view_crop_scale)
+        if weights["simclr"] > 0 and model.simclr_head is not None and options.unimlip_simclr_start_epoch > 0:
+            raise SystemExit(
+                "error: a SimCLR MLP head with --unimlip-simclr-start-epoch > 0 has no gradient in the first "
+                "epochs, which DDP (built without find_unused_parameters) rejects; start SimCLR at epoch 0")
         return model, preprocess_train, preprocess_val
 
     return create_model_and_transforms

@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(f"{PREFIX}itc-on-clean-caption", action="store_true",
                        help="run ITC on the clean caption with a second text pass (default: the masked caption, as PMC-CLIP)")
     group.add_argument(f"{PREFIX}view-crop-scale", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
-                       help="RandomResizedCrop scale of the SimCLR views (default: OpenCLIP's train crop scale)")
+                       help="re-crop each SimCLR view from the clean view with this RandomResizedCrop scale "
+                            "(default: no re-crop; the views share the clean view's crop, as the paper lists no crop)")
     for suffix, (_, kind, help_text) in _CFG_OVERRIDES.items():
         group.add_argument(f"{PREFIX}{suffix}", type=kind, default=None, help=help_text)
     return parser
@@ -77,6 +78,8 @@ def cfg_overrides(options: argparse.Namespace) -> Dict:
         overrides["itc_on_clean_caption"] = True
     if options.unimlip_feed_views:
         overrides["feed_views_without_simclr"] = True
+    if options.unimlip_view_crop_scale is not None:
+        overrides["view_crop_scale"] = tuple(options.unimlip_view_crop_scale)
     return overrides
 
 
@@ -96,10 +99,6 @@ def validate(options: argparse.Namespace, args: argparse.Namespace) -> Optional[
     if weights["simclr"] > 0 and start >= args.epochs:
         return (f"--unimlip-simclr-start-epoch {start} is not before --epochs {args.epochs}: SimCLR would never run; "
                 "set --unimlip-simclr-weight 0 to train without it")
-    if options.unimlip_view_crop_scale is not None:
-        low, high = options.unimlip_view_crop_scale
-        if not 0 < low <= high <= 1:
-            return f"--unimlip-view-crop-scale needs 0 < MIN <= MAX <= 1, got {low} {high}"
     if getattr(args, "distill", False) or getattr(args, "distill_model", None):
         return "distillation is not supported with Uni-Mlip models"
     if getattr(args, "siglip", False):

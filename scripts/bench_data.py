@@ -26,6 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=3, help="timed passes over the shards; the median is reported")
     parser.add_argument("--tokenizer", default="unimlip-tiny", help="model name whose tokenizer captions go through")
+    parser.add_argument("--device", default=None, help="where batches go and the strong views are drawn "
+                                                          "(default: cuda when available, else cpu)")
     parser.add_argument("--json", action="store_true")
     return parser.parse_args(argv)
 
@@ -33,15 +35,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import open_clip
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     shards = embedded_shards(args.root, args.num_samples, args.image_size)
     measurements = run_data_benchmark(
         shards.pattern, shards.num_samples, open_clip.get_tokenizer(args.tokenizer), args.image_size,
-        args.workers, args.batch_size, args.epochs)
+        args.workers, args.batch_size, args.epochs, device)
     if args.json:
         print(json.dumps([{**asdict(m), "median": m.median} for m in measurements], indent=2))
     else:
-        print(f"{shards.num_samples} train samples at {args.image_size}px, batch {args.batch_size}; "
+        print(f"{shards.num_samples} train samples at {args.image_size}px, batch {args.batch_size}, device {device}; "
               f"median of {args.epochs} epochs after a warm-up epoch; cost x = per-sample cost relative to single-view")
         print(format_data_table(measurements))
     return 0

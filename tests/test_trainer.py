@@ -12,6 +12,7 @@ import pytest
 import torch
 import webdataset as wds
 
+from openclip_unimlip.views import StrongViews
 from shards import write_shards
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -99,15 +100,17 @@ def _deterministic_model():
     model.text.transformer.config.attention_probs_dropout_prob = 0.0
     model.configure_terms(["itc", "simclr"])  # the deterministic terms (see the test's docstring)
     model.set_simclr_active(True)
+    # fixed views (greyscale, flipped): a double batch and two micro-batches see the same ones
+    model.strong_views = StrongViews(96, jitter_p=0, grayscale_p=1, blur_p=0, flip_p=1)
     return model
 
 
-def _one_step(batches, accum_freq):
+def _one_step(batches, accum_freq, model=None):
     from open_clip_train.train import train_one_epoch
 
     from openclip_unimlip.losses import UniMlipLoss
 
-    model = _deterministic_model()
+    model = model or _deterministic_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     args = argparse.Namespace(device="cpu", precision="fp32", accum_freq=accum_freq, distill=False,
@@ -119,13 +122,14 @@ def _one_step(batches, accum_freq):
 
 
 def test_accum_freq_matches_a_double_batch(captions):
-    """ITC and SimCLR (BatchNorm frozen) are deterministic functions of the batch, so OpenCLIP's
-    feature-caching accumulation reproduces the double batch's gradients exactly. It cannot for
+    """ITC and SimCLR (BatchNorm frozen; the views of a batch are redrawn identically when OpenCLIP
+    feeds it again) are deterministic functions of the batch, so OpenCLIP's feature-caching
+    accumulation reproduces the double batch's gradients exactly. It cannot for
     MLM, DropBlock and text dropout (fresh random masks on the re-computed forward pass) nor with
     updating BatchNorm statistics (micro-batch statistics); and OpenCLIP counts ``logit_scale``'s
     gradient once per micro-batch, a property of its trainer, so that parameter is left out."""
     g = torch.Generator().manual_seed(0)
-    images = torch.randn(8, 3, 3, 96, 96, generator=g)
+    images = torch.randn(8, 3, 96, 96, generator=g)
     texts = torch.cat([captions, captions.flip(0)])
     accumulated = _one_step([(images[:4], texts[:4]), (images[4:], texts[4:])], accum_freq=2)
     double = _one_step([(images, texts)], accum_freq=1)
@@ -133,6 +137,21 @@ def test_accum_freq_matches_a_double_batch(captions):
     for key, delta in double.items():
         if key != "logit_scale":
             torch.testing.assert_close(accumulated[key], delta, atol=2e-6, rtol=1e-4, msg=key)
+
+
+def test_accum_freq_recomputes_the_cached_random_views(captions):
+    """Random views: OpenCLIP's second (gradient) pass over a micro-batch draws the same views as
+    its first (caching) pass, so the cached and the recomputed features agree."""
+    model = _deterministic_model()
+    model.strong_views = StrongViews(96)
+    drawn = []
+    model.strong_views.register_forward_hook(lambda module, inputs, views: drawn.append(views[0]))
+    images = torch.randn(8, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    texts = torch.cat([captions, captions.flip(0)])
+    _one_step([(images[:4], texts[:4]), (images[4:], texts[4:])], accum_freq=2, model=model)
+    assert len(drawn) == 4  # two caching passes, then two gradient passes
+    assert not torch.equal(drawn[0], drawn[1])
+    assert torch.equal(drawn[0], drawn[2]) and torch.equal(drawn[1], drawn[3])
 
 
 # ----- end to end through open_clip_train -----------------------------------------------------------
