@@ -10,6 +10,7 @@ terms they add.
 
 Finished runs are recorded one JSON file each, so an interrupted grid resumes where it stopped.
 """
+import functools
 import json
 import logging
 import math
@@ -123,12 +124,15 @@ def run_one(config: AblationConfig, data: EmbeddedDataset, key: str, seed: int) 
     if (logs / name).exists():  # a run interrupted before its record: open_clip_train refuses the name
         shutil.rmtree(logs / name)
     run = run_pretraining(pretrain, data, logs, name, with_val=False)
-    result = evaluate_checkpoint(pretrain.model, run.checkpoint, data.val_data, num_samples=config.eval_num_samples,
-                                 device=pretrain.device)
+    evaluate = functools.partial(evaluate_checkpoint, pretrain.model, run.checkpoint, data.val_data,
+                                 num_samples=config.eval_num_samples, device=pretrain.device)
+    result = evaluate()
+    reestimated = evaluate(reestimate_bn_on=data.train_data)
     if not config.keep_checkpoints:
         run.checkpoint.unlink()
     last = run.steps[-1]
     return {"row": key, "seed": seed, "flags": pretrain.unimlip_flags, "metrics": result.metrics,
+            "metrics_bn_reestimated": reestimated.metrics,
             "num_pairs": len(result.pairs), "train_seconds": run.seconds, "num_steps": len(run.steps),
             "final_losses": {k: v for k, v in last.items() if k.endswith("loss")}}
 
@@ -146,15 +150,21 @@ def summarize(records: Sequence[dict], rows: Sequence[str]) -> Dict[str, dict]:
         if not runs:
             continue
         entry = {"seeds": sorted(r["seed"] for r in runs), "train_seconds": statistics.mean(r["train_seconds"] for r in runs)}
-        for short, metric in (("i2t", "image_to_text_R@1"), ("t2i", "text_to_image_R@1"),
-                              ("i2t_r10", "image_to_text_R@10"), ("t2i_r10", "text_to_image_R@10")):
-            values = [100 * r["metrics"][metric] for r in runs]
+        for short, metrics, metric in (
+                ("i2t", "metrics", "image_to_text_R@1"), ("t2i", "metrics", "text_to_image_R@1"),
+                ("i2t_r10", "metrics", "image_to_text_R@10"), ("t2i_r10", "metrics", "text_to_image_R@10"),
+                ("i2t_bn", "metrics_bn_reestimated", "image_to_text_R@1"),
+                ("t2i_bn", "metrics_bn_reestimated", "text_to_image_R@1")):
+            if not all(metrics in r for r in runs):  # records written before that evaluation existed
+                continue
+            values = [100 * r[metrics][metric] for r in runs]
             entry[short] = {"mean": statistics.mean(values),
                             "std": statistics.stdev(values) if len(values) > 1 else math.nan, "values": values}
         summary[key] = entry
     if BASELINE in summary:
         for entry in summary.values():
-            entry["gain"] = {d: entry[d]["mean"] - summary[BASELINE][d]["mean"] for d in ("i2t", "t2i")}
+            entry["gain"] = {d: entry[d]["mean"] - summary[BASELINE][d]["mean"]
+                             for d in ("i2t", "t2i", "i2t_bn", "t2i_bn") if d in entry and d in summary[BASELINE]}
     return summary
 
 
@@ -165,10 +175,11 @@ def _cell(entry: dict, direction: str) -> str:
     return f"{value['mean']:.1f} ± {value['std']:.1f}"
 
 
-def _gain(entry: dict) -> str:
-    if "gain" not in entry:
+def _gain(entry: dict, suffix: str = "") -> str:
+    gain = entry.get("gain", {})
+    if f"i2t{suffix}" not in gain:
         return "–"
-    return f"{entry['gain']['i2t']:+.1f} / {entry['gain']['t2i']:+.1f}"
+    return f"{gain[f'i2t{suffix}']:+.1f} / {gain[f't2i{suffix}']:+.1f}"
 
 
 def _r10(entry: dict) -> str:
@@ -209,6 +220,15 @@ def format_tables(summary: Dict[str, dict]) -> str:
         marks = " | ".join(_mark(t in row.terms) for t in ("itc", "mlm", "text_perturbed_itc", "image_perturbed_itc", "simclr"))
         lines.append(f"| {marks} | {_cell(entry, 'i2t')} | {_cell(entry, 't2i')} | {_gain(entry)} | "
                      f"{len(entry['seeds'])} | {_r10(entry)} | {_paper(key)} |")
+    reestimated = [key for key in summary if "i2t_bn" in summary[key]]
+    if reestimated:
+        lines += ["", "**The same checkpoints with BatchNorm statistics re-estimated** on clean train images "
+                  "before evaluation (precise BN; separates the weights from how stale the running statistics are)", "",
+                  "| row | I2T R@1 | T2I R@1 | Gain (I2T / T2I) | as trained: I2T / T2I R@1 |", "|---|---|---|---|---|"]
+        for key in reestimated:
+            entry = summary[key]
+            lines.append(f"| {ROWS[key].label} | {_cell(entry, 'i2t_bn')} | {_cell(entry, 't2i_bn')} | "
+                         f"{_gain(entry, '_bn')} | {entry['i2t']['mean']:.1f} / {entry['t2i']['mean']:.1f} |")
     return "\n".join(lines)
 
 

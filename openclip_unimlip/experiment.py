@@ -22,6 +22,7 @@ import torch
 
 from .data.embedded import EmbeddedDataset, ensure_embedded_dataset
 from .evaluation.datasets import ImageTextPair, load_pairs, sample_pairs
+from .evaluation.features import reestimate_batchnorm_statistics
 from .evaluation.retrieval import encode_pairs, retrieval_metrics
 
 PathLike = Union[str, os.PathLike]
@@ -175,17 +176,24 @@ def run_pretraining(config: PretrainConfig, data: EmbeddedDataset, logs: PathLik
 
 def evaluate_checkpoint(model_name: str, checkpoint: Optional[PathLike], data: str, *,
                         num_samples: Optional[int] = 2000, seed: int = 0, init_seed: int = 0,
-                        device: str = "cpu", batch_size: int = 64) -> RetrievalResult:
+                        device: str = "cpu", batch_size: int = 64,
+                        reestimate_bn_on: Optional[str] = None, reestimate_bn_samples: int = 512) -> RetrievalResult:
     """Retrieval on ``num_samples`` pairs of ``data`` (the evaluation package's protocol), with
     the features kept for showing what is retrieved. ``checkpoint=None`` evaluates the initial
     weights drawn under ``init_seed`` (open_clip_train seeds torch with ``--seed`` before
-    building the model, so the same seed gives the run's starting point)."""
+    building the model, so the same seed gives the run's starting point). ``reestimate_bn_on``
+    (a dataset) first re-estimates the image tower's BatchNorm statistics on
+    ``reestimate_bn_samples`` of its images, clean (the evaluation transform)."""
     import open_clip
 
     pairs = sample_pairs(load_pairs(data), num_samples, seed)
     torch.manual_seed(init_seed)
     model, _, preprocess = open_clip.create_model_and_transforms(
         model_name, pretrained=str(checkpoint) if checkpoint else None, device=device)
+    if reestimate_bn_on is not None:
+        calibration = sample_pairs(load_pairs(reestimate_bn_on), reestimate_bn_samples, seed)
+        reestimate_batchnorm_statistics(model.visual, preprocess, [p.image for p in calibration],
+                                        batch_size=batch_size, device=device)
     model.eval()
     tokenizer = open_clip.get_tokenizer(model_name)
     image_features, text_features = encode_pairs(

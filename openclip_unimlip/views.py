@@ -21,6 +21,7 @@ grey pixels unchanged, like the HSV shift), and values are clamped to [0, 1] onc
 instead of after every step. The blur is torchvision's kernel as grouped depthwise convolutions
 with a sigma per sample; the optional re-crop is kornia's.
 """
+import functools
 import math
 import weakref
 from collections import deque
@@ -40,6 +41,12 @@ _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 JITTER_STEPS = ("brightness", "contrast", "saturation", "hue")
 
 
+@functools.lru_cache(maxsize=None)
+def _colour_constants(device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Luma weights, RGB->YIQ and YIQ->RGB on ``device``: copied there once, not every step."""
+    return tuple(torch.as_tensor(c, dtype=dtype).to(device) for c in (LUMA, _RGB_TO_YIQ, _YIQ_TO_RGB))
+
+
 def simclr_blur_kernel_size(image_size: int) -> int:
     """SimCLR's blur kernel: 10% of the image side, odd, at least 3."""
     return max(3, int(0.1 * image_size) // 2 * 2 + 1)
@@ -52,7 +59,7 @@ def hue_rotation(turns: torch.Tensor) -> torch.Tensor:
     rotation[..., 0, 0] = 1
     rotation[..., 1, 1], rotation[..., 1, 2] = angle.cos(), -angle.sin()
     rotation[..., 2, 1], rotation[..., 2, 2] = angle.sin(), angle.cos()
-    to_yiq, to_rgb = (m.to(turns.device, turns.dtype) for m in (_RGB_TO_YIQ, _YIQ_TO_RGB))
+    _, to_yiq, to_rgb = _colour_constants(turns.device, turns.dtype)
     return to_rgb @ rotation @ to_yiq
 
 
@@ -72,7 +79,7 @@ def colour_transform(
     the mean grey value, tracked through the steps before it)."""
     batch, device, dtype = brightness.shape[0], brightness.device, brightness.dtype
     eye = torch.eye(3, device=device, dtype=dtype).expand(batch, 3, 3)
-    luma = torch.tensor(LUMA, device=device, dtype=dtype)
+    luma = _colour_constants(device, dtype)[0]
     to_grey = torch.ones(3, 1, device=device, dtype=dtype) * luma  # every channel <- luma
     matrix, offset = eye, torch.zeros(batch, 3, device=device, dtype=dtype)
     for step in order:
@@ -150,10 +157,11 @@ class StrongViews(nn.Module):
         self.register_buffer("std", torch.empty(3), persistent=False)
         self._normalization: Tuple[Tuple[float, ...], Tuple[float, ...]] = ((), ())
         self.set_normalization(OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
-        # recent input batches and the RNG states their views were drawn with: OpenCLIP's
-        # --accum-freq feeds each micro-batch twice (features cached without gradients, then
-        # recomputed with), and both passes must see the same views to equal one large batch
-        self._recent_draws: Deque[Tuple[weakref.ref, List[torch.Tensor]]] = deque(maxlen=64)
+        # OpenCLIP's --accum-freq feeds each micro-batch twice: a pass without gradients that
+        # caches features, then one with gradients that recomputes them; both must see the same
+        # views to equal one large batch. Passes without gradients record the RNG state their
+        # views were drawn with, and the next pass with gradients over the same tensor replays it.
+        self._recorded_draws: Deque[Tuple[weakref.ref, List[torch.Tensor]]] = deque(maxlen=64)
 
     def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """The mean and std the clean view was normalised with; a no-op when unchanged, so the
@@ -193,17 +201,19 @@ class StrongViews(nn.Module):
         return matrix * std.view(1, 1, 3) / std.view(1, 3, 1), normalised_offset
 
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The two views of ``images``; the same views again when the same batch tensor comes back."""
         cuda = images.device.type == "cuda"
-        for batch_ref, states in self._recent_draws:
+        if not torch.is_grad_enabled():
+            states = [torch.get_rng_state()] + ([torch.cuda.get_rng_state(images.device)] if cuda else [])
+            self._recorded_draws.append((weakref.ref(images), states))
+            return self._draw(images)
+        for index, (batch_ref, states) in enumerate(self._recorded_draws):
             if batch_ref() is images:
+                del self._recorded_draws[index]
                 with torch.random.fork_rng(devices=[images.device] if cuda else []):
                     torch.set_rng_state(states[0])
                     if cuda:
                         torch.cuda.set_rng_state(states[1], images.device)
                     return self._draw(images)
-        states = [torch.get_rng_state()] + ([torch.cuda.get_rng_state(images.device)] if cuda else [])
-        self._recent_draws.append((weakref.ref(images), states))
         return self._draw(images)
 
     @torch.no_grad()

@@ -34,7 +34,8 @@ def test_row_flags_parse_to_the_row(key):
 def _record(row, seed, i2t, t2i):
     return {"row": row, "seed": seed, "train_seconds": 1.0,
             "metrics": {"image_to_text_R@1": i2t, "text_to_image_R@1": t2i,
-                        "image_to_text_R@10": 2 * i2t, "text_to_image_R@10": 2 * t2i}}
+                        "image_to_text_R@10": 2 * i2t, "text_to_image_R@10": 2 * t2i},
+            "metrics_bn_reestimated": {"image_to_text_R@1": i2t / 2, "text_to_image_R@1": t2i / 2}}
 
 
 def test_summary_and_tables():
@@ -43,9 +44,10 @@ def test_summary_and_tables():
     summary = summarize(records, ["itc_mlm", "simclr_freeze"])
     assert summary["itc_mlm"]["i2t"]["mean"] == pytest.approx(11.0)
     assert summary["itc_mlm"]["i2t"]["std"] == pytest.approx(math.sqrt(2))
-    assert summary["simclr_freeze"]["gain"] == pytest.approx({"i2t": 5.0, "t2i": 5.0})
+    assert summary["simclr_freeze"]["gain"] == pytest.approx({"i2t": 5.0, "t2i": 5.0, "i2t_bn": 2.5, "t2i_bn": 2.5})
     table = format_tables(summary)
     assert "11.0 ± 1.4" in table and "+5.0 / +5.0" in table
+    assert "re-estimated" in table and "| 5.5 ± 0.7 |" in table and "+2.5 / +2.5" in table
     assert "**Table 3**" in table and "**Table 4**" in table
     assert set(TABLE3) | set(TABLE4) == set(ROWS) and BASELINE in TABLE3 and BASELINE in TABLE4
 
@@ -64,7 +66,7 @@ def test_two_row_miniature_grid(tmp_path):
     summary = json.loads((out / "ablation.json").read_text())["summary"]
     assert set(summary) == {"itc_mlm", "simclr_freeze"}
     for entry in summary.values():
-        assert all(math.isfinite(entry[d]["mean"]) for d in ("i2t", "t2i"))
+        assert all(math.isfinite(entry[d]["mean"]) for d in ("i2t", "t2i", "i2t_bn", "t2i_bn"))
         assert all(math.isfinite(v) for v in entry["gain"].values())
     assert (out / "ablation.png").stat().st_size > 0
     assert not list(out.glob("logs/*/checkpoints/*.pt"))  # deleted after evaluation

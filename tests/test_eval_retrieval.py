@@ -282,3 +282,30 @@ def test_clip_benchmark_cli_agrees(tiny_model, pair_data, sampled_features, tmp_
     ours = retrieval_metrics(image_features, text_features, recall_ks=range(1, NUM_SAMPLES + 1))
     assert len(theirs) == 2 * NUM_SAMPLES
     assert theirs == pytest.approx({name: ours[name] for name in theirs})
+
+
+def test_batchnorm_statistics_reestimated_on_clean_images(tmp_path):
+    """Precise BN: every BatchNorm's running mean becomes the exact mean of its inputs over the
+    given images (two equal batches), and the weights are untouched."""
+    from openclip_unimlip.evaluation.datasets import ImageSource
+    from openclip_unimlip.evaluation.features import reestimate_batchnorm_statistics
+
+    rng = np.random.default_rng(0)
+    sources = []
+    for i in range(8):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (120, 100, 3), dtype=np.uint8)).save(path)
+        sources.append(ImageSource.from_file(str(path)))
+    torch.manual_seed(0)
+    tiny_model = open_clip.create_model("unimlip-tiny")
+    preprocess = open_clip.image_transform(96, is_train=False)
+    bn = tiny_model.visual.bn1
+    bn.running_mean.fill_(5.0)
+    weights = tiny_model.visual.conv1.weight.clone()
+    inputs = []
+    hook = bn.register_forward_hook(lambda module, args, output: inputs.append(args[0].detach()))
+    reestimate_batchnorm_statistics(tiny_model.visual, preprocess, sources, batch_size=4)
+    hook.remove()
+    assert len(inputs) == 2
+    torch.testing.assert_close(bn.running_mean, torch.cat(inputs).mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
+    assert torch.equal(tiny_model.visual.conv1.weight, weights)

@@ -1,7 +1,6 @@
 """Uni-Mlip through OpenCLIP's own trainer: flags, phases, accumulation, torchrun, resume."""
 import argparse
 import csv
-import io
 import os
 import re
 import subprocess

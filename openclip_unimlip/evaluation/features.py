@@ -66,3 +66,18 @@ def encode_texts(
             tokens = tokenizer(list(texts[start:start + batch_size])).to(device)
             features.append(model.encode_text(tokens, normalize=True).float().cpu())
     return torch.cat(features)
+
+
+def reestimate_batchnorm_statistics(
+        image_tower: torch.nn.Module,
+        preprocess: Callable,
+        images: Sequence[ImageSource],
+        batch_size: int = 64,
+        device: Union[str, torch.device] = "cpu",
+) -> None:
+    """Replace the running statistics of every BatchNorm in ``image_tower`` by their exact
+    average over ``images`` ("precise BN", via ``torch.optim.swa_utils.update_bn``). Running
+    averages from a short, fast-changing training lag behind its final weights; re-estimating
+    them separates what training did to the weights from how stale its statistics are."""
+    loader = DataLoader(_ImageDataset(images, preprocess), batch_size=batch_size)
+    torch.optim.swa_utils.update_bn(loader, image_tower, device=torch.device(device))
