@@ -211,7 +211,10 @@ def render_report(config: DemoConfig, pretrain: PretrainConfig, train_num_sample
 
     first, last = run.steps[0], run.steps[-1]
     terms = [t for t in TERMS if f"{t}_loss" in last]
-    loss_rows = [f"| {t} | {first.get(f'{t}_loss', float('nan')):.3f} | {last[f'{t}_loss']:.3f} |" for t in terms]
+    def first_value(term: str) -> str:  # SimCLR starts after the first epoch: no first-step value
+        return f"{first[f'{term}_loss']:.3f}" if f"{term}_loss" in first else "–"
+
+    loss_rows = [f"| {t} | {first_value(t)} | {last[f'{t}_loss']:.3f} |" for t in terms]
     gain = mean_r1(after.metrics) / max(mean_r1(before.metrics), 1e-12)
     lines = [
         "# Uni-Mlip demo: pretraining `unimlip-tiny` on the embedded dataset",
