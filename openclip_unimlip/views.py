@@ -223,11 +223,11 @@ class StrongViews(nn.Module):
             clean = images.float()
             batch, channels, height, width = clean.shape
             if self.crop is None:  # both views start from the clean view itself: no copy
-                sources = clean.view(1, batch, channels, height * width)
+                sources = clean.reshape(1, batch, channels, height * width)
                 source_means = clean.mean((-2, -1)).repeat(2, 1)
             else:
                 recropped = self.crop(clean.repeat(2, 1, 1, 1))
-                sources = recropped.view(2, batch, channels, height * width)
+                sources = recropped.reshape(2, batch, channels, height * width)
                 source_means = recropped.mean((-2, -1))
             matrix, offset = self._random_colour(source_means)
             matrices, offsets = matrix.view(2, batch, 3, 3), offset.view(2, batch, 3, 1)
