@@ -12,8 +12,8 @@ the clean view's crop (OpenCLIP's RandomResizedCrop); ``crop_scale`` adds an ind
 re-crop of each view, SLIP-style.
 
 Colour jitter and greyscale are written here rather than taken from kornia, whose
-``ColorJitter`` (torchvision's formulas, HSV hue) costs ~2.8 ms per 224 px view on a CPU core
-pair against ~0.2 ms here: every step of both is linear in RGB, so for each sample the whole
+``ColorJitter`` (torchvision's formulas, HSV hue) costs about 10x more per view on a CPU (2.8 ms
+per 224 px view on two cores): every step of both is linear in RGB, so for each sample the whole
 sequence folds into one 3x3 matrix and offset, applied by one batched matmul together with the
 un-normalise/normalise pair. Two documented differences from torchvision: the hue shift is a
 rotation of the chroma plane in YIQ (as NVIDIA DALI's hue operator; it keeps luma and leaves
