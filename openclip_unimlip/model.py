@@ -16,12 +16,11 @@ clip_benchmark see a CLIP). In train mode ``model(images, texts)`` returns, batc
 
 Branches whose term is switched off (``configure_terms``) are not computed.
 """
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from open_clip.model import CustomTextCLIP
 from open_clip.modified_resnet import ModifiedResNet
 from timm.layers import DropBlock2d
 from torch import nn
@@ -30,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 from .batchnorm import batchnorm_stats_frozen, keep_frozen_batchnorm_in_eval, set_batchnorm_stats_frozen
 from .fusion import MaskedLanguageFusion
 from .masking import CaptionMasker
+from .recipe_model import RecipeCLIP
 from .terms import TERMS, validate_terms
 from .text_models import check_text_model
 from .views import StrongViews
@@ -91,7 +91,7 @@ def _simclr_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
     )
 
 
-class UniMlip(CustomTextCLIP):
+class UniMlip(RecipeCLIP):
     def __init__(self, embed_dim: int, vision_cfg: dict, text_cfg: dict, unimlip_cfg: Optional[dict] = None, **kwargs):
         cfg = UniMlipCfg.from_dict(unimlip_cfg)
         if "hf_model_name" not in text_cfg:
@@ -166,9 +166,6 @@ class UniMlip(CustomTextCLIP):
         self.checkpoint_trunk = enable
         self.fusion.set_grad_checkpointing(enable)
 
-    def method_cfg(self) -> Dict:
-        return asdict(self.cfg)
-
     # ----- forward ------------------------------------------------------------------------
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
         """ModifiedResNet up to (and including) layer 4: the map the perturbation acts on."""
@@ -183,11 +180,6 @@ class UniMlip(CustomTextCLIP):
         attention_mask = (ids != self.text.config.pad_token_id).long()
         out = self.text.transformer(input_ids=ids, attention_mask=attention_mask)
         return self.text.pooler(out, attention_mask), out.last_hidden_state
-
-    def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
-        if not self.training or image is None or text is None:
-            return super().forward(image, text)
-        return self._forward_train(image, text)
 
     def _forward_train(self, image: torch.Tensor, text: torch.Tensor) -> Dict[str, torch.Tensor]:
         terms = self.active_terms

@@ -12,14 +12,14 @@ batch-first:
   and ``patch_embeddings`` [B, N, D];
 - ``image_prototype_scores`` and ``text_prototype_scores`` [B, K].
 """
-from dataclasses import asdict
 from typing import Dict, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIPTextCfg, CustomTextCLIP
+from open_clip.model import CLIPTextCfg
 from torch import nn
 
+from ..recipe_model import RecipeCLIP
 from ..text_models import check_text_model
 from ..terms import validate_terms
 from .config import LI_TERMS, LiCfg
@@ -52,7 +52,7 @@ def clipped_token_weights(attention: torch.Tensor, valid: torch.Tensor, low: flo
     return clipped / clipped.sum(dim=1, keepdim=True).clamp(min=1e-12)
 
 
-class MlipLi(CustomTextCLIP):
+class MlipLi(RecipeCLIP):
     def __init__(self, embed_dim: int, vision_cfg: dict, text_cfg: dict, mlip_li_cfg: Optional[dict] = None, **kwargs):
         cfg = LiCfg.from_dict(mlip_li_cfg)
         if "hf_model_name" not in text_cfg:
@@ -94,9 +94,6 @@ class MlipLi(CustomTextCLIP):
         self.prototypes.requires_grad_("prototype" in self.active_terms)
         self.logit_scale.requires_grad_("global" in self.active_terms)
 
-    def method_cfg(self) -> Dict:
-        return asdict(self.cfg)
-
     @torch.no_grad()
     def initialize_prototypes(self) -> None:
         """Prototypes := projected text embeddings of the knowledge entities (eval-mode tower)."""
@@ -109,11 +106,6 @@ class MlipLi(CustomTextCLIP):
             # kernels may differ in the last bit across devices: every rank takes rank 0's
             torch.distributed.broadcast(self.prototypes.data, src=0)
         self.prototypes_initialized.fill_(True)
-
-    def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
-        if not self.training or image is None or text is None:
-            return super().forward(image, text)
-        return self._forward_train(image, text)
 
     def _forward_train(self, image: torch.Tensor, text: torch.Tensor) -> Dict[str, torch.Tensor]:
         terms = self.active_terms

@@ -14,15 +14,14 @@ batch-first:
 
 Outputs whose loss weight is 0 (``configure_terms``) are not computed.
 """
-from dataclasses import asdict
 from typing import Dict, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
-from open_clip.model import CustomTextCLIP
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from ..recipe_model import RecipeCLIP
 from ..text_models import check_text_model
 from ..terms import validate_terms
 from .config import LIU_TERMS, LiuCfg
@@ -70,7 +69,7 @@ class MaskedPatchDecoder(nn.Module):
         return self.head(self.norm(gather_tokens(x, masked)))
 
 
-class MlipLiu(CustomTextCLIP):
+class MlipLiu(RecipeCLIP):
     def __init__(self, embed_dim: int, vision_cfg: dict, text_cfg: dict, mlip_liu_cfg: Optional[dict] = None,
                  **kwargs):
         cfg = LiuCfg.from_dict(mlip_liu_cfg)
@@ -110,14 +109,6 @@ class MlipLiu(CustomTextCLIP):
         self.integrity.requires_grad_("masked_contrastive" in self.active_terms)
         self.logit_scale.requires_grad_("masked_contrastive" in self.active_terms)
         self.decoder.requires_grad_("reconstruction" in self.active_terms)
-
-    def method_cfg(self) -> Dict:
-        return asdict(self.cfg)
-
-    def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
-        if not self.training or image is None or text is None:
-            return super().forward(image, text)
-        return self._forward_train(image, text)
 
     def _forward_train(self, image: torch.Tensor, text: torch.Tensor) -> Dict[str, torch.Tensor]:
         terms = self.active_terms
