@@ -150,7 +150,8 @@ def build_model(size: str, device: str = "cpu") -> Tuple[UniMlip, Callable, str]
         overrides = {"text_cfg": text_cfg}
         text_tower = "random BERT-base stand-in for BiomedBERT, MiniLM tokenizer"
     model = open_clip.create_model(name, device=device, output_dict=True, **overrides)
-    tokenizer = HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=text_cfg["context_length"])
+    # configs name tokenizers by hub id; the local copy is resolved as the factory resolves it
+    tokenizer = HFTokenizer(resolve_text_model(text_cfg["hf_tokenizer_name"]), context_length=text_cfg["context_length"])
     return model, tokenizer, text_tower
 
 
@@ -239,8 +240,13 @@ def bench_train_step(
         warmup: int = 2,
         iters: int = 5,
         amp_dtype: Optional[torch.dtype] = None,
+        compile_model: bool = False,
 ) -> Tuple[List[StepMeasurement], str]:
-    """Time, count and measure one training step of each variant; returns them and the memory kind."""
+    """Time, count and measure one training step of each variant; returns them and the memory kind.
+
+    With ``compile_model`` each variant's forward is ``torch.compile``-d once (compilation
+    happens in the warm-up steps) and timed compiled; FLOPs are counted on the eager forward,
+    the same computation."""
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown or "clip" not in variants:
         raise ValueError(f"variants must include 'clip' and come from {list(VARIANTS)}, got {list(variants)}")
@@ -263,19 +269,29 @@ def bench_train_step(
         optimizer.step()
         return model_seconds
 
+    compiled: Dict[str, Callable] = {}
+
+    def timed_forward(variant: str) -> Tuple[Callable, torch.nn.Module]:
+        forward, loss_fn = _configure(model, variant)
+        if compile_model:
+            if variant not in compiled:
+                compiled[variant] = torch.compile(forward)
+            forward = compiled[variant]
+        return forward, loss_fn
+
     flops, memory = {}, {v: 0.0 for v in variants}
     seconds, model_seconds = {v: [] for v in variants}, {v: [] for v in variants}
     for variant in variants:
-        forward, loss_fn = _configure(model, variant)
+        forward, loss_fn = timed_forward(variant)
         for _ in range(warmup):
             step(forward, loss_fn)
         counter = FlopCounterMode(display=False)
         with counter:
-            step(forward, loss_fn)
+            step(*_configure(model, variant))
         flops[variant] = counter.get_total_flops()
     for _ in range(iters):
         for variant in variants:
-            forward, loss_fn = _configure(model, variant)
+            forward, loss_fn = timed_forward(variant)
             _synchronize(device)
             probe.start()
             begin = time.perf_counter()
@@ -296,14 +312,17 @@ def run_step_benchmark(
         iters: int = 5,
         amp_dtype: Optional[torch.dtype] = None,
         seed: int = 0,
+        compile_model: bool = False,
 ) -> StepReport:
     """Build the model of ``size`` and benchmark every variant on one fixed batch."""
     torch.manual_seed(seed)
     model, tokenizer, text_tower = build_model(size, device)
     images, texts = make_batch(model, tokenizer, batch_size, device, seed)
     measurements, memory_kind = bench_train_step(
-        model, images, texts, variants, warmup, iters, amp_dtype)
+        model, images, texts, variants, warmup, iters, amp_dtype, compile_model)
     precision = f"amp {str(amp_dtype).replace('torch.', '')}" if amp_dtype else "fp32"
+    if compile_model:
+        precision += ", torch.compile"
     return StepReport(
         model=SIZES[size], text_tower=text_tower, device=str(images.device), precision=precision,
         batch_size=batch_size, image_size=images.shape[-1], memory_kind=memory_kind, measurements=measurements)

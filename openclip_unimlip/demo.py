@@ -16,6 +16,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .evaluation.retrieval import DIRECTIONS, RECALL_KS, format_retrieval_table, retrieve_top_k
 from .experiment import (DataConfig, PretrainConfig, PretrainRun, RetrievalResult,
@@ -317,7 +318,8 @@ def main(argv=None) -> DemoResult:
                                 warmup=CPU_PRETRAIN["warmup"], workers=args.workers, seed=args.seed,
                                 device=args.device, precision=precision),
         out=out, simclr_start_epoch=args.simclr_start_epoch)
-    result = run_demo(config)
+    with logging_redirect_tqdm():  # log lines above the progress bars, not through them
+        result = run_demo(config)
     print(format_retrieval_table(result.after.metrics))
     print(f"mean R@1: {100 * mean_r1(result.before.metrics):.1f}% untrained -> "
           f"{100 * mean_r1(result.after.metrics):.1f}% pretrained (chance {100 * result.after.chance[1]:.1f}%)")

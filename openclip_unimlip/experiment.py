@@ -8,11 +8,10 @@ scheduler, logging and checkpointing are all the real ones.
 """
 import json
 import logging
-import math
 import os
-import re
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,15 +23,9 @@ from .data.embedded import EmbeddedDataset, ensure_embedded_dataset
 from .evaluation.datasets import ImageTextPair, load_pairs, sample_pairs
 from .evaluation.features import reestimate_batchnorm_statistics
 from .evaluation.retrieval import encode_pairs, retrieval_metrics
+from .train_progress import follow_training, parse_train_log
 
 PathLike = Union[str, os.PathLike]
-
-# One logged training step of open_clip_train's out.log, e.g.
-# "Train Epoch: 0 [  64/2816 (2%)] Data (t): ... LR: 0.000100 Logit Scale: 14.286 Itc_loss: 0.70 (0.70) ... Loss: 7.29 (7.29)"
-_STEP_LINE = re.compile(r"Train Epoch: (?P<epoch>\d+) \[\s*(?P<seen>\d+)/(?P<per_epoch>\d+) .*?"
-                        r"LR: (?P<lr>\S+) Logit Scale: (?P<scale>\S+) (?P<losses>.*)$")
-_LOSS_VALUE = re.compile(r"(?P<name>\w+): (?P<value>\S+) \(")
-
 
 @dataclass
 class DataConfig:
@@ -123,27 +116,6 @@ def training_env() -> Dict[str, str]:
     return env
 
 
-def parse_train_log(log_text: str) -> List[Dict[str, float]]:
-    """Per logged step: ``step`` (1-based, global), ``epoch``, ``lr``, ``logit_scale`` and every
-    logged loss under its trainer key (``itc_loss``, ..., ``loss`` the weighted total) at that
-    step (not the running mean). Terms not computed at a step (SimCLR before its start epoch)
-    are absent from that step's dict."""
-    steps, global_batch = [], None
-    for line in log_text.splitlines():
-        match = _STEP_LINE.search(line)
-        if match is None:
-            continue
-        epoch, seen, per_epoch = int(match["epoch"]), int(match["seen"]), int(match["per_epoch"])
-        if global_batch is None:
-            global_batch = seen  # the first line is always logged after one step
-        step = {"step": epoch * math.ceil(per_epoch / global_batch) + math.ceil(seen / global_batch),
-                "epoch": epoch, "lr": float(match["lr"]), "logit_scale": float(match["scale"])}
-        for loss in _LOSS_VALUE.finditer(match["losses"]):
-            step[loss["name"].lower()] = float(loss["value"])
-        steps.append(step)
-    return steps
-
-
 def _read_val_metrics(run_dir: Path) -> List[Dict[str, float]]:
     results = run_dir / "checkpoints" / "results.jsonl"
     if not results.is_file():
@@ -152,24 +124,41 @@ def _read_val_metrics(run_dir: Path) -> List[Dict[str, float]]:
 
 
 def run_pretraining(config: PretrainConfig, data: EmbeddedDataset, logs: PathLike, name: str,
-                    with_val: bool = True) -> PretrainRun:
-    """Train in a subprocess; raise with the log's tail if it fails. An existing run of the
-    same name is refused by open_clip_train, so pick a fresh ``name``/``logs``."""
+                    with_val: bool = True, progress: bool = True) -> PretrainRun:
+    """Train in a subprocess, with a progress bar over its steps read from its out.log unless
+    ``progress`` is False; raise with the trainer's console tail if it fails. A run of the same
+    name must not exist (open_clip_train would refuse it yet exit 0), so pick a fresh ``name``/``logs``."""
     logs = Path(logs)
-    logs.mkdir(parents=True, exist_ok=True)
     command = pretrain_command(config, data, logs, name, with_val=with_val)
     run_dir = logs / name
+    log_path = run_dir / "out.log"
+    if log_path.exists():
+        raise FileExistsError(f"{run_dir} already holds a training run; pick another name or folder")
+    logs.mkdir(parents=True, exist_ok=True)
     logging.info("pretraining: %s", " ".join(command))
-    logging.info("progress: tail -f %s", run_dir / "out.log")
+    logging.info("training log: %s", log_path)
     start = time.monotonic()
-    result = subprocess.run(command, env=training_env(), capture_output=True, text=True)
+    with tempfile.TemporaryFile("w+") as console:  # a file, not a pipe: a full pipe would stall the trainer
+        process = subprocess.Popen(command, env=training_env(), stdout=console, stderr=subprocess.STDOUT, text=True)
+        try:
+            if progress:
+                follow_training(process, log_path, config.epochs, desc=name)
+            process.wait()
+        finally:
+            if process.poll() is None:  # interrupted (Ctrl-C): do not leave the trainer running
+                process.kill()
+                process.wait()
+        console.seek(0)
+        output = console.read()
     seconds = time.monotonic() - start
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "command.txt").write_text(" ".join(command) + "\n")
-    if result.returncode != 0:
-        raise RuntimeError(f"pretraining {name!r} failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
+    if process.returncode != 0:
+        raise RuntimeError(f"pretraining {name!r} failed (exit {process.returncode}):\n{output[-4000:]}")
     checkpoint = run_dir / "checkpoints" / f"epoch_{config.epochs}.pt"
-    log_text = (run_dir / "out.log").read_text()
+    if not checkpoint.is_file():
+        raise RuntimeError(f"pretraining {name!r} exited without writing {checkpoint}:\n{output[-4000:]}")
+    log_text = log_path.read_text()
     return PretrainRun(name=name, run_dir=run_dir, checkpoint=checkpoint, seconds=seconds,
                        steps=parse_train_log(log_text), val_metrics=_read_val_metrics(run_dir))
 

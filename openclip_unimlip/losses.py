@@ -7,6 +7,30 @@ weight of 0 removes the term: not computed, not returned. A term whose inputs th
 did not produce (e.g. SimCLR before its start epoch) is skipped, never faked. With
 ``output_dict=True`` each weighted term is returned under ``<term>_loss``, which OpenCLIP's
 trainer sums and logs as ``train/<term>_loss``.
+
+Several GPUs (ours: the paper trained on 8 but does not say how its terms were reduced).
+Every term's weight means what it means on one GPU: with DDP, the gradient DDP applies
+(the average over ranks) equals the gradient of that term computed on the global batch
+(all ranks' samples together) on one GPU, for every term and every supported flag set:
+
+- OpenCLIP's default (neither ``--gather-with-grad`` nor ``--local-loss``): every rank
+  computes each contrastive term (the three ITC terms and SimCLR) over the whole gathered
+  batch; the gathered copy carries no gradient except the rank's own rows, whose gradient is
+  multiplied by the world size (``distributed.gather_batch(global_gradient=True)``; the value
+  is unchanged). Stock OpenCLIP leaves that factor out, which divides the ITC gradient by the
+  number of GPUs (measured: 0.5 at 2 GPUs) while a per-rank mean such as MLM's is not.
+- ``--gather-with-grad``: the same loss, gradients returned to every rank by the backward of
+  the all_gather (they sum to the same world-size factor).
+- ``--local-loss --gather-with-grad``: each rank scores its own rows against the gathered
+  batch (OpenCLIP's local loss); the average over ranks is the global loss, exactly.
+- ``--local-loss`` without ``--gather-with-grad`` on several ranks is refused (here and at
+  argument validation): a rank never receives the gradient its features get through the other
+  ranks' rows, which is no multiple of the global gradient, so no weight can fix it.
+- MLM: the mean over the predicted tokens of the global batch (ranks hold different token
+  counts), its local gradient scaled so that DDP's average is that mean's gradient.
+
+SimCLR follows the same flags as ITC (before: always gathered with gradient; both exact now).
+Logged values are the global-batch values, except with ``--local-loss`` (the rank's share).
 """
 from typing import Dict, Optional
 
@@ -25,6 +49,10 @@ PAPER_WEIGHTS: Dict[str, float] = {
     "mlm": 0.5,
 }
 PAPER_SIMCLR_TEMPERATURE = 0.1
+LOCAL_LOSS_NEEDS_GATHER_WITH_GRAD = (
+    "--local-loss without --gather-with-grad is not supported with Uni-Mlip models: each GPU would get only "
+    "part of the contrastive gradient and the loss weights would change with the number of GPUs; "
+    "add --gather-with-grad (or drop --local-loss)")
 
 # which model outputs each contrastive term pairs up
 _CONTRASTIVE_INPUTS = {
@@ -55,6 +83,8 @@ class UniMlipLoss(nn.Module):
             raise ValueError(f"Loss weights must be >= 0, got {negative}")
         if simclr_temperature <= 0:
             raise ValueError(f"SimCLR temperature must be > 0, got {simclr_temperature}")
+        if world_size > 1 and local_loss and not gather_with_grad:
+            raise ValueError(LOCAL_LOSS_NEEDS_GATHER_WITH_GRAD)
         self.weights = {t: float(weights[t]) for t in TERMS if weights[t] > 0}
         self.simclr_temperature = simclr_temperature
         self.local_loss = local_loss
@@ -121,13 +151,10 @@ class UniMlipLoss(nn.Module):
             t for t in self.weights
             if t in _CONTRASTIVE_INPUTS and all(inputs[k] is not None for k in _CONTRASTIVE_INPUTS[t])
         ]
-        # one collective for every feature a contrastive term needs; SimCLR's always with gradient
-        cross_modal_names = sorted({k for t in contrastive if t != "simclr" for k in _CONTRASTIVE_INPUTS[t]})
-        gathered = dict(zip(cross_modal_names, gather_batch(
-            [inputs[k] for k in cross_modal_names], self.rank, self.world_size, self.gather_with_grad)))
-        if "simclr" in contrastive:
-            gathered.update(zip(_CONTRASTIVE_INPUTS["simclr"], gather_batch(
-                [simclr_features_a, simclr_features_b], self.rank, self.world_size, with_grad=True)))
+        # one collective for every feature a contrastive term needs (see the module docstring)
+        names = sorted({k for t in contrastive for k in _CONTRASTIVE_INPUTS[t]})
+        gathered = dict(zip(names, gather_batch(
+            [inputs[k] for k in names], self.rank, self.world_size, self.gather_with_grad, global_gradient=True)))
 
         losses = {}
         for term in contrastive:

@@ -1,14 +1,23 @@
 """BERT-style masking of caption tokens for the MLM term, done on the device in one pass.
 
-Follows BERT's reference recipe (``create_pretraining_data.py``): per caption, the number of
-tokens to predict is ``max(1, round(p * n))`` for ``n`` maskable tokens (never [CLS], [SEP],
-[PAD]), whole words are chosen in random order until that budget is reached (a word that
-would overflow the budget ends the selection (words longer than the whole budget are tried
-last), a vectorisable simplification of BERT's "skip and try the next word"), and chosen tokens become [MASK] 80%, a random token 10%,
-unchanged 10%. The fixed budget bounds the number of predicted positions per caption, so
-the model returns MLM logits only at those positions, batch-first and of fixed shape.
+Follows BERT's reference recipe (Google's ``create_pretraining_data.py``, as Hugging Face's
+``DataCollatorForWholeWordMask``): per caption, whole words (a word-initial token and its
+``##`` continuations; never [CLS], [SEP], [PAD]) are visited in random order and each is
+taken if it fits in what is left of the caption's quota of predicted tokens, else skipped
+(the next word may fit); chosen tokens become [MASK] 80%, a token drawn uniformly from the
+vocabulary 10%, unchanged 10%.
+
+The quota (ours): BERT uses ``max(1, round(p * n))`` for ``n`` tokens, which on captions of a
+few to a few tens of tokens is not ``p`` on average (a two-token caption: 50%). Here it is
+``p * n`` for ``n`` maskable tokens rounded up or down at random with the probability that
+makes its expectation exactly ``p * n`` (stochastic rounding; a caption may get no
+prediction). The masked fraction falls short of ``p`` only where no remaining word fits the
+quota (measured on real captions: test_masking.py). The quota never exceeds
+``prediction_budget``, so the model returns MLM logits only at that many positions per
+caption, batch-first and of fixed shape.
 """
 from dataclasses import dataclass
+import math
 from typing import Iterable, Optional
 
 import torch
@@ -23,8 +32,8 @@ class MaskedCaptions:
 
 
 def prediction_budget(context_length: int, probability: float) -> int:
-    """Largest number of tokens masked in one caption of ``context_length`` tokens."""
-    return max(1, round(probability * (context_length - 2)))
+    """Most tokens masked in one caption of ``context_length`` tokens (the largest quota)."""
+    return max(1, math.ceil(probability * context_length))
 
 
 class CaptionMasker(nn.Module):
@@ -73,17 +82,23 @@ class CaptionMasker(nn.Module):
         word_length = word_length[:, :length]
         n_words = starts_word.sum(dim=1, keepdim=True)
         n_tokens = maskable.sum(dim=1, keepdim=True)
-        quota = torch.clamp(torch.round(n_tokens * self.probability), min=1, max=budget).long()
+        expected = n_tokens * self.probability
+        quota = torch.floor(expected + torch.rand(expected.shape, device=device)).long().clamp(max=budget)
 
+        # BERT's pass over the shuffled words, one word per step: the first word in the random
+        # order that still fits is taken (a word that did not fit never fits later: what is left
+        # only shrinks); each step takes a word or none, so `budget` steps suffice
         word_slot = torch.arange(length, device=device).expand(batch, length)
-        # words too long for the quota go last, so a caption with any word that fits gets one
-        score = torch.rand(batch, length, device=device) + (word_length > quota).float()
-        score = score.masked_fill(word_slot >= n_words, 3.0)
-        order = torch.argsort(score, dim=1)
-        taken_sorted = torch.cumsum(word_length.gather(1, order), dim=1) <= quota
-        taken_sorted &= word_slot < n_words
+        is_word = word_slot < n_words
+        order = torch.rand(batch, length, device=device)
         word_taken = torch.zeros(batch, length + 1, dtype=torch.bool, device=device)
-        word_taken.scatter_(1, order, taken_sorted)
+        left = quota
+        for _ in range(budget):
+            fits = is_word & ~word_taken[:, :length] & (word_length <= left)
+            first = torch.where(fits, order, 2.0).argmin(dim=1, keepdim=True)
+            take = fits.gather(1, first)
+            word_taken.scatter_(1, first, word_taken.gather(1, first) | take)
+            left = left - word_length.gather(1, first) * take
         selected = word_taken.gather(1, word_index) & maskable
 
         roll = torch.rand(batch, length, device=device)

@@ -22,17 +22,17 @@ from typing import Dict, Iterable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
-from timm.layers import DropBlock2d
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .batchnorm import batchnorm_stats_frozen, keep_frozen_batchnorm_in_eval, set_batchnorm_stats_frozen
+from .dropblock import DropBlock2d
 from .fusion import MaskedLanguageFusion
 from .masking import CaptionMasker
 from .recipe_model import RecipeCLIP
 from .terms import TERMS, validate_terms
 from .text_models import check_text_model
-from .views import StrongViews
+from .views import VIEW_AUGMENTATIONS, StrongViews
 
 
 @dataclass
@@ -46,6 +46,9 @@ class UniMlipCfg:
     mlm_whole_word: bool = True
     dropblock_prob: float = 0.5
     dropblock_size: int = 3
+    # ours where the paper is silent: DropBlock's own Algorithm 1 and reference code draw a mask per
+    # channel (dropblock.py); False shares one spatial mask across the channels of a sample
+    dropblock_per_channel: bool = True
     text_dropout: float = 0.75
     itc_on_clean_caption: bool = False
     simclr_head: str = "none"  # "none": the image embedding itself; "mlp": SLIP's projection MLP
@@ -54,10 +57,13 @@ class UniMlipCfg:
     freeze_bn_with_simclr: bool = True  # the paper's fix; False reproduces the naive baseline
     feed_views_without_simclr: bool = False  # Table 3, row 3: views through the tower, no SimCLR term
     view_crop_scale: Optional[Tuple[float, float]] = None  # None: the views share the clean view's crop
+    view_augmentation: str = "simclr"  # the views' strengths: "simclr" (the paper names SimCLR) or "mocov2" (SLIP's)
 
     def __post_init__(self):
         if self.fusion_image_tokens not in ("pooled", "grid"):
             raise ValueError(f"fusion_image_tokens must be 'pooled' or 'grid', got {self.fusion_image_tokens!r}")
+        if self.view_augmentation not in VIEW_AUGMENTATIONS:
+            raise ValueError(f"view_augmentation must be one of {sorted(VIEW_AUGMENTATIONS)}, got {self.view_augmentation!r}")
         if self.simclr_head not in ("none", "mlp"):
             raise ValueError(f"simclr_head must be 'none' or 'mlp', got {self.simclr_head!r}")
         for name in ("dropblock_prob", "text_dropout"):
@@ -106,7 +112,7 @@ class UniMlip(RecipeCLIP):
         text_width = self.text.config.hidden_size
         grid_channels = self.visual.attnpool.k_proj.in_features
 
-        self.image_perturbation = DropBlock2d(drop_prob=cfg.dropblock_prob, block_size=cfg.dropblock_size)
+        self.image_perturbation = DropBlock2d(cfg.dropblock_prob, cfg.dropblock_size, per_channel=cfg.dropblock_per_channel)
         self.text_perturbation = nn.Dropout(cfg.text_dropout)
         self.masker = CaptionMasker(
             vocab_size=self.text.config.vocab_size,
@@ -127,7 +133,7 @@ class UniMlip(RecipeCLIP):
         )
         image_size = self.visual.image_size
         self.strong_views = StrongViews(image_size[0] if isinstance(image_size, (tuple, list)) else image_size,
-                                        crop_scale=cfg.view_crop_scale)
+                                        crop_scale=cfg.view_crop_scale, augmentation=cfg.view_augmentation)
         self.simclr_head = (
             _simclr_mlp(embed_dim, cfg.simclr_head_hidden, cfg.simclr_head_dim) if cfg.simclr_head == "mlp" else None
         )

@@ -3,11 +3,15 @@
 OpenCLIP 3.3 has no plugin mechanism (see shared notes), so the plugin patches, at import,
 exactly these names and nothing else:
 
-- ``open_clip``: registers our model configs (public ``add_model_config``; the text-tower
-  locations are then resolved inside the registry, again after every rescan, which
-  ``add_model_config`` triggers and which re-reads the JSONs from disk); ``create_model`` builds the recipe's model
-  class for configs carrying a recipe key (``recipes.py``; ``unimlip_cfg`` → ``UniMlip``) (the factory has no class hook: it looks
-  ``CustomTextCLIP`` up in its module at call time, so that name is swapped for the call);
+- ``open_clip``: registers our model configs (public ``add_model_config``; they keep naming
+  text towers by hub id, so ``get_model_config`` gives what ``save_for_hf`` may write);
+  ``create_model`` builds the recipe's model class for configs carrying a recipe key, whatever
+  the name's schema (built-in, ``hf-hub:``, ``local-dir:``; ``recipes.py``; ``unimlip_cfg`` →
+  ``UniMlip``), with the text towers resolved to local copies (the factory has no class hook: it
+  looks ``CustomTextCLIP`` and ``load_checkpoint`` up in its module at call time, so those names
+  are swapped for the call, ``hub.build_custom_text_model`` passing every other config to
+  OpenCLIP's class unchanged); ``get_tokenizer`` resolves our configs' tokenizer hub ids the
+  same way (``HFTokenizer`` swapped for the call, only for our configs);
   ``create_model_and_transforms`` applies the trainer's ``--unimlip-*`` options to our
   models (the train transform stays OpenCLIP's: the SimCLR views are made on the device,
   ``views.py``); ``create_loss`` returns
@@ -21,7 +25,9 @@ exactly these names and nothing else:
   modules, so multi-process CPU (gloo) runs would fail; the replacement drops CPU device ids.
 
 For any model that is not ours every wrapper calls OpenCLIP's original with the same
-arguments. On an OpenCLIP version outside the supported range nothing is patched.
+arguments, and the names swapped inside ``create_model`` hand its config to OpenCLIP's own class
+and loader unchanged (tested for ``hf-hub:`` / ``local-dir:`` names against the plugin switched
+off, ``tests/test_hub.py``). On an OpenCLIP version outside the supported range nothing is patched.
 """
 import argparse
 import contextlib
@@ -32,7 +38,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-from .recipes import recipe_for, recipe_for_config
+from .recipes import model_config, recipe_for
 
 SUPPORTED_OPENCLIP = ((3, 3), (4, 0))  # [min, max)
 UNIMLIP_KEY = "unimlip_cfg"
@@ -89,60 +95,71 @@ def _supported_or_warn() -> bool:
 
 
 # ----- open_clip ----------------------------------------------------------------------------
-def _resolve_text_towers() -> None:
-    """Point our configs' text towers at local copies (``text_models.resolve_text_model``)."""
-    from open_clip import factory
-
-    from .text_models import resolve_text_model
-
-    for cfg in factory._MODEL_CONFIGS.values():
-        if recipe_for_config(cfg) is not None:
-            text_cfg = cfg["text_cfg"]
-            for key in ("hf_model_name", "hf_tokenizer_name"):
-                if key in text_cfg:
-                    text_cfg[key] = resolve_text_model(text_cfg[key])
-
-
-def _wrap_rescan(original):
-    # every add_model_config() re-reads all JSONs from disk: resolve again after each rescan
-    @functools.wraps(original)
-    def _rescan_model_configs():
-        original()
-        _resolve_text_towers()
-
-    return _rescan_model_configs
-
-
 def register_model_configs() -> None:
     import open_clip
-    from open_clip import factory
 
-    factory._rescan_model_configs = _wrap_rescan(factory._rescan_model_configs)
     open_clip.add_model_config(model_configs_dir())
 
 
 @contextlib.contextmanager
-def _factory_builds(model_class):
-    from open_clip import factory
-
-    stock = factory.CustomTextCLIP
-    factory.CustomTextCLIP = model_class
+def _swapped(module, **replacements):
+    stock = {name: getattr(module, name) for name in replacements}
+    for name, replacement in replacements.items():
+        setattr(module, name, replacement)
     try:
         yield
     finally:
-        factory.CustomTextCLIP = stock
+        for name, original in stock.items():
+            setattr(module, name, original)
+
+
+def _explaining_load_checkpoint(original):
+    # torch's strict-load error for one of our models becomes one message saying what does not fit
+    @functools.wraps(original)
+    def load_checkpoint(model, checkpoint_path, *args, **kwargs):
+        from .hub import WeightsDoNotFit, weights_mismatch_message
+        from .recipe_model import RecipeCLIP
+
+        try:
+            return original(model, checkpoint_path, *args, **kwargs)
+        except RuntimeError:
+            if not isinstance(model, RecipeCLIP):
+                raise
+            raise WeightsDoNotFit(weights_mismatch_message(model, checkpoint_path)) from None
+
+    return load_checkpoint
 
 
 def _wrap_create_model(original):
     @functools.wraps(original)
     def create_model(model_name, *args, **kwargs):
-        recipe = recipe_for(model_name)
-        if recipe is None:
-            return original(model_name, *args, **kwargs)
-        with _factory_builds(recipe.load_model_class()):
+        from open_clip import factory
+
+        from .hub import custom_text_model_builder, source_fetcher
+
+        # The recipe is read from the config the factory builds, so every schema works and no
+        # config is read twice; any config without a recipe key reaches OpenCLIP's own class.
+        builder = custom_text_model_builder(source_fetcher(model_name, kwargs.get("cache_dir")))
+        with _swapped(factory, CustomTextCLIP=builder,
+                      load_checkpoint=_explaining_load_checkpoint(factory.load_checkpoint)):
             return original(model_name, *args, **kwargs)
 
     return create_model
+
+
+def _wrap_get_tokenizer(original):
+    @functools.wraps(original)
+    def get_tokenizer(model_name="", *args, **kwargs):
+        if recipe_for(model_name) is None:
+            return original(model_name, *args, **kwargs)
+        from open_clip import factory
+
+        from .hub import resolving_hf_tokenizer
+
+        with _swapped(factory, HFTokenizer=resolving_hf_tokenizer):
+            return original(model_name, *args, **kwargs)
+
+    return get_tokenizer
 
 
 def _wrap_create_model_and_transforms(original):
@@ -151,12 +168,9 @@ def _wrap_create_model_and_transforms(original):
         options = _trainer_options
         if options is None or not is_unimlip_model(model_name):
             return original(model_name, *args, **kwargs)
-        from open_clip import get_model_config
-
         from . import train_args
 
-        kwargs[UNIMLIP_KEY] = {**get_model_config(model_name.replace("/", "-"))[UNIMLIP_KEY],
-                              **train_args.cfg_overrides(options)}
+        kwargs[UNIMLIP_KEY] = {**model_config(model_name)[UNIMLIP_KEY], **train_args.cfg_overrides(options)}
         model, preprocess_train, preprocess_val = original(model_name, *args, **kwargs)
         weights = train_args.loss_weights(options)
         model.configure_terms([t for t, w in weights.items() if w > 0])
@@ -176,9 +190,7 @@ def _wrap_create_loss(original):
         recipe = recipe_for(model_name)
         if recipe is None:
             return original(args)
-        from open_clip import get_model_config
-
-        return recipe.create_loss(args, get_model_config(model_name.replace("/", "-")))
+        return recipe.create_loss(args, model_config(model_name))
 
     return create_loss
 
@@ -193,6 +205,10 @@ def patch_open_clip(open_clip) -> None:
     factory.create_model_and_transforms = open_clip.create_model_and_transforms = \
         _wrap_create_model_and_transforms(factory.create_model_and_transforms)
     factory.create_loss = open_clip.create_loss = _wrap_create_loss(factory.create_loss)
+    get_tokenizer = _wrap_get_tokenizer(factory.get_tokenizer)
+    factory.get_tokenizer = open_clip.get_tokenizer = get_tokenizer
+    # push_pretrained_to_hf_hub calls the get_tokenizer its module imported
+    sys.modules["open_clip.push_to_hf_hub"].get_tokenizer = get_tokenizer
 
 
 # ----- open_clip_train ------------------------------------------------------------------------
@@ -258,6 +274,7 @@ def _wrap_train_one_epoch(original):
         from open_clip_train.distributed import is_master
 
         from .model import UniMlip, unwrap_model
+        from .recipe_model import RecipeCLIP
 
         inner = unwrap_model(model)
         if isinstance(inner, UniMlip) and _trainer_options is not None:
@@ -267,6 +284,8 @@ def _wrap_train_one_epoch(original):
             if is_master(args):
                 logging.info(f"Uni-Mlip epoch {epoch}: SimCLR {'on' if active else 'off'}, BatchNorm statistics "
                              f"{'frozen' if inner.bn_stats_frozen else 'updating'}")
+        elif isinstance(inner, RecipeCLIP) and callable(getattr(inner, "set_epoch", None)):
+            inner.set_epoch(epoch)  # MLIP (Li): MGCA's first-epoch prototype freeze
         return original(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=tb_writer)
 
     return train_one_epoch

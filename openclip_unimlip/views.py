@@ -6,10 +6,12 @@ one batched operation where the model runs. The workers do no extra work (none a
 the epochs before SimCLR starts), the views work with every dataset type OpenCLIP reads, and
 every parameter is drawn per sample on the device, without a host-device synchronisation.
 
-The augmentations are the paper's (Sec. 4.2: colour jitter, random greyscale, Gaussian blur,
-horizontal flip) with SimCLR's strengths. The paper lists no crop: by default the views share
-the clean view's crop (OpenCLIP's RandomResizedCrop); ``crop_scale`` adds an independent
-re-crop of each view, SLIP-style.
+The augmentations are the paper's (Sec. 4.2: "the implementation of the SimCLR augmentation
+includes color jittering, random gray-scale conversion, random Gaussian blurring, and horizontal
+flipping") with SimCLR's own strengths and probabilities by default (``VIEW_AUGMENTATIONS``,
+each number with its source); ``"mocov2"`` keeps the weaker MoCo v2 jitter SLIP uses. The paper
+lists no crop: by default the views share the clean view's crop (OpenCLIP's RandomResizedCrop);
+``crop_scale`` adds an independent re-crop of each view, SLIP-style.
 
 Colour jitter and greyscale are written here rather than taken from kornia, whose
 ``ColorJitter`` (torchvision's formulas, HSV hue) costs about 10x more per view on a CPU (2.8 ms
@@ -18,14 +20,18 @@ sequence folds into one 3x3 matrix and offset, applied by one batched matmul tog
 un-normalise/normalise pair. Two documented differences from torchvision: the hue shift is a
 rotation of the chroma plane in YIQ (as NVIDIA DALI's hue operator; it keeps luma and leaves
 grey pixels unchanged, like the HSV shift), and values are clamped to [0, 1] once at the end
-instead of after every step. The blur is torchvision's kernel as grouped depthwise convolutions
+instead of after every step. The order of the four jitter steps is drawn per sample, as
+torchvision's ``ColorJitter`` draws it per image (and SimCLR's ``color_jitter_rand``); without the
+intermediate clamps brightness, contrast and saturation commute, so in this folded form the
+order only matters where the YIQ hue rotation meets the luma-based steps. The blur is torchvision's kernel as grouped depthwise convolutions
 with a sigma per sample; the optional re-crop is kornia's.
 """
+import dataclasses
 import functools
 import math
 import weakref
 from collections import deque
-from typing import Deque, List, Optional, Sequence, Tuple
+from typing import Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 import kornia.augmentation as K
 import torch
@@ -41,6 +47,35 @@ _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 JITTER_STEPS = ("brightness", "contrast", "saturation", "hue")
 
 
+@dataclasses.dataclass(frozen=True)
+class ViewAugmentation:
+    """Strengths and probabilities of one strong view (torchvision's parameter conventions)."""
+    jitter: float  # brightness, contrast and saturation factors drawn from U[max(0, 1 - jitter), 1 + jitter]
+    hue: float  # hue shift drawn from U[-hue, hue], in turns
+    jitter_p: float  # probability of the colour jitter
+    grayscale_p: float  # probability of greyscale (independent of the jitter)
+    blur_p: float  # probability of the Gaussian blur
+    blur_sigma: Tuple[float, float]  # blur sigma drawn from U[low, high], in pixels
+    flip_p: float  # probability of the horizontal flip
+
+
+VIEW_AUGMENTATIONS: Dict[str, ViewAugmentation] = {
+    # SimCLR (Chen et al. 2020), google-research/simclr data_util.py with run.py's default
+    # color_jitter_strength s = 1.0 (appendix A, get_color_distortion): color_jitter gives brightness,
+    # contrast, saturation 0.8*s and hue 0.2*s; random_color_jitter applies it with p 0.8, then
+    # to_grayscale with p 0.2; random_blur: sigma U[0.1, 2.0], kernel height//10 made odd, p 0.5
+    # (batch_random_blur); preprocess_for_train: random_flip_left_right, p 0.5.
+    "simclr": ViewAugmentation(jitter=0.8, hue=0.2, jitter_p=0.8, grayscale_p=0.2, blur_p=0.5,
+                               blur_sigma=(0.1, 2.0), flip_p=0.5),
+    # MoCo v2's augmentation as SLIP uses it (facebookresearch/SLIP datasets.py get_dataset:
+    # ColorJitter(0.4, 0.4, 0.4, 0.1) "not strengthened" with p 0.8, RandomGrayscale(p=0.2),
+    # GaussianBlur([.1, 2.]) with p 0.5, RandomHorizontalFlip()); ours: the blur keeps SimCLR's
+    # kernel of 10% of the side where SLIP's PIL blur takes sigma as its radius.
+    "mocov2": ViewAugmentation(jitter=0.4, hue=0.1, jitter_p=0.8, grayscale_p=0.2, blur_p=0.5,
+                               blur_sigma=(0.1, 2.0), flip_p=0.5),
+}
+
+
 @functools.lru_cache(maxsize=None)
 def _colour_constants(device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Luma weights, RGB->YIQ and YIQ->RGB on ``device``: copied there once, not every step."""
@@ -48,7 +83,7 @@ def _colour_constants(device: torch.device, dtype: torch.dtype) -> Tuple[torch.T
 
 
 def simclr_blur_kernel_size(image_size: int) -> int:
-    """SimCLR's blur kernel: 10% of the image side, odd, at least 3."""
+    """SimCLR's blur kernel (``random_blur``: ``height // 10``, made odd); ours: at least 3."""
     return max(3, int(0.1 * image_size) // 2 * 2 + 1)
 
 
@@ -69,31 +104,31 @@ def colour_transform(
         saturation: torch.Tensor,
         hue: torch.Tensor,
         greyscale: torch.Tensor,
-        order: Sequence[int],
+        order: Union[torch.Tensor, Sequence[int]],
         channel_means: torch.Tensor,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-sample ``(matrix [B, 3, 3], offset [B, 3])`` with ``jittered = matrix @ rgb + offset``:
     torchvision's brightness, contrast and saturation formulas and a YIQ hue rotation, applied in
-    ``order`` (indices into ``JITTER_STEPS``), then greyscale where ``greyscale`` is true.
-    ``channel_means`` [B, 3] are the images' mean RGB values, which contrast blends towards (as
-    the mean grey value, tracked through the steps before it)."""
+    ``order`` (indices into ``JITTER_STEPS``: [B, steps] per sample, or one sequence for all), then
+    greyscale where ``greyscale`` is true. ``channel_means`` [B, 3] are the images' mean RGB values,
+    which contrast blends towards (as the mean grey value, tracked through the steps before it)."""
     batch, device, dtype = brightness.shape[0], brightness.device, brightness.dtype
+    orders = torch.as_tensor(order, device=device, dtype=torch.long)
+    orders = orders.expand(batch, -1) if orders.dim() == 1 else orders
     eye = torch.eye(3, device=device, dtype=dtype).expand(batch, 3, 3)
     luma = _colour_constants(device, dtype)[0]
     to_grey = torch.ones(3, 1, device=device, dtype=dtype) * luma  # every channel <- luma
+    s = saturation.view(-1, 1, 1)
+    step_matrices = torch.stack([brightness.view(-1, 1, 1) * eye, contrast.view(-1, 1, 1) * eye,
+                                 s * eye + (1 - s) * to_grey, hue_rotation(hue)], dim=1)  # [B, 4, 3, 3]
+    rows = torch.arange(batch, device=device)
     matrix, offset = eye, torch.zeros(batch, 3, device=device, dtype=dtype)
-    for step in order:
-        if step == 0:
-            step_matrix, step_offset = brightness.view(-1, 1, 1) * eye, 0
-        elif step == 1:
-            mean_grey = ((matrix @ channel_means.unsqueeze(-1)).squeeze(-1) + offset) @ luma
-            step_matrix = contrast.view(-1, 1, 1) * eye
-            step_offset = ((1 - contrast) * mean_grey).unsqueeze(-1).expand(batch, 3)
-        elif step == 2:
-            s = saturation.view(-1, 1, 1)
-            step_matrix, step_offset = s * eye + (1 - s) * to_grey, 0
-        else:
-            step_matrix, step_offset = hue_rotation(hue), 0
+    for position in range(orders.shape[1]):
+        step = orders[:, position]
+        mean_grey = ((matrix @ channel_means.unsqueeze(-1)).squeeze(-1) + offset) @ luma
+        # only contrast has an offset: it blends towards the current mean grey value
+        step_offset = torch.where((step == 1).unsqueeze(-1), ((1 - contrast) * mean_grey).unsqueeze(-1), 0.0)
+        step_matrix = step_matrices[rows, step]
         matrix = step_matrix @ matrix
         offset = (step_matrix @ offset.unsqueeze(-1)).squeeze(-1) + step_offset
     grey = greyscale.view(-1, 1, 1)
@@ -139,17 +174,20 @@ class StrongViews(nn.Module):
             self,
             image_size: int,
             crop_scale: Optional[Tuple[float, float]] = None,
-            jitter: float = 0.4,
-            hue: float = 0.1,
-            jitter_p: float = 0.8,
-            grayscale_p: float = 0.2,
-            blur_p: float = 0.5,
-            blur_sigma: Tuple[float, float] = (0.1, 2.0),
-            flip_p: float = 0.5,
+            augmentation: Union[str, ViewAugmentation] = "simclr",
+            **overrides,
     ):
+        """``augmentation``: a name in ``VIEW_AUGMENTATIONS`` or a ``ViewAugmentation``;
+        ``overrides``: single fields of it (e.g. ``blur_p=0``)."""
         super().__init__()
-        self.jitter, self.hue, self.jitter_p, self.grayscale_p = jitter, hue, jitter_p, grayscale_p
-        self.blur_p, self.blur_sigma, self.flip_p = blur_p, blur_sigma, flip_p
+        if isinstance(augmentation, str):
+            if augmentation not in VIEW_AUGMENTATIONS:
+                raise ValueError(f"unknown view augmentation {augmentation!r}; known: {sorted(VIEW_AUGMENTATIONS)}")
+            augmentation = VIEW_AUGMENTATIONS[augmentation]
+        self.augmentation = dataclasses.replace(augmentation, **overrides)
+        a = self.augmentation
+        self.jitter, self.hue, self.jitter_p, self.grayscale_p = a.jitter, a.hue, a.jitter_p, a.grayscale_p
+        self.blur_p, self.blur_sigma, self.flip_p = a.blur_p, a.blur_sigma, a.flip_p
         self.blur_kernel_size = simclr_blur_kernel_size(image_size)
         self.crop = K.RandomResizedCrop((image_size, image_size), scale=tuple(crop_scale)) if crop_scale else None
         # not persistent: checkpoints stay OpenCLIP's, and set_normalization sets them anyway
@@ -193,7 +231,8 @@ class StrongViews(nn.Module):
             saturation=factors(*strength, 1.0),
             hue=factors(-self.hue, self.hue, 0.0),
             greyscale=torch.rand(batch, device=device) < self.grayscale_p,
-            order=torch.randperm(len(JITTER_STEPS)).tolist(),  # per call, as torchvision's ColorJitter
+            # a random permutation per sample, as torchvision's ColorJitter draws one per image
+            order=torch.rand(batch, len(JITTER_STEPS), device=device).argsort(dim=1),
             channel_means=channel_means * std + mean,
         )
         # fold the un-normalise / normalise pair in: x' = (M (std x + mean) + t - mean) / std

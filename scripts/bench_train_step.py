@@ -25,6 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="one per size (default: 16 for tiny, 4 for rn50)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", choices=["bf16"], default=None, help="autocast dtype (default: fp32)")
+    parser.add_argument("--compile", action="store_true", help="time each variant's forward under torch.compile")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=7, help="timed rounds; the median is reported")
@@ -47,7 +48,8 @@ def main(argv=None) -> int:
     amp_dtype = torch.bfloat16 if args.amp == "bf16" else None
     reports = []
     for size, batch_size in zip(args.sizes, args.batch_size):
-        report = run_step_benchmark(size, batch_size, args.device, args.variants, args.warmup, args.iters, amp_dtype)
+        report = run_step_benchmark(size, batch_size, args.device, args.variants, args.warmup, args.iters, amp_dtype,
+                                     compile_model=args.compile)
         reports.append(report)
         if not args.json:
             print(report.format_table(), flush=True)

@@ -7,6 +7,9 @@ findings come first (the configs target chest X-ray style data), then by number 
 
     pip install radiology-semantic-dict
     python scripts/build_knowledge.py            # writes openclip_unimlip/mlip/knowledge/radiology_entities.jsonl
+    # a chest-specific file (shipped as knowledge/chest_entities.jsonl, mlip_li_cfg knowledge_file "chest"):
+    python scripts/build_knowledge.py --topics "Thoracic Imaging" "Cardiac Imaging" "Chest" \
+        --output openclip_unimlip/mlip/knowledge/chest_entities.jsonl
 """
 import argparse
 import json
@@ -25,12 +28,20 @@ def load_findings() -> list:
     return json.loads(data.read_text(encoding="utf-8"))
 
 
-def build_entities(findings: list, max_entities: int, findings_per_entity: int) -> list:
+def build_entities(findings: list, max_entities: int, findings_per_entity: int, topics=None) -> list:
+    """Entities ranked as the module docstring says; with ``topics``, only pathologies whose most
+    frequent ACR topic is one of them."""
     by_pathology = defaultdict(list)
     for finding in findings:
         name = (finding.get("pathology_name") or "").strip()
         if name and (finding.get("name") or "").strip():
             by_pathology[name].append(finding)
+    if topics:
+        def main_topic(name):
+            counts = Counter(f["acr_topic"] for f in by_pathology[name] if f.get("acr_topic"))
+            return counts.most_common(1)[0][0] if counts else ""
+
+        by_pathology = {n: items for n, items in by_pathology.items() if main_topic(n) in set(topics)}
 
     def rank(name):
         items = by_pathology[name]
@@ -56,8 +67,12 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--max-entities", type=int, default=500)
     parser.add_argument("--findings", type=int, default=4, help="findings listed per entity")
+    parser.add_argument("--topics", nargs="+", help="keep pathologies whose main ACR topic is one of these, "
+                                                     "e.g. 'Thoracic Imaging' 'Cardiac Imaging'")
     args = parser.parse_args()
-    entities = build_entities(load_findings(), args.max_entities, args.findings)
+    entities = build_entities(load_findings(), args.max_entities, args.findings, args.topics)
+    if not entities:
+        raise SystemExit(f"no pathology has its main ACR topic in {args.topics}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with open(args.output, "w", encoding="utf-8") as f:
         for entity in entities:

@@ -34,7 +34,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     pairs = sample_pairs(load_pairs(args.data), args.num_samples or None, args.seed)
     split_dir = export_clip_benchmark_retrieval(pairs, args.output_dir, split=args.split, max_count=args.max_count)
-    print(f"wrote {len(pairs)} pairs to {split_dir}; evaluate with:")
+    # clip_benchmark is not a dependency: the default install lacks its CLI
+    print(f"wrote {len(pairs)} pairs to {split_dir}; evaluate with clip_benchmark "
+          f"(pip install clip_benchmark==1.6.2, or the package's [test] extra):")
     print(shlex.join(["clip_benchmark", *clip_benchmark_eval_args(
         args.model, args.pretrained, args.output_dir, split=args.split)]))
 

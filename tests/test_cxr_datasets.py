@@ -1,4 +1,5 @@
 """Chest X-ray readers on small datasets written here in each official layout."""
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -134,50 +135,87 @@ def test_chexpert_splits_partition_patients_and_test_is_official_valid(chexpert_
 
 # ----------------------------------------------------------------------------- MIMIC-CXR
 
-@pytest.fixture
-def mimic_root(tmp_path: Path) -> Path:
-    root = tmp_path / "mimic-cxr-jpg"
-    images = [
-        # subject, study, dicom, view, split
-        (10000001, 50000001, "d1", "PA", "train"),
-        (10000001, 50000001, "d2", "LATERAL", "train"),
-        (10000002, 50000002, "d3", "AP", "train"),
-        (10000003, 50000003, "d4", "PA", "train"),  # study without CheXpert labels
-        (11000004, 50000004, "d5", "PA", "validate"),
-        (19000005, 50000005, "d6", "AP", "test"),
-    ]
-    pd.DataFrame([{"dicom_id": d, "study_id": t, "subject_id": s, "split": split}
-                  for s, t, d, _, split in images]).to_csv(_mkdir(root) / "mimic-cxr-2.0.0-split.csv", index=False)
-    pd.DataFrame([{"dicom_id": d, "subject_id": s, "study_id": t, "PerformedProcedureStepDescription": "CHEST",
-                   "ViewPosition": view, "Rows": 20, "Columns": 24} for s, t, d, view, _ in images]
-                 ).to_csv(root / "mimic-cxr-2.0.0-metadata.csv", index=False)
-    labels = {50000001: (1.0, -1.0), 50000002: (None, 1.0), 50000004: (0.0, 1.0), 50000005: (-1.0, 0.0)}
-    rows = []
-    for study, (atelectasis, edema) in labels.items():
-        subject = next(s for s, t, *_ in images if t == study)
-        row = {"subject_id": subject, "study_id": study}
-        row.update({label: None for label in CHEXPERT_LABELS})
-        row.update({"Atelectasis": atelectasis, "Edema": edema})
-        rows.append(row)
-    pd.DataFrame(rows).to_csv(root / "mimic-cxr-2.0.0-chexpert.csv", index=False)
-    for subject, study, dicom, _, _ in images:
+# MIMIC-CXR-JPG as PhysioNet ships it (physionet.org/content/mimic-cxr-jpg, 2.0.0 and 2.1.0,
+# "Files" and "Data Description"): gzipped CSVs beside files/p1x/p<subject>/s<study>/<dicom_id>.jpg;
+# column order as documented; labels 1.0 / 0.0 / -1.0 / blank; ViewPosition may be blank.
+MIMIC_SPLIT_COLUMNS = ("dicom_id", "study_id", "subject_id", "split")
+MIMIC_METADATA_COLUMNS = (
+    "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows", "Columns",
+    "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning", "ViewCodeSequence_CodeMeaning",
+    "PatientOrientationCodeSequence_CodeMeaning",
+)
+MIMIC_CHEXPERT_COLUMNS = ("subject_id", "study_id", *sorted(CHEXPERT_LABELS))  # alphabetical in the file
+MIMIC_IMAGES = [
+    # subject, study, dicom_id, ViewPosition, split
+    (10000032, 50414267, "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014", "PA", "train"),
+    (10000032, 50414267, "174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962", "LATERAL", "train"),
+    (10000764, 57375967, "096052b7-d256dc40-453a102b-fa7d01c6-1b22c6b4", "AP", "train"),
+    (10000898, 50771383, "7ed1bf3f-8b8fbb1d-ef2cef3b-54a5a5ec-9bd7f9a8", "", "train"),  # no view recorded
+    (10001038, 58224300, "c5ce4ead-4ac1a4c5-d7e9c2a3-0e4d3b9a-5a5e1f2c", "PA", "train"),  # study not labelled
+    (11000183, 52201189, "3a1f5c90-6e2b8d47-91c0a4e3-d7f8b6a2-0c9e1d3f", "PA", "validate"),
+    (19000024, 53356183, "8b2d4e6f-1a3c5e7a-9c1e3a5b-7d9f1b3d-5f7a9c1e", "AP", "test"),
+]
+MIMIC_LABELS_BY_STUDY = {  # study -> (Atelectasis, Edema); other observations blank
+    50414267: ("1.0", "-1.0"), 57375967: ("", "1.0"), 50771383: ("1.0", "1.0"),
+    52201189: ("0.0", "1.0"), 53356183: ("-1.0", "0.0"),
+}
+
+
+def _write_table(path: Path, columns: tuple, rows: list) -> None:
+    text = ",".join(columns) + "\n" + "".join(",".join(map(str, row)) + "\n" for row in rows)
+    if path.suffix == ".gz":
+        with gzip.open(path, "wt", newline="") as handle:
+            handle.write(text)
+    else:
+        path.write_text(text)
+
+
+@pytest.fixture(params=[".csv.gz", ".csv"], ids=["as-shipped-gz", "unpacked-csv"])
+def mimic_root(tmp_path: Path, request) -> Path:
+    root = _mkdir(tmp_path / "mimic-cxr-jpg" / "2.0.0")
+    suffix = request.param
+    _write_table(root / f"mimic-cxr-2.0.0-split{suffix}", MIMIC_SPLIT_COLUMNS,
+                 [(d, t, s, split) for s, t, d, _, split in MIMIC_IMAGES])
+    _write_table(root / f"mimic-cxr-2.0.0-metadata{suffix}", MIMIC_METADATA_COLUMNS,
+                 [(d, s, t, "CHEST (PA AND LAT)", view, 3056, 2544, 21800506, 213014.531, "CHEST (PA AND LAT)",
+                   {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral"}.get(view, ""), "Erect")
+                  for s, t, d, view, _ in MIMIC_IMAGES])
+    chexpert_rows = []
+    for study, (atelectasis, edema) in MIMIC_LABELS_BY_STUDY.items():
+        subject = next(s for s, t, *_ in MIMIC_IMAGES if t == study)
+        values = {"Atelectasis": atelectasis, "Edema": edema}
+        chexpert_rows.append((subject, study, *(values.get(label, "") for label in MIMIC_CHEXPERT_COLUMNS[2:])))
+    _write_table(root / f"mimic-cxr-2.0.0-chexpert{suffix}", MIMIC_CHEXPERT_COLUMNS, chexpert_rows)
+    for subject, study, dicom, _, _ in MIMIC_IMAGES:
         _write_image(mimic_image_path(root, subject, study, dicom, ".jpg"))
     return root
 
 
 def test_mimic_official_splits_views_and_labels(mimic_root: Path):
     train = read_mimic_cxr(mimic_root, "train", ["Atelectasis", "Edema"], uncertain="u_zeros")
-    assert [p.name for p in train.image_paths] == ["d1.jpg", "d3.jpg"]  # lateral and unlabelled study dropped
-    assert train.image_paths[0] == mimic_root / "files/p10/p10000001/s50000001/d1.jpg"
+    # the lateral view, the image without a view and the unlabelled study are dropped
+    assert [p.stem for p in train.image_paths] == [MIMIC_IMAGES[0][2], MIMIC_IMAGES[2][2]]
+    assert train.image_paths[0] == (mimic_root / "files/p10/p10000032/s50414267"
+                                    / "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg")
     np.testing.assert_array_equal(train.targets, [[1.0, 0.0], [0.0, 1.0]])
+    with_lateral = read_mimic_cxr(mimic_root, "train", ["Atelectasis", "Edema"], frontal_only=False)
+    assert len(with_lateral) == 4 and with_lateral.targets[3].tolist() == [1.0, 1.0]
     valid = read_mimic_cxr(mimic_root, "valid", ["Atelectasis"])
     test = read_mimic_cxr(mimic_root, "test", ["Atelectasis"], uncertain="u_ones")
-    assert valid.patient_ids == ("11000004",) and test.patient_ids == ("19000005",)
+    assert valid.patient_ids == ("11000183",) and test.patient_ids == ("19000024",)
     np.testing.assert_array_equal(test.targets, [[1.0]])
+    assert read_mimic_cxr(mimic_root, "test").label_names == tuple(sorted(CHEXPERT_LABELS))  # the file's order
+
+
+def test_mimic_missing_table_names_the_shipped_file(mimic_root: Path):
+    next(mimic_root.glob("mimic-cxr-2.0.0-split.csv*")).unlink()
+    with pytest.raises(FileNotFoundError, match=r"mimic-cxr-2.0.0-split.csv.gz \(or its unpacked .csv\)"):
+        read_mimic_cxr(mimic_root, "train")
 
 
 def test_mimic_dicom_files(mimic_root: Path):
-    path = mimic_image_path(mimic_root, 19000005, 50000005, "d6", ".dcm")
+    subject, study, dicom, _, _ = MIMIC_IMAGES[-1]
+    path = mimic_image_path(mimic_root, subject, study, dicom, ".dcm")
     write_dicom(path, np.arange(480).reshape(20, 24))
     test = read_mimic_cxr(mimic_root, "test", image_suffix=".dcm")
     assert test.image_paths == (path,)

@@ -91,6 +91,67 @@ def test_pmcoa_folder_and_zip_give_the_same_shards(pmcoa, tmp_path):
     assert "PMC902_Fig1_1.jpg" in report.set_index("reason").loc["missing_image", "detail"]
 
 
+@pytest.fixture
+def pmcoa_first_release(tmp_path):
+    """The first release's layout (hub revision 16fd3b1, README: "A row in train.jsonl"):
+    train/valid/test.jsonl rows {"image", "caption", "pmcid", "url_name"} beside images.zip."""
+    root = tmp_path / "pmc_oa_first_release"
+    root.mkdir()
+    splits = {"train.jsonl": range(0, 6), "valid.jsonl": range(6, 8), "test.jsonl": range(8, 11)}
+    with zipfile.ZipFile(root / "images.zip", "w") as zf:
+        for file_name, indices in splits.items():
+            rows = []
+            for i in indices:
+                pmcid, image = f"PMC{2000 + i}", f"PMC{2000 + i}_Fig{i}_1.jpg"
+                zf.writestr(f"{ZIP_SUBFOLDER}/{image}", jpeg(100 + i))
+                rows.append(json.dumps({"image": image, "caption": f"Panel {i}: axial MR of the knee.",
+                                        "pmcid": pmcid, "url_name": f"1471-2121-4-{i}-3.jpg"}))
+            (root / file_name).write_text("\n".join(rows) + "\n")
+    return root, {"train": [f"PMC{2000 + i}_Fig{i}_1" for i in splits["train.jsonl"]],
+                  "val": [f"PMC{2000 + i}_Fig{i}_1" for i in splits["valid.jsonl"]],
+                  "test": [f"PMC{2000 + i}_Fig{i}_1" for i in splits["test.jsonl"]]}
+
+
+def _keys_by_split(out: Path):
+    keys = {}
+    for name in shard_contents(out):
+        if name.endswith(".txt"):
+            split, key = name.split("/")
+            keys.setdefault(split, []).append(key[:-len(".txt")])
+    return {split: sorted(k) for split, k in keys.items()}
+
+
+def test_pmcoa_first_release_keeps_its_official_split(pmcoa_first_release, tmp_path):
+    root, expected = pmcoa_first_release
+    # val_fraction only splits rows without an official split: here there are none
+    report = convert_pmcoa(root, root / "images.zip", tmp_path / "folder", shard_size=4, val_fraction=0.5)
+    assert sum(report.bad_rows.values()) == 0 and report.rows_read == 11
+    assert {n: s.num_samples for n, s in report.splits.items()} == {"train": 6, "val": 2, "test": 3}
+    assert _keys_by_split(tmp_path / "folder") == expected
+    contents = shard_contents(tmp_path / "folder")
+    assert contents["test/PMC2009_Fig9_1.jpg"] == jpeg(109)
+    assert contents["test/PMC2009_Fig9_1.txt"] == b"Panel 9: axial MR of the knee."
+    assert json.loads(contents["test/PMC2009_Fig9_1.json"]) == {
+        "dataset": "pmc-oa", "image": "PMC2009_Fig9_1.jpg", "pmcid": "PMC2009", "url_name": "1471-2121-4-9-3.jpg"}
+
+    files = [root / name for name in ("train.jsonl", "valid.jsonl", "test.jsonl")]
+    convert_pmcoa(files, root / "images.zip", tmp_path / "files", shard_size=4, val_fraction=0.5)
+    assert shard_contents(tmp_path / "files") == contents
+
+
+def test_pmcoa_layouts_refused_with_clear_messages(pmcoa_first_release, pmcoa, tmp_path):
+    root, _ = pmcoa_first_release
+    jsonl, folder, _ = pmcoa
+    (root / "pmc_oa.jsonl").write_text(jsonl.read_text())
+    with pytest.raises(ValueError, match="holds both PMC-OA layouts.*pass the caption files"):
+        convert_pmcoa(root, root / "images.zip", tmp_path / "both")
+    with pytest.raises(FileNotFoundError, match="no PMC-OA caption file at .*pmc_oa.jsonl"):
+        convert_pmcoa(folder, folder, tmp_path / "none")  # a folder with neither layout
+    with pytest.raises(FileNotFoundError, match="neither an image folder nor a zip archive"):
+        convert_pmcoa(jsonl, tmp_path / "images.tar", tmp_path / "bad_images")
+    assert not any((tmp_path / name).exists() for name in ("both", "none", "bad_images"))  # nothing started
+
+
 def test_roco_release_layout(tmp_path):
     data = tmp_path / "roco-dataset" / "data"
     expected_ids = {}
@@ -144,6 +205,22 @@ def test_convert_pmcoa_script(pmcoa, tmp_path):
     assert "duplicate_pair: 1" in run.stdout
     assert json.loads((out / "train" / "sizes.json").read_text()) == {"00000.tar": 5, "00001.tar": 4}
     assert len(pd.read_csv(out / "csv" / "val.csv", sep="\t")) == 3
+
+
+def test_convert_pmcoa_script_first_release_folder(pmcoa_first_release, tmp_path):
+    root, expected = pmcoa_first_release
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "convert_pmcoa.py"), "--jsonl", str(root), "--images",
+         str(root / "images.zip"), "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "11 rows read, 11 kept, 0 rejected" in run.stdout
+    assert _keys_by_split(out) == expected
+    refused = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "convert_pmcoa.py"), "--jsonl", str(tmp_path / "absent.jsonl"),
+         "--images", str(root / "images.zip"), "--out", str(tmp_path / "never")], capture_output=True, text=True)
+    assert refused.returncode == 2 and "no PMC-OA caption file at" in refused.stderr
+    assert not (tmp_path / "never").exists()
 
 
 @pytest.mark.parametrize("script", ["build_embedded_dataset.py", "convert_pmcoa.py", "convert_roco.py"])

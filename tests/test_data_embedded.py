@@ -119,3 +119,33 @@ def test_open_clip_train_reads_the_embedded_shards(built):
     images, texts = next(iter(data.dataloader))
     assert images.shape == (16, 3, 48, 48) and len(texts) == 16
     assert torch.equal(images[:, 0], images[:, 1])  # grey images, decoded as RGB by "pilrgb"
+
+
+
+_WITHOUT_TEST_EXTRA = """
+import json, sys, tarfile
+from pathlib import Path
+for name in ("pytest", "_pytest", "clip_benchmark", "requests"):  # the [test] extra
+    sys.modules[name] = None  # import raises ImportError, as when not installed
+import openclip_unimlip.ablation, openclip_unimlip.demo
+from openclip_unimlip.data.embedded import ensure_embedded_dataset
+built = ensure_embedded_dataset(sys.argv[1], num_samples=60, image_size=32, shard_size=30, formats="webdataset")
+tars = [tarfile.open(shard) for shard in sorted(Path(sys.argv[1]).glob("*/*.tar"))]
+sources = {json.loads(tar.extractfile(m).read())["source"] for tar in tars for m in tar if m.name.endswith(".json")}
+print(built.train_num_samples + built.val_num_samples, *sorted(sources))
+"""
+
+
+def test_builds_without_the_test_extra(tmp_path):
+    """README command 1 installs no test extra: the demo's and the ablation's modules, and a build
+    drawing on every base image, must work with the test-only packages unimportable (nibabel's
+    own ``nibabel.testing`` imports pytest)."""
+    import subprocess
+    import sys
+
+    from openclip_unimlip.data.embedded import _SOURCES
+
+    result = subprocess.run([sys.executable, "-c", _WITHOUT_TEST_EXTRA, str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["60", *sorted(source.name for source in _SOURCES)]

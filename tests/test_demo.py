@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from openclip_unimlip.experiment import mean_r1, parse_train_log
+from openclip_unimlip.experiment import mean_r1
+from openclip_unimlip.train_progress import parse_train_log
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,6 +28,21 @@ def test_parse_train_log_reads_steps_and_terms():
     assert steps[0]["itc_loss"] == pytest.approx(0.70182) and steps[1]["mlm_loss"] == 4.0  # the step's value
     assert "simclr_loss" not in steps[1] and steps[2]["simclr_loss"] == 2.0
     assert steps[2]["loss"] == 5.5 and steps[2]["lr"] == pytest.approx(4e-4) and steps[2]["epoch"] == 1
+
+
+def test_run_pretraining_refuses_an_existing_run_before_starting(tmp_path):
+    """open_clip_train refuses an existing run yet exits 0: refused here first, with nothing started."""
+    from openclip_unimlip.data.embedded import EmbeddedDataset
+    from openclip_unimlip.experiment import PretrainConfig, run_pretraining
+
+    data = EmbeddedDataset(root=tmp_path, train_data=str(tmp_path / "{00000..00001}.tar"), val_data=None,
+                           train_csv=None, val_csv=None, train_num_samples=10, val_num_samples=0, manifest={},
+                           built=False)
+    (tmp_path / "logs" / "run").mkdir(parents=True)
+    (tmp_path / "logs" / "run" / "out.log").write_text("an earlier run")
+    with pytest.raises(FileExistsError, match="already holds a training run"):
+        run_pretraining(PretrainConfig(), data, tmp_path / "logs", "run", with_val=False)
+    assert sorted(p.name for p in (tmp_path / "logs" / "run").iterdir()) == ["out.log"]
 
 
 @pytest.mark.slow

@@ -84,10 +84,11 @@ def test_random_patch_mask_partitions_the_patches():
     assert torch.equal(ops.keep_mask(keep, 36).sum(1), torch.full((4,), 18.0))
 
 
-def test_sentences_split_on_delimiters_and_skip_special_tokens():
+def test_sentences_split_at_boundaries_and_skip_special_tokens():
     # [CLS] a b . c . d [SEP] [PAD]   with '.' = 5, specials 101/102/0
     ids = torch.tensor([[101, 7, 8, 5, 9, 5, 10, 102, 0], [101, 7, 102, 0, 0, 0, 0, 0, 0]])
-    segments = ops.sentence_segments(ids, [5], [101, 102, 0], max_sentences=2)
+    content = ~torch.isin(ids, torch.tensor([101, 102, 0]))
+    segments = ops.sentence_segments(ids == 5, content, max_sentences=2)
     assert segments[0, 0].nonzero().flatten().tolist() == [1, 2, 3]
     assert segments[0, 1].nonzero().flatten().tolist() == [4, 5, 6]  # third sentence merged into the last
     assert segments[1, 0].nonzero().flatten().tolist() == [1] and not segments[1, 1].any()
@@ -95,6 +96,59 @@ def test_sentences_split_on_delimiters_and_skip_special_tokens():
     pooled, valid = ops.pool_sentences(hidden, segments)
     torch.testing.assert_close(pooled[0, 1], hidden[0, 4:7].mean(0))
     assert valid.tolist() == [[True, True], [True, False]]
+
+
+# Report phrasing in the style of MIMIC-CXR / Open-I impressions, split by hand: decimals, abbreviations,
+# "e.g." and numbered lists stay inside their sentence.
+RADIOLOGY_REPORTS = [
+    ("1. Interval increase in the right pleural effusion, now moderate. 2. No pneumothorax.",
+     ["1. Interval increase in the right pleural effusion, now moderate.", "2. No pneumothorax."]),
+    ("A 2.5 cm nodule in the right upper lobe, e.g. a granuloma. Heart size is normal.",
+     ["A 2.5 cm nodule in the right upper lobe, e.g. a granuloma.", "Heart size is normal."]),
+    ("Findings: 1. ET tube tip 3.2 cm above the carina. 2. Approx. 1.5 cm calcified granuloma, unchanged vs. prior.",
+     ["Findings: 1. ET tube tip 3.2 cm above the carina.",
+      "2. Approx. 1.5 cm calcified granuloma, unchanged vs. prior."]),
+    ("Dr. Smith was notified of the findings at 10.30. Lungs are clear.",
+     ["Dr. Smith was notified of the findings at 10.30.", "Lungs are clear."]),
+]
+
+
+@pytest.mark.parametrize("report, sentences", RADIOLOGY_REPORTS)
+def test_sentence_splitter_keeps_decimals_abbreviations_and_list_numbers(models, report, sentences):
+    import open_clip
+
+    model = models["mlip-liu-tiny"]
+    tokenizer = open_clip.get_tokenizer("mlip-liu-tiny")
+    ids = tokenizer([report])
+    boundaries = ops.sentence_boundaries(ids, model.is_delimiter, model.keeps_period, model.is_number,
+                                         model.opens_item)
+    content = ~torch.isin(ids, torch.tensor(model.special_token_ids))
+    segments = ops.sentence_segments(boundaries, content, max_sentences=8)
+    found = [ids[0][row].tolist() for row in segments[0] if row.any()]
+    # each hand-split sentence tokenised alone gives the same ids (BERT's tokenisation is word-local)
+    expected = [[i for i in tokenizer([s])[0].tolist() if i not in model.special_token_ids] for s in sentences]
+    assert found == expected
+    assert sum(boundaries[0].tolist()) == len(sentences)
+
+
+def test_sinkhorn_converges_to_tolerance_and_warns_when_iterations_run_out():
+    g = torch.Generator().manual_seed(3)
+    sim = torch.rand(2, 12, 5, generator=g) * 2 - 1
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    with pytest.warns(RuntimeWarning, match="above the tolerance"):  # extreme input: ε = 0.02, 5 iterations
+        ops.sinkhorn_plan(sim, mask, epsilon=0.02, iterations=5, tolerance=1e-3)
+    plan = ops.sinkhorn_plan(sim, mask, epsilon=0.05, iterations=2000, tolerance=1e-4)
+    for b in range(2):
+        reference = _naive_sinkhorn(sim[b], mask[b], 0.05, 5000)  # float64, far past convergence
+        torch.testing.assert_close(plan[b].sum(1).double(), torch.full((12,), 1 / 12, dtype=torch.float64),
+                                   atol=1e-4 / 12, rtol=0)
+        torch.testing.assert_close(plan[b].double(), reference, atol=2e-4 / 12, rtol=0)
+    scores = torch.rand(6, 9, generator=g) * 2 - 1
+    with pytest.warns(RuntimeWarning, match="prototype codes"):
+        ops.swav_codes(scores, epsilon=0.01, iterations=3, tolerance=1e-3)
+    codes = ops.swav_codes(scores, epsilon=0.05, iterations=5000, tolerance=1e-5)
+    torch.testing.assert_close(codes.sum(0), torch.full((9,), 6 / 9), atol=1e-4, rtol=0)  # equal prototype mass
+    torch.testing.assert_close(codes.sum(1), torch.ones(6), atol=1e-5, rtol=0)
 
 
 # ----- MLIP (Liu) loss terms ---------------------------------------------------------------------
@@ -109,24 +163,37 @@ def _liu_inputs(batch=4, patches=5, sentences=3, dim=8, seed=0):
                 reconstruction=torch.randn(batch, 6, 12, generator=g), reconstruction_target=torch.randn(batch, 6, 12, generator=g))
 
 
-def test_masked_contrastive_is_the_weighted_four_term_average():
+def _maco_contrastive(image, text, integrity, temperature_inverse):
+    """MaCo's contrastive loss, transcribed from model_MaCo.py l.407-419 (``x_`` there is the
+    estimator's pre-activation; ours returns softplus(x_) = ``scale`` directly)."""
+    x1, x2 = image / image.norm(dim=-1, keepdim=True), text / text.norm(dim=-1, keepdim=True)
+    logits1, logits2 = temperature_inverse * x1 @ x2.t(), temperature_inverse * x2 @ x1.t()
+    gt = torch.arange(logits1.shape[0])
+    scale = integrity.unsqueeze(-1)  # [B, 1]
+    ce = torch.nn.CrossEntropyLoss()
+    loss_c = ce(logits1 * scale, gt) + ce(logits2 * scale, gt)
+    wce = torch.nn.CrossEntropyLoss(weight=scale.detach().squeeze(-1))
+    loss_c = loss_c + wce(logits1, gt) + wce(logits2, gt)
+    return loss_c / 4
+
+
+def test_masked_contrastive_is_macos_formula():
     x = _liu_inputs()
     loss = MlipLiuLoss(weights={"patch_sentence": 0, "reconstruction": 0})
     value = loss(**x, output_dict=True)["masked_contrastive_loss"]
-    logits = x["logit_scale"] * x["image_features"] @ x["text_features"].T
-    w = x["integrity_weights"]
-    n = logits.shape[0]
-    weighted_rows = sum(_naive_ce(w[i] * logits[i], i) for i in range(n)) / n
-    weighted_cols = sum(_naive_ce(w * logits[:, j], j) for j in range(n)) / n
-    class_rows = sum(w[i] * _naive_ce(logits[i], i) for i in range(n)) / w.sum()
-    class_cols = sum(w[j] * _naive_ce(logits[:, j], j) for j in range(n)) / w.sum()
-    torch.testing.assert_close(value, (weighted_rows + weighted_cols + class_rows + class_cols) / 4)
+    expected = _maco_contrastive(x["image_features"], x["text_features"], x["integrity_weights"], x["logit_scale"])
+    torch.testing.assert_close(value, expected)
+    # the weights differ across the batch, so scaling image columns instead of text rows would not pass
+    logits = x["logit_scale"] * x["text_features"] @ x["image_features"].T
+    columns = F.cross_entropy(logits * x["integrity_weights"].unsqueeze(0), torch.arange(4))
+    rows = F.cross_entropy(logits * x["integrity_weights"].unsqueeze(1), torch.arange(4))
+    assert abs(columns - rows) > 1e-3
 
 
 def test_patch_sentence_term_is_infonce_over_transport_similarities():
     x = _liu_inputs()
     loss = MlipLiuLoss(weights={"masked_contrastive": 0, "reconstruction": 0}, psm_temperature=0.1,
-                       ot_epsilon=0.1, ot_iterations=5)
+                       ot_epsilon=0.1, ot_iterations=5, ot_tolerance=0.0)
     value = loss(**x, output_dict=True)["patch_sentence_loss"]
     n = x["patch_embeddings"].shape[0]
     sim = torch.zeros(n, n, dtype=torch.float64)
@@ -162,7 +229,8 @@ def _li_inputs(batch=4, tokens=6, patches=5, dim=8, prototypes=7, seed=0):
     image, text = unit(batch, dim), unit(batch, dim)
     protos = unit(prototypes, dim)
     return dict(image_features=image, text_features=text, logit_scale=torch.tensor(10.0),
-                divergence_text_features=unit(batch, dim), token_embeddings=unit(batch, tokens, dim),
+                divergence_image_features=unit(batch, dim), divergence_text_features=unit(batch, dim),
+                token_embeddings=unit(batch, tokens, dim),
                 token_weights=weights, patch_embeddings=unit(batch, patches, dim),
                 image_prototype_scores=image @ protos.T, text_prototype_scores=text @ protos.T)
 
@@ -173,17 +241,45 @@ def _itc(a, b, scale):
     return (sum(_naive_ce(logits[i], i) for i in range(n)) + sum(_naive_ce(logits[:, j], j) for j in range(n))) / (2 * n)
 
 
-def test_global_term_averages_the_plain_and_the_divergence_contrast():
+def test_global_term_is_mgcas_sum_of_both_directions():
     x = _li_inputs()
-    value = MlipLiLoss(weights={"local": 0, "prototype": 0})(**x, output_dict=True)["global_loss"]
-    expected = (_itc(x["image_features"], x["text_features"], 10.0)
-                + _itc(x["image_features"], x["divergence_text_features"], 10.0)) / 2
+    value = MlipLiLoss(weights={"divergence": 0, "local": 0, "prototype": 0})(**x, output_dict=True)["global_loss"]
+    # mgca_module.py l.104-109: loss_ita = CE(scores) + CE(scores.T), summed
+    scores = x["image_features"] @ x["text_features"].T * 10.0
+    labels = torch.arange(4)
+    torch.testing.assert_close(value, F.cross_entropy(scores, labels) + F.cross_entropy(scores.T, labels))
+
+
+def test_divergence_term_contrasts_each_view_with_its_diverged_view():
+    x = _li_inputs()
+    value = MlipLiLoss(weights={"global": 0, "local": 0, "prototype": 0}, divergence_temperature=0.1)(
+        **x, output_dict=True)["divergence_loss"]
+    expected = (_itc(x["image_features"], x["divergence_image_features"], 10.0)
+                + _itc(x["text_features"], x["divergence_text_features"], 10.0))
     torch.testing.assert_close(value, expected)
+
+
+def test_divergence_gradient_is_not_that_of_plain_itc():
+    """The earlier reading, ITC(v, t') with t' a second dropout pass, has ITC(v, t)'s expected gradient;
+    ours adds a gradient ITC has none of: on the diverged views, and through them on v and t."""
+    x = _li_inputs()
+    keys = ("image_features", "text_features", "divergence_image_features", "divergence_text_features")
+    grads = []
+    for divergence in (0.0, 1.0):
+        inputs = {k: v.clone().requires_grad_() if k in keys else v for k, v in x.items()}
+        MlipLiLoss(weights={"divergence": divergence, "local": 0, "prototype": 0})(**inputs).backward()
+        grads.append({k: inputs[k].grad for k in keys})
+    assert grads[0]["divergence_image_features"] is None and grads[0]["divergence_text_features"] is None
+    assert grads[1]["divergence_image_features"].abs().sum() > 0
+    assert grads[1]["divergence_text_features"].abs().sum() > 0
+    for key in ("image_features", "text_features"):
+        difference = (grads[1][key] - grads[0][key]).norm() / grads[0][key].norm()
+        assert difference > 0.1, key
 
 
 def test_local_term_matches_a_per_sample_computation():
     x = _li_inputs()
-    value = MlipLiLoss(weights={"global": 0, "prototype": 0, "local": 1.0})(**x, output_dict=True)["local_loss"]
+    value = MlipLiLoss(weights={"global": 0, "divergence": 0, "prototype": 0})(**x, output_dict=True)["local_loss"]
     tau, total = 0.1, 0.0
     for words, omega, patches in zip(x["token_embeddings"], x["token_weights"], x["patch_embeddings"]):
         valid = omega > 0
@@ -194,13 +290,13 @@ def test_local_term_matches_a_per_sample_computation():
         pctx = F.normalize(torch.softmax(patches @ w.T / tau, dim=1) @ w, dim=-1)
         p = patches @ pctx.T / tau
         patch = sum((_naive_ce(p[j], j) + _naive_ce(p[:, j], j)) / 2 for j in range(len(patches))) / len(patches)
-        total = total + (token + patch) / 2
+        total = total + token + patch  # MGCA sums word and patch terms (mgca_module.py l.223)
     torch.testing.assert_close(value, total / len(x["token_embeddings"]))
 
 
 def test_prototype_term_is_swapped_prediction_with_codes_summing_to_one():
     x = _li_inputs()
-    loss = MlipLiLoss(weights={"global": 0, "local": 0})
+    loss = MlipLiLoss(weights={"global": 0, "divergence": 0, "local": 0, "prototype": 0.5})
     value = loss(**x, output_dict=True)["prototype_loss"]
     codes_v = ops.swav_codes(x["image_prototype_scores"], 0.05, 3)
     codes_t = ops.swav_codes(x["text_prototype_scores"], 0.05, 3)
@@ -289,7 +385,7 @@ def test_train_outputs_are_batch_first_and_every_parameter_gets_a_gradient(model
     args = argparse.Namespace(model=name, local_loss=False, gather_with_grad=False, rank=0, world_size=1)
     terms = open_clip.create_loss(args)(**out, output_dict=True)
     expected = {"mlip-liu-tiny": {"masked_contrastive_loss", "patch_sentence_loss", "reconstruction_loss"},
-                "mlip-li-tiny": {"global_loss", "local_loss", "prototype_loss"}}[name]
+                "mlip-li-tiny": {"global_loss", "divergence_loss", "local_loss", "prototype_loss"}}[name]
     assert set(terms) == expected
     sum(terms.values()).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
@@ -354,10 +450,38 @@ def test_prototypes_start_from_the_knowledge_embeddings(batch, small_knowledge):
     assert torch.equal(model.prototypes.detach(), before)  # not re-initialised
 
 
+def test_prototypes_are_frozen_in_the_first_epoch(batch, small_knowledge):
+    """MGCA (mgca_module.py l.340-343) drops the prototypes' gradient while epoch < 1: the normalised
+    prototypes must not move in epoch 0 under AdamW with weight decay, and must move in epoch 1."""
+    torch.manual_seed(0)
+    model = _li_model(small_knowledge).train()
+    model.configure_terms(["prototype"])
+    loss = MlipLiLoss(weights={"global": 0, "divergence": 0, "local": 0, "prototype": 1.0})
+    optimizer = torch.optim.AdamW([model.prototypes], lr=0.1, weight_decay=0.2)
+    with torch.no_grad():
+        model(*batch)  # the first forward initialises the prototypes from the knowledge entities
+    moved = []
+    for epoch in (0, 1):
+        model.set_epoch(epoch)
+        before = F.normalize(model.prototypes.detach(), dim=-1).clone()
+        for _ in range(2):
+            optimizer.zero_grad()
+            loss(**model(*batch)).backward()
+            assert model.prototypes.grad is not None  # DDP needs a gradient for every parameter
+            optimizer.step()
+        moved.append((F.normalize(model.prototypes.detach(), dim=-1) - before).abs().max().item())
+    assert moved[0] < 1e-6 < 1e-3 < moved[1]
+
+
 def test_knowledge_file_default_and_errors(tmp_path):
     entities = load_knowledge()
     assert 0 < len(entities) <= 500 and DEFAULT_KNOWLEDGE_FILE.is_file()
     assert all(e.name and e.description for e in entities)
+    chest = load_knowledge("chest")  # the shipped chest-specific file
+    assert {e.category for e in chest} <= {"Thoracic Imaging", "Cardiac Imaging", "Chest"}
+    assert {"Pneumothorax", "Pulmonary Embolism (PE)"} <= {e.name for e in chest}
+    with pytest.raises(FileNotFoundError, match="shipped names"):
+        load_knowledge("thorax")
     bad = tmp_path / "k.jsonl"
     bad.write_text(json.dumps({"name": "a", "category": "c", "description": "d"}) + "\n" + json.dumps({"name": "a", "description": "e"}))
     with pytest.raises(ValueError, match="duplicate"):
@@ -375,7 +499,7 @@ def test_bad_recipe_sections_are_refused():
     with pytest.raises(ValueError, match="mask_ratio"):
         LiuCfg.from_dict({"mask_ratio": 1.0})
     with pytest.raises(ValueError, match="nothing to train"):
-        LiCfg.from_dict({"loss_weights": {"global": 0, "local": 0, "prototype": 0}})
+        LiCfg.from_dict({"loss_weights": {"global": 0, "divergence": 0, "local": 0, "prototype": 0}})
 
 
 # ----- end to end through open_clip_train --------------------------------------------------------
@@ -386,7 +510,7 @@ def _logged(log_text, key):
 @pytest.mark.slow
 @pytest.mark.parametrize("name, terms", [
     ("mlip-liu-tiny", ("Masked_contrastive_loss", "Patch_sentence_loss", "Reconstruction_loss")),
-    ("mlip-li-tiny", ("Global_loss", "Local_loss", "Prototype_loss")),
+    ("mlip-li-tiny", ("Global_loss", "Divergence_loss", "Local_loss", "Prototype_loss")),
 ])
 def test_short_cpu_training_lowers_the_loss(tmp_path, name, terms):
     pattern = write_shards(tmp_path / "shards", num_samples=128, per_shard=64)

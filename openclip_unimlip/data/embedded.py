@@ -118,10 +118,14 @@ def _dicom(name: str, window: Optional[Tuple[float, float]] = None) -> Callable[
 
 
 def _nibabel_brain() -> np.ndarray:
-    import nibabel
-    from nibabel.testing import data_path
+    from importlib.resources import as_file, files
 
-    volume = np.asanyarray(nibabel.load(os.path.join(data_path, "example4d.nii.gz")).dataobj)[..., 0]
+    import nibabel
+
+    # The volume ships inside the nibabel package (nibabel/tests/data); found through the package
+    # folder, not nibabel.testing, which imports pytest: the default install has no test extra.
+    with as_file(files("nibabel") / "tests" / "data" / "example4d.nii.gz") as path:
+        volume = np.asanyarray(nibabel.load(path).dataobj)[..., 0]
     axial = np.rot90(volume[:, :, 5:20], k=1, axes=(0, 1))  # anterior up
     return np.ascontiguousarray(np.moveaxis(_percentile_window(axial), -1, 0))
 

@@ -10,7 +10,7 @@ exist, otherwise close to MGCA:
 * CheXpert: ``test`` is the official, expert-labelled ``valid.csv`` (as in MGCA: the test labels
   are not in the public release); ``train``/``valid`` partition ``train.csv`` by patient, ``valid``
   being a seeded random ``valid_fraction`` of the patients (MGCA holds out 5,000 random images).
-* MIMIC-CXR: the official ``mimic-cxr-2.0.0-split.csv`` (``validate`` is our ``valid``).
+* MIMIC-CXR: the official ``mimic-cxr-2.0.0-split.csv.gz`` (``validate`` is our ``valid``).
 * NIH ChestX-ray14: ``test`` is the official ``test_list.txt``; ``train``/``valid`` partition
   ``train_val_list.txt`` by patient as for CheXpert.
 
@@ -119,6 +119,14 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+def _read_mimic_table(root: Path, stem: str) -> pd.DataFrame:
+    """``<stem>.csv.gz`` as PhysioNet ships it, or ``<stem>.csv`` once unpacked."""
+    for name in (f"{stem}.csv.gz", f"{stem}.csv"):
+        if (root / name).is_file():
+            return pd.read_csv(root / name)  # compression inferred from the suffix
+    raise FileNotFoundError(f"missing dataset file {root / stem}.csv.gz (or its unpacked .csv)")
+
+
 def _check_images_exist(paths: Sequence[Path]) -> None:
     missing = [path for path in paths if not path.is_file()]
     if missing:
@@ -201,14 +209,15 @@ def read_mimic_cxr(
 ) -> CxrSplit:
     """Read MIMIC-CXR-JPG (``image_suffix=".jpg"``) or MIMIC-CXR DICOMs (``".dcm"``) from ``root``.
 
-    ``root`` holds ``mimic-cxr-2.0.0-{chexpert,split,metadata}.csv`` and the ``files/`` tree.
+    ``root`` holds ``mimic-cxr-2.0.0-{chexpert,split,metadata}.csv.gz`` (PhysioNet's MIMIC-CXR-JPG
+    2.0.0 / 2.1.0 files, read gzipped or unpacked to ``.csv``) and the ``files/`` tree.
     """
     _check_choice("split", split, SPLITS)
     root = Path(root)
-    chexpert = _read_csv(root / "mimic-cxr-2.0.0-chexpert.csv")
+    chexpert = _read_mimic_table(root, "mimic-cxr-2.0.0-chexpert")
     label_names = _resolve_labels(labels, [c for c in chexpert.columns if c in MIMIC_LABELS], "MIMIC-CXR")
-    splits = _read_csv(root / "mimic-cxr-2.0.0-split.csv")
-    metadata = _read_csv(root / "mimic-cxr-2.0.0-metadata.csv")
+    splits = _read_mimic_table(root, "mimic-cxr-2.0.0-split")
+    metadata = _read_mimic_table(root, "mimic-cxr-2.0.0-metadata")
     official_split = "validate" if split == "valid" else split
     frame = splits[splits["split"] == official_split].merge(
         metadata[["dicom_id", "ViewPosition"]], on="dicom_id", how="left")

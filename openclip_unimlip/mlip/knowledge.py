@@ -5,7 +5,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Union
 
-DEFAULT_KNOWLEDGE_FILE = Path(__file__).resolve().parent / "knowledge" / "radiology_entities.jsonl"
+_SHIPPED_DIR = Path(__file__).resolve().parent / "knowledge"
+# Built by scripts/build_knowledge.py from radiology-semantic-dict 1.4.0: "radiology" (the default,
+# 500 entities of every topic, radiograph findings first) and "chest" (116 entities whose main ACR
+# topic is thoracic, cardiac or chest imaging).
+SHIPPED = {"radiology": _SHIPPED_DIR / "radiology_entities.jsonl", "chest": _SHIPPED_DIR / "chest_entities.jsonl"}
+DEFAULT_KNOWLEDGE_FILE = SHIPPED["radiology"]
 
 
 @dataclass(frozen=True)
@@ -21,10 +26,11 @@ class Entity:
 
 
 def load_knowledge(path: Optional[Union[str, Path]] = None) -> List[Entity]:
-    """Entities of a knowledge file (``None``: the shipped default), with one clear error per bad line."""
-    path = Path(path) if path is not None else DEFAULT_KNOWLEDGE_FILE
+    """Entities of a knowledge file: a path, a shipped name (``SHIPPED``) or ``None`` (the default),
+    with one clear error per bad line."""
+    path = SHIPPED.get(path, Path(path)) if path is not None else DEFAULT_KNOWLEDGE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"knowledge file {path} does not exist")
+        raise FileNotFoundError(f"knowledge file {path} does not exist (shipped names: {sorted(SHIPPED)})")
     entities, seen = [], set()
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():

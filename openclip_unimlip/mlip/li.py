@@ -2,12 +2,13 @@
 token↔patch alignment weighted by [CLS] attention, and knowledge-initialised prototypes.
 
 What is the paper's, MGCA's or ours: docs/methods/mlip-li.md. The "divergence encoder" is
-our reading: a second, dropout-diverged pass of the text tower. In eval mode the model is
-exactly OpenCLIP's ``CustomTextCLIP``. In train mode ``model(images, texts)`` returns,
-batch-first:
+our reading: each encoder also produces a second, diverged view of its input (the text tower a
+second pass with other dropout masks, the image tower a pass on a random subset of the patches),
+contrasted with the first view. In eval mode the model is exactly OpenCLIP's ``CustomTextCLIP``.
+In train mode ``model(images, texts)`` returns, batch-first:
 
 - ``image_features``, ``text_features`` [B, D], ``logit_scale`` (OpenCLIP's keys);
-- ``divergence_text_features`` [B, D]: the caption's second, dropout-diverged embedding;
+- ``divergence_image_features``, ``divergence_text_features`` [B, D]: the diverged views;
 - ``token_embeddings`` [B, L, D], ``token_weights`` [B, L] (0 for special tokens and pads)
   and ``patch_embeddings`` [B, N, D];
 - ``image_prototype_scores`` and ``text_prototype_scores`` [B, K].
@@ -24,7 +25,7 @@ from ..text_models import check_text_model
 from ..terms import validate_terms
 from .config import LI_TERMS, LiCfg
 from .knowledge import load_knowledge
-from .ops import project_tokens, vit_tokens
+from .ops import project_tokens, random_patch_mask, vit_tokens
 from .towers import require_hf_text, require_vit, text_pass
 
 _KNOWLEDGE_CHUNK = 64  # entities encoded per pass when initialising the prototypes
@@ -63,9 +64,10 @@ class MlipLi(RecipeCLIP):
         require_vit(self.visual, "MLIP (Li)")
         text = require_hf_text(self.text, "MLIP (Li)")
         config = text.config
-        if not (getattr(config, "hidden_dropout_prob", 0) or getattr(config, "attention_probs_dropout_prob", 0)):
-            raise ValueError("MLIP (Li)'s divergence encoder is a dropout-diverged second text pass: "
-                             "the text tower has no dropout, so both passes would be identical")
+        no_dropout = not (getattr(config, "hidden_dropout_prob", 0) or getattr(config, "attention_probs_dropout_prob", 0))
+        if cfg.loss_weights["divergence"] > 0 and no_dropout:
+            raise ValueError("MLIP (Li)'s divergence encoder diverges the text view by dropout: the text tower has "
+                             "no dropout, so both text views would be identical (set loss_weights.divergence to 0)")
         try:
             self._last_text_attention()
         except AttributeError:
@@ -81,6 +83,7 @@ class MlipLi(RecipeCLIP):
         self.prototypes = nn.Parameter(F.normalize(torch.randn(len(entities), embed_dim), dim=-1))
         # set once the prototypes hold the knowledge embeddings; saved, so a resumed run keeps its prototypes
         self.register_buffer("prototypes_initialized", torch.zeros((), dtype=torch.bool))
+        self.prototypes_frozen = False  # set per epoch by set_epoch (open_clip_train calls it)
         self.configure_terms(t for t, w in cfg.loss_weights.items() if w > 0)
 
     def _last_text_attention(self) -> nn.Module:
@@ -93,6 +96,12 @@ class MlipLi(RecipeCLIP):
         self.active_terms = frozenset(validate_terms(terms, LI_TERMS, "MLIP (Li)"))
         self.prototypes.requires_grad_("prototype" in self.active_terms)
         self.logit_scale.requires_grad_("global" in self.active_terms)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Freeze the prototypes during the first ``freeze_prototypes_epochs`` epochs (MGCA,
+        mgca_module.py l.54, l.340-343). The plugin's trainer hook calls this at every epoch start;
+        a model trained without it never freezes them."""
+        self.prototypes_frozen = epoch < self.cfg.freeze_prototypes_epochs
 
     @torch.no_grad()
     def initialize_prototypes(self) -> None:
@@ -114,9 +123,13 @@ class MlipLi(RecipeCLIP):
         pooled, tokens = vit_tokens(self.visual, image)
         text_out, attention_mask, text_projected = text_pass(self.text, text, output_hidden_states="local" in terms)
         out = {"image_features": F.normalize(pooled, dim=-1), "text_features": F.normalize(text_projected, dim=-1)}
-        if "global" in terms:
-            _, _, diverged = text_pass(self.text, text)
-            out["divergence_text_features"] = F.normalize(diverged, dim=-1)
+        if "divergence" in terms:
+            keep, _ = random_patch_mask(image.shape[0], tokens.shape[1], 1.0 - self.cfg.divergence_image_keep,
+                                        device=image.device)
+            diverged_image, _ = vit_tokens(self.visual, image, keep)
+            _, _, diverged_text = text_pass(self.text, text)
+            out["divergence_image_features"] = F.normalize(diverged_image, dim=-1)
+            out["divergence_text_features"] = F.normalize(diverged_text, dim=-1)
         if "local" in terms:
             valid = attention_mask.bool() & ~torch.isin(text, torch.as_tensor(self.special_token_ids, device=text.device))
             with torch.no_grad():
@@ -126,7 +139,13 @@ class MlipLi(RecipeCLIP):
             out["token_embeddings"] = F.normalize(self.text.proj(text_out.last_hidden_state), dim=-1)
             out["patch_embeddings"] = F.normalize(project_tokens(self.visual, tokens), dim=-1)
         if "prototype" in terms:
-            prototypes = F.normalize(self.prototypes, dim=-1)
+            prototypes = self.prototypes
+            if self.prototypes_frozen:
+                # MGCA sets their gradient to None; a zero gradient keeps DDP (which needs one for every
+                # parameter) working, and AdamW then steps them by 0 apart from weight decay, which only
+                # shrinks the norm that the normalisation below removes
+                prototypes = prototypes.detach() + 0.0 * prototypes
+            prototypes = F.normalize(prototypes, dim=-1)
             out["image_prototype_scores"] = out["image_features"] @ prototypes.T
             out["text_prototype_scores"] = out["text_features"] @ prototypes.T
         out["logit_scale"] = self.logit_scale.exp()

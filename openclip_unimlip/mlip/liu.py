@@ -10,7 +10,8 @@ batch-first:
 - ``integrity_weights`` [B]: softplus(Linear(keep-mask));
 - ``patch_embeddings`` [B, K, D] (visible patches), ``sentence_embeddings`` [B, S, D] and
   ``sentence_mask`` [B, S];
-- ``reconstruction`` and ``reconstruction_target`` [B, N - K, patch² · 3] for the masked patches.
+- ``reconstruction`` and ``reconstruction_target`` [B, N - K, patch² · 3] for the masked patches
+  (the target is per-patch normalised only with ``norm_pix_loss``).
 
 Outputs whose loss weight is 0 (``configure_terms``) are not computed.
 """
@@ -26,8 +27,30 @@ from ..text_models import check_text_model
 from ..terms import validate_terms
 from .config import LIU_TERMS, LiuCfg
 from .ops import (gather_tokens, keep_mask, normalize_patches, patchify, pool_sentences, project_tokens,
-                  random_patch_mask, sentence_segments, vit_tokens)
+                  random_patch_mask, sentence_boundaries, sentence_segments, vit_tokens)
 from .towers import require_hf_text, require_vit, text_pass
+
+
+def sentence_lookups(vocab: Dict[str, int], delimiter_ids: Iterable[int], special_ids: Iterable[int],
+                     abbreviations: Iterable[str]) -> Dict[str, torch.Tensor]:
+    """The [vocab] boolean lookups of ``ops.sentence_boundaries`` for a tokenizer's vocabulary
+    (token -> id; word pieces keep their "##" prefix)."""
+    size = max(vocab.values()) + 1
+    lookups = {name: torch.zeros(size, dtype=torch.bool)
+               for name in ("is_delimiter", "keeps_period", "is_number", "opens_item")}
+    abbreviations = {a.lower().rstrip(".") for a in abbreviations}
+    for token, index in vocab.items():
+        piece = token.startswith("##")  # the end of a longer word ("pneumothora" "##x") is no abbreviation
+        word = token[2:] if piece else token
+        lookups["is_number"][index] = word.isdigit()
+        lookups["keeps_period"][index] = not piece and ((len(word) == 1 and word.isalpha())
+                                                        or word.lower() in abbreviations)
+        lookups["opens_item"][index] = token in (":", ";")
+    for index in delimiter_ids:
+        lookups["is_delimiter"][index] = lookups["opens_item"][index] = True
+    for index in special_ids:
+        lookups["opens_item"][index] = True
+    return lookups
 
 
 class IntegrityEstimator(nn.Module):
@@ -86,8 +109,10 @@ class MlipLiu(RecipeCLIP):
         delimiter_ids = tokenizer.convert_tokens_to_ids(cfg.sentence_delimiters)
         if tokenizer.unk_token_id in delimiter_ids:
             raise ValueError(f"sentence_delimiters {cfg.sentence_delimiters} are not all tokens of the vocabulary")
-        self.sentence_delimiter_ids = tuple(delimiter_ids)
         self.special_token_ids = tuple(tokenizer.all_special_ids)
+        for name, lookup in sentence_lookups(tokenizer.get_vocab(), delimiter_ids, self.special_token_ids,
+                                             cfg.sentence_abbreviations).items():
+            self.register_buffer(name, lookup, persistent=False)
 
         num_patches = visual.grid_size[0] * visual.grid_size[1]
         self.patch_size = visual.patch_size[0]
@@ -123,14 +148,19 @@ class MlipLiu(RecipeCLIP):
         out["text_features"] = F.normalize(text_projected, dim=-1)
         if "patch_sentence" in terms:
             out["patch_embeddings"] = F.normalize(project_tokens(self.visual, tokens), dim=-1)
-            segments = sentence_segments(text, self.sentence_delimiter_ids, self.special_token_ids,
-                                         self.cfg.max_sentences)
+            boundaries = sentence_boundaries(text, self.is_delimiter, self.keeps_period, self.is_number,
+                                             self.opens_item)
+            content = ~torch.isin(text, torch.as_tensor(self.special_token_ids, device=text.device))
+            segments = sentence_segments(boundaries, content, self.cfg.max_sentences)
             sentences, valid = pool_sentences(text_out.last_hidden_state, segments)
             out["sentence_embeddings"] = F.normalize(self.text.proj(sentences), dim=-1)
             out["sentence_mask"] = valid
         if "reconstruction" in terms and masked.shape[1] > 0:
             out["reconstruction"] = self.decoder(tokens, keep, masked)
-            out["reconstruction_target"] = gather_tokens(normalize_patches(patchify(image, self.patch_size)), masked)
+            target = patchify(image, self.patch_size)
+            if self.cfg.norm_pix_loss:
+                target = normalize_patches(target)
+            out["reconstruction_target"] = gather_tokens(target, masked)
 
         out["logit_scale"] = self.logit_scale.exp()
         if self.logit_bias is not None:

@@ -3,7 +3,8 @@ subset, sentence pooling, entropic transport plans and SwAV codes.
 
 See docs/methods/mlip-liu.md and mlip-li.md for which of these the papers state and which are ours.
 """
-from typing import Optional, Sequence, Tuple
+import warnings
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -81,21 +82,44 @@ def project_tokens(visual: VisionTransformer, tokens: torch.Tensor) -> torch.Ten
     return tokens @ visual.proj if visual.proj is not None else tokens
 
 
-def sentence_segments(
+def sentence_boundaries(
         input_ids: torch.Tensor,
-        delimiter_ids: Sequence[int],
-        special_ids: Sequence[int],
-        max_sentences: int,
+        is_delimiter: torch.Tensor,
+        keeps_period: torch.Tensor,
+        is_number: torch.Tensor,
+        opens_item: torch.Tensor,
 ) -> torch.Tensor:
-    """One-hot sentence membership [B, S, L] of each token, split at delimiter tokens.
+    """[B, L] True at the delimiter tokens that end a sentence. The other arguments are [vocab]
+    boolean lookups of token ids. A delimiter does not end its sentence
 
-    A delimiter belongs to the sentence it ends; special tokens ([CLS], [SEP], pads) belong to
-    none; sentences past ``max_sentences`` are merged into the last one.
+    - between two numbers, a decimal ("2.5 cm" is ``2 . 5 cm``);
+    - after an abbreviation or a single letter (``keeps_period``: "approx. 2 cm", "e.g. granuloma");
+    - after the number of a list item that opens a sentence ("1. No pneumothorax. 2. ..."), i.e. a
+      number that follows an ``opens_item`` token (special tokens such as [CLS], delimiters that are no
+      decimal point, a colon).
+
+    Word pieces of BERT tokenizers keep their "##" prefix in the lookups' vocabulary.
     """
-    delimiters = torch.isin(input_ids, torch.as_tensor(list(delimiter_ids), device=input_ids.device))
-    content = ~torch.isin(input_ids, torch.as_tensor(list(special_ids), device=input_ids.device))
-    index = (delimiters.long().cumsum(dim=1) - delimiters.long()).clamp(max=max_sentences - 1)
-    sentences = torch.arange(max_sentences, device=input_ids.device)
+    delimiters = is_delimiter[input_ids]
+    start = torch.zeros_like(input_ids[:, :1])  # before the first token: id 0, a special token in BERT vocabularies
+    previous = torch.cat([start, input_ids[:, :-1]], dim=1)
+    following = torch.cat([input_ids[:, 1:], start], dim=1)
+    before_previous = torch.cat([start, start, input_ids[:, :-2]], dim=1)[:, :input_ids.shape[1]]
+    decimal = delimiters & is_number[previous] & is_number[following]
+    abbreviation = keeps_period[previous]
+    after_decimal = torch.cat([torch.zeros_like(decimal[:, :2]), decimal[:, :-2]], dim=1)  # "at 10.30." ends
+    item_number = is_number[previous] & opens_item[before_previous] & ~after_decimal
+    return delimiters & ~decimal & ~abbreviation & ~item_number
+
+
+def sentence_segments(boundaries: torch.Tensor, content: torch.Tensor, max_sentences: int) -> torch.Tensor:
+    """One-hot sentence membership [B, S, L] of each token, split after ``boundaries`` [B, L].
+
+    A boundary token belongs to the sentence it ends; tokens outside ``content`` [B, L] ([CLS],
+    [SEP], pads) belong to none; sentences past ``max_sentences`` are merged into the last one.
+    """
+    index = (boundaries.long().cumsum(dim=1) - boundaries.long()).clamp(max=max_sentences - 1)
+    sentences = torch.arange(max_sentences, device=boundaries.device)
     return (index.unsqueeze(1) == sentences[None, :, None]) & content.unsqueeze(1)
 
 
@@ -113,13 +137,21 @@ def pool_sentences(hidden: torch.Tensor, segments: torch.Tensor) -> Tuple[torch.
     return pooled, valid
 
 
+def _unconverged(what: str, error: float, tolerance: float, iterations: int) -> None:
+    warnings.warn(f"{what}: relative marginal error {error:.2e} after {iterations} Sinkhorn iterations, above the "
+                  f"tolerance {tolerance:g}; raise the iterations or epsilon", RuntimeWarning, stacklevel=3)
+
+
 @torch.no_grad()
-def sinkhorn_plan(cost_sim: torch.Tensor, column_mask: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
+def sinkhorn_plan(cost_sim: torch.Tensor, column_mask: torch.Tensor, epsilon: float, iterations: int,
+                  tolerance: float = 0.0) -> torch.Tensor:
     """Entropic OT plan maximising Σ T ⊙ sim with uniform marginals, in the log domain.
 
     ``cost_sim`` [..., N, S] similarities; ``column_mask`` [..., S] (broadcastable) marks the
-    real columns. Rows get mass 1/N, real columns 1/S_real, masked columns none. Ends on the
-    column update, so the column marginal is exact and the row marginal approximate.
+    real columns. Rows get mass 1/N, real columns 1/S_real, masked columns none. Each iteration
+    ends on the column update, so the column marginal is exact and the row marginal approximate.
+    With ``tolerance`` > 0 it stops once every row's mass is within ``tolerance`` (relative) of
+    1/N, and warns if ``iterations`` run out first; with 0 it runs exactly ``iterations``.
     """
     sim = cost_sim.float()
     column_mask = column_mask.expand(*sim.shape[:-2], sim.shape[-1])
@@ -130,22 +162,39 @@ def sinkhorn_plan(cost_sim: torch.Tensor, column_mask: torch.Tensor, epsilon: fl
     log_kernel = (sim / epsilon).masked_fill(~column_mask.unsqueeze(-2), _MASKED_LOG)
     f = torch.zeros_like(log_mu)
     g = torch.zeros_like(log_nu)
+    error = float("inf")
     for _ in range(iterations):
         f = log_mu - torch.logsumexp(log_kernel + g.unsqueeze(-2), dim=-1)
         g = log_nu - torch.logsumexp(log_kernel + f.unsqueeze(-1), dim=-2)
+        if tolerance > 0:
+            row_log_mass = f + torch.logsumexp(log_kernel + g.unsqueeze(-2), dim=-1)
+            error = torch.expm1(row_log_mass - log_mu).abs().max().item() if row_log_mass.numel() else 0.0
+            if error <= tolerance:
+                break
+    if tolerance > 0 and error > tolerance:
+        _unconverged("patch-sentence transport", error, tolerance, iterations)
     return torch.exp(log_kernel + f.unsqueeze(-1) + g.unsqueeze(-2))
 
 
 @torch.no_grad()
-def swav_codes(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
+def swav_codes(scores: torch.Tensor, epsilon: float, iterations: int, tolerance: float = 0.0) -> torch.Tensor:
     """SwAV soft assignments [B, K] of ``scores`` [B, K]: each row sums to 1, and the
-    prototypes share the batch's mass equally (``iterations`` Sinkhorn-Knopp steps)."""
+    prototypes share the batch's mass equally (Sinkhorn-Knopp; each iteration ends on the sample
+    update, so a sample's codes sum to 1 exactly and a prototype's mass is approximately 1/K).
+    ``tolerance`` as in ``sinkhorn_plan``, on the prototypes' masses."""
     q = torch.exp((scores.float() - scores.float().max()) / epsilon).T  # [K, B]
     num_prototypes, batch = q.shape
     q /= q.sum()
+    error = float("inf")
     for _ in range(iterations):
         q /= q.sum(dim=1, keepdim=True) * num_prototypes
         q /= q.sum(dim=0, keepdim=True) * batch
+        if tolerance > 0:
+            error = (q.sum(dim=1) * num_prototypes - 1).abs().max().item()
+            if error <= tolerance:
+                break
+    if tolerance > 0 and error > tolerance:
+        _unconverged("prototype codes", error, tolerance, iterations)
     return (q * batch).T
 
 
