@@ -326,16 +326,15 @@ def summarize(records: Sequence[dict], rows: Sequence[str], num_resamples: int =
     return summary
 
 
-def _number(value: float, digits: int = 1) -> str:
-    return f"{value:.{digits}f}"
+def _number(value: float) -> str:
+    return f"{value:.1f}"
 
 
 def _cell(entry: dict, evaluation: str, short: str) -> str:
     value = entry[evaluation][short]
-    digits = 0 if short.endswith("mean_rank") else 1
     if math.isnan(value["std"]):
-        return _number(value["mean"], digits)
-    return f"{_number(value['mean'], digits)} ± {_number(value['std'], digits)}"
+        return _number(value["mean"])
+    return f"{_number(value['mean'])} ± {_number(value['std'])}"
 
 
 def _pair(entry: dict, evaluation: str, metric: str) -> str:
@@ -410,8 +409,8 @@ def format_tables(summary: Dict[str, dict], stage1: Optional[dict] = None) -> st
         lines += ["**Row − baseline, every metric**: paired difference over the common seeds and the val "
                   "pairs, 95 % bootstrap interval (pairs and seeds resampled); **bold**: the interval excludes 0. "
                   "R@K in points of %, mean rank in ranks (negative is better).", "",
-                  "| row | evaluation | " + " | ".join(f"Δ {s.replace('_', ' ').replace('i2t', 'I2T').replace('t2i', 'T2I')}"
-                                                        for s, _, _ in METRICS) + " |",
+                  "| row | evaluation | " + " | ".join(f"Δ {'I2T' if d == 'image_to_text' else 'T2I'} {m.replace('_', ' ')}"
+                                                        for _, d, m in METRICS) + " |",
                   "|---|---|" + "---|" * len(METRICS)]
         for key in compared:
             for evaluation in EVALUATIONS:

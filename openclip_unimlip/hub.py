@@ -14,6 +14,7 @@ import ast
 import inspect
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -342,6 +343,14 @@ def export_checkpoint(
     output_dir = Path(output_dir)
     if push and not repo_id:
         raise ValueError("pushing needs a repo id (--repo-id org/name)")
+    if push and not getattr(sys.modules["open_clip.push_to_hf_hub"], "_has_hf_hub", False):
+        import huggingface_hub
+
+        # OpenCLIP 3.3 imports names (repo_type_and_id_from_hf_id, ...) that huggingface_hub 2.x no longer has
+        raise RuntimeError(
+            f"open_clip.push_to_hf_hub cannot run with the installed huggingface_hub {huggingface_hub.__version__} "
+            "(OpenCLIP could not import its hub functions). Export without --push and upload the folder with "
+            "`hf upload ORG/NAME FOLDER`, or install a huggingface_hub that OpenCLIP supports.")
     if (output_dir / "open_clip_config.json").exists():
         raise FileExistsError(f"{output_dir} already holds an exported model; choose another --output-dir")
     retrieval = read_retrieval(retrieval_file) if retrieval_file else None

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     progress = tqdm(total=len(mutations), desc="breaks", unit="break")
 
     def done(outcome: mutation.Outcome) -> None:
-        progress.set_postfix_str(f"{outcome.mutation.name}: {outcome.status}")
+        progress.write(f"{outcome.mutation.name}: {outcome.status} ({outcome.seconds:.0f} s)")
         progress.update()
 
     outcomes = list(mutation.run_all(args.root, mutations, args.marker, args.timeout, args.jobs, done))

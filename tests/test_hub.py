@@ -409,8 +409,9 @@ def test_an_mlip_li_knowledge_file_travels_with_the_export(tmp_path):
 def test_push_uploads_what_loads_back(exports, tmp_path, monkeypatch):
     """--push goes through OpenCLIP's own push_to_hf_hub; its hub client calls are replaced (no
     network here) by ones that keep the folder it uploads, which must load as the export does."""
-    import open_clip.push_to_hf_hub as push_module
     from huggingface_hub.utils import EntryNotFoundError
+
+    push_module = sys.modules["open_clip.push_to_hf_hub"]  # the package attribute of that name is the function
 
     uploaded = tmp_path / "uploaded"
 
@@ -421,12 +422,14 @@ def test_push_uploads_what_loads_back(exports, tmp_path, monkeypatch):
     def no_readme_yet(*args, **kwargs):
         raise EntryNotFoundError("no README.md")
 
-    monkeypatch.setattr(push_module, "create_repo", lambda repo_id, **kwargs: f"https://hub.invalid/{repo_id}")
-    monkeypatch.setattr(push_module, "repo_type_and_id_from_hf_id", lambda url: (None, *url.split("/")[-2:]))
-    monkeypatch.setattr(push_module, "list_repo_files", lambda repo_id: [])
-    monkeypatch.setattr(push_module, "get_hf_file_metadata", no_readme_yet)
-    monkeypatch.setattr(push_module, "hf_hub_url", lambda **kwargs: "README.md")
-    monkeypatch.setattr(push_module, "upload_folder", upload_folder)
+    # raising=False: with huggingface_hub 2.x OpenCLIP 3.3 could not import these names at all
+    fakes = {"_has_hf_hub": True, "EntryNotFoundError": EntryNotFoundError, "upload_folder": upload_folder,
+             "create_repo": lambda repo_id, **kwargs: f"https://hub.invalid/{repo_id}",
+             "repo_type_and_id_from_hf_id": lambda url: (None, *url.split("/")[-2:]),
+             "list_repo_files": lambda repo_id: [], "get_hf_file_metadata": no_readme_yet,
+             "hf_hub_url": lambda **kwargs: "README.md"}
+    for name, fake in fakes.items():
+        monkeypatch.setattr(push_module, name, fake, raising=False)
     export = exports["made"]["mlip-liu-tiny"]
     export_checkpoint(export["checkpoint"], tmp_path / "export", repo_id="our-org/mlip-liu-tiny", push=True)
 
@@ -435,3 +438,10 @@ def test_push_uploads_what_loads_back(exports, tmp_path, monkeypatch):
     model, _ = open_clip.create_model_from_pretrained(f"local-dir:{uploaded}")
     assert type(model).__name__ == "MlipLiu"
     assert tensor_digests(model.state_dict()) == export["reference"]["weights"]
+
+
+def test_push_without_a_usable_openclip_hub_client_is_refused_first(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules["open_clip.push_to_hf_hub"], "_has_hf_hub", False)
+    with pytest.raises(RuntimeError, match=r"open_clip.push_to_hf_hub cannot run .*hf upload"):
+        export_checkpoint(tmp_path / "epoch_1.pt", tmp_path / "out", repo_id="org/name", push=True)
+    assert not (tmp_path / "out").exists()

@@ -1,9 +1,10 @@
-"""Short trainings of ``unimlip-tiny`` whose bars a broken recipe misses (issue 20, point 3).
+"""Bars that a broken Uni-Mlip recipe misses (issue 20, point 3), on ``unimlip-tiny``.
 
 A loss that goes down proves little: a fusion that never sees the image still lowers MLM's
 loss on the caption's own words, and SimCLR on two identical views is the easiest contrastive
-task there is. So each test trains on data where the recipe's design is what makes the bar
-reachable, and checks a control that shows the bar needs it.
+task there is. So the MLM test trains on data where only the image tells the masked word, and
+the SimCLR test measures how hard the model's own views make the task; each checks a control
+showing that its bar needs what it tests.
 """
 import torch
 import torch.nn.functional as F
