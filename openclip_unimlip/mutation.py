@@ -136,7 +136,7 @@ def apply(package_dir: Path, mutation: Mutation) -> Path:
     return path
 
 
-def test_environment(copy_root: Path) -> dict:
+def copy_environment(copy_root: Path) -> dict:
     """Environment in which ``copy_root``'s package shadows the installed (editable) one."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(PYTHONPATH=str(copy_root), PYTHONDONTWRITEBYTECODE="1", HF_HUB_OFFLINE="1")
@@ -147,7 +147,7 @@ def imported_origin(copy_root: Path, module: str) -> Path:
     """Where a Python started like the tests' imports ``module`` from (without importing torch:
     ``find_spec`` imports only the parent package, which is lazy)."""
     probe = f"import importlib.util; print(importlib.util.find_spec({module!r}).origin)"
-    result = subprocess.run([sys.executable, "-c", probe], cwd=copy_root, env=test_environment(copy_root),
+    result = subprocess.run([sys.executable, "-c", probe], cwd=copy_root, env=copy_environment(copy_root),
                             capture_output=True, text=True, check=True)
     return Path(result.stdout.strip().splitlines()[-1]).resolve()
 
@@ -175,7 +175,7 @@ def expand_tests(root: Path, tests: Sequence[str]) -> List[str]:
 def run_tests(copy_root: Path, tests: Sequence[str], marker: str, timeout: float) -> subprocess.CompletedProcess:
     tests = expand_tests(copy_root, tests)
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", marker, *tests]
-    return subprocess.run(command, cwd=copy_root, env=test_environment(copy_root), capture_output=True,
+    return subprocess.run(command, cwd=copy_root, env=copy_environment(copy_root), capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -12,14 +12,8 @@ from openclip_unimlip.masking import CaptionMasker, prediction_budget
 KNOWLEDGE = Path(__file__).resolve().parents[1] / "openclip_unimlip" / "mlip" / "knowledge" / "radiology_entities.jsonl"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # element-wise ops on [2000, 32] tensors: a second intra-op thread only adds contention (20x slower
-    # on a loaded 2-core machine)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# element-wise ops on [2000, 32] tensors: a second intra-op thread only adds contention
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _masker(tokenizer, whole_word=True, probability=0.15, **fractions):

@@ -63,3 +63,38 @@ def test_feed_views_sends_the_views_through_the_tower_without_a_simclr_term(capt
     out = model(torch.randn(4, 3, 96, 96, generator=torch.Generator().manual_seed(0)), captions)
     assert sum(samples) == 3 * 4  # the clean batch and its two views
     assert "simclr_features_a" not in out
+
+
+def test_with_itc_on_the_clean_caption_the_fusion_still_reads_the_masked_caption(captions):
+    """``itc_on_clean_caption`` adds a text pass on the clean caption for ITC only: MLM must still
+    predict from the masked caption's states (else the masked word is in its input). The text
+    tower's real calls are recorded with their input ids and compared with what the fusion gets."""
+    import open_clip
+
+    model = open_clip.create_model("unimlip-tiny", unimlip_cfg={"fusion_layers": 1, "fusion_heads": 6,
+                                                                "itc_on_clean_caption": True})
+    model.train()
+    passes, fusion_states = [], []
+    model.text.transformer.register_forward_hook(
+        lambda module, args, kwargs, out: passes.append((kwargs["input_ids"], out.last_hidden_state)), with_kwargs=True)
+    model.fusion.register_forward_pre_hook(lambda module, args: fusion_states.append(args[0]))
+    model(torch.randn(4, 3, 96, 96, generator=torch.Generator().manual_seed(0)), captions)
+    masked = [states for ids, states in passes if not torch.equal(ids, captions)]
+    clean = [states for ids, states in passes if torch.equal(ids, captions)]
+    assert len(masked) == 1 and len(clean) == 1 and len(fusion_states) == 1
+    assert torch.equal(fusion_states[0], masked[0])
+
+
+def test_the_trainers_loss_follows_openclips_distributed_flags():
+    """``open_clip_train`` builds the loss with ``create_loss(args)``: OpenCLIP's --local-loss,
+    --gather-with-grad, rank and world size must reach the Uni-Mlip loss (their effect on values and
+    gradients is tested over two processes in test_distributed_losses.py)."""
+    import argparse
+
+    import open_clip
+
+    args = argparse.Namespace(model="unimlip-tiny", local_loss=True, gather_with_grad=True, rank=1, world_size=2)
+    loss = open_clip.create_loss(args)
+    assert (loss.local_loss, loss.gather_with_grad, loss.rank, loss.world_size) == (True, True, 1, 2)
+    args = argparse.Namespace(model="unimlip-tiny", local_loss=False, gather_with_grad=True, rank=0, world_size=1)
+    assert open_clip.create_loss(args).local_loss is False

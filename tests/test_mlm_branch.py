@@ -6,13 +6,8 @@ import torch
 import torch.nn.functional as F
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # a tiny model on a loaded 2-core machine: a second intra-op thread only adds contention
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# a tiny model: a second intra-op thread only adds contention
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(batch=4, size=96, seed=0):
