@@ -1,7 +1,7 @@
 """openclip-unimlip: Uni-Mlip medical vision-language pre-training as an OpenCLIP plugin.
 
 Installing the package registers the ``unimlip-*`` model configs in OpenCLIP and adapts
-``open_clip_train`` (see ``openclip_unimlip.patches``); nothing needs importing. The public
+``open_clip_train`` (see ``openclip_unimlip.seam.patches``); nothing needs importing. The public
 classes below are imported lazily so ``import openclip_unimlip`` stays cheap.
 """
 import importlib
@@ -9,12 +9,12 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "UniMlip": "model",
-    "UniMlipCfg": "model",
-    "UniMlipLoss": "losses",
-    "StrongViews": "views",
-    "TERMS": "terms",
-    "set_batchnorm_stats_frozen": "batchnorm",
+    "UniMlip": "recipes.unimlip.model",
+    "UniMlipCfg": "recipes.unimlip.model",
+    "UniMlipLoss": "recipes.unimlip.loss",
+    "StrongViews": "recipes.unimlip.views",
+    "TERMS": "recipes.unimlip.terms",
+    "set_batchnorm_stats_frozen": "recipes.unimlip.batchnorm",
 }
 
 

@@ -5,7 +5,7 @@ from typing import Optional, Sequence
 
 
 def main(argv: Optional[Sequence[str]] = None):
-    from .patches import install_all
+    from openclip_unimlip.seam.patches import install_all
 
     install_all()
     from open_clip_train.main import main as openclip_main

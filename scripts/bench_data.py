@@ -3,7 +3,7 @@
     HF_HUB_OFFLINE=1 python scripts/bench_data.py --root /tmp/unimlip-bench-data
 
 Builds the embedded dataset's shards in --root on first use and reads them through
-open_clip_train's webdataset loader; see openclip_unimlip/bench_data.py.
+open_clip_train's webdataset loader; see openclip_unimlip/apps/bench_data.py.
 """
 import argparse
 import json
@@ -14,7 +14,7 @@ from dataclasses import asdict
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from openclip_unimlip.bench_data import embedded_shards, format_data_table, run_data_benchmark  # noqa: E402
+from openclip_unimlip.apps.bench_data import embedded_shards, format_data_table, run_data_benchmark  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -3,7 +3,7 @@
     HF_HUB_OFFLINE=1 python scripts/bench_train_step.py --sizes tiny rn50
     HF_HUB_OFFLINE=1 python scripts/bench_train_step.py --device cuda --amp bf16 --batch-size 64 64
 
-See openclip_unimlip/bench.py for what each variant runs and how the numbers are defined.
+See openclip_unimlip/apps/bench.py for what each variant runs and how the numbers are defined.
 """
 import argparse
 import json
@@ -15,7 +15,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from openclip_unimlip.bench import SIZES, VARIANTS, run_step_benchmark, threads_note  # noqa: E402
+from openclip_unimlip.apps.bench import SIZES, VARIANTS, run_step_benchmark, threads_note  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

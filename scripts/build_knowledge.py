@@ -6,10 +6,10 @@ One entity per pathology: category = its most frequent ACR topic, description = 
 findings come first (the configs target chest X-ray style data), then by number of findings.
 
     pip install radiology-semantic-dict
-    python scripts/build_knowledge.py            # writes openclip_unimlip/mlip/knowledge/radiology_entities.jsonl
+    python scripts/build_knowledge.py            # writes openclip_unimlip/recipes/mlip_li/knowledge/radiology_entities.jsonl
     # a chest-specific file (shipped as knowledge/chest_entities.jsonl, mlip_li_cfg knowledge_file "chest"):
     python scripts/build_knowledge.py --topics "Thoracic Imaging" "Cardiac Imaging" "Chest" \
-        --output openclip_unimlip/mlip/knowledge/chest_entities.jsonl
+        --output openclip_unimlip/recipes/mlip_li/knowledge/chest_entities.jsonl
 """
 import argparse
 import json
@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from importlib import metadata, resources
 from pathlib import Path
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "openclip_unimlip" / "mlip" / "knowledge" / "radiology_entities.jsonl"
+DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "openclip_unimlip" / "recipes" / "mlip_li" / "knowledge" / "radiology_entities.jsonl"
 
 
 def load_findings() -> list:

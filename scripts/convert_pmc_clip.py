@@ -11,7 +11,7 @@ import argparse
 import open_clip
 import torch
 
-from openclip_unimlip.pmc_clip import is_pmc_clip_state_dict, load_pmc_clip_checkpoint, pmc_clip_to_unimlip
+from openclip_unimlip.recipes.unimlip.pmc_clip import is_pmc_clip_state_dict, load_pmc_clip_checkpoint, pmc_clip_to_unimlip
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ the run's params.txt, retrieval from --retrieval or the run's results.jsonl).
 import argparse
 from pathlib import Path
 
-from openclip_unimlip.hub import export_checkpoint
+from openclip_unimlip.seam.hub import export_checkpoint
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -37,12 +37,12 @@ rm -rf "$DEST/wheels" && mkdir -p "$DEST/wheels"
     -d "$DEST/wheels" "${pins[@]}"
 
 # the tokenizer of the RN50 stand-in and of the data benchmark: MiniLM's files without its weights
-minilm="$("$PYTHON" -c "import openclip_unimlip.text_models as t; print(t.resolve_text_model('sentence-transformers/all-MiniLM-L6-v2'))")"
+minilm="$("$PYTHON" -c "import openclip_unimlip.recipes.text_models as t; print(t.resolve_text_model('sentence-transformers/all-MiniLM-L6-v2'))")"
 rm -rf "$DEST/minilm-tokenizer" && mkdir -p "$DEST/minilm-tokenizer"
 for f in config.json tokenizer.json tokenizer_config.json special_tokens_map.json vocab.txt; do
     cp "$minilm/$f" "$DEST/minilm-tokenizer/"
 done
 
-HF_HUB_OFFLINE=1 "$PYTHON" -m openclip_unimlip.gpu_check --build-data-only --device cpu --out "$DEST" \
+HF_HUB_OFFLINE=1 "$PYTHON" -m openclip_unimlip.apps.gpu_check --build-data-only --device cpu --out "$DEST" \
     --data-root "$DEST/data" --data-samples "$DATA_SAMPLES"
 du -sh "$DEST"

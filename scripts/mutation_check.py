@@ -6,7 +6,7 @@
 
 Prints a table (break | behaviour it breaks | caught/survived | time) and exits non-zero when a
 break survives, a break cannot be applied (stale snippet) or the baseline fails; see
-openclip_unimlip/mutation.py.
+openclip_unimlip/apps/mutation.py.
 """
 import argparse
 import sys
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from openclip_unimlip import mutation
+from openclip_unimlip.apps import mutation
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,8 +6,8 @@ The model is the RN50 image tower with a randomly initialised BERT-base of Biome
 import pytest
 import torch
 
-from openclip_unimlip.losses import UniMlipLoss
-from openclip_unimlip.terms import TERMS
+from openclip_unimlip.recipes.unimlip.loss import UniMlipLoss
+from openclip_unimlip.recipes.unimlip.terms import TERMS
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -17,7 +17,7 @@ BATCH = 8
 
 @pytest.fixture(scope="module")
 def rn50():
-    from openclip_unimlip.bench import build_model, make_batch
+    from openclip_unimlip.apps.bench import build_model, make_batch
 
     torch.manual_seed(0)
     model, tokenizer, _ = build_model("rn50", "cuda")
@@ -72,7 +72,7 @@ def test_fp16_step_with_openclip_grad_scaler(rn50):
 
 
 def test_strong_views_on_cuda_match_their_cpu_definition():
-    from openclip_unimlip.views import StrongViews, gaussian_blur
+    from openclip_unimlip.recipes.unimlip.views import StrongViews, gaussian_blur
 
     # fixed parameters: the blur is the same computation on both devices
     generator = torch.Generator().manual_seed(0)

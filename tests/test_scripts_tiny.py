@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-HERE = Path(__file__).resolve().parent
-SCRIPTS = HERE.parent / "scripts"
-SHIPPED_KNOWLEDGE = HERE.parent / "openclip_unimlip" / "mlip" / "knowledge" / "radiology_entities.jsonl"
+from paths import TESTS  # noqa: E402
+SCRIPTS = TESTS.parent / "scripts"
+SHIPPED_KNOWLEDGE = TESTS.parent / "openclip_unimlip" / "recipes" / "mlip_li" / "knowledge" / "radiology_entities.jsonl"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 

@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .shards import MALFORMED_ROW, BadRow, ConversionReport, ImageSource, Row, ZipMember, write_dataset
+from openclip_unimlip.data.shards import MALFORMED_ROW, BadRow, ConversionReport, ImageSource, Row, ZipMember, write_dataset
 
 
 PathLike = Union[str, os.PathLike]

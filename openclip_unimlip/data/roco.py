@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .shards import MALFORMED_ROW, BadRow, ConversionReport, Row, write_dataset
+from openclip_unimlip.data.shards import MALFORMED_ROW, BadRow, ConversionReport, Row, write_dataset
 
 ROCO_SPLITS = {"train": "train", "validation": "val", "test": "test"}
 ROCO_SUBSETS = ("radiology", "non-radiology")

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import InterpolationMode, v2
 from tqdm import tqdm
 
-from .cxr_datasets import SPLITS, CxrDataset, CxrSplit, read_cxr_split, training_subset
+from openclip_unimlip.evaluation.cxr_datasets import SPLITS, CxrDataset, CxrSplit, read_cxr_split, training_subset
 
 DEFAULT_BATCH_SIZES = {"chexpert": 190, "mimic": 150, "nih": 150}
 DEFAULT_IMAGE_SIZE = 224

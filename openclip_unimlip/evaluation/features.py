@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .datasets import ImageSource
+from openclip_unimlip.evaluation.datasets import ImageSource
 
 
 class _ImageDataset(Dataset):

@@ -15,8 +15,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .datasets import ImageTextPair, load_pairs, sample_pairs
-from .features import encode_images, encode_texts
+from openclip_unimlip.evaluation.datasets import ImageTextPair, load_pairs, sample_pairs
+from openclip_unimlip.evaluation.features import encode_images, encode_texts
 
 RECALL_KS = (1, 5, 10)
 DIRECTIONS = ("image_to_text", "text_to_image")

@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .classification import (
+from openclip_unimlip.evaluation.classification import (
     FitConfig,
     FitHistory,
     autocast,
@@ -46,7 +46,7 @@ from .classification import (
     load_clip_model,
     probe_image_tower,
 )
-from .vqa_datasets import AnswerSet, VqaDataset, VqaSample, read_vqa_split
+from openclip_unimlip.evaluation.vqa_datasets import AnswerSet, VqaDataset, VqaSample, read_vqa_split
 
 NUM_LEARNABLE_TOKENS = 20
 DEFAULT_ENCODER_LR = 5e-5

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .cxr_datasets import load_image
+from openclip_unimlip.evaluation.cxr_datasets import load_image
 
 VQA_DATASETS = ("vqa-rad", "slake")
 SPLITS = ("train", "valid", "test")

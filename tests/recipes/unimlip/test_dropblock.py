@@ -1,0 +1,62 @@
+"""DropBlock against the paper's formulas, written out here: the seed rate, seeds only where a
+whole block fits, block expansion, per-channel or shared masks, rescaling by the kept fraction."""
+import pytest
+import torch
+
+from openclip_unimlip.recipes.unimlip.dropblock import DropBlock2d, drop_block_2d
+
+
+def _expected(x, drop_prob, block_size, per_channel, seed):
+    """DropBlock written from the paper (Eq. 1, Fig. 2, Algorithm 1) with explicit loops."""
+    batch, channels, height, width = x.shape
+    block = min(block_size, height)  # square maps here
+    valid = height - block + 1
+    gamma = drop_prob * height * width / block ** 2 / valid ** 2
+    torch.manual_seed(seed)
+    seeds = torch.rand(batch, channels if per_channel else 1, valid, valid) < gamma
+    keep = torch.ones(batch, channels if per_channel else 1, height, width)
+    for b, c, i, j in seeds.nonzero().tolist():
+        keep[b, c, i:i + block, j:j + block] = 0  # the block of the seed at its top-left corner
+    keep = keep.expand(batch, channels, height, width)
+    return x * keep * (keep.numel() / keep.sum()), keep
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("size, block_size", [(7, 3), (3, 1), (3, 5)])
+def test_drop_block_reproduces_the_paper_formula(per_channel, size, block_size):
+    x = torch.rand(3, 4, size, size, generator=torch.Generator().manual_seed(1)) + 0.5  # no natural zeros
+    torch.manual_seed(7)
+    dropped = drop_block_2d(x, 0.5, block_size, per_channel=per_channel)
+    expected, keep = _expected(x, 0.5, block_size, per_channel, seed=7)
+    torch.testing.assert_close(dropped, expected)
+    assert 0 < (keep == 0).sum() < keep.numel()  # something dropped, something kept
+    same_across_channels = all(torch.equal(keep[:, 0], keep[:, c]) for c in range(1, 4))
+    assert same_across_channels == (not per_channel)
+
+
+def test_dropped_fraction_matches_the_seed_rate():
+    """Each unit is dropped with probability 1 - (1 - gamma)^n, n = the seed positions whose
+    block covers it (fewer at the border): the mean over the map, against a large draw."""
+    size, block, p = 7, 3, 0.5
+    valid = size - block + 1
+    gamma = p * size * size / block ** 2 / valid ** 2
+    covering = torch.zeros(size, size)
+    for i in range(valid):
+        for j in range(valid):
+            covering[i:i + block, j:j + block] += 1
+    expected_fraction = (1 - (1 - gamma) ** covering).mean().item()
+    torch.manual_seed(0)
+    out = drop_block_2d(torch.ones(256, 16, size, size), p, block, per_channel=True)
+    measured = (out == 0).float().mean().item()
+    assert abs(measured - expected_fraction) < 0.01, (measured, expected_fraction)
+    kept = out[out != 0]
+    torch.testing.assert_close(kept, torch.full_like(kept, 1 / (1 - measured)))  # rescaled by the kept fraction
+
+
+def test_module_acts_only_in_training():
+    layer = DropBlock2d(0.5, 3)
+    x = torch.rand(2, 4, 7, 7) + 0.5
+    assert not torch.equal(layer(x), x)
+    layer.eval()
+    assert torch.equal(layer(x), x)
+    assert torch.equal(DropBlock2d(0.0, 3)(x), x)

@@ -1,0 +1,152 @@
+"""BERT masking of captions against direct counts on real captions: rate, specials, whole words, 80/10/10."""
+import json
+import math
+
+import pytest
+import torch
+
+from openclip_unimlip.recipes.unimlip.masking import CaptionMasker, prediction_budget
+
+# real radiology text: the entity names and imaging findings of radiology-semantic-dict that ship with the package
+from paths import REPO  # noqa: E402
+
+KNOWLEDGE = REPO / "openclip_unimlip" / "recipes" / "mlip_li" / "knowledge" / "radiology_entities.jsonl"
+
+
+# element-wise ops on [2000, 32] tensors: a second intra-op thread only adds contention
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _masker(tokenizer, whole_word=True, probability=0.15, **fractions):
+    hf = tokenizer.tokenizer
+    return CaptionMasker(
+        vocab_size=len(hf), mask_token_id=hf.mask_token_id, special_token_ids=hf.all_special_ids,
+        subword_token_ids=[i for t, i in hf.get_vocab().items() if t.startswith("##")], whole_word=whole_word,
+        probability=probability, **fractions)
+
+
+@pytest.fixture(scope="module")
+def real_captions(tokenizer):
+    """~2000 distinct captions of 4-30 tokens: each entity as "name: findings", and each finding alone."""
+    texts = []
+    for line in KNOWLEDGE.read_text().splitlines():
+        entity = json.loads(line)
+        texts.append(f"{entity['name']}: {entity['description']}")
+        texts += [f.strip() for f in entity["description"].split(":", 1)[-1].rstrip(".").split(";") if f.strip()]
+    texts = sorted(set(texts))
+    assert len(texts) > 1900
+    return tokenizer(texts)
+
+
+def _special(tokenizer, ids):
+    return torch.isin(ids, torch.tensor(tokenizer.tokenizer.all_special_ids))
+
+
+def _selected(out, shape):
+    """[B, L] bool: the positions the masker says it predicts (independently of its own mask)."""
+    chosen = torch.zeros(shape, dtype=torch.bool)
+    rows = torch.arange(shape[0]).unsqueeze(1).expand_as(out.positions)
+    valid = out.targets != -100
+    chosen[rows[valid], out.positions[valid]] = True
+    return chosen
+
+
+@pytest.mark.parametrize("probability", [0.15, 0.3])
+def test_masked_fraction_is_the_configured_probability(tokenizer, real_captions, probability):
+    torch.manual_seed(0)
+    masker = _masker(tokenizer, probability=probability)
+    maskable = (~_special(tokenizer, real_captions)).sum(1).float()
+    token_fraction, caption_fraction = [], []
+    for _ in range(4):
+        predicted = (masker(real_captions).targets != -100).sum(1).float()
+        token_fraction.append(predicted.sum() / maskable.sum())
+        caption_fraction.append((predicted / maskable).mean())
+    # the brief: within 0.5 percentage points of the configured rate, over all tokens and per caption
+    assert torch.stack(token_fraction).mean().item() == pytest.approx(probability, abs=0.005)
+    assert torch.stack(caption_fraction).mean().item() == pytest.approx(probability, abs=0.005)
+
+
+def test_two_token_captions_are_masked_at_the_configured_rate_not_half(tokenizer):
+    torch.manual_seed(0)
+    ids = tokenizer(["bone fracture"] * 4000)
+    assert (~_special(tokenizer, ids)).sum(1).eq(2).all()
+    predicted = (_masker(tokenizer)(ids).targets != -100).sum(1).float()
+    assert predicted.mean().item() / 2 == pytest.approx(0.15, abs=0.01)
+
+
+def test_specials_and_padding_never_change_nor_are_predicted(tokenizer, real_captions):
+    torch.manual_seed(0)
+    masker = _masker(tokenizer, probability=0.5)
+    special = _special(tokenizer, real_captions)
+    assert special.sum(1).gt(2).any()  # padding present
+    for _ in range(3):
+        out = masker(real_captions)
+        chosen = _selected(out, real_captions.shape)
+        assert not (chosen & special).any()
+        assert torch.equal(out.input_ids[special], real_captions[special])
+        assert not ((out.input_ids != real_captions) & ~chosen).any()  # nothing outside the predictions changes
+        rows = torch.arange(len(real_captions)).unsqueeze(1).expand_as(out.positions)
+        valid = out.targets != -100
+        assert torch.equal(out.targets[valid], real_captions[rows[valid], out.positions[valid]])
+        assert valid.sum(1).max() <= prediction_budget(real_captions.shape[1], 0.5) == out.positions.shape[1]
+
+
+def test_whole_words_stay_whole(tokenizer, real_captions):
+    torch.manual_seed(0)
+    hf = tokenizer.tokenizer
+    continues = torch.tensor([t.startswith("##") for t in hf.convert_ids_to_tokens(real_captions.flatten().tolist())])
+    continues = continues.view_as(real_captions)
+    continues[:, 0] = False
+    inner = continues[:, 1:] & ~_special(tokenizer, real_captions)[:, :-1]  # a ## token and the token before it
+    assert inner.sum() > 1000
+    masker = _masker(tokenizer)
+    for _ in range(5):
+        chosen = _selected(masker(real_captions), real_captions.shape)
+        assert torch.equal(chosen[:, 1:][inner], chosen[:, :-1][inner]), "a word was split by the mask"
+    # token-level masking splits words: the check above can fail
+    chosen = _selected(_masker(tokenizer, whole_word=False, probability=0.5)(real_captions), real_captions.shape)
+    assert not torch.equal(chosen[:, 1:][inner], chosen[:, :-1][inner])
+
+
+def test_mask_random_keep_split_is_80_10_10(tokenizer, real_captions):
+    torch.manual_seed(0)
+    hf = tokenizer.tokenizer
+    masker = _masker(tokenizer)
+    now, original = [], []
+    for _ in range(10):
+        out = masker(real_captions)
+        valid = out.targets != -100
+        now.append(out.input_ids.gather(1, out.positions)[valid])
+        original.append(out.targets[valid])
+    now, original = torch.cat(now), torch.cat(original)
+    assert len(now) > 30000
+    as_mask = (now == hf.mask_token_id).float().mean().item()
+    kept = (now == original).float().mean().item()
+    replaced = ((now != original) & (now != hf.mask_token_id)).float().mean().item()
+    assert as_mask == pytest.approx(0.8, abs=0.01)
+    assert kept == pytest.approx(0.1, abs=0.01)  # + the 1/V chance that a random token is the original
+    assert replaced == pytest.approx(0.1, abs=0.01)
+
+
+def test_random_replacements_are_uniform_over_the_vocabulary(tokenizer, real_captions):
+    torch.manual_seed(0)
+    hf = tokenizer.tokenizer
+    vocab = len(hf)
+    # every chosen token replaced by a random one: the draws the 10 % branch makes, many at a time
+    masker = _masker(tokenizer, whole_word=False, probability=0.9, mask_fraction=0.0, random_fraction=1.0)
+    draws = []
+    while sum(len(d) for d in draws) < 40000:
+        out = masker(real_captions)
+        changed = (out.input_ids != real_captions) & (out.input_ids != hf.mask_token_id)
+        draws.append(out.input_ids[changed])
+    draws = torch.cat(draws)
+    n = len(draws)
+    # chi-square over 64 equal-width id bins (the last holds the remainder): df 63, 1e-4 upper tail ~ 112
+    edges = torch.linspace(0, vocab, 65).round().long()
+    counts = torch.bucketize(draws, edges[1:-1], right=True).bincount(minlength=64).float()
+    expected = n * (edges[1:] - edges[:-1]).float() / vocab
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2 < 112, chi2
+    # coverage: distinct ids among n uniform draws from V
+    distinct = len(draws.unique())
+    assert distinct == pytest.approx(vocab * (1 - math.exp(-n / vocab)), rel=0.03)

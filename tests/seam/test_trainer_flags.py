@@ -1,0 +1,111 @@
+"""The ``--unimlip-*`` flags reach the loss and the model OpenCLIP's trainer builds, and the SimCLR
+phase starts at its epoch: built and run through the names ``open_clip_train.main`` holds (the
+patched factories and ``train_one_epoch``), with the arguments its parser returns."""
+import pytest
+import torch
+
+from openclip_unimlip.recipes.unimlip.views import VIEW_AUGMENTATIONS
+
+FLAGS = {  # flag -> value, each different from its default
+    "--unimlip-itc-weight": 0.11, "--unimlip-image-perturbed-itc-weight": 0.22,
+    "--unimlip-text-perturbed-itc-weight": 0.33, "--unimlip-simclr-weight": 0.44, "--unimlip-mlm-weight": 0.66,
+    "--unimlip-simclr-temperature": 0.07, "--unimlip-mlm-probability": 0.3, "--unimlip-dropblock-prob": 0.2,
+    "--unimlip-dropblock-size": 2, "--unimlip-text-dropout": 0.4, "--unimlip-fusion-image-tokens": "grid",
+    "--unimlip-view-augmentation": "mocov2",
+}
+SWITCHES = ["--unimlip-dropblock-shared-mask", "--unimlip-no-bn-freeze", "--unimlip-itc-on-clean-caption",
+            "--unimlip-view-crop-scale", "0.3", "0.7"]
+
+
+@pytest.fixture
+def trainer(monkeypatch):
+    """``(parse_args, open_clip_train.main)`` with the plugin's per-run options restored afterwards."""
+    import open_clip_train.main as main
+    from open_clip_train.params import parse_args
+
+    from openclip_unimlip.seam import patches
+
+    monkeypatch.setattr(patches, "_trainer_options", None)
+    return parse_args, main
+
+
+def _build(trainer, argv):
+    """As ``open_clip_train.main.main``: parse, then the model and the loss from ``args``."""
+    parse_args, main = trainer
+    args = parse_args(["--model", "unimlip-tiny", "--dataset-type", "synthetic", "--precision", "fp32", *argv])
+    args.device, args.rank, args.world_size, args.local_rank = "cpu", 0, 1, 0  # init_distributed_device
+    args.distill = args.distill_model is not None and args.distill_pretrained is not None  # as main()
+    args.wandb = "wandb" in args.report_to or "all" in args.report_to
+    model, _, _ = main.create_model_and_transforms(
+        args.model, args.pretrained, precision=args.precision, device=args.device, jit=args.torchscript,
+        force_quick_gelu=args.force_quick_gelu, force_custom_text=args.force_custom_text,
+        force_patch_dropout=args.force_patch_dropout, force_image_size=args.force_image_size,
+        force_context_length=args.force_context_length, image_mean=args.image_mean, image_std=args.image_std,
+        image_interpolation=args.image_interpolation, image_resize_mode=args.image_resize_mode,
+        aug_cfg=args.aug_cfg, pretrained_image=args.pretrained_image, output_dict=True, cache_dir=args.cache_dir)
+    return args, model, main.create_loss(args)
+
+
+def test_every_flag_reaches_the_built_loss_and_model(trainer):
+    argv = [str(a) for item in FLAGS.items() for a in item] + SWITCHES + ["--epochs", "2"]
+    args, model, loss = _build(trainer, argv)
+    assert loss.weights == {"itc": 0.11, "image_perturbed_itc": 0.22, "text_perturbed_itc": 0.33,
+                            "simclr": 0.44, "mlm": 0.66}
+    assert loss.simclr_temperature == 0.07
+    assert set(model.active_terms) == set(loss.weights)
+    # the modules that act, not only the recorded config
+    assert (model.image_perturbation.drop_prob, model.image_perturbation.block_size) == (0.2, 2)
+    assert model.image_perturbation.per_channel is False
+    assert model.text_perturbation.p == 0.4
+    assert model.masker.probability == 0.3
+    assert model.fusion.uses_grid
+    assert model.strong_views.augmentation == VIEW_AUGMENTATIONS["mocov2"]
+    assert model.strong_views.crop is not None and model.cfg.view_crop_scale == (0.3, 0.7)
+    assert model.cfg.freeze_bn_with_simclr is False and model.cfg.itc_on_clean_caption is True
+    model.train()
+    model.set_simclr_active(True)
+    assert not model.bn_stats_frozen  # --unimlip-no-bn-freeze
+
+
+def test_zero_weights_head_and_feed_views_reach_the_built_loss_and_model(trainer):
+    args, model, loss = _build(trainer, ["--unimlip-mlm-weight", "0", "--unimlip-simclr-weight", "0",
+                                         "--unimlip-feed-views", "--unimlip-simclr-head", "mlp", "--epochs", "2"])
+    assert set(loss.weights) == {"itc", "image_perturbed_itc", "text_perturbed_itc"}
+    assert set(model.active_terms) == set(loss.weights)
+    assert not any(p.requires_grad for p in model.fusion.parameters())
+    assert model.simclr_head is not None and model.cfg.feed_views_without_simclr
+    # defaults where no flag was given: the paper's
+    assert (model.image_perturbation.drop_prob, model.text_perturbation.p, model.masker.probability) == (0.5, 0.75, 0.15)
+    assert model.strong_views.augmentation == VIEW_AUGMENTATIONS["simclr"] and model.image_perturbation.per_channel
+
+
+class _OneBatch(list):
+    num_batches, num_samples = 1, 2
+
+
+class _Data:
+    def __init__(self, batch):
+        self.dataloader = _OneBatch([batch])
+
+    def set_epoch(self, epoch):
+        pass
+
+
+def test_simclr_phase_starts_exactly_at_its_epoch(trainer, captions):
+    """Through the trainer's own ``train_one_epoch`` for epochs start-1 and start: before, no views
+    and updating statistics; from the start epoch, the SimCLR term with frozen statistics."""
+    args, model, loss = _build(trainer, ["--unimlip-simclr-start-epoch", "2", "--epochs", "4"])
+    _, main = trainer
+    seen = []
+    model.register_forward_hook(lambda m, i, out: seen.append((set(out), m.visual.bn1.training)))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    batch = (torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0)), captions[:2])
+    for epoch in (1, 2):
+        before = model.visual.bn1.running_mean.clone()
+        main.train_one_epoch(model, {"train": _Data(batch)}, loss, epoch, optimizer, None, lambda step: None, None, args)
+        keys, bn_training = seen[-1]
+        changed = not torch.equal(model.visual.bn1.running_mean, before)
+        if epoch == 1:
+            assert "simclr_features_a" not in keys and bn_training and changed
+        else:
+            assert {"simclr_features_a", "simclr_features_b"} <= keys and not bn_training and not changed
