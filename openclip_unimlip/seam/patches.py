@@ -174,10 +174,6 @@ def _wrap_create_model_and_transforms(original):
         model, preprocess_train, preprocess_val = original(model_name, *args, **kwargs)
         weights = unimlip_flags.loss_weights(options)
         model.configure_terms([t for t, w in weights.items() if w > 0])
-        if weights["simclr"] > 0 and model.simclr_head is not None and options.unimlip_simclr_start_epoch > 0:
-            raise SystemExit(
-                "error: a SimCLR MLP head with --unimlip-simclr-start-epoch > 0 has no gradient in the first "
-                "epochs, which DDP (built without find_unused_parameters) rejects; start SimCLR at epoch 0")
         return model, preprocess_train, preprocess_val
 
     return create_model_and_transforms
@@ -233,7 +229,7 @@ def _wrap_parse_args(original):
                 raise SystemExit(f"error: --unimlip-* flags apply only to Uni-Mlip models, not --model {args.model}")
             _trainer_options = None
             return args
-        error = unimlip_flags.validate(options, args)
+        error = unimlip_flags.validate(options, args, model_config(args.model)[UNIMLIP_KEY])
         if error:
             raise SystemExit(f"error: {error}")
         _trainer_options = options

@@ -45,7 +45,7 @@ def test_unsupported_trainer_flags_stop_before_the_run_folder(tmp_path, monkeypa
     assert parse_args(["--model", "RN50", "--dataset-type", "synthetic", *extra]).model == "RN50"
 
 
-def test_simclr_mlp_head_with_a_late_start_stops_before_training(tmp_path):
+def test_simclr_mlp_head_with_a_late_start_stops_before_the_run_folder(tmp_path):
     logs = tmp_path / "logs"
     result = subprocess.run(
         [sys.executable, "-m", "open_clip_train.main",
@@ -54,12 +54,7 @@ def test_simclr_mlp_head_with_a_late_start_stops_before_training(tmp_path):
     assert result.returncode != 0
     assert ("error: a SimCLR MLP head with --unimlip-simclr-start-epoch > 0 has no gradient in the first epochs, "
             "which DDP (built without find_unused_parameters) rejects; start SimCLR at epoch 0") in result.stderr
-    run = logs / "late"
-    # OpenCLIP makes the run folder and its log before building the model; nothing after that ran
-    assert not (run / "params.txt").exists()
-    assert not list(run.rglob("*.pt"))
-    log = (run / "out.log").read_text() if (run / "out.log").exists() else ""
-    assert "Start epoch" not in log and "Train Epoch" not in log
+    assert not logs.exists()  # refused by the argument parser, before OpenCLIP made the run folder
 
 
 def test_patches_imported_too_late_stop_before_the_trainer(tmp_path):

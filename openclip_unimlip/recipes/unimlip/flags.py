@@ -90,8 +90,9 @@ def cfg_overrides(options: argparse.Namespace) -> Dict:
     return overrides
 
 
-def validate(options: argparse.Namespace, args: argparse.Namespace) -> Optional[str]:
-    """A clear error message for unknown or contradictory values, or None."""
+def validate(options: argparse.Namespace, args: argparse.Namespace, model_section: dict) -> Optional[str]:
+    """A clear error message for unknown or contradictory values, or None. ``model_section``: the
+    model JSON's ``unimlip_cfg``, which the flags override."""
     weights = loss_weights(options)
     negative = {t: w for t, w in weights.items() if w < 0}
     if negative:
@@ -117,9 +118,12 @@ def validate(options: argparse.Namespace, args: argparse.Namespace) -> Optional[
     from openclip_unimlip.recipes.unimlip.model import UniMlipCfg
 
     try:
-        UniMlipCfg.from_dict(cfg_overrides(options))
+        cfg = UniMlipCfg.from_dict({**model_section, **cfg_overrides(options)})
     except ValueError as exc:
         return str(exc)
+    if weights["simclr"] > 0 and cfg.simclr_head == "mlp" and start > 0:
+        return ("a SimCLR MLP head with --unimlip-simclr-start-epoch > 0 has no gradient in the first epochs, "
+                "which DDP (built without find_unused_parameters) rejects; start SimCLR at epoch 0")
     return None
 
 
