@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from openclip_unimlip.apps.experiment import mean_r1
 from openclip_unimlip.apps.train_progress import parse_train_log
 
 from paths import REPO  # noqa: E402
@@ -58,8 +57,18 @@ def test_demo_pretraining_beats_chance_and_writes_the_report(tmp_path):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
     before, after = results["before"]["metrics"], results["after"]["metrics"]
-    chance = results["after"]["chance"]["R@1"]
-    assert mean_r1(after) >= 3 * chance, (after, chance)
-    assert mean_r1(after) > mean_r1(before)
+    # Judged on R@10 and mean rank: with 70 val pairs R@1 counts 1-4 hits and one hit moves it by
+    # 1.4 points (seen: mean R@1 4.3 % in two runs, exactly the 3x chance once asserted here, and
+    # below it in a clean-clone CI run). Seen over those three runs: R@10 46-50 % (chance 14 %),
+    # mean rank 12.4-16.0 (chance 35.5).
+    pairs = results["val_num_samples"]
+    chance_r10, chance_mean_rank = results["after"]["chance"]["R@10"], (pairs + 1) / 2
+
+    def both(metrics, name):
+        return (metrics[f"image_to_text_{name}"] + metrics[f"text_to_image_{name}"]) / 2
+
+    assert both(after, "R@10") >= 2 * chance_r10, (after, chance_r10)
+    assert both(after, "mean_rank") <= 0.6 * chance_mean_rank, (after, chance_mean_rank)
+    assert both(before, "mean_rank") > 0.8 * chance_mean_rank, before  # untrained: at chance
     report = (out / "report.md").read_text()
     assert "| image-to-text | R@1 |" in report and "simclr" in report  # the second phase ran
