@@ -1,6 +1,6 @@
 """Apply each named one-line break of the method to a copy of the package and run the tests on it.
 
-    .venv/bin/python scripts/mutation_check.py               # baseline, then every break in tests/mutations.toml
+    .venv/bin/python scripts/mutation_check.py               # baseline, then every break in tests/mutations/*.toml
     .venv/bin/python scripts/mutation_check.py --sanity      # only the baseline: the unmutated copy must pass
     .venv/bin/python scripts/mutation_check.py --only text-dropout-rate mlm-logit-position --jobs 2
 
@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mutations", type=Path, default=ROOT / "tests" / "mutations.toml")
+    parser.add_argument("--mutations", type=Path, default=ROOT / "tests" / "mutations",
+                        help="a TOML list of breaks, or a folder of them (default: tests/mutations/, one file per area)")
     parser.add_argument("--root", type=Path, default=ROOT, help="source tree to copy (default: this checkout)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="check only these breaks")
     parser.add_argument("--sanity", action="store_true", help="only run the unmutated copy on the breaks' tests")

@@ -59,25 +59,36 @@ class Outcome:
         return self.status in ("caught", "timeout")
 
 
+def mutation_files(path: Path) -> List[Path]:
+    """The TOML files of a mutation list: ``path`` itself, or every ``*.toml`` in the folder ``path``
+    (one file per area, so areas are added without editing one shared file)."""
+    path = Path(path)
+    files = sorted(path.glob("*.toml")) if path.is_dir() else [path]
+    if not files:
+        raise MutationError(f"no *.toml mutation list in {path}")
+    return files
+
+
 def load_mutations(path: Path) -> List[Mutation]:
-    """Mutations from a TOML file of ``[[mutation]]`` tables (keys: name, breaks, find, replace, tests)."""
+    """Mutations from a TOML file, or a folder of them, of ``[[mutation]]`` tables (keys: name,
+    breaks, find, replace, tests); names are unique across all the files."""
     try:
         import tomllib
     except ImportError as exc:  # Python 3.10
         raise SystemExit("the mutation check reads TOML with tomllib: it needs Python >= 3.11") from exc
-    data = tomllib.loads(Path(path).read_text())
     mutations, seen = [], set()
-    for index, entry in enumerate(data.get("mutation", [])):
-        missing = {"name", "breaks", "find", "replace"} - set(entry)
-        unknown = set(entry) - {"name", "breaks", "find", "replace", "tests"}
-        if missing or unknown:
-            raise MutationError(f"{path}: mutation #{index + 1} ({entry.get('name', '?')}): "
-                                f"missing keys {sorted(missing)}, unknown keys {sorted(unknown)}")
-        if entry["name"] in seen:
-            raise MutationError(f"{path}: duplicate mutation name {entry['name']!r}")
-        seen.add(entry["name"])
-        tests = tuple(entry.get("tests", FAST_SUITE))
-        mutations.append(Mutation(entry["name"], entry["breaks"], entry["find"], entry["replace"], tests))
+    for file in mutation_files(path):
+        for index, entry in enumerate(tomllib.loads(file.read_text()).get("mutation", [])):
+            missing = {"name", "breaks", "find", "replace"} - set(entry)
+            unknown = set(entry) - {"name", "breaks", "find", "replace", "tests"}
+            if missing or unknown:
+                raise MutationError(f"{file}: mutation #{index + 1} ({entry.get('name', '?')}): "
+                                    f"missing keys {sorted(missing)}, unknown keys {sorted(unknown)}")
+            if entry["name"] in seen:
+                raise MutationError(f"{file}: duplicate mutation name {entry['name']!r}")
+            seen.add(entry["name"])
+            tests = tuple(entry.get("tests", FAST_SUITE))
+            mutations.append(Mutation(entry["name"], entry["breaks"], entry["find"], entry["replace"], tests))
     if not mutations:
         raise MutationError(f"{path}: no [[mutation]] entries")
     return mutations

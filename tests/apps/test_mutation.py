@@ -8,7 +8,7 @@ import pytest
 from openclip_unimlip.apps import mutation
 
 from paths import REPO, TESTS  # noqa: E402
-MUTATIONS = TESTS / "mutations.toml"
+MUTATIONS = TESTS / "mutations"  # one TOML file per area
 
 
 @pytest.mark.parametrize("break_", mutation.load_mutations(MUTATIONS), ids=lambda m: m.name)
