@@ -12,6 +12,13 @@ cannot even parse) and hands them to :func:`write_dataset`, which
    the training-set size) and/or ``OUT/csv/<split>.csv`` (tab-separated ``filepath``/``title``,
    OpenCLIP's ``--dataset-type csv`` defaults) with the images as files in ``OUT/csv/images``.
 
+Images are stored as they came (JPEG, and RGB or 8-bit greyscale PNG) when that decodes to the
+right picture under ``PIL.Image.convert("RGB")``, which OpenCLIP's ``pilrgb`` decoder, its CSV
+reader and the evaluation readers all apply. Everything else is re-encoded as an RGB PNG by
+:func:`to_rgb`: ``convert("RGB")`` would drop an alpha channel without compositing and clip
+16-bit greyscale at 255, turning most of such an image white. ``image_size`` (optional) also
+downscales every image so that its short side is that many pixels, as OpenCLIP's own resize does.
+
 Which sample lands in which shard depends only on the rows and the seed, and every shard is
 written under a temporary name and renamed when complete. A run that was interrupted (or
 re-run with different settings) can therefore be started again: shards that are complete and
@@ -36,12 +43,13 @@ from multiprocessing import Pool
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 _logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # part of every shard digest: bump when the sample layout changes
+FORMAT_VERSION = 2  # part of every shard digest: bump when the sample layout changes (2: to_rgb)
 
 MALFORMED_ROW = "malformed_row"
 EMPTY_CAPTION = "empty_caption"
@@ -62,6 +70,14 @@ _SHARD_NAME = re.compile(r"\d{5,}\.tar")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _MAX_KEY_LEN = 80  # keeps member names well inside the USTAR name limit that TarWriter uses
 _STORED_FORMATS = {"JPEG": "jpg", "PNG": "png"}  # anything else is re-encoded as PNG
+# PNG modes that convert("RGB") decodes faithfully; any other PNG (alpha, palette, 16-bit) is re-encoded.
+_STORED_PNG_MODES = ("RGB", "L")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+# Ours: transparency is composited on black. CT and MR backgrounds (air) are black, so a
+# transparent border joins the image's own background; white would add a bright frame the model
+# could key on. (All 288 RGBA images of MedPix 2.0 are fully opaque: the choice changes none of them.)
+TRANSPARENT_BACKGROUND = (0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -104,6 +120,8 @@ class _ImageCheck:
     detail: str = ""
     sha1: str = ""
     image_format: str = ""
+    image_mode: str = ""
+    transparency: bool = False  # a tRNS colour key (palette or greyscale PNG)
 
 
 @dataclass(frozen=True)
@@ -116,10 +134,12 @@ class _Entry:
     sha1: str
     image_format: str
     split: Optional[str]
+    keep_bytes: bool  # the source bytes go into the shard unchanged, else to_rgb (+ resize) as PNG
+    image_size: Optional[int]
 
     @property
     def ext(self) -> str:
-        return _STORED_FORMATS.get(self.image_format, "png")
+        return _STORED_FORMATS[self.image_format] if self.keep_bytes else "png"
 
 
 @dataclass
@@ -220,6 +240,7 @@ def _check_image(image: ImageSource) -> _ImageCheck:
     try:
         with Image.open(io.BytesIO(data)) as img:
             image_format = img.format
+            image_mode, transparency = img.mode, "transparency" in img.info
             if image_format == "JPEG":
                 # Decoding at 1/8 scale still reads every scan (so truncation is caught) at a
                 # fraction of the cost of a full decode.
@@ -229,7 +250,42 @@ def _check_image(image: ImageSource) -> _ImageCheck:
         return _ImageCheck(UNREADABLE_IMAGE, "not an image format Pillow can read")
     except Exception as exc:  # Pillow signals a broken file with many exception types
         return _ImageCheck(UNREADABLE_IMAGE, f"{type(exc).__name__}: {exc}")
-    return _ImageCheck(sha1=hashlib.sha1(data).hexdigest(), image_format=image_format)
+    return _ImageCheck(sha1=hashlib.sha1(data).hexdigest(), image_format=image_format, image_mode=image_mode,
+                       transparency=transparency)
+
+
+def _keeps_bytes(check: _ImageCheck, image_size: Optional[int]) -> bool:
+    if image_size is not None or check.image_format not in _STORED_FORMATS:
+        return False
+    if check.image_format == "JPEG":  # re-encoding would lose quality; convert("RGB") reads L, RGB and CMYK
+        return True
+    return check.image_mode in _STORED_PNG_MODES and not check.transparency
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB: alpha and colour-key transparency composited on black
+    (``TRANSPARENT_BACKGROUND``), 16-bit (and 32-bit integer) greyscale scaled from its full range
+    (v / 257, rounded), palettes expanded; RGB and greyscale otherwise as ``convert("RGB")``."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        levels = np.asarray(image, dtype=np.float64)
+        grey = np.clip(np.round(levels / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*TRANSPARENT_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def downscale(image: Image.Image, image_size: int) -> Image.Image:
+    """Short side to ``image_size`` (bicubic with antialiasing, as OpenCLIP's ``Resize``);
+    never upscales (the training pipeline does that itself)."""
+    if min(image.size) <= image_size:
+        return image
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    return F.resize(image, [image_size], interpolation=InterpolationMode.BICUBIC, antialias=True)
 
 
 def _check_images(images: List[ImageSource], workers: int, progress: bool) -> List[_ImageCheck]:
@@ -252,7 +308,7 @@ def _unique_key(key: str, taken: set) -> str:
 
 
 def _validate(
-        rows: Iterable[Union[Row, BadRow]], workers: int, progress: bool,
+        rows: Iterable[Union[Row, BadRow]], workers: int, progress: bool, image_size: Optional[int] = None,
 ) -> Tuple[List[_Entry], List[BadRow], int]:
     bad: List[Tuple[int, BadRow]] = []
     candidates: List[Tuple[int, Row, str]] = []
@@ -285,6 +341,7 @@ def _validate(
         entries.append(_Entry(
             key=_unique_key(row.key, taken_keys), source=row.source, image=row.image, caption=caption,
             metadata=row.metadata, sha1=check.sha1, image_format=check.image_format, split=row.split,
+            keep_bytes=_keeps_bytes(check, image_size), image_size=image_size,
         ))
     bad.sort(key=lambda item: item[0])
     return entries, [row for _, row in bad], rows_read
@@ -307,11 +364,14 @@ def _image_payload(entry: _Entry) -> bytes:
     data = read_image_bytes(entry.image)
     if hashlib.sha1(data).hexdigest() != entry.sha1:
         raise RuntimeError(f"{entry.source}: the image changed while the conversion was running")
-    if entry.image_format in _STORED_FORMATS:
+    if entry.keep_bytes:
         return data
     with Image.open(io.BytesIO(data)) as img:
-        out = io.BytesIO()
-        img.convert("RGB").save(out, format="PNG")
+        rgb = to_rgb(img)
+    if entry.image_size is not None:
+        rgb = downscale(rgb, entry.image_size)
+    out = io.BytesIO()
+    rgb.save(out, format="PNG")
     return out.getvalue()
 
 
@@ -322,7 +382,8 @@ def _metadata_bytes(entry: _Entry) -> bytes:
 def _shard_digest(entries: Sequence[_Entry]) -> str:
     digest = hashlib.sha1(f"format {FORMAT_VERSION}".encode())
     for e in entries:
-        digest.update(json.dumps([e.key, e.sha1, e.ext, e.caption], ensure_ascii=False).encode("utf-8"))
+        digest.update(json.dumps([e.key, e.sha1, e.ext, e.caption, e.keep_bytes, e.image_size],
+                                 ensure_ascii=False).encode("utf-8"))
         digest.update(_metadata_bytes(e))
     return digest.hexdigest()
 
@@ -401,8 +462,10 @@ def _write_webdataset_split(
 
 
 def _csv_image_name(entry: _Entry) -> str:
-    # Content-addressed, so an existing file is always the right one and a re-run can skip it.
-    return f"{entry.key}-{entry.sha1[:16]}.{entry.ext}"
+    # Content-addressed (source and how it is stored), so an existing file is always the right one
+    # and a re-run can skip it.
+    variant = "" if entry.keep_bytes else f"-rgb{entry.image_size or ''}"
+    return f"{entry.key}-{entry.sha1[:16]}{variant}.{entry.ext}"
 
 
 def _write_csv_split(csv_dir: Path, name: str, entries: List[_Entry], progress: bool) -> Path:
@@ -460,22 +523,25 @@ def write_dataset(
         formats: Union[str, Sequence[str]] = "webdataset",
         workers: int = 1,
         progress: bool = False,
+        image_size: Optional[int] = None,
 ) -> ConversionReport:
     """Check, split and write ``rows`` into ``out_dir`` (see the module docstring for the layout).
 
     Resumable: re-running with the same rows and settings skips every complete shard; with
     other settings, shards that no longer match are replaced. ``workers`` > 1 checks images in
-    that many processes.
+    that many processes. ``image_size`` downscales every image to that short side (RGB PNG).
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     formats = normalize_formats(formats)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    entries, bad_rows, rows_read = _validate(rows, workers, progress)
+    entries, bad_rows, rows_read = _validate(rows, workers, progress, image_size)
     report_path = out_dir / REPORT_NAME
     _write_report(report_path, bad_rows)
     splits = _assign_splits(entries, seed, val_fraction)
@@ -498,7 +564,8 @@ def write_dataset(
         out_dir=out_dir, rows_read=rows_read, bad_rows=Counter(b.reason for b in bad_rows),
         splits=outputs, shards_written=written, shards_skipped=skipped, report_path=report_path,
     )
-    params = dict(shard_size=shard_size, seed=seed, val_fraction=val_fraction, formats=list(formats))
+    params = dict(shard_size=shard_size, seed=seed, val_fraction=val_fraction, formats=list(formats),
+                  image_size=image_size)
     write_json_atomic(out_dir / SUMMARY_NAME, {"params": params, "format_version": FORMAT_VERSION, **report.to_dict()})
     _logger.info("%s", report.summary())
     return report
@@ -514,9 +581,12 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
                        help="fraction of the samples without an official split that go to val")
     group.add_argument("--format", choices=FORMATS, default="webdataset", help="what to write")
     group.add_argument("--workers", type=int, default=1, help="processes that check the images")
+    group.add_argument("--image-size", type=int, default=None,
+                       help="downscale every image so that its short side is this many pixels (RGB PNG); "
+                            "default: keep the source pixels")
 
 
 def output_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of :func:`write_dataset` from :func:`add_output_arguments`' options."""
     return dict(shard_size=args.shard_size, seed=args.seed, val_fraction=args.val_fraction,
-                formats=args.format, workers=args.workers, progress=True)
+                formats=args.format, workers=args.workers, progress=True, image_size=args.image_size)

@@ -1,0 +1,239 @@
+"""MedPix 2.0 (CT and MR images with their teaching captions) to webdataset shards / OpenCLIP CSV.
+
+The layout is the one of the release, folder ``MedPix-2-0/`` of the public repository
+``CHILab1/MedPix-2.0`` (checked against its files at commit d3bc431)::
+
+    Descriptions.json                     one object per image (all 2,050)
+    splitted_dataset/descriptions_{train,dev,test}.jsonl
+                                          the same objects, one per line, split by case
+    images/<image>.png                    RGB or RGBA
+
+A record reads ``{"Type": "CT"|"MR", "U_id": case, "image": file stem, "Location",
+"Location Category", "Description": {"Caption", "Modality", "Plane", "Age", "Sex",
+"ACR Codes", "Figure Part"}}``. The official splits are the three ``descriptions_*.jsonl``
+files (the release's ``splitted_dataset/README.md``: a case is never divided between splits;
+``train_1``/``train_2`` only halve ``train``, ``data_*.jsonl`` hold the cases, not the images).
+Either the ``MedPix-2-0`` folder or the repository root holding it can be given.
+
+The caption is the image's own ``Description.Caption``; ``caption_prefix=True`` (ours) starts it
+with the modality and plane (``"CT - noncontrast, Axial. <caption>"``). ``dev`` is written as
+``val``, the split name every converter here uses. 19 MedPix images are also VQA-RAD images
+(same MedPix ``synpic`` id); ``exclude_vqa_rad`` leaves them out, so that a model pretrained on
+MedPix has not seen the images of a VQA-RAD evaluation, and lists them in ``excluded.csv``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Set, Tuple, Union
+
+from openclip_unimlip.data.shards import MALFORMED_ROW, BadRow, ConversionReport, Row, write_dataset
+
+PathLike = Union[str, os.PathLike]
+
+MEDPIX_SPLITS = ("train", "dev", "test")
+SHARD_SPLITS = {"train": "train", "dev": "val", "test": "test"}  # the names write_dataset's other users use
+RELEASE_FOLDER = "MedPix-2-0"  # the release's folder inside the CHILab1/MedPix-2.0 repository
+SPLIT_FILE = "splitted_dataset/descriptions_{split}.jsonl"
+IMAGE_DIR = "images"
+IMAGE_SUFFIX = ".png"
+VQA_RAD_IMAGE_DIR = "VQA_RAD Image Folder"  # as openclip_unimlip.evaluation.vqa_datasets (which imports torch)
+EXCLUDED_NAME = "excluded.csv"
+
+_SYNPIC_ID = re.compile(r"synpic\d+")
+
+
+@dataclass(frozen=True)
+class MedpixImage:
+    """One MedPix 2.0 image as the release describes it. ``image`` is where the release puts it
+    (it may be missing in a damaged copy); text fields the release leaves null read ``""``."""
+    image_id: str  # the file stem, e.g. "MPX1024_synpic40275"
+    case_id: str  # U_id, e.g. "MPX1024"
+    image: Path
+    caption: str
+    modality_type: str  # "CT"|"MR"
+    location: str
+    location_category: str
+    plane: str
+    modality: str
+
+
+def release_dir(root: PathLike) -> Path:
+    """The release folder under ``root`` (itself or its ``MedPix-2-0``), or one clear error."""
+    root = Path(root)
+    for candidate in (root, root / RELEASE_FOLDER):
+        if all((candidate / SPLIT_FILE.format(split=split)).is_file() for split in MEDPIX_SPLITS) \
+                and (candidate / IMAGE_DIR).is_dir():
+            return candidate
+    expected = ", ".join([SPLIT_FILE.format(split=s) for s in MEDPIX_SPLITS] + [IMAGE_DIR + "/"])
+    raise ValueError(f"{root} is not the MedPix 2.0 release: expected {expected} in it or in its "
+                     f"{RELEASE_FOLDER}/ folder (the public GitHub repository CHILab1/MedPix-2.0)")
+
+
+def _check_split(split: str) -> None:
+    if split not in MEDPIX_SPLITS:
+        raise ValueError(f"unknown MedPix split {split!r}; expected one of {MEDPIX_SPLITS}")
+
+
+def _text(value: object) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _parse(line: str, image_dir: Path) -> Tuple[MedpixImage, dict]:
+    """The record of one jsonl line and its metadata; KeyError/TypeError/ValueError when malformed."""
+    record = json.loads(line)
+    description = record["Description"]
+    image_id = _text(record["image"])
+    if not image_id:
+        raise ValueError("no image name")
+    image = MedpixImage(
+        image_id=image_id, case_id=_text(record["U_id"]), image=image_dir / f"{image_id}{IMAGE_SUFFIX}",
+        caption=description["Caption"] if isinstance(description["Caption"], str) else "",
+        modality_type=_text(record["Type"]), location=_text(record.get("Location")),
+        location_category=_text(record.get("Location Category")), plane=_text(description.get("Plane")),
+        modality=_text(description.get("Modality")),
+    )
+    metadata = {
+        "dataset": "medpix-2.0", "image_id": image.image_id, "case_id": image.case_id,
+        "type": image.modality_type, "location": image.location, "location_category": image.location_category,
+        "plane": image.plane, "modality": image.modality, "age": description.get("Age"),
+        "sex": description.get("Sex"), "acr_codes": description.get("ACR Codes"),
+        "figure_part": description.get("Figure Part"),
+    }
+    return image, metadata
+
+
+def _split_records(release: Path, split: str) -> Iterator[Union[Tuple[str, MedpixImage, dict], BadRow]]:
+    """``(source, image, metadata)`` per line of the split's file, a BadRow for a malformed line."""
+    path = release / SPLIT_FILE.format(split=split)
+    with open(path, encoding="utf-8") as lines:
+        for line_no, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            source = f"{path.parent.name}/{path.name}:{line_no}"
+            try:
+                image, metadata = _parse(line, release / IMAGE_DIR)
+            except (KeyError, TypeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+                yield BadRow(source, MALFORMED_ROW, f"{type(exc).__name__}: {exc}")
+                continue
+            yield source, image, {**metadata, "split": split}
+
+
+def synpic_id(image_id: str) -> Optional[str]:
+    """``"synpic40275"`` for ``"MPX1024_synpic40275"`` (MedPix's image id, VQA-RAD's file stem)."""
+    match = _SYNPIC_ID.search(image_id)
+    return match.group(0) if match else None
+
+
+def vqa_rad_overlap(medpix_root: PathLike, vqa_rad_root: PathLike) -> Set[str]:
+    """MedPix image ids (all splits) whose synpic id names an image of the VQA-RAD release."""
+    image_dir = Path(vqa_rad_root) / VQA_RAD_IMAGE_DIR
+    if not image_dir.is_dir():
+        raise ValueError(f"{vqa_rad_root} is not the VQA-RAD release: no {VQA_RAD_IMAGE_DIR}/ folder in it")
+    vqa_rad_ids = {path.stem for path in image_dir.iterdir() if path.is_file()}
+    release = release_dir(medpix_root)
+    return {
+        item[1].image_id
+        for split in MEDPIX_SPLITS for item in _split_records(release, split)
+        if not isinstance(item, BadRow) and synpic_id(item[1].image_id) in vqa_rad_ids
+    }
+
+
+def read_medpix(root: PathLike, split: str, *, exclude_vqa_rad: Optional[PathLike] = None) -> List[MedpixImage]:
+    """The images of one official split (``"train"``, ``"dev"``, ``"test"``), in file order.
+
+    ``exclude_vqa_rad`` (the VQA-RAD release folder) drops the images VQA-RAD also holds. Every
+    record is returned as written: a missing image file or an empty caption is for the caller
+    to handle (:func:`convert_medpix` reports them as bad rows); a malformed line is an error.
+    """
+    _check_split(split)
+    release = release_dir(root)
+    excluded = vqa_rad_overlap(release, exclude_vqa_rad) if exclude_vqa_rad is not None else set()
+    images = []
+    for item in _split_records(release, split):
+        if isinstance(item, BadRow):
+            raise ValueError(f"malformed MedPix record at {item.source}: {item.detail}")
+        if item[1].image_id not in excluded:
+            images.append(item[1])
+    return images
+
+
+def prefixed_caption(image: MedpixImage) -> str:
+    """Ours: ``"<Modality>, <Plane>. <Caption>"``, the parts the release leaves empty left out.
+    An empty caption stays empty (a prefix must not turn it into a valid row)."""
+    if not image.caption.strip():
+        return image.caption
+    prefix = ", ".join(part for part in (image.modality or image.modality_type, image.plane) if part)
+    return f"{prefix}. {image.caption}" if prefix else image.caption
+
+
+def medpix_rows(
+        root: PathLike,
+        splits: Sequence[str] = MEDPIX_SPLITS,
+        *,
+        caption_prefix: bool = False,
+        exclude: Sequence[str] = (),
+        limit: Optional[int] = None,
+        excluded_out: Optional[List[MedpixImage]] = None,
+) -> Iterator[Union[Row, BadRow]]:
+    """Rows for :func:`~openclip_unimlip.data.shards.write_dataset`, official split kept;
+    ``exclude`` lists image ids to leave out (appended to ``excluded_out`` when given as they are
+    met), ``limit`` keeps the first records of each split."""
+    release = release_dir(root)
+    excluded = set(exclude)
+    for split in splits:
+        _check_split(split)
+        kept = 0
+        for item in _split_records(release, split):
+            if limit is not None and kept >= limit:
+                break
+            if isinstance(item, BadRow):
+                kept += 1
+                yield item
+                continue
+            source, image, metadata = item
+            if image.image_id in excluded:
+                if excluded_out is not None:
+                    excluded_out.append(image)
+                continue
+            kept += 1
+            yield Row(source=source, key=image.image_id, image=image.image,
+                      caption=prefixed_caption(image) if caption_prefix else image.caption,
+                      metadata=metadata, split=SHARD_SPLITS[split])
+
+
+def _write_excluded(path: Path, excluded: Sequence[MedpixImage]) -> None:
+    import pandas as pd
+
+    table = pd.DataFrame([(image.image_id, image.case_id, "also a VQA-RAD image") for image in excluded],
+                         columns=["image_id", "case_id", "reason"])
+    table.to_csv(path, index=False)
+
+
+def convert_medpix(
+        root: PathLike,
+        out_dir: PathLike,
+        *,
+        splits: Sequence[str] = MEDPIX_SPLITS,
+        caption_prefix: bool = False,
+        exclude_vqa_rad: Optional[PathLike] = None,
+        limit: Optional[int] = None,
+        **options,
+) -> ConversionReport:
+    """Convert MedPix 2.0; ``options`` are :func:`~openclip_unimlip.data.shards.write_dataset`'s.
+    The images left out with ``exclude_vqa_rad`` are listed in ``out_dir/excluded.csv`` (written
+    on every run, empty without exclusion)."""
+    release = release_dir(root)
+    for split in splits:
+        _check_split(split)
+    overlap = vqa_rad_overlap(release, exclude_vqa_rad) if exclude_vqa_rad is not None else set()
+    excluded: List[MedpixImage] = []
+    rows = medpix_rows(release, splits, caption_prefix=caption_prefix, exclude=sorted(overlap), limit=limit,
+                       excluded_out=excluded)
+    report = write_dataset(rows, out_dir, **options)
+    _write_excluded(Path(out_dir) / EXCLUDED_NAME, excluded)
+    return report
+
