@@ -103,6 +103,15 @@ class MlipLi(RecipeCLIP):
         a model trained without it never freezes them."""
         self.prototypes_frozen = epoch < self.cfg.freeze_prototypes_epochs
 
+    def drop_frozen_gradients(self) -> None:
+        """While the prototypes are frozen, unset their gradient (None), as MGCA's
+        ``on_after_backward`` does (mgca_module.py l.340-343): the optimizer then skips them, so
+        AdamW neither counts steps nor keeps moments for them, nor decays them, and its first update
+        after the freeze is a fresh AdamW's. Call it after backward (and DDP's all-reduce), before
+        the optimizer step; the plugin's trainer hook does, as an optimizer step pre-hook."""
+        if self.prototypes_frozen:
+            self.prototypes.grad = None
+
     @torch.no_grad()
     def initialize_prototypes(self) -> None:
         """Prototypes := projected text embeddings of the knowledge entities (eval-mode tower)."""
@@ -141,9 +150,8 @@ class MlipLi(RecipeCLIP):
         if "prototype" in terms:
             prototypes = self.prototypes
             if self.prototypes_frozen:
-                # MGCA sets their gradient to None; a zero gradient keeps DDP (which needs one for every
-                # parameter) working, and AdamW then steps them by 0 apart from weight decay, which only
-                # shrinks the norm that the normalisation below removes
+                # a zero gradient, which DDP (built without find_unused_parameters) needs for every
+                # parameter; drop_frozen_gradients unsets it before the optimizer step, as MGCA
                 prototypes = prototypes.detach() + 0.0 * prototypes
             prototypes = F.normalize(prototypes, dim=-1)
             out["image_prototype_scores"] = out["image_features"] @ prototypes.T
