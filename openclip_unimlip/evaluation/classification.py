@@ -8,9 +8,16 @@ Choices the paper leaves open, made here: the learning rate (1e-4, no weight dec
 stopping criterion (validation macro AUC, patience 10 epochs; the best epoch's weights are
 restored for testing) and the augmentation (OpenCLIP's random-resized-crop, no flips).
 
+Data: the label set, the uncertainty mapping per label, the views and the split follow a named
+protocol (:mod:`openclip_unimlip.evaluation.cxr_protocols`), by default ``"chexclusion"``, the
+protocol of the rows Uni-Mlip's Table 1 compares with; results state the protocol they were
+produced under (:attr:`ClassificationResult.protocol`).
+
 AUC convention: a label whose split holds a single class has no ROC AUC; it is reported as
-undefined (``None``) and left out of the macro mean. Loading refuses data whose validation or
-test split leaves every label undefined.
+undefined (``None``) and left out of the macro mean (as Huang et al.'s ``compute_AUCs``,
+denizlab/MIMICCXR-MultiModal-SelfSupervision eval_utils.py:59-63; CheXclusion divides the sum
+by 14 instead, CXP/predictions.py:196, which only differs when a label is undefined). Loading
+refuses data whose validation or test split leaves every label undefined.
 
 The model and training helpers here (:func:`load_clip_model`, :func:`probe_image_tower`,
 :func:`image_transform`, :func:`autocast`, :func:`fit`) are shared with VQA fine-tuning
@@ -37,7 +44,16 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import InterpolationMode, v2
 from tqdm import tqdm
 
-from openclip_unimlip.evaluation.cxr_datasets import SPLITS, CxrDataset, CxrSplit, read_cxr_split, training_subset
+from openclip_unimlip.evaluation.cxr_datasets import (
+    DEFAULT_PROTOCOL,
+    SPLITS,
+    CxrDataset,
+    CxrSettings,
+    CxrSplit,
+    UncertainArg,
+    read_cxr_split,
+    training_subset,
+)
 
 DEFAULT_BATCH_SIZES = {"chexpert": 190, "mimic": 150, "nih": 150}
 DEFAULT_IMAGE_SIZE = 224
@@ -292,6 +308,10 @@ class ClassificationData:
     def label_names(self) -> tuple[str, ...]:
         return self.train.label_names
 
+    @property
+    def settings(self) -> Optional[CxrSettings]:
+        return self.train.settings
+
 
 def load_classification_data(
         dataset: str,
@@ -299,13 +319,16 @@ def load_classification_data(
         fraction: float = 1.0,
         seed: int = 0,
         labels: Optional[Sequence[str]] = None,
-        uncertain: str = "u_ones",
-        frontal_only: bool = True,
+        uncertain: UncertainArg = None,
+        frontal_only: Optional[bool] = None,
         limit: Optional[int] = None,
+        protocol: str = DEFAULT_PROTOCOL,
 ) -> ClassificationData:
-    """Read and check the three splits; ``limit`` keeps the first images of each (smoke runs)."""
+    """Read and check the three splits under ``protocol``; ``labels``, ``uncertain`` and
+    ``frontal_only`` replace its choices; ``limit`` keeps the first images of each (smoke runs)."""
     splits = {
-        name: read_cxr_split(dataset, root, name, labels, uncertain, frontal_only) for name in SPLITS
+        name: read_cxr_split(dataset, root, name, labels, uncertain, frontal_only, protocol=protocol)
+        for name in SPLITS
     }
     splits["train"] = training_subset(splits["train"], fraction, seed)
     if limit is not None:
@@ -329,10 +352,12 @@ class ClassificationResult:
     test: AucReport
     test_targets: np.ndarray
     test_scores: np.ndarray
+    protocol: Optional[dict] = None  # CxrSettings.describe() of the data: which protocol produced the numbers
 
     def summary(self) -> dict:
         """JSON-ready results (undefined AUCs as ``null``)."""
         return {
+            "protocol": self.protocol,
             "best_epoch": self.history.best_epoch,
             "epochs_run": len(self.history.epochs),
             "history": [asdict(record) for record in self.history.epochs],
@@ -387,7 +412,9 @@ def fine_tune_classifier(
     targets, scores = predict_probabilities(classifier, loader(data.test, is_train=False), device,
                                             fit_config.precision)
     best_valid = history.epochs[history.best_epoch - 1].valid_score
-    return ClassificationResult(history, best_valid, auc_report(targets, scores, data.label_names), targets, scores)
+    protocol = data.settings.describe(data.label_names) if data.settings is not None else None
+    return ClassificationResult(history, best_valid, auc_report(targets, scores, data.label_names), targets, scores,
+                                protocol)
 
 
 def plot_roc_curves(

@@ -1,33 +1,40 @@
 """Chest X-ray classification datasets in their official layouts: CheXpert, MIMIC-CXR(-JPG), NIH ChestX-ray14.
 
-Every reader returns one split as a :class:`CxrSplit` (image paths + a multi-hot target matrix) and
-checks that every image exists, so that bad inputs fail before any training starts.
+Every reader returns one split as a :class:`CxrSplit` (image paths + a multi-hot target matrix +
+the settings that produced it) and checks that every image exists, so that bad inputs fail
+before any training starts.
 
-Split conventions (``"train"``, ``"valid"``, ``"test"``). Uni-Mlip takes its splits from Huang et
-al. (MIDL 2024), whose split files we could not obtain; these are the official splits where they
-exist, otherwise close to MGCA:
+What is read follows a named protocol of :mod:`openclip_unimlip.evaluation.cxr_protocols` (label
+set, per-label uncertainty mapping, views, split rule), by default ``"chexclusion"``, the one
+the comparison rows of Uni-Mlip's Table 1 follow; ``"mgca"`` and ``"all14"`` (this package's
+earlier default) are the others. ``labels``, ``uncertain`` and ``frontal_only`` given explicitly
+replace the protocol's choice and are recorded as overrides.
 
-* CheXpert: ``test`` is the official, expert-labelled ``valid.csv`` (as in MGCA: the test labels
-  are not in the public release); ``train``/``valid`` partition ``train.csv`` by patient, ``valid``
-  being a seeded random ``valid_fraction`` of the patients (MGCA holds out 5,000 random images).
-* MIMIC-CXR: the official ``mimic-cxr-2.0.0-split.csv.gz`` (``validate`` is our ``valid``).
-* NIH ChestX-ray14: ``test`` is the official ``test_list.txt``; ``train``/``valid`` partition
-  ``train_val_list.txt`` by patient as for CheXpert.
+Split rules (splits ``"train"``, ``"valid"``, ``"test"``):
+
+* ``"official"``: the release's own test split. CheXpert: the expert-labelled ``valid.csv`` (the
+  test labels are not public, as in MGCA); ``train``/``valid`` partition ``train.csv`` by patient,
+  ``valid`` being a seeded random ``valid_fraction`` of the patients (MGCA holds out 5,000 random
+  images). MIMIC-CXR: the official ``mimic-cxr-2.0.0-split.csv.gz`` (``validate`` is our
+  ``valid``). NIH: ``test_list.txt``; ``train``/``valid`` partition ``train_val_list.txt`` as for
+  CheXpert.
+* ``"patients"`` (CheXclusion): the whole release pooled (CheXpert ``train.csv`` + ``valid.csv``,
+  every MIMIC-CXR split, every NIH image) and split 80/10/10 by patient, before any view filter.
 
 Holding out whole patients keeps one patient's images out of both sides of a split. The holdout
 seed is fixed (:data:`HOLDOUT_SEED`), so ``valid`` and ``test`` never change between runs; the
 seed of a run only chooses the labelled training subset (:func:`training_subset`).
 
 Label conventions: CheXpert and MIMIC-CXR labels are 1 (positive), 0 (negative), -1 (uncertain)
-or blank (not mentioned). Blank becomes 0; uncertain follows the policy of Irvin et al. (2019):
-``"u_ones"`` maps it to 1, ``"u_zeros"`` to 0. By default only frontal views (PA/AP) are kept,
-as in MGCA. MIMIC-CXR studies without a row in the CheXpert-labeler file carry no labels and
-are dropped. NIH ``Finding Labels`` are pipe-separated; ``No Finding`` is an all-zero row.
+or blank (not mentioned). Blank becomes 0; uncertain becomes the protocol's target for that label
+(U-Ones 1, U-Zeros 0; Irvin et al., 2019). MIMIC-CXR studies without a row in the
+CheXpert-labeler file carry no labels and are dropped. NIH ``Finding Labels`` are pipe-separated;
+``No Finding`` is an all-zero row.
 """
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -37,28 +44,30 @@ from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from torch.utils.data import Dataset
 
-CHEXPERT_LABELS = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-    "Fracture", "Support Devices",
+from openclip_unimlip.evaluation.cxr_protocols import (  # noqa: F401  (re-exported)
+    CHEXPERT_COMPETITION_LABELS,
+    CHEXPERT_LABELS,
+    DATASET_LABELS,
+    DEFAULT_PROTOCOL,
+    HOLDOUT_SEED,
+    MIMIC_LABELS,
+    NIH_LABELS,
+    PROTOCOLS,
+    UNCERTAIN_POLICIES,
+    CxrSettings,
+    check_choice,
+    map_uncertain,
+    patient_split_mask,
+    resolve_settings,
 )
-# The five CheXpert competition labels used by MGCA, GLoRIA and ConVIRT.
-CHEXPERT_COMPETITION_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
-# MIMIC-CXR is labelled by the CheXpert labeler: same 14 observations.
-MIMIC_LABELS = CHEXPERT_LABELS
-NIH_LABELS = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
-    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
-)
-DATASET_LABELS = {"chexpert": CHEXPERT_LABELS, "mimic": MIMIC_LABELS, "nih": NIH_LABELS}
+
 SPLITS = ("train", "valid", "test")
-UNCERTAIN_POLICIES = {"u_ones": 1.0, "u_zeros": 0.0}
-HOLDOUT_SEED = 0
 DEFAULT_VALID_FRACTION = 0.05
 FRONTAL_VIEWS = ("PA", "AP")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
 PathLike = Union[str, Path]
+UncertainArg = Union[None, str, Mapping[str, float]]
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,7 @@ class CxrSplit:
     targets: np.ndarray  # (num_images, num_labels) float32 in {0, 1}
     label_names: tuple[str, ...]
     patient_ids: tuple[str, ...]
+    settings: Optional[CxrSettings] = None  # the protocol (and overrides) it was read with
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -79,6 +89,7 @@ class CxrSplit:
             targets=self.targets[indices],
             label_names=self.label_names,
             patient_ids=tuple(self.patient_ids[i] for i in indices),
+            settings=self.settings,
         )
 
 
@@ -97,19 +108,12 @@ def training_subset(split: CxrSplit, fraction: float, seed: int) -> CxrSplit:
     return split.select(np.sort(permutation[:count]))
 
 
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}")
-
-
 def _resolve_labels(labels: Optional[Sequence[str]], available: Sequence[str], source: str) -> tuple[str, ...]:
     if labels is None:
         return tuple(available)
     unknown = [label for label in labels if label not in available]
     if unknown:
         raise ValueError(f"unknown label column(s) {unknown} in {source}; available: {list(available)}")
-    if not labels:
-        raise ValueError("at least one label is required")
     return tuple(labels)
 
 
@@ -134,9 +138,12 @@ def _check_images_exist(paths: Sequence[Path]) -> None:
         raise FileNotFoundError(f"{len(missing)} image file(s) missing, e.g. {shown}")
 
 
-def _map_uncertain(values: pd.DataFrame, uncertain: str) -> np.ndarray:
-    _check_choice("uncertain-label policy", uncertain, tuple(UNCERTAIN_POLICIES))
-    return values.fillna(0.0).replace(-1.0, UNCERTAIN_POLICIES[uncertain]).to_numpy(dtype=np.float32)
+def _check_split_arguments(split: str, settings: CxrSettings, valid_fraction: Optional[float]) -> None:
+    check_choice("split", split, SPLITS)
+    if valid_fraction is not None and settings.split_rule != "official":
+        raise ValueError(
+            f"valid_fraction applies to the official split rule only; protocol {settings.protocol!r} "
+            f"splits {settings.dataset} 80/10/10 by patient")
 
 
 def _holdout_mask(patient_ids: pd.Series, fraction: float) -> np.ndarray:
@@ -147,10 +154,12 @@ def _holdout_mask(patient_ids: pd.Series, fraction: float) -> np.ndarray:
     return patient_ids.isin(held_out).to_numpy()
 
 
-def _partition_train_valid(frame: pd.DataFrame, split: str, valid_fraction: float) -> pd.DataFrame:
+def _partition_train_valid(frame: pd.DataFrame, split: str, valid_fraction: Optional[float]) -> pd.DataFrame:
+    """The official rule's train/valid: a patient holdout of the non-test images (the test split is read as is)."""
     if split == "test":
         return frame
-    held_out = _holdout_mask(frame["patient"], valid_fraction)
+    fraction = DEFAULT_VALID_FRACTION if valid_fraction is None else valid_fraction
+    held_out = _holdout_mask(frame["patient"], fraction)
     return frame[held_out if split == "valid" else ~held_out]
 
 
@@ -158,38 +167,59 @@ def _make_split(
         frame: pd.DataFrame,
         targets: np.ndarray,
         label_names: tuple[str, ...],
+        settings: CxrSettings,
         check_files: bool,
 ) -> CxrSplit:
     paths = tuple(frame["path"])
     if check_files:
         _check_images_exist(paths)
-    return CxrSplit(paths, targets, label_names, tuple(frame["patient"].astype(str)))
+    return CxrSplit(paths, targets, label_names, tuple(frame["patient"].astype(str)), settings)
+
+
+def _read_chexpert(
+        root: Path,
+        split: str,
+        settings: CxrSettings,
+        valid_fraction: Optional[float] = None,
+        check_files: bool = True,
+) -> CxrSplit:
+    _check_split_arguments(split, settings, valid_fraction)
+    if settings.split_rule == "patients":
+        frame = pd.concat([_read_csv(root / "train.csv"), _read_csv(root / "valid.csv")], ignore_index=True)
+    else:
+        frame = _read_csv(root / ("valid.csv" if split == "test" else "train.csv"))
+    label_names = _resolve_labels(settings.labels, [c for c in frame.columns if c in CHEXPERT_LABELS], "CheXpert")
+    relative = frame["Path"].map(lambda p: Path(*Path(p).parts[1:]))
+    frame = frame.assign(path=[root / p for p in relative], patient=[p.parts[1] for p in relative])
+    if settings.split_rule == "patients":
+        frame = frame[patient_split_mask(frame["patient"], split)]
+    if settings.frontal_only:
+        frame = frame[frame["Frontal/Lateral"] == "Frontal"]
+    if settings.split_rule == "official":
+        frame = _partition_train_valid(frame, split, valid_fraction)
+    return _make_split(frame, map_uncertain(frame[list(label_names)], settings.uncertain), label_names, settings,
+                       check_files)
 
 
 def read_chexpert(
         root: PathLike,
         split: str,
         labels: Optional[Sequence[str]] = None,
-        uncertain: str = "u_ones",
-        frontal_only: bool = True,
-        valid_fraction: float = DEFAULT_VALID_FRACTION,
+        uncertain: UncertainArg = None,
+        frontal_only: Optional[bool] = None,
+        valid_fraction: Optional[float] = None,
         check_files: bool = True,
+        protocol: str = DEFAULT_PROTOCOL,
 ) -> CxrSplit:
     """Read CheXpert from ``root`` (the folder holding ``train.csv`` and ``valid.csv``).
 
+    ``labels``, ``uncertain`` (a policy name or a per-label mapping) and ``frontal_only`` default
+    to ``protocol``'s; ``valid_fraction`` (default 5%) only exists under the official split rule.
     The ``Path`` column starts with the dataset folder name (``CheXpert-v1.0-small/train/...``),
     which is replaced by ``root``, so the folder may be renamed or moved.
     """
-    _check_choice("split", split, SPLITS)
-    root = Path(root)
-    frame = _read_csv(root / ("valid.csv" if split == "test" else "train.csv"))
-    label_names = _resolve_labels(labels, [c for c in frame.columns if c in CHEXPERT_LABELS], "CheXpert")
-    if frontal_only:
-        frame = frame[frame["Frontal/Lateral"] == "Frontal"]
-    relative = frame["Path"].map(lambda p: Path(*Path(p).parts[1:]))
-    frame = frame.assign(path=[root / p for p in relative], patient=[p.parts[1] for p in relative])
-    frame = _partition_train_valid(frame, split, valid_fraction)
-    return _make_split(frame, _map_uncertain(frame[list(label_names)], uncertain), label_names, check_files)
+    settings = resolve_settings("chexpert", protocol, labels, uncertain, frontal_only)
+    return _read_chexpert(Path(root), split, settings, valid_fraction, check_files)
 
 
 def mimic_image_path(root: Path, subject_id: int, study_id: int, dicom_id: str, suffix: str) -> Path:
@@ -198,30 +228,24 @@ def mimic_image_path(root: Path, subject_id: int, study_id: int, dicom_id: str, 
     return root / "files" / subject[:3] / subject / f"s{study_id}" / f"{dicom_id}{suffix}"
 
 
-def read_mimic_cxr(
-        root: PathLike,
+def _read_mimic_cxr(
+        root: Path,
         split: str,
-        labels: Optional[Sequence[str]] = None,
-        uncertain: str = "u_ones",
-        frontal_only: bool = True,
+        settings: CxrSettings,
         image_suffix: str = ".jpg",
         check_files: bool = True,
 ) -> CxrSplit:
-    """Read MIMIC-CXR-JPG (``image_suffix=".jpg"``) or MIMIC-CXR DICOMs (``".dcm"``) from ``root``.
-
-    ``root`` holds ``mimic-cxr-2.0.0-{chexpert,split,metadata}.csv.gz`` (PhysioNet's MIMIC-CXR-JPG
-    2.0.0 / 2.1.0 files, read gzipped or unpacked to ``.csv``) and the ``files/`` tree.
-    """
-    _check_choice("split", split, SPLITS)
-    root = Path(root)
+    _check_split_arguments(split, settings, None)
     chexpert = _read_mimic_table(root, "mimic-cxr-2.0.0-chexpert")
-    label_names = _resolve_labels(labels, [c for c in chexpert.columns if c in MIMIC_LABELS], "MIMIC-CXR")
+    label_names = _resolve_labels(settings.labels, [c for c in chexpert.columns if c in MIMIC_LABELS], "MIMIC-CXR")
     splits = _read_mimic_table(root, "mimic-cxr-2.0.0-split")
+    if settings.split_rule == "patients":
+        frame = splits[patient_split_mask(splits["subject_id"], split)]
+    else:
+        frame = splits[splits["split"] == ("validate" if split == "valid" else split)]
     metadata = _read_mimic_table(root, "mimic-cxr-2.0.0-metadata")
-    official_split = "validate" if split == "valid" else split
-    frame = splits[splits["split"] == official_split].merge(
-        metadata[["dicom_id", "ViewPosition"]], on="dicom_id", how="left")
-    if frontal_only:
+    frame = frame.merge(metadata[["dicom_id", "ViewPosition"]], on="dicom_id", how="left")
+    if settings.frontal_only:
         frame = frame[frame["ViewPosition"].isin(FRONTAL_VIEWS)]
     frame = frame.merge(chexpert, on=["subject_id", "study_id"], how="inner")
     frame = frame.assign(
@@ -229,7 +253,28 @@ def read_mimic_cxr(
               for s, t, d in zip(frame["subject_id"], frame["study_id"], frame["dicom_id"], strict=True)],
         patient=frame["subject_id"],
     )
-    return _make_split(frame, _map_uncertain(frame[list(label_names)], uncertain), label_names, check_files)
+    return _make_split(frame, map_uncertain(frame[list(label_names)], settings.uncertain), label_names, settings,
+                       check_files)
+
+
+def read_mimic_cxr(
+        root: PathLike,
+        split: str,
+        labels: Optional[Sequence[str]] = None,
+        uncertain: UncertainArg = None,
+        frontal_only: Optional[bool] = None,
+        image_suffix: str = ".jpg",
+        check_files: bool = True,
+        protocol: str = DEFAULT_PROTOCOL,
+) -> CxrSplit:
+    """Read MIMIC-CXR-JPG (``image_suffix=".jpg"``) or MIMIC-CXR DICOMs (``".dcm"``) from ``root``.
+
+    ``root`` holds ``mimic-cxr-2.0.0-{chexpert,split,metadata}.csv.gz`` (PhysioNet's MIMIC-CXR-JPG
+    2.0.0 / 2.1.0 files, read gzipped or unpacked to ``.csv``) and the ``files/`` tree.
+    ``labels``, ``uncertain`` and ``frontal_only`` default to ``protocol``'s.
+    """
+    settings = resolve_settings("mimic", protocol, labels, uncertain, frontal_only)
+    return _read_mimic_cxr(Path(root), split, settings, image_suffix, check_files)
 
 
 def _nih_image_index(root: Path) -> dict[str, Path]:
@@ -237,32 +282,46 @@ def _nih_image_index(root: Path) -> dict[str, Path]:
     return {p.name: p for pattern in ("images/*.png", "images_*/images/*.png") for p in root.glob(pattern)}
 
 
-def read_nih(
-        root: PathLike,
+def _read_nih(
+        root: Path,
         split: str,
-        labels: Optional[Sequence[str]] = None,
-        valid_fraction: float = DEFAULT_VALID_FRACTION,
+        settings: CxrSettings,
+        valid_fraction: Optional[float] = None,
         check_files: bool = True,
 ) -> CxrSplit:
-    """Read NIH ChestX-ray14 from ``root`` (``Data_Entry_2017.csv``, the two list files, images)."""
-    _check_choice("split", split, SPLITS)
-    root = Path(root)
-    label_names = _resolve_labels(labels, NIH_LABELS, "NIH ChestX-ray14")
+    _check_split_arguments(split, settings, valid_fraction)
+    label_names = _resolve_labels(settings.labels, NIH_LABELS, "NIH ChestX-ray14")
     entries = _read_csv(root / "Data_Entry_2017.csv")
-    list_file = root / ("test_list.txt" if split == "test" else "train_val_list.txt")
-    if not list_file.is_file():
-        raise FileNotFoundError(f"missing dataset file {list_file}")
-    names = set(list_file.read_text().split())
-    frame = entries[entries["Image Index"].isin(names)]
+    if settings.split_rule == "patients":
+        frame = entries[patient_split_mask(entries["Patient ID"], split)]
+    else:
+        list_file = root / ("test_list.txt" if split == "test" else "train_val_list.txt")
+        if not list_file.is_file():
+            raise FileNotFoundError(f"missing dataset file {list_file}")
+        frame = entries[entries["Image Index"].isin(set(list_file.read_text().split()))]
     image_index = _nih_image_index(root)
     frame = frame.assign(
         path=[image_index.get(name, root / "images" / name) for name in frame["Image Index"]],
         patient=frame["Patient ID"],
     )
-    frame = _partition_train_valid(frame, split, valid_fraction)
+    if settings.split_rule == "official":
+        frame = _partition_train_valid(frame, split, valid_fraction)
     findings = frame["Finding Labels"].str.split("|")
     targets = np.array([[label in found for label in label_names] for found in findings], dtype=np.float32)
-    return _make_split(frame, targets.reshape(len(frame), len(label_names)), label_names, check_files)
+    return _make_split(frame, targets.reshape(len(frame), len(label_names)), label_names, settings, check_files)
+
+
+def read_nih(
+        root: PathLike,
+        split: str,
+        labels: Optional[Sequence[str]] = None,
+        valid_fraction: Optional[float] = None,
+        check_files: bool = True,
+        protocol: str = DEFAULT_PROTOCOL,
+) -> CxrSplit:
+    """Read NIH ChestX-ray14 from ``root`` (``Data_Entry_2017.csv``, the two list files, images)."""
+    settings = resolve_settings("nih", protocol, labels)
+    return _read_nih(Path(root), split, settings, valid_fraction, check_files)
 
 
 def read_cxr_split(
@@ -270,16 +329,15 @@ def read_cxr_split(
         root: PathLike,
         split: str,
         labels: Optional[Sequence[str]] = None,
-        uncertain: str = "u_ones",
-        frontal_only: bool = True,
+        uncertain: UncertainArg = None,
+        frontal_only: Optional[bool] = None,
         check_files: bool = True,
+        protocol: str = DEFAULT_PROTOCOL,
 ) -> CxrSplit:
-    """Read one split of ``dataset`` (``"chexpert"``, ``"mimic"`` or ``"nih"``)."""
-    _check_choice("dataset", dataset, tuple(DATASET_LABELS))
-    if dataset == "nih":  # NIH has frontal views only and no uncertain labels
-        return read_nih(root, split, labels, check_files=check_files)
-    reader = read_chexpert if dataset == "chexpert" else read_mimic_cxr
-    return reader(root, split, labels, uncertain=uncertain, frontal_only=frontal_only, check_files=check_files)
+    """Read one split of ``dataset`` (``"chexpert"``, ``"mimic"`` or ``"nih"``) under ``protocol``."""
+    settings = resolve_settings(dataset, protocol, labels, uncertain, frontal_only)
+    reader = {"chexpert": _read_chexpert, "mimic": _read_mimic_cxr, "nih": _read_nih}[dataset]
+    return reader(Path(root), split, settings, check_files=check_files)
 
 
 def _to_uint8(pixels: np.ndarray) -> np.ndarray:

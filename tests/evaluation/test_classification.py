@@ -82,7 +82,7 @@ def _mann_whitney_auc(targets: np.ndarray, scores: np.ndarray) -> float:
 def test_fine_tuning_lowers_loss_and_reports_test_auc(nih_root: Path):
     torch.manual_seed(0)
     labels = ["Effusion", "Mass", "Hernia"]  # Hernia has no positive image: AUC undefined
-    data = load_classification_data("nih", nih_root, labels=labels)
+    data = load_classification_data("nih", nih_root, labels=labels, protocol="all14")  # official test list
     classifier, preprocess_cfg = build_image_classifier(MODEL, None, len(labels), image_size=32)
     assert preprocess_cfg["size"] == 32 and classifier.head.in_features == 64
     result = fine_tune_classifier(classifier, preprocess_cfg, data, batch_size=4, lr=1e-3,
@@ -106,6 +106,8 @@ def test_fine_tuning_lowers_loss_and_reports_test_auc(nih_root: Path):
     for label, auc in expected.items():
         assert result.test.per_label[label] == pytest.approx(auc)
     assert result.test.macro_auc == pytest.approx(np.mean(list(expected.values())))
+    stated = result.summary()["protocol"]  # which protocol produced these numbers
+    assert (stated["name"], stated["labels"], stated["split_rule"]) == ("all14+labels", labels, "official")
 
 
 def test_auc_report_excludes_single_class_labels():
@@ -177,12 +179,14 @@ def test_script_writes_results_and_rejects_bad_input(nih_root: Path, tmp_path: P
     common = ["--dataset", "nih", "--data-root", str(nih_root), "--model", MODEL, "--image-size", "32",
               "--batch-size", "8", "--max-epochs", "1", "--workers", "0", "--no-progress",
               "--output-dir", str(tmp_path / "out")]
-    summary = script.main([*common, "--labels", "Effusion,Mass", "--fraction", "0.5", "--seed", "1", "--limit", "6"])
-    written = json.loads((tmp_path / "out" / f"nih_{MODEL}_50pct_seed1.json").read_text())
+    summary = script.main([*common, "--protocol", "all14", "--labels", "Effusion,Mass", "--fraction", "0.5",
+                           "--seed", "1", "--limit", "6"])
+    written = json.loads((tmp_path / "out" / f"nih_all14+labels_{MODEL}_50pct_seed1.json").read_text())
     assert written == json.loads(json.dumps(summary))
     assert written["images"]["train"] == 5 and written["epochs_run"] == 1
     assert set(written["test_per_label_auc"]) == {"Effusion", "Mass"}
-    assert (tmp_path / "out" / f"nih_{MODEL}_50pct_seed1_roc.png").stat().st_size > 0
+    assert written["protocol"]["name"] == "all14+labels" and written["protocol"]["split_rule"] == "official"
+    assert (tmp_path / "out" / f"nih_all14+labels_{MODEL}_50pct_seed1_roc.png").stat().st_size > 0
 
     with pytest.raises(SystemExit) as error:
         script.main([*common, "--labels", "Effusion,Nope"])

@@ -103,8 +103,8 @@ def chexpert_root(tmp_path: Path) -> Path:
 
 def test_chexpert_uncertain_policy_blank_and_frontal_views(chexpert_root: Path):
     labels = ["Cardiomegaly", "Edema"]
-    ones = read_chexpert(chexpert_root, "train", labels, "u_ones", valid_fraction=0.0)
-    zeros = read_chexpert(chexpert_root, "train", labels, "u_zeros", valid_fraction=0.0)
+    ones = read_chexpert(chexpert_root, "train", labels, "u_ones", valid_fraction=0.0, protocol="all14")
+    zeros = read_chexpert(chexpert_root, "train", labels, "u_zeros", valid_fraction=0.0, protocol="all14")
     frontal = [row for row in CHEXPERT_TRAIN if row[2] == "frontal"]
     assert len(ones) == len(frontal) == 7  # the lateral view is dropped
 
@@ -116,19 +116,21 @@ def test_chexpert_uncertain_policy_blank_and_frontal_views(chexpert_root: Path):
     np.testing.assert_array_equal(zeros.targets, expected(0.0))
     assert ones.image_paths[0] == chexpert_root / "train/patient00001/study1/view1_frontal.jpg"
     assert ones.label_names == ("Cardiomegaly", "Edema")
-    with_lateral = read_chexpert(chexpert_root, "train", labels, frontal_only=False, valid_fraction=0.0)
+    with_lateral = read_chexpert(chexpert_root, "train", labels, frontal_only=False, valid_fraction=0.0,
+                                 protocol="all14")
     assert len(with_lateral) == 8
 
 
 def test_chexpert_splits_partition_patients_and_test_is_official_valid(chexpert_root: Path):
-    train = read_chexpert(chexpert_root, "train", valid_fraction=0.3)
-    valid = read_chexpert(chexpert_root, "valid", valid_fraction=0.3)
-    test = read_chexpert(chexpert_root, "test")
+    train = read_chexpert(chexpert_root, "train", valid_fraction=0.3, protocol="all14")
+    valid = read_chexpert(chexpert_root, "valid", valid_fraction=0.3, protocol="all14")
+    test = read_chexpert(chexpert_root, "test", protocol="all14")
     assert len(train) + len(valid) == 7
     assert set(train.patient_ids).isdisjoint(valid.patient_ids)
     assert len(set(valid.patient_ids)) == 2  # ceil(0.3 * 6 patients)
     assert set(train.image_paths).isdisjoint(valid.image_paths)
-    assert valid.image_paths == read_chexpert(chexpert_root, "valid", valid_fraction=0.3).image_paths  # fixed
+    again = read_chexpert(chexpert_root, "valid", valid_fraction=0.3, protocol="all14")
+    assert valid.image_paths == again.image_paths  # fixed
     assert test.patient_ids == ("patient64541", "patient64542")
     assert test.targets.shape == (2, len(CHEXPERT_LABELS))
 
@@ -192,36 +194,38 @@ def mimic_root(tmp_path: Path, request) -> Path:
 
 
 def test_mimic_official_splits_views_and_labels(mimic_root: Path):
-    train = read_mimic_cxr(mimic_root, "train", ["Atelectasis", "Edema"], uncertain="u_zeros")
+    train = read_mimic_cxr(mimic_root, "train", ["Atelectasis", "Edema"], uncertain="u_zeros", protocol="all14")
     # the lateral view, the image without a view and the unlabelled study are dropped
     assert [p.stem for p in train.image_paths] == [MIMIC_IMAGES[0][2], MIMIC_IMAGES[2][2]]
     assert train.image_paths[0] == (mimic_root / "files/p10/p10000032/s50414267"
                                     / "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg")
     np.testing.assert_array_equal(train.targets, [[1.0, 0.0], [0.0, 1.0]])
-    with_lateral = read_mimic_cxr(mimic_root, "train", ["Atelectasis", "Edema"], frontal_only=False)
+    with_lateral = read_mimic_cxr(mimic_root, "train", ["Atelectasis", "Edema"], frontal_only=False,
+                                  protocol="all14")
     assert len(with_lateral) == 4 and with_lateral.targets[3].tolist() == [1.0, 1.0]
-    valid = read_mimic_cxr(mimic_root, "valid", ["Atelectasis"])
-    test = read_mimic_cxr(mimic_root, "test", ["Atelectasis"], uncertain="u_ones")
+    valid = read_mimic_cxr(mimic_root, "valid", ["Atelectasis"], protocol="all14")
+    test = read_mimic_cxr(mimic_root, "test", ["Atelectasis"], uncertain="u_ones", protocol="all14")
     assert valid.patient_ids == ("11000183",) and test.patient_ids == ("19000024",)
     np.testing.assert_array_equal(test.targets, [[1.0]])
-    assert read_mimic_cxr(mimic_root, "test").label_names == tuple(sorted(CHEXPERT_LABELS))  # the file's order
+    all_labels = read_mimic_cxr(mimic_root, "test", protocol="all14").label_names
+    assert all_labels == tuple(sorted(CHEXPERT_LABELS))  # the file's order
 
 
 def test_mimic_missing_table_names_the_shipped_file(mimic_root: Path):
     next(mimic_root.glob("mimic-cxr-2.0.0-split.csv*")).unlink()
     with pytest.raises(FileNotFoundError, match=r"mimic-cxr-2.0.0-split.csv.gz \(or its unpacked .csv\)"):
-        read_mimic_cxr(mimic_root, "train")
+        read_mimic_cxr(mimic_root, "train", protocol="all14")
 
 
 def test_mimic_dicom_files(mimic_root: Path):
     subject, study, dicom, _, _ = MIMIC_IMAGES[-1]
     path = mimic_image_path(mimic_root, subject, study, dicom, ".dcm")
     write_dicom(path, np.arange(480).reshape(20, 24))
-    test = read_mimic_cxr(mimic_root, "test", image_suffix=".dcm")
+    test = read_mimic_cxr(mimic_root, "test", image_suffix=".dcm", protocol="all14")
     assert test.image_paths == (path,)
     assert load_image(path).size == (24, 20)
     with pytest.raises(FileNotFoundError, match="1 image file"):
-        read_mimic_cxr(mimic_root, "valid", image_suffix=".dcm")
+        read_mimic_cxr(mimic_root, "valid", image_suffix=".dcm", protocol="all14")
 
 
 # ----------------------------------------------------------------------------- NIH ChestX-ray14
@@ -248,8 +252,8 @@ def nih_root(tmp_path: Path) -> Path:
 
 
 def test_nih_official_lists_and_pipe_labels(nih_root: Path):
-    train = read_nih(nih_root, "train", valid_fraction=0.0)
-    test = read_nih(nih_root, "test", ["Mass", "Nodule", "Effusion"])
+    train = read_nih(nih_root, "train", valid_fraction=0.0, protocol="all14")
+    test = read_nih(nih_root, "test", ["Mass", "Nodule", "Effusion"], protocol="all14")
     assert [p.name for p in train.image_paths] == ["00000001_000.png", "00000001_001.png",
                                                   "00000002_000.png", "00000003_000.png"]
     assert train.image_paths[0] == nih_root / "images_001/images/00000001_000.png"
@@ -257,8 +261,8 @@ def test_nih_official_lists_and_pipe_labels(nih_root: Path):
     assert train.targets[1].sum() == 0  # No Finding
     assert train.targets[2, -1] == 1.0  # Hernia
     np.testing.assert_array_equal(test.targets, [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
-    valid = read_nih(nih_root, "valid", valid_fraction=0.3)
-    rest = read_nih(nih_root, "train", valid_fraction=0.3)
+    valid = read_nih(nih_root, "valid", valid_fraction=0.3, protocol="all14")
+    rest = read_nih(nih_root, "train", valid_fraction=0.3, protocol="all14")
     assert len(valid) + len(rest) == 4 and set(valid.patient_ids).isdisjoint(rest.patient_ids)
 
 
@@ -266,21 +270,21 @@ def test_nih_official_lists_and_pipe_labels(nih_root: Path):
 
 def test_bad_inputs_fail_with_clear_messages(chexpert_root: Path, nih_root: Path):
     with pytest.raises(ValueError, match=r"unknown label column\(s\) \['Cardiomegally'\]"):
-        read_chexpert(chexpert_root, "train", ["Cardiomegally"])
+        read_chexpert(chexpert_root, "train", ["Cardiomegally"], protocol="all14")
     with pytest.raises(ValueError, match=r"unknown label column\(s\) \['Pleural Effusion'\]"):
-        read_nih(nih_root, "train", ["Pleural Effusion"])
+        read_nih(nih_root, "train", ["Pleural Effusion"], protocol="all14")
     with pytest.raises(ValueError, match="unknown split 'val'"):
         read_cxr_split("nih", nih_root, "val")
     with pytest.raises(ValueError, match="unknown dataset 'padchest'"):
         read_cxr_split("padchest", nih_root, "train")
     with pytest.raises(ValueError, match="unknown uncertain-label policy 'u_ignore'"):
-        read_chexpert(chexpert_root, "train", uncertain="u_ignore")
+        read_chexpert(chexpert_root, "train", uncertain="u_ignore", protocol="all14")
     (chexpert_root / "train/patient00002/study1/view1_frontal.jpg").unlink()
     with pytest.raises(FileNotFoundError, match="1 image file.*patient00002"):
-        read_chexpert(chexpert_root, "train", valid_fraction=0.0)
+        read_chexpert(chexpert_root, "train", valid_fraction=0.0, protocol="all14")
     (nih_root / "test_list.txt").unlink()
     with pytest.raises(FileNotFoundError, match="test_list.txt"):
-        read_nih(nih_root, "test")
+        read_nih(nih_root, "test", protocol="all14")
 
 
 # ----------------------------------------------------------------------------- label fractions

@@ -1,0 +1,358 @@
+"""Classification protocols pinned against their sources, on small CSVs written in each release's layout.
+
+The expected label sets and uncertainty mappings below are transcribed from the cited files, line
+by line; expected targets and counts are made from the raw CSVs with pandas, not with the readers.
+"""
+import csv
+import gzip
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from openclip_unimlip.evaluation.cxr_datasets import read_chexpert, read_cxr_split, read_mimic_cxr, read_nih
+from paths import REPO
+
+BLANK = ""
+
+# ----- transcribed references ---------------------------------------------------------------------
+# LalehSeyyed/CheXclusion @278a4af, CXP/dataset.py lines 29-43 (self.PRED_LABEL).
+CHEXCLUSION_CHEXPERT_LABELS = (
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture",
+    "Support Devices",
+)
+# CheXclusion MIMIC/dataset.py lines 29-43; line 34's 'Airspace Opacity' is MIMIC-CXR-JPG's 'Lung Opacity' column.
+CHEXCLUSION_MIMIC_LABELS = (
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Lesion", "Lung Opacity", "Edema",
+    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture",
+    "Support Devices",
+)
+# CheXclusion NIH/dataset.py lines 27-41.
+CHEXCLUSION_NIH_LABELS = (
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
+    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+)
+# CheXclusion CXP/dataset.py and MIMIC/dataset.py lines 62-66: the target is the CSV value if it is > 0, else 0.
+CHEXCLUSION_TARGET = {"1.0": 1.0, "0.0": 0.0, "-1.0": 0.0, BLANK: 0.0}
+# CheXclusion MIMIC/main.py line 12: ".../new_split/8-1-1/..." (80/10/10 by patient).
+CHEXCLUSION_HELD_OUT_FRACTION = 1 / 10
+
+# HKU-MedAI/MGCA @680fe4a, mgca/constants.py lines 51-57 (CHEXPERT_COMPETITION_TASKS).
+MGCA_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+# mgca/constants.py lines 60-66 (CHEXPERT_UNCERTAIN_MAPPINGS): the target of an uncertain (-1) label.
+MGCA_UNCERTAIN = {"Atelectasis": 1, "Cardiomegaly": 0, "Consolidation": 0, "Edema": 1, "Pleural Effusion": 1}
+# mgca/datasets/classification_dataset.py line 62: fillna(0) -> blank is 0.
+
+# denizlab/MIMICCXR-MultiModal-SelfSupervision @e010eb7, downstream_eval/chexpert/train.py lines 49-51
+# (class_names) and lines 86-101 with policy "ones" (line 255): 1 -> 1, -1 -> 1, other values and blank -> 0.
+HUANG_CHEXPERT_LABELS = (
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture",
+    "Support Devices",
+)
+HUANG_TARGET = {"1.0": 1.0, "0.0": 0.0, "-1.0": 1.0, BLANK: 0.0}
+
+
+def mgca_target(label: str, value: str) -> float:
+    return {"1.0": 1.0, "0.0": 0.0, "-1.0": float(MGCA_UNCERTAIN[label]), BLANK: 0.0}[value]
+
+
+# ----- release layouts ----------------------------------------------------------------------------
+# CheXpert-v1.0(-small) train.csv / valid.csv header as released.
+CHEXPERT_HEADER = (
+    "Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly",
+    "Lung Opacity", "Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax",
+    "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices",
+)
+CHEXPERT_CSV_LABELS = CHEXPERT_HEADER[5:]
+# mimic-cxr-2.0.0-chexpert.csv: subject_id, study_id, then the observations in alphabetical order.
+MIMIC_CSV_LABELS = tuple(sorted(CHEXPERT_CSV_LABELS))
+# Data_Entry_2017.csv header as released (its bracketed names hold commas, so they split in two).
+NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+              "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],")
+
+
+def _write_csv(path: Path, header, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _raw(path: Path) -> pd.DataFrame:
+    """The CSV as text cells, blanks as "" (so values compare with the transcribed tables)."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+@pytest.fixture(scope="module")
+def chexpert_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("chexpert") / "CheXpert-v1.0-small"
+    rng = np.random.default_rng(0)
+    train_rows, valid_rows = [], []
+    for patient in range(1, 21):
+        for study in range(1, 1 + rng.integers(1, 3)):
+            views = ["frontal", "lateral"] if rng.random() < 0.6 else ["frontal"]
+            for number, view in enumerate(views, start=1):
+                values = rng.choice(["1.0", "0.0", "-1.0", BLANK], size=len(CHEXPERT_CSV_LABELS))
+                path = f"CheXpert-v1.0-small/train/patient{patient:05d}/study{study}/view{number}_{view}.jpg"
+                train_rows.append((path, "Female", 60, view.capitalize(), "AP" if view == "frontal" else BLANK,
+                                   *values))
+    for patient in range(64541, 64545):  # the expert-labelled valid.csv holds 0/1 only
+        for number, view in enumerate(["frontal", "lateral"], start=1):
+            values = rng.choice(["1.0", "0.0"], size=len(CHEXPERT_CSV_LABELS))
+            valid_rows.append((f"CheXpert-v1.0-small/valid/patient{patient:05d}/study1/view{number}_{view}.jpg",
+                               "Male", 70, view.capitalize(), "PA" if view == "frontal" else BLANK, *values))
+    _write_csv(root / "train.csv", CHEXPERT_HEADER, train_rows)
+    _write_csv(root / "valid.csv", CHEXPERT_HEADER, valid_rows)
+    return root
+
+
+def _chexpert_raw(root: Path) -> pd.DataFrame:
+    train, valid = _raw(root / "train.csv"), _raw(root / "valid.csv")
+    raw = pd.concat([train.assign(file="train.csv"), valid.assign(file="valid.csv")], ignore_index=True)
+    raw["path"] = [str(root / Path(*Path(p).parts[1:])) for p in raw["Path"]]
+    raw["patient"] = raw["Path"].str.split("/").str[2]
+    return raw.set_index("path")
+
+
+def _read_all(reader, root: Path, **kwargs) -> dict:
+    return {split: reader(root, split, check_files=False, **kwargs) for split in ("train", "valid", "test")}
+
+
+def _expected_targets(raw: pd.DataFrame, split, labels, target) -> np.ndarray:
+    """Each image's targets, looked up by path in the raw CSV and mapped with the transcribed table."""
+    rows = raw.loc[[str(p) for p in split.image_paths]]
+    return np.array([[target(label, rows[label].iloc[i]) for label in labels] for i in range(len(rows))],
+                    dtype=np.float32).reshape(len(rows), len(labels))
+
+
+def _check_patient_split(splits: dict, raw_patients: pd.Series) -> None:
+    """80/10/10 by patient: disjoint patients, ceil(10%) of them in each of valid and test."""
+    patients = {name: set(split.patient_ids) for name, split in splits.items()}
+    assert not (patients["train"] & patients["valid"] or patients["train"] & patients["test"]
+                or patients["valid"] & patients["test"])
+    count = raw_patients.astype(str).nunique()
+    held_out = math.ceil(CHEXCLUSION_HELD_OUT_FRACTION * count)
+    assert len(patients["valid"]) == len(patients["test"]) == held_out
+    assert len(patients["train"]) == count - 2 * held_out
+
+
+def _positives(splits: dict) -> np.ndarray:
+    return sum(split.targets.sum(axis=0) for split in splits.values())
+
+
+# ----- CheXpert -----------------------------------------------------------------------------------
+
+def test_chexpert_default_is_chexclusion_all_labels_u_zeros_all_views_patient_split(chexpert_root: Path):
+    raw = _chexpert_raw(chexpert_root)
+    splits = _read_all(read_chexpert, chexpert_root)
+    default = {split: read_cxr_split("chexpert", chexpert_root, split, check_files=False) for split in splits}
+    assert all(default[s].image_paths == splits[s].image_paths for s in splits)
+    for split in splits.values():
+        assert split.label_names == CHEXCLUSION_CHEXPERT_LABELS
+        expected = _expected_targets(raw, split, CHEXCLUSION_CHEXPERT_LABELS, lambda _, v: CHEXCLUSION_TARGET[v])
+        np.testing.assert_array_equal(split.targets, expected)
+    # every image of train.csv and valid.csv, lateral views included, in exactly one split
+    read = [str(p) for split in splits.values() for p in split.image_paths]
+    assert sorted(read) == sorted(raw.index) and (raw["Frontal/Lateral"] == "Lateral").any()
+    _check_patient_split(splits, raw["patient"])
+    positives = [(raw[label] == "1.0").sum() for label in CHEXCLUSION_CHEXPERT_LABELS]  # U-Zeros: only the 1s
+    np.testing.assert_array_equal(_positives(splits), positives)
+    assert splits["test"].settings.describe(CHEXCLUSION_CHEXPERT_LABELS)["name"] == "chexclusion"
+
+
+def test_chexpert_mgca_five_labels_per_label_mapping_frontal_official_test(chexpert_root: Path):
+    raw = _chexpert_raw(chexpert_root)
+    splits = _read_all(read_chexpert, chexpert_root, protocol="mgca")
+    frontal = raw[raw["Frontal/Lateral"] == "Frontal"]
+    for split in splits.values():
+        assert split.label_names == MGCA_LABELS
+        np.testing.assert_array_equal(split.targets, _expected_targets(raw, split, MGCA_LABELS, mgca_target))
+    assert sorted(map(str, splits["test"].image_paths)) == sorted(frontal.index[frontal["file"] == "valid.csv"])
+    training = [str(p) for name in ("train", "valid") for p in splits[name].image_paths]
+    assert sorted(training) == sorted(frontal.index[frontal["file"] == "train.csv"])
+    positives = [(frontal[label] == "1.0").sum() + (frontal[label] == "-1.0").sum() * MGCA_UNCERTAIN[label]
+                 for label in MGCA_LABELS]
+    np.testing.assert_array_equal(_positives(splits), positives)
+    # the fixture exercises both mappings: uncertain Cardiomegaly (U-Zeros) and Edema (U-Ones) in the frontal views
+    assert (frontal["Cardiomegaly"] == "-1.0").any() and (frontal["Edema"] == "-1.0").any()
+
+
+def test_chexpert_all14_is_huang_et_al_rule(chexpert_root: Path):
+    raw = _chexpert_raw(chexpert_root)
+    splits = _read_all(read_chexpert, chexpert_root, protocol="all14")
+    for split in splits.values():
+        assert split.label_names == HUANG_CHEXPERT_LABELS
+        expected = _expected_targets(raw, split, HUANG_CHEXPERT_LABELS, lambda _, v: HUANG_TARGET[v])
+        np.testing.assert_array_equal(split.targets, expected)
+        assert (raw.loc[[str(p) for p in split.image_paths], "Frontal/Lateral"] == "Frontal").all()
+    assert {p.parts[-4] for p in splits["test"].image_paths} == {"valid"}
+
+
+def test_patient_split_ignores_the_view_rule(chexpert_root: Path):
+    every_view = read_chexpert(chexpert_root, "test", check_files=False)
+    frontal = read_chexpert(chexpert_root, "test", frontal_only=True, check_files=False)
+    assert set(frontal.image_paths) == {p for p in every_view.image_paths if p.stem.endswith("frontal")}
+    assert frontal.settings.name == "chexclusion+views"
+
+
+def test_explicit_arguments_replace_the_protocol_and_are_named(chexpert_root: Path):
+    raw = _chexpert_raw(chexpert_root)
+    ones = read_chexpert(chexpert_root, "train", uncertain="u_ones", check_files=False)
+    np.testing.assert_array_equal(
+        ones.targets, _expected_targets(raw, ones, CHEXCLUSION_CHEXPERT_LABELS, lambda _, v: HUANG_TARGET[v]))
+    assert ones.settings.name == "chexclusion+uncertain"
+    mapping = {"Edema": 1.0, "Atelectasis": 0.0}
+    mixed = read_chexpert(chexpert_root, "train", ["Edema", "Atelectasis"], uncertain=mapping, protocol="mgca",
+                          check_files=False)
+    expected = _expected_targets(raw, mixed, ["Edema", "Atelectasis"],
+                                 lambda label, v: mapping[label] if v == "-1.0" else CHEXCLUSION_TARGET[v])
+    np.testing.assert_array_equal(mixed.targets, expected)
+    assert mixed.settings.describe(mixed.label_names)["uncertain"] == mapping
+
+
+# ----- MIMIC-CXR ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mimic_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mimic") / "mimic-cxr-jpg" / "2.0.0"
+    rng = np.random.default_rng(1)
+    split_rows, metadata_rows, label_rows = [], [], []
+    for subject in range(10000000, 10000020):
+        official = rng.choice(["train", "train", "validate", "test"])
+        for study in range(subject * 10, subject * 10 + rng.integers(1, 3)):
+            for image, view in enumerate(rng.choice(["PA", "AP", "LATERAL", BLANK], size=rng.integers(1, 4))):
+                dicom = f"{subject:08x}-{study:08x}-{image:04d}"
+                split_rows.append((dicom, study, subject, official))
+                metadata_rows.append((dicom, subject, study, "CHEST (PA AND LAT)", view, 3056, 2544, 21800506,
+                                      213014.531, "CHEST (PA AND LAT)", "", "Erect"))
+            # every subject's first study is labelled; some later ones have no row in the labeler file
+            if study == subject * 10 or rng.random() < 0.5:
+                label_rows.append((subject, study, *rng.choice(["1.0", "0.0", "-1.0", BLANK], len(MIMIC_CSV_LABELS))))
+    _write_csv(root / "mimic-cxr-2.0.0-split.csv.gz", ("dicom_id", "study_id", "subject_id", "split"), split_rows)
+    _write_csv(root / "mimic-cxr-2.0.0-metadata.csv.gz",
+               ("dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",
+                "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning",
+                "ViewCodeSequence_CodeMeaning", "PatientOrientationCodeSequence_CodeMeaning"), metadata_rows)
+    _write_csv(root / "mimic-cxr-2.0.0-chexpert.csv.gz", ("subject_id", "study_id", *MIMIC_CSV_LABELS), label_rows)
+    return root
+
+
+def _mimic_raw(root: Path) -> pd.DataFrame:
+    split = _raw(root / "mimic-cxr-2.0.0-split.csv.gz")
+    metadata = _raw(root / "mimic-cxr-2.0.0-metadata.csv.gz")[["dicom_id", "ViewPosition"]]
+    labels = _raw(root / "mimic-cxr-2.0.0-chexpert.csv.gz")
+    raw = split.merge(metadata, on="dicom_id").merge(labels, on=["subject_id", "study_id"], how="left",
+                                                     indicator=True)
+    raw["path"] = [str(root / "files" / f"p{s[:2]}" / f"p{s}" / f"s{t}" / f"{d}.jpg")
+                   for s, t, d in zip(raw["subject_id"], raw["study_id"], raw["dicom_id"])]
+    return raw.set_index("path")
+
+
+def test_mimic_chexclusion_labels_u_zeros_all_views_patient_split(mimic_root: Path):
+    raw = _mimic_raw(mimic_root)
+    splits = _read_all(read_mimic_cxr, mimic_root)
+    labelled = raw[raw["_merge"] == "both"]
+    for split in splits.values():
+        assert split.label_names == CHEXCLUSION_MIMIC_LABELS
+        expected = _expected_targets(raw, split, CHEXCLUSION_MIMIC_LABELS, lambda _, v: CHEXCLUSION_TARGET[v])
+        np.testing.assert_array_equal(split.targets, expected)
+    assert sorted(str(p) for s in splits.values() for p in s.image_paths) == sorted(labelled.index)
+    assert set(labelled["ViewPosition"]) >= {"LATERAL", BLANK}  # lateral and unrecorded views are kept
+    _check_patient_split(splits, raw["subject_id"])
+    np.testing.assert_array_equal(_positives(splits),
+                                  [(labelled[label] == "1.0").sum() for label in CHEXCLUSION_MIMIC_LABELS])
+
+
+def test_mimic_mgca_five_labels_frontal_official_split(mimic_root: Path):
+    raw = _mimic_raw(mimic_root)
+    splits = _read_all(read_mimic_cxr, mimic_root, protocol="mgca")
+    frontal = raw[(raw["_merge"] == "both") & raw["ViewPosition"].isin(["PA", "AP"])]
+    for name, split in splits.items():
+        assert split.label_names == MGCA_LABELS
+        np.testing.assert_array_equal(split.targets, _expected_targets(raw, split, MGCA_LABELS, mgca_target))
+        official = {"train": "train", "valid": "validate", "test": "test"}[name]
+        assert sorted(map(str, split.image_paths)) == sorted(frontal.index[frontal["split"] == official])
+    positives = [(frontal[label] == "1.0").sum() + (frontal[label] == "-1.0").sum() * MGCA_UNCERTAIN[label]
+                 for label in MGCA_LABELS]
+    np.testing.assert_array_equal(_positives(splits), positives)
+
+
+# ----- NIH ChestX-ray14 ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def nih_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("nih")
+    rng = np.random.default_rng(2)
+    rows, names = [], []
+    for patient in range(1, 21):
+        for follow_up in range(rng.integers(1, 4)):
+            found = rng.choice(CHEXCLUSION_NIH_LABELS, size=rng.integers(0, 3), replace=False)
+            name = f"{patient:08d}_{follow_up:03d}.png"
+            names.append(name)
+            findings = "|".join(found) or "No Finding"
+            rows.append(f"{name},{findings},{follow_up},{patient},58,M,PA,2682,2749,0.143,0.143,")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "Data_Entry_2017.csv").write_text(NIH_HEADER + "\n" + "\n".join(rows) + "\n")
+    (root / "train_val_list.txt").write_text("\n".join(names[:-5]) + "\n")
+    (root / "test_list.txt").write_text("\n".join(names[-5:]) + "\n")
+    return root
+
+
+def test_nih_chexclusion_labels_and_patient_split(nih_root: Path):
+    entries = pd.read_csv(nih_root / "Data_Entry_2017.csv")
+    splits = _read_all(read_nih, nih_root)
+    for split in splits.values():
+        assert split.label_names == CHEXCLUSION_NIH_LABELS
+    assert sorted(p.name for s in splits.values() for p in s.image_paths) == sorted(entries["Image Index"])
+    _check_patient_split(splits, entries["Patient ID"])
+    positives = [entries["Finding Labels"].str.contains(rf"(?:^|\|){label}(?:\||$)").sum()
+                 for label in CHEXCLUSION_NIH_LABELS]
+    np.testing.assert_array_equal(_positives(splits), positives)
+    official = read_nih(nih_root, "test", check_files=False, protocol="all14")
+    assert [p.name for p in official.image_paths] == (nih_root / "test_list.txt").read_text().split()
+
+
+# ----- bad combinations ---------------------------------------------------------------------------
+
+def test_bad_combinations_stop_with_one_message(chexpert_root: Path, nih_root: Path):
+    with pytest.raises(ValueError, match="protocol 'mgca' defines no NIH ChestX-ray14 classification; "
+                                         "use one of 'chexclusion', 'all14'"):
+        read_cxr_split("nih", nih_root, "train", protocol="mgca")
+    with pytest.raises(ValueError, match="NIH ChestX-ray14 has no uncertain labels"):
+        read_cxr_split("nih", nih_root, "train", uncertain="u_ones")
+    with pytest.raises(ValueError, match="NIH ChestX-ray14 has no uncertain labels and frontal views only"):
+        read_cxr_split("nih", nih_root, "train", frontal_only=False)
+    with pytest.raises(ValueError, match=r"protocol 'mgca' maps uncertain labels of .* not of \['No Finding'\]"):
+        read_chexpert(chexpert_root, "train", ["Edema", "No Finding"], protocol="mgca")
+    with pytest.raises(ValueError, match="valid_fraction applies to the official split rule only"):
+        read_chexpert(chexpert_root, "train", valid_fraction=0.1)
+    with pytest.raises(ValueError, match="unknown protocol 'convirt'"):
+        read_cxr_split("chexpert", chexpert_root, "train", protocol="convirt")
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("finetune_classification",
+                                                  REPO / "scripts" / "finetune_classification.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_refuses_bad_combinations_before_training(nih_root: Path, tmp_path: Path, capsys):
+    script = _load_script()
+    common = ["--dataset", "nih", "--data-root", str(nih_root), "--model", "not-built", "--output-dir",
+              str(tmp_path)]
+    for extra, message in [(["--protocol", "mgca"], "protocol 'mgca' defines no NIH ChestX-ray14"),
+                           (["--uncertain", "u_zeros"], "NIH ChestX-ray14 has no uncertain labels"),
+                           (["--all-views", "--frontal-only"], "not allowed with argument")]:
+        with pytest.raises(SystemExit) as error:
+            script.main([*common, *extra])
+        assert error.value.code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written
