@@ -6,11 +6,13 @@ Each protocol below names, for each dataset it defines, the source of every choi
 
 Which protocol Uni-Mlip's Table 1 follows (the default, ``"chexclusion"``):
 
-* Table 1's comparison rows (Random, ImageNet, ConVIRT, GLoRIA, MGCA, M-FLAG) are M-FLAG's
-  reported table (Liu et al., MICCAI 2023; Uni-Mlip ref. [30]): its M-FLAG row (MIMIC 69.5/74.8/
-  80.2, CXP 64.4/71.4/78.1, NIH 62.2/71.6/78.7) is the M-FLAG paper's own. They are not under
-  MGCA's five-label CheXpert protocol, where ConVIRT and GLoRIA reach 85.9-88.1 (MGCA's table),
-  against 62.9-77.8 in Table 1.
+* Table 1's comparison rows (Random, ImageNet, ConVIRT, GLoRIA, MGCA, M-FLAG; MIMIC/CXP/NIH at
+  1/10/100%) read as M-FLAG's table (Liu et al., MICCAI 2023; Uni-Mlip ref. [30]): its M-FLAG row
+  is the M-FLAG paper's own numbers where we could check them (MIMIC 69.5/74.8 at 1/10%, CXP 64.4
+  at 1%, NIH 62.2/71.6/78.7, as re-listed by MaCo's Table 1, Nat. Commun. 2024, and an index of
+  the M-FLAG paper's results; M-FLAG's text itself was not available to us). They are not under
+  MGCA's five-label CheXpert protocol, where ConVIRT and GLoRIA reach 85.9-88.1 (MGCA's Table 1,
+  as re-listed by MaCo), against 62.9-77.8 in Table 1.
 * M-FLAG's repository (cheliu-computation/M-FLAG-MICCAI2023, README.md "Finetune on downstream
   tasks", commit a4deb6e) states: "For classification task, we follow CheXclusion", i.e.
   Seyyed-Kalantari et al., PSB 2021 (Uni-Mlip ref. [36]), code LalehSeyyed/CheXclusion.
