@@ -133,9 +133,14 @@ def build_vqa_model(
         image_size: Optional[int] = None,
         use_map_tokens: bool = True,
         num_learnable_tokens: int = NUM_LEARNABLE_TOKENS,
+        pretrained_text: bool = True,
 ) -> tuple[VqaModel, dict, Callable[[list[str]], torch.Tensor]]:
-    """A :class:`VqaModel` initialised from a pre-trained OpenCLIP model, its preprocess config and tokenizer."""
-    clip_model, preprocess_cfg = load_clip_model(model_name, pretrained, image_size)
+    """A :class:`VqaModel` initialised from a pre-trained OpenCLIP model, its preprocess config and tokenizer.
+
+    Without ``pretrained``, ``pretrained_text`` says whether the text tower starts from its base
+    (Hugging Face) weights or, like the image tower, at random.
+    """
+    clip_model, preprocess_cfg = load_clip_model(model_name, pretrained, image_size, pretrained_text)
     text_tower = clip_model.text
     if not (hasattr(text_tower, "transformer") and hasattr(text_tower, "config")):
         raise ValueError(

@@ -6,9 +6,13 @@ every image exists, so that bad inputs fail before any training starts.
 Split conventions (``"train"``, ``"valid"``, ``"test"``):
 
 * VQA-RAD (``VQA_RAD Dataset Public.json``, images in ``VQA_RAD Image Folder/``): ``test`` is
-  the 451 questions whose ``phrase_type`` is ``test_freeform`` or ``test_para``; ``train`` is every
-  other question (``freeform``, ``para``, ``frame``: 3,064), the split of MEVF, PubMedCLIP and
-  M3AE. VQA-RAD has no validation split, so ``valid`` is refused.
+  the questions whose ``phrase_type`` is ``test_freeform`` or ``test_para``; ``train`` is every
+  other question. The public release (2018_06_011: 2,248 rows; 315 images, of which the questions
+  use 314) holds 1,797 training questions (``freeform`` 1,206, ``para`` 591; 1,027 closed, 770
+  open, 313 images) and 451 test questions (``test_freeform`` 308, ``test_para`` 143; 272 closed,
+  179 open, 203 images), counted in ``tests/evaluation/test_vqa_rad_release.py``. The paper's
+  VQA-RAD has 3,515 questions (Uni-Mlip sec. 4.1), a processed copy with 3,064 training questions
+  that this release does not hold. VQA-RAD has no validation split, so ``valid`` is refused.
 * SLAKE (``train.json``, ``validate.json``, ``test.json``, images under ``imgs/``): the official
   files, ``validate`` being our ``valid``; by default only English questions (``q_lang == "en"``).
 
