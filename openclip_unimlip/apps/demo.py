@@ -1,6 +1,8 @@
 """The one-command demo: build the embedded dataset, measure val retrieval of the untrained
 ``unimlip-tiny``, pretrain it with all five Uni-Mlip terms through ``open_clip_train`` for a
 few minutes, measure again, and write a report folder (``report.md``, plots, ``results.json``).
+``--dataset medpix --data-root <MedPix-2-0 folder>`` does the same on MedPix 2.0's real CT/MR
+images and captions (retrieval on its 200 test images; see ``experiment.ensure_medpix_data``).
 
 The default setting is sized for 2 CPU cores (58 steps of 64 pairs: about five minutes when the
 cores are free; see docs/demo.md for measured times). Following the paper's recipe, SimCLR and
@@ -11,7 +13,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Union
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -19,8 +21,9 @@ from matplotlib.figure import Figure
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from openclip_unimlip.evaluation.retrieval import DIRECTIONS, RECALL_KS, format_retrieval_table, retrieve_top_k
-from openclip_unimlip.apps.experiment import (DataConfig, PretrainConfig, PretrainRun, RetrievalResult,
-                         ensure_data, evaluate_checkpoint, mean_r1, run_pretraining)
+from openclip_unimlip.apps.experiment import (DATASETS, DataConfig, ExperimentData, MedpixConfig, PretrainConfig,
+                                              PretrainRun, RetrievalResult, ensure_data, evaluate_checkpoint,
+                                              mean_r1, run_pretraining)
 from openclip_unimlip.recipes.unimlip.terms import TERMS
 
 # the defaults of scripts/demo.py on a CPU; see docs/demo.md for how they were chosen
@@ -31,7 +34,7 @@ NUM_IMAGE_QUERIES = 4
 
 @dataclass
 class DemoConfig:
-    data: DataConfig
+    data: Union[DataConfig, MedpixConfig]
     pretrain: PretrainConfig
     out: Path
     eval_num_samples: int = 2000  # the paper's protocol; the whole val split when smaller
@@ -55,8 +58,8 @@ class DemoResult:
     run: PretrainRun
 
 
-def _evaluate(config: DemoConfig, val_data: str, checkpoint) -> RetrievalResult:
-    return evaluate_checkpoint(config.pretrain.model, checkpoint, val_data, num_samples=config.eval_num_samples,
+def _evaluate(config: DemoConfig, eval_data: str, checkpoint) -> RetrievalResult:
+    return evaluate_checkpoint(config.pretrain.model, checkpoint, eval_data, num_samples=config.eval_num_samples,
                                init_seed=config.pretrain.seed, device=config.pretrain.device)
 
 
@@ -64,28 +67,31 @@ def run_demo(config: DemoConfig) -> DemoResult:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     data = ensure_data(config.data, progress=True)
-    logging.info("evaluating the untrained model on %d val pairs", data.val_num_samples)
-    before = _evaluate(config, data.val_data, None)
+    logging.info("data: %s", data.description)
+    logging.info("evaluating the untrained model on %d %s pairs", data.eval_num_samples, data.eval_split)
+    before = _evaluate(config, data.eval_data, None)
     pretrain = replace(config.pretrain, unimlip_flags=config.unimlip_flags())
     logging.info("pretraining %s for %d epoch(s) on %d pairs", pretrain.model, pretrain.epochs, data.train_num_samples)
     run = run_pretraining(pretrain, data, out / "logs", "pretrain")
-    after = _evaluate(config, data.val_data, run.checkpoint)
+    after = _evaluate(config, data.eval_data, run.checkpoint)
 
     plots = {
         "losses": plot_losses(run.steps, out / "losses.png"),
-        "recall": plot_recall(before, after, out / "recall.png"),
+        "recall": plot_recall(before, after, out / "recall.png", data.eval_split),
         "retrieval_examples": plot_retrieval_examples(after, out / "retrieval_examples.png"),
     }
     results = {
-        "data": asdict(config.data), "train_data": data.train_data, "val_data": data.val_data,
+        "dataset": data.name, "data": asdict(config.data), "data_description": data.description,
+        "train_data": data.train_data, "val_data": data.val_data,
         "train_num_samples": data.train_num_samples, "val_num_samples": data.val_num_samples,
+        "eval_data": data.eval_data, "eval_num_samples": data.eval_num_samples, "eval_split": data.eval_split,
         "pretrain": asdict(pretrain), "train_seconds": run.seconds, "num_steps": len(run.steps),
         "checkpoint": str(run.checkpoint), "before": before.summary(), "after": after.summary(),
         "openclip_val_metrics": run.val_metrics,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     report = out / "report.md"
-    report.write_text(render_report(config, pretrain, data.train_num_samples, run, before, after, plots, out))
+    report.write_text(render_report(config, pretrain, data, run, before, after, plots, out))
     return DemoResult(report=report, before=before, after=after, run=run)
 
 
@@ -113,7 +119,7 @@ def plot_losses(steps: Sequence[Dict[str, float]], path: Path) -> Path:
     return _save(figure, path)
 
 
-def plot_recall(before: RetrievalResult, after: RetrievalResult, path: Path) -> Path:
+def plot_recall(before: RetrievalResult, after: RetrievalResult, path: Path, split: str = "val") -> Path:
     figure = Figure(figsize=(9, 3.4))
     width = 0.38
     for index, direction in enumerate(DIRECTIONS):
@@ -127,7 +133,7 @@ def plot_recall(before: RetrievalResult, after: RetrievalResult, path: Path) -> 
         axis.scatter(x, chance, marker="_", s=600, color="black", label="chance", zorder=3)
         axis.set_xticks(x, [f"R@{k}" for k in RECALL_KS])
         axis.set_ylabel("%")
-        axis.set_title(f"{direction.replace('_', '-')} ({len(after.pairs)} val pairs)", fontsize=10)
+        axis.set_title(f"{direction.replace('_', '-')} ({len(after.pairs)} {split} pairs)", fontsize=10)
         axis.legend(fontsize=8)
     figure.tight_layout()
     return _save(figure, path)
@@ -205,7 +211,15 @@ def _recall_rows(before: RetrievalResult, after: RetrievalResult) -> List[str]:
     return rows
 
 
-def render_report(config: DemoConfig, pretrain: PretrainConfig, train_num_samples: int, run: PretrainRun,
+# why R@1 has a ceiling below 100, per dataset
+_SHARED_CAPTIONS = {
+    "embedded": "val captions are templated, so several pairs can share a caption and R@1 has a ceiling below 100.",
+    "medpix": "several test images of one case share their case's caption, so R@1 has a ceiling below 100.",
+}
+_DATASET_TITLES = {"embedded": "the embedded dataset", "medpix": "MedPix 2.0 (real CT/MR images and captions)"}
+
+
+def render_report(config: DemoConfig, pretrain: PretrainConfig, data: ExperimentData, run: PretrainRun,
                   before: RetrievalResult, after: RetrievalResult, plots: Dict[str, Path], out: Path) -> str:
     def rel(path: Path) -> str:
         return str(Path(path).relative_to(out)) if Path(path).is_relative_to(out) else str(path)
@@ -218,9 +232,10 @@ def render_report(config: DemoConfig, pretrain: PretrainConfig, train_num_sample
     loss_rows = [f"| {t} | {first_value(t)} | {last[f'{t}_loss']:.3f} |" for t in terms]
     gain = mean_r1(after.metrics) / max(mean_r1(before.metrics), 1e-12)
     lines = [
-        "# Uni-Mlip demo: pretraining `unimlip-tiny` on the embedded dataset",
+        f"# Uni-Mlip demo: pretraining `{pretrain.model}` on {_DATASET_TITLES[data.name]}",
         "",
-        f"Written {time.strftime('%Y-%m-%d %H:%M')}. Val retrieval on {len(after.pairs)} held-out image-caption "
+        f"Written {time.strftime('%Y-%m-%d %H:%M')}. Retrieval on {len(after.pairs)} held-out {data.eval_split} "
+        "image-caption "
         f"pairs, before and after {len(run.steps)} training steps ({run.seconds / 60:.1f} min of "
         f"`open_clip_train` on `{pretrain.device}`).",
         "",
@@ -232,7 +247,7 @@ def render_report(config: DemoConfig, pretrain: PretrainConfig, train_num_sample
         f"**{100 * mean_r1(after.metrics):.1f}** pretrained, chance {100 * after.chance[1]:.1f} "
         f"({mean_r1(after.metrics) / after.chance[1]:.1f}x chance; {gain:.1f}x the untrained model). "
         "The untrained model has the pretrained MiniLM text tower but a random image tower; "
-        "val captions are templated, so several pairs can share a caption and R@1 has a ceiling below 100.",
+        + _SHARED_CAPTIONS[data.name],
         "",
         f"![recall]({rel(plots['recall'])})",
         "",
@@ -251,8 +266,7 @@ def render_report(config: DemoConfig, pretrain: PretrainConfig, train_num_sample
         "",
         "## Settings",
         "",
-        f"- data: embedded dataset in `{config.data.root}`: {config.data.num_samples} pairs "
-        f"({train_num_samples} train), {config.data.image_size} px, seed {config.data.seed}",
+        f"- data: {data.description}",
         f"- model `{pretrain.model}`, {pretrain.epochs} epoch(s), batch {pretrain.batch_size}, lr {pretrain.lr}, "
         f"warmup {pretrain.warmup}, weight decay {pretrain.wd}, precision {pretrain.precision}, "
         f"{pretrain.workers} data worker(s), seed {pretrain.seed}",
@@ -284,12 +298,18 @@ def parse_args(argv=None):
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: runs/demo-<time>)")
+    parser.add_argument("--dataset", choices=DATASETS, default="embedded",
+                        help="embedded: built here, no download; medpix: MedPix 2.0's real images and captions "
+                             "(the MedPix-2-0 folder of the CHILab1/MedPix-2.0 repository as --data-root)")
     parser.add_argument("--data-root", type=Path, default=None,
-                        help="embedded dataset folder, built there if missing and reused otherwise "
-                             "(default: data/embedded-<image size>px-<num samples>)")
-    parser.add_argument("--num-samples", type=int, default=2000, help="image-caption pairs in the dataset (10%% val)")
+                        help="embedded: the dataset folder, built there if missing and reused otherwise "
+                             "(default: data/embedded-<image size>px-<num samples>); medpix: the release folder "
+                             "(required; converted into <out>/data)")
+    parser.add_argument("--num-samples", type=int, default=2000,
+                        help="image-caption pairs in the embedded dataset (10%% val)")
     parser.add_argument("--model", default="unimlip-tiny", help="a Uni-Mlip model config")
-    parser.add_argument("--image-size", type=int, default=96, help="side of the dataset's images (the model's input size)")
+    parser.add_argument("--image-size", type=int, default=96,
+                        help="side of the dataset's images (the model's input size; MedPix: the short side)")
     parser.add_argument("--epochs", type=int, default=CPU_PRETRAIN["epochs"])
     parser.add_argument("--batch-size", type=int, default=CPU_PRETRAIN["batch_size"])
     parser.add_argument("--lr", type=float, default=CPU_PRETRAIN["lr"])
@@ -300,7 +320,24 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--precision", default=None, help="OpenCLIP precision (default: fp32 on CPU, amp on CUDA)")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.dataset == "medpix":
+        from openclip_unimlip.data.medpix import release_dir
+
+        if args.data_root is None:
+            parser.error("--dataset medpix needs --data-root: the MedPix-2-0 folder of the CHILab1/MedPix-2.0 repository")
+        try:
+            release_dir(args.data_root)
+        except ValueError as exc:
+            parser.error(str(exc))
+    return args
+
+
+def data_config(args, out: Path) -> Union[DataConfig, MedpixConfig]:
+    if args.dataset == "medpix":
+        return MedpixConfig(root=str(out / "data"), release=str(args.data_root), image_size=args.image_size)
+    return DataConfig(root=str(args.data_root or Path("data") / f"embedded-{args.image_size}px-{args.num_samples}"),
+                      num_samples=args.num_samples, image_size=args.image_size, seed=args.seed)
 
 
 def main(argv=None) -> DemoResult:
@@ -311,9 +348,7 @@ def main(argv=None) -> DemoResult:
         raise SystemExit(f"error: {out} already holds a demo run; pass another --out")
     precision = args.precision or ("fp32" if args.device == "cpu" else "amp")
     config = DemoConfig(
-        data=DataConfig(root=str(args.data_root or Path("data") / f"embedded-{args.image_size}px-{args.num_samples}"),
-                        num_samples=args.num_samples, image_size=args.image_size,
-                        seed=args.seed),
+        data=data_config(args, out),
         pretrain=PretrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                 warmup=CPU_PRETRAIN["warmup"], workers=args.workers, seed=args.seed,
                                 device=args.device, precision=precision),
@@ -322,6 +357,7 @@ def main(argv=None) -> DemoResult:
         result = run_demo(config)
     print(format_retrieval_table(result.after.metrics))
     print(f"mean R@1: {100 * mean_r1(result.before.metrics):.1f}% untrained -> "
-          f"{100 * mean_r1(result.after.metrics):.1f}% pretrained (chance {100 * result.after.chance[1]:.1f}%)")
+          f"{100 * mean_r1(result.after.metrics):.1f}% pretrained (chance {100 * result.after.chance[1]:.1f}%) "
+          f"on {len(result.after.pairs)} {'test' if args.dataset == 'medpix' else 'val'} pairs")
     print(f"report: {result.report.resolve()}")
     return result

@@ -1,6 +1,11 @@
 """One Uni-Mlip experiment end to end: data, a pretraining run through ``open_clip_train``, its
-loss curves, and val retrieval before/after. Shared by the demo (``demo.py``) and the ablation
+loss curves, and retrieval before/after. Shared by the demo (``demo.py``) and the ablation
 benchmark (``ablation.py``), so both measure exactly the same way.
+
+Two datasets: the embedded one (built on the fly; retrieval on its val split) and MedPix 2.0
+(``--dataset medpix``, real CT/MR images with their captions, converted into a cache folder:
+pretraining on the official train split minus the 17 train images VQA-RAD also holds, ours,
+open_clip_train's per-epoch val on the dev split, retrieval on the 200 test images).
 
 Training runs in a subprocess (``python -m open_clip_train.main``) exactly as a user would
 launch it: the plugin's patches, OpenCLIP's data pipeline,
@@ -19,13 +24,15 @@ from typing import Dict, List, Optional, Union
 
 import torch
 
-from openclip_unimlip.data.embedded import EmbeddedDataset, ensure_embedded_dataset
+from openclip_unimlip.data.embedded import ensure_embedded_dataset
 from openclip_unimlip.evaluation.datasets import ImageTextPair, load_pairs, sample_pairs
 from openclip_unimlip.evaluation.features import reestimate_batchnorm_statistics
 from openclip_unimlip.evaluation.retrieval import encode_pairs, retrieval_metrics
 from openclip_unimlip.apps.train_progress import follow_training, parse_train_log
 
 PathLike = Union[str, os.PathLike]
+DATASETS = ("embedded", "medpix")
+
 
 @dataclass
 class DataConfig:
@@ -36,6 +43,33 @@ class DataConfig:
     seed: int = 0
     val_fraction: float = 0.1
     shard_size: int = 500
+
+
+@dataclass
+class MedpixConfig:
+    """MedPix 2.0 from its release folder ``release``, converted into the cache folder ``root``
+    with every image downscaled to ``image_size`` on its short side (the model's input size, so
+    the CPU pipeline does not decode 256 px images to crop 96 px ones)."""
+    root: str
+    release: str
+    image_size: int = 96
+    shard_size: int = 500
+
+
+@dataclass(frozen=True)
+class ExperimentData:
+    """An experiment's shards (brace patterns for open_clip_train) and their sizes: ``train`` to
+    pretrain on (and to re-estimate BatchNorm statistics on), ``val`` for open_clip_train's own
+    per-epoch retrieval, ``eval`` for the retrieval the demo and the ablation report."""
+    name: str  # one of DATASETS
+    train_data: str
+    train_num_samples: int
+    val_data: str
+    val_num_samples: int
+    eval_data: str
+    eval_num_samples: int
+    eval_split: str  # how the reports call the evaluation pairs: "val" or "test"
+    description: str  # one line for the reports
 
 
 @dataclass
@@ -78,11 +112,49 @@ class RetrievalResult:
                 "chance": {f"R@{k}": v for k, v in self.chance.items()}}
 
 
-def ensure_data(config: DataConfig, progress: bool = False) -> EmbeddedDataset:
-    return ensure_embedded_dataset(config.root, num_samples=config.num_samples, image_size=config.image_size,
+def ensure_data(config: Union[DataConfig, MedpixConfig], progress: bool = False) -> ExperimentData:
+    """Build (or reuse) the dataset ``config`` names."""
+    if isinstance(config, MedpixConfig):
+        return ensure_medpix_data(config, progress)
+    data = ensure_embedded_dataset(config.root, num_samples=config.num_samples, image_size=config.image_size,
                                    seed=config.seed, val_fraction=config.val_fraction,
                                    shard_size=config.shard_size, formats="webdataset",
                                    progress=progress)
+    return ExperimentData(
+        name="embedded", train_data=data.train_data, train_num_samples=data.train_num_samples,
+        val_data=data.val_data, val_num_samples=data.val_num_samples, eval_data=data.val_data,
+        eval_num_samples=data.val_num_samples, eval_split="val",
+        description=f"embedded dataset in `{config.root}`: {config.num_samples} pairs ({data.train_num_samples} "
+                    f"train, {data.val_num_samples} val), {config.image_size} px, seed {config.seed}")
+
+
+def ensure_medpix_data(config: MedpixConfig, progress: bool = False) -> ExperimentData:
+    """MedPix 2.0 converted into ``config.root`` (resumable: complete shards are reused):
+    ``pretrain/train/`` the official train split without ``VQA_RAD_OVERLAP`` (ours: a model pretrained here
+    can then be evaluated on VQA-RAD without having seen its images), ``eval/val/`` the dev split
+    and ``eval/test/`` the test split, complete. Raises ValueError for a folder that is not the release."""
+    from openclip_unimlip.data.medpix import EXCLUDED_NAME, VQA_RAD_OVERLAP, convert_medpix, release_dir
+
+    release = release_dir(config.release)
+    root = Path(config.root)
+    options = dict(shard_size=config.shard_size, image_size=config.image_size, progress=progress)
+    train = convert_medpix(release, root / "pretrain", splits=("train",), exclude_ids=VQA_RAD_OVERLAP, **options)
+    evaluation = convert_medpix(release, root / "eval", splits=("dev", "test"), **options)
+    for report in (train, evaluation):
+        if report.bad_rows:
+            logging.warning("MedPix: %d bad rows left out, listed in %s", sum(report.bad_rows.values()),
+                            report.report_path)
+    excluded = sum(1 for line in (root / "pretrain" / EXCLUDED_NAME).read_text().splitlines()[1:] if line)
+    val, test = evaluation.splits["val"], evaluation.splits["test"]
+    return ExperimentData(
+        name="medpix", train_data=train.splits["train"].shard_pattern,
+        train_num_samples=train.splits["train"].num_samples, val_data=val.shard_pattern,
+        val_num_samples=val.num_samples, eval_data=test.shard_pattern, eval_num_samples=test.num_samples,
+        eval_split="test",
+        description=f"MedPix 2.0 (`{release}`, converted into `{root}` at {config.image_size} px): pretraining on the "
+                    f"official train split, {train.splits['train'].num_samples} images ({excluded} images that "
+                    f"VQA-RAD also holds left out, ours), open_clip_train's val on the {val.num_samples} dev "
+                    f"images, retrieval on the {test.num_samples} test images with their real captions")
 
 
 def num_shards(pattern: str) -> int:
@@ -91,7 +163,7 @@ def num_shards(pattern: str) -> int:
     return len(list(braceexpand.braceexpand(pattern)))
 
 
-def pretrain_command(config: PretrainConfig, data: EmbeddedDataset, logs: PathLike, name: str,
+def pretrain_command(config: PretrainConfig, data: ExperimentData, logs: PathLike, name: str,
                      with_val: bool = True) -> List[str]:
     if config.workers > num_shards(data.train_data):
         # webdataset gives each worker whole shards: a worker without one yields nothing
@@ -123,7 +195,7 @@ def _read_val_metrics(run_dir: Path) -> List[Dict[str, float]]:
     return [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
 
 
-def run_pretraining(config: PretrainConfig, data: EmbeddedDataset, logs: PathLike, name: str,
+def run_pretraining(config: PretrainConfig, data: ExperimentData, logs: PathLike, name: str,
                     with_val: bool = True, progress: bool = True) -> PretrainRun:
     """Train in a subprocess, with a progress bar over its steps read from its out.log unless
     ``progress`` is False; raise with the trainer's console tail if it fails. A run of the same

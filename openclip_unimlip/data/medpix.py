@@ -42,6 +42,17 @@ IMAGE_DIR = "images"
 IMAGE_SUFFIX = ".png"
 VQA_RAD_IMAGE_DIR = "VQA_RAD Image Folder"  # as openclip_unimlip.evaluation.vqa_datasets (which imports torch)
 EXCLUDED_NAME = "excluded.csv"
+# The MedPix 2.0 images that the VQA-RAD release also holds (17 train, 1 dev, 1 test), as
+# vqa_rad_overlap finds them in the two releases named in ../shared/data/README.md (MedPix 2.0 at
+# commit d3bc431, VQA-RAD 2018_06_011); tests/data/test_medpix.py checks the list against them.
+# Kept here so that pretraining can leave them out for a user who has MedPix but not VQA-RAD.
+VQA_RAD_OVERLAP = frozenset({
+    "MPX1007_synpic46720", "MPX1229_synpic22020", "MPX1264_synpic32981", "MPX1300_synpic24424",
+    "MPX1419_synpic43433", "MPX1429_synpic46943", "MPX1547_synpic21028", "MPX1601_synpic39460",
+    "MPX1754_synpic51426", "MPX1788_synpic27142", "MPX1844_synpic20208", "MPX1879_synpic48749",
+    "MPX1924_synpic19605", "MPX2028_synpic34054", "MPX2315_synpic16520", "MPX2407_synpic48714",
+    "MPX2487_synpic35914", "MPX2500_synpic23571", "MPX2584_synpic19853",
+})
 
 _SYNPIC_ID = re.compile(r"synpic\d+")
 
@@ -220,19 +231,21 @@ def convert_medpix(
         splits: Sequence[str] = MEDPIX_SPLITS,
         caption_prefix: bool = False,
         exclude_vqa_rad: Optional[PathLike] = None,
+        exclude_ids: Sequence[str] = (),
         limit: Optional[int] = None,
         **options,
 ) -> ConversionReport:
     """Convert MedPix 2.0; ``options`` are :func:`~openclip_unimlip.data.shards.write_dataset`'s.
-    The images left out with ``exclude_vqa_rad`` are listed in ``out_dir/excluded.csv`` (written
-    on every run, empty without exclusion)."""
+    The images left out (those of the VQA-RAD release at ``exclude_vqa_rad``, and ``exclude_ids``,
+    e.g. ``VQA_RAD_OVERLAP``) are listed in ``out_dir/excluded.csv`` (written on every run, empty
+    without exclusion)."""
     release = release_dir(root)
     for split in splits:
         _check_split(split)
     overlap = vqa_rad_overlap(release, exclude_vqa_rad) if exclude_vqa_rad is not None else set()
     excluded: List[MedpixImage] = []
-    rows = medpix_rows(release, splits, caption_prefix=caption_prefix, exclude=sorted(overlap), limit=limit,
-                       excluded_out=excluded)
+    rows = medpix_rows(release, splits, caption_prefix=caption_prefix, exclude=sorted(overlap | set(exclude_ids)),
+                       limit=limit, excluded_out=excluded)
     report = write_dataset(rows, out_dir, **options)
     _write_excluded(Path(out_dir) / EXCLUDED_NAME, excluded)
     return report

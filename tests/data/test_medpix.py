@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from openclip_unimlip.data.medpix import (MEDPIX_SPLITS, MedpixImage, convert_medpix, read_medpix,
-                                          vqa_rad_overlap)
+from openclip_unimlip.data.medpix import (MEDPIX_SPLITS, VQA_RAD_OVERLAP, MedpixImage, convert_medpix,
+                                          read_medpix, vqa_rad_overlap)
 
 from paths import REPO  # noqa: E402
 
@@ -62,7 +62,7 @@ def test_vqa_rad_overlap_equals_a_listing_of_both_image_folders():
     expected = {path.stem for path in (MEDPIX / "images").glob("*.png")
                 if path.stem.split("_", 1)[1] + ".jpg" in vqa_rad_files}
     assert len(expected) == 19  # /work/shared/data/README.md: "19 images also appear in VQA-RAD"
-    assert vqa_rad_overlap(MEDPIX, VQA_RAD) == expected
+    assert vqa_rad_overlap(MEDPIX, VQA_RAD) == expected == VQA_RAD_OVERLAP
     for split in MEDPIX_SPLITS:
         kept = {i.image_id for i in read_medpix(MEDPIX, split, exclude_vqa_rad=VQA_RAD)}
         everything = {i.image_id for i in read_medpix(MEDPIX, split)}
@@ -163,3 +163,7 @@ def test_caption_prefix_limit_image_size_and_exclusion(tmp_path):
         dev = {r["image"] for r in split_lines("dev")}
         assert report.splits["val"].num_samples == len(dev - overlap)
         assert set(pd.read_csv(tmp_path / "dev" / "excluded.csv").image_id) == dev & overlap
+
+    report = convert_medpix(MEDPIX, tmp_path / "test", splits=("test",), exclude_ids=VQA_RAD_OVERLAP, formats="csv")
+    test = {r["image"] for r in split_lines("test")}
+    assert report.splits["test"].num_samples == len(test - VQA_RAD_OVERLAP)
