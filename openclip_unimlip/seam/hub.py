@@ -2,9 +2,11 @@
 
 An exported model is what OpenCLIP's own ``save_for_hf`` / ``push_to_hf_hub`` write: an
 ``open_clip_config.json`` (``model_cfg`` with the recipe's key, ``preprocess_cfg``), safetensors
-weights and the tokenizer's files, plus a model card (``README.md``). The config names text
-towers by their hub id, never by a path of the exporting machine; at load time they are
-resolved to local copies exactly as for the built-in names (``text_models.resolve_text_model``).
+weights and the tokenizer's files, plus a model card (``README.md``). Pushing uploads that folder
+with huggingface_hub's own API (OpenCLIP 3.3's ``push_to_hf_hub`` imports hub functions that
+huggingface_hub 2.x no longer has). The config names text towers by their hub id, never by a
+path of the exporting machine; at load time they are resolved to local copies exactly as for the
+built-in names (``text_models.resolve_text_model``).
 
 Loading needs no API of ours: ``patches.py`` makes OpenCLIP's factory build the recipe's class
 for any config carrying a recipe key (``build_custom_text_model``), whatever the name's schema.
@@ -14,7 +16,6 @@ import ast
 import inspect
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -32,6 +33,10 @@ class UnknownRecipe(TypeError):
 
 class WeightsDoNotFit(RuntimeError):
     pass
+
+
+class PushFailed(RuntimeError):
+    """The upload of an export failed; the exported folder itself is complete."""
 
 
 # ----- loading --------------------------------------------------------------------------------
@@ -188,7 +193,7 @@ def export_config(model_name: str, params: Optional[Dict[str, Any]] = None) -> T
     if recipe is None:
         raise ValueError(f"{model_name!r} is not a model of an openclip-unimlip recipe "
                          f"(its config has none of {', '.join(r.config_key for r in RECIPES)}); "
-                         "export it with OpenCLIP's own open_clip.push_to_hf_hub")
+                         "export it with OpenCLIP's own open_clip.push_to_hf_hub.save_for_hf")
     if recipe.config_key == "unimlip_cfg":
         config["unimlip_cfg"] = _unimlip_section(config["unimlip_cfg"], params)
     if params.get("force_image_size") is not None:
@@ -324,6 +329,45 @@ def _portable_knowledge(config: dict, output_dir: Optional[Path]) -> dict:
     return {**config, "mlip_li_cfg": {**section, "knowledge_file": KNOWLEDGE_NAME}}
 
 
+def check_push(repo_id: Optional[str]) -> None:
+    """Everything a push needs that can be known without the network: a valid repo id, a token
+    where huggingface_hub looks for one (``HF_TOKEN``, ``hf auth login``), and not offline."""
+    from huggingface_hub import constants, get_token
+    from huggingface_hub.utils import validate_repo_id
+
+    if not repo_id:
+        raise ValueError("pushing needs a repo id (--repo-id org/name)")
+    validate_repo_id(repo_id)  # an HFValidationError (a ValueError) naming what is wrong
+    if constants.is_offline_mode():
+        raise ValueError("pushing needs the network, but HF_HUB_OFFLINE is set: unset it, or export "
+                         "without --push and upload the folder later with `hf upload`")
+    if get_token() is None:
+        raise ValueError("pushing needs a Hugging Face token with write access: log in with `hf auth login` "
+                         "or set HF_TOKEN")
+
+
+def push_folder(folder: Path, repo_id: str, private: bool = False) -> str:
+    """Upload an exported ``folder`` to the Hugging Face model repo ``repo_id`` in one commit, with
+    huggingface_hub's own ``HfApi().create_repo`` (``private``; an existing repo is kept as it is)
+    and ``upload_folder``; token and endpoint from huggingface_hub's usual places (``HF_TOKEN`` or
+    ``hf auth login``; ``HF_ENDPOINT``). Returns the commit's URL; any failure is one
+    ``PushFailed`` naming the repo, the reason and how to retry."""
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, repo_type="model", private=True if private else None, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model",
+                                   commit_message=f"Upload {folder.name} (exported by openclip-unimlip)")
+    except Exception as error:  # HTTP status, connection, metadata validation: the export stands either way
+        reason = " ".join(f"{type(error).__name__}: {error}".split()).rstrip(".")
+        raise PushFailed(f"Uploading {folder} to the Hugging Face repo {repo_id} ({api.endpoint}) failed: "
+                         f"{reason}. The export in {folder} is complete; upload it again with "
+                         f"`hf upload {repo_id} {folder}`.") from error
+    return commit.commit_url
+
+
 def export_checkpoint(
         checkpoint: Path,
         output_dir: Path,
@@ -336,21 +380,14 @@ def export_checkpoint(
         private: bool = False,
 ) -> Path:
     """Export an ``open_clip_train`` checkpoint with OpenCLIP's ``save_for_hf`` into ``output_dir``
-    (config, safetensors weights, tokenizer, README.md model card); with ``push``, also upload it
-    with OpenCLIP's ``push_to_hf_hub`` to ``repo_id``. Returns ``output_dir``."""
-    from open_clip.push_to_hf_hub import generate_readme, push_to_hf_hub, save_for_hf
+    (config, safetensors weights, tokenizer, README.md model card); with ``push``, then upload that
+    folder to ``repo_id`` (``push_folder``; checked by ``check_push`` before anything is written).
+    Returns ``output_dir``."""
+    from open_clip.push_to_hf_hub import generate_readme, save_for_hf
 
     output_dir = Path(output_dir)
-    if push and not repo_id:
-        raise ValueError("pushing needs a repo id (--repo-id org/name)")
-    if push and not getattr(sys.modules["open_clip.push_to_hf_hub"], "_has_hf_hub", False):
-        import huggingface_hub
-
-        # OpenCLIP 3.3 imports names (repo_type_and_id_from_hf_id, ...) that huggingface_hub 2.x no longer has
-        raise RuntimeError(
-            f"open_clip.push_to_hf_hub cannot run with the installed huggingface_hub {huggingface_hub.__version__} "
-            "(OpenCLIP could not import its hub functions). Export without --push and upload the folder with "
-            "`hf upload ORG/NAME FOLDER`, or install a huggingface_hub that OpenCLIP supports.")
+    if push:
+        check_push(repo_id)
     if (output_dir / "open_clip_config.json").exists():
         raise FileExistsError(f"{output_dir} already holds an exported model; choose another --output-dir")
     retrieval = read_retrieval(retrieval_file) if retrieval_file else None
@@ -365,11 +402,5 @@ def export_checkpoint(
     save_for_hf(loaded["model"], loaded["tokenizer"], config, output_dir, safe_serialization=True)
     (output_dir / "README.md").write_text(generate_readme(dict(card), name), encoding="utf-8")
     if push:
-        push_to_hf_hub(loaded["model"], loaded["tokenizer"], config, repo_id, model_card=dict(card),
-                       safe_serialization=True, private=private)
-        if (output_dir / KNOWLEDGE_NAME).is_file():  # OpenCLIP uploads only what save_for_hf writes
-            from huggingface_hub import upload_file
-
-            upload_file(path_or_fileobj=str(output_dir / KNOWLEDGE_NAME), path_in_repo=KNOWLEDGE_NAME,
-                        repo_id=repo_id, commit_message="Add the MLIP (Li) knowledge file")
+        push_folder(output_dir, repo_id, private=private)
     return output_dir
