@@ -15,6 +15,9 @@ PREFIX = "--unimlip-"
 # flag suffix -> unimlip_cfg key, for the method hyper-parameters the trainer can override
 _CFG_OVERRIDES = {
     "mlm-probability": ("mlm_probability", float, "fraction of caption tokens masked for MLM (paper: 0.15)"),
+    "mlm-replacement": ("mlm_replacement", str, "what a masked caption token becomes: 'mask', [MASK] always (the "
+                                                "paper, sec. 3.4; default) or 'bert', BERT's 80%% [MASK] / 10%% "
+                                                "random token / 10%% unchanged"),
     "dropblock-prob": ("dropblock_prob", float, "DropBlock probability on the layer-4 map (paper: 0.5)"),
     "dropblock-size": ("dropblock_size", int, "DropBlock block size (paper: 3)"),
     "text-dropout": ("text_dropout", float, "dropout on the text feature (paper: 0.75)"),

@@ -1,11 +1,13 @@
 """BERT-style masking of caption tokens for the MLM term, done on the device in one pass.
 
-Follows BERT's reference recipe (Google's ``create_pretraining_data.py``, as Hugging Face's
-``DataCollatorForWholeWordMask``): per caption, whole words (a word-initial token and its
+Chooses tokens as BERT's reference recipe (Google's ``create_pretraining_data.py``, as Hugging
+Face's ``DataCollatorForWholeWordMask``): per caption, whole words (a word-initial token and its
 ``##`` continuations; never [CLS], [SEP], [PAD]) are visited in random order and each is
 taken if it fits in what is left of the caption's quota of predicted tokens, else skipped
-(the next word may fit); chosen tokens become [MASK] 80%, a token drawn uniformly from the
-vocabulary 10%, unchanged 10%.
+(the next word may fit). What a chosen token becomes is ``REPLACEMENTS``: by default the
+paper's [MASK] for every one (Uni-Mlip sec. 3.4: "Following BERT, our masked tokens are
+replaced with a unique token [MASK]"), or BERT's own split, [MASK] 80%, a token drawn
+uniformly from the vocabulary 10%, unchanged 10%.
 
 The quota (ours): BERT uses ``max(1, round(p * n))`` for ``n`` tokens, which on captions of a
 few to a few tens of tokens is not ``p`` on average (a two-token caption: 50%). Here it is
@@ -18,10 +20,21 @@ caption, batch-first and of fixed shape.
 """
 from dataclasses import dataclass
 import math
-from typing import Iterable, Optional
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 from torch import nn
+
+# What a chosen token becomes: (fraction replaced by [MASK], fraction replaced by a uniformly drawn
+# token); the rest stay unchanged. The model config's ``mlm_replacement`` names one.
+REPLACEMENTS: Dict[str, Tuple[float, float]] = {
+    # Uni-Mlip sec. 3.4 (paper text): "our masked tokens are replaced with a unique token [MASK]"
+    "mask": (1.0, 0.0),
+    # BERT's create_pretraining_data.py, create_masked_lm_predictions (google-research/bert at
+    # eedf571, lines 392-401): "80% of the time, replace with [MASK]", "10% of the time, keep
+    # original", "10% of the time, replace with random word"
+    "bert": (0.8, 0.1),
+}
 
 
 @dataclass
@@ -45,12 +58,15 @@ class CaptionMasker(nn.Module):
             subword_token_ids: Iterable[int] = (),
             probability: float = 0.15,
             whole_word: bool = True,
-            mask_fraction: float = 0.8,
-            random_fraction: float = 0.1,
+            mask_fraction: float = REPLACEMENTS["mask"][0],
+            random_fraction: float = REPLACEMENTS["mask"][1],
     ):
         super().__init__()
         if not 0.0 < probability < 1.0:
             raise ValueError(f"MLM masking probability must be in (0, 1), got {probability}")
+        if min(mask_fraction, random_fraction) < 0 or mask_fraction + random_fraction > 1:
+            raise ValueError(f"MLM replacement fractions must be >= 0 and sum to at most 1, "
+                             f"got [MASK] {mask_fraction} and random {random_fraction}")
         self.vocab_size = vocab_size
         self.mask_token_id = mask_token_id
         self.probability = probability

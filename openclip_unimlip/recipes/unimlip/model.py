@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from openclip_unimlip.recipes.unimlip.batchnorm import batchnorm_stats_frozen, keep_frozen_batchnorm_in_eval, set_batchnorm_stats_frozen
 from openclip_unimlip.recipes.unimlip.dropblock import DropBlock2d
 from openclip_unimlip.recipes.unimlip.fusion import MaskedLanguageFusion
-from openclip_unimlip.recipes.unimlip.masking import CaptionMasker
+from openclip_unimlip.recipes.unimlip.masking import REPLACEMENTS, CaptionMasker
 from openclip_unimlip.recipes.base_model import RecipeCLIP
 from openclip_unimlip.recipes.config import validate_terms
 from openclip_unimlip.recipes.unimlip.terms import TERMS
@@ -45,6 +45,9 @@ class UniMlipCfg:
     fusion_image_tokens: str = "pooled"  # "pooled" (PMC-CLIP) or "grid" (the layer-4 map)
     mlm_probability: float = 0.15
     mlm_whole_word: bool = True
+    # what a chosen token becomes (masking.REPLACEMENTS): "mask", the paper's (sec. 3.4: "replaced with a
+    # unique token [MASK]"), or "bert", BERT's 80 % [MASK] / 10 % random / 10 % unchanged
+    mlm_replacement: str = "mask"
     dropblock_prob: float = 0.5
     dropblock_size: int = 3
     # ours where the paper is silent: DropBlock's own Algorithm 1 and reference code draw a mask per
@@ -72,6 +75,8 @@ class UniMlipCfg:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if self.mlm_replacement not in REPLACEMENTS:
+            raise ValueError(f"mlm_replacement must be one of {sorted(REPLACEMENTS)}, got {self.mlm_replacement!r}")
         if self.dropblock_size < 1:
             raise ValueError(f"dropblock_size must be >= 1, got {self.dropblock_size}")
         if self.view_crop_scale is not None:
@@ -115,6 +120,7 @@ class UniMlip(RecipeCLIP):
 
         self.image_perturbation = DropBlock2d(cfg.dropblock_prob, cfg.dropblock_size, per_channel=cfg.dropblock_per_channel)
         self.text_perturbation = nn.Dropout(cfg.text_dropout)
+        mask_fraction, random_fraction = REPLACEMENTS[cfg.mlm_replacement]
         self.masker = CaptionMasker(
             vocab_size=self.text.config.vocab_size,
             mask_token_id=tokenizer.mask_token_id,
@@ -122,6 +128,8 @@ class UniMlip(RecipeCLIP):
             subword_token_ids=[i for t, i in tokenizer.get_vocab().items() if t.startswith("##")],
             probability=cfg.mlm_probability,
             whole_word=cfg.mlm_whole_word,
+            mask_fraction=mask_fraction,
+            random_fraction=random_fraction,
         )
         self.fusion = MaskedLanguageFusion(
             width=text_width,

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from openclip_unimlip.recipes.unimlip.masking import CaptionMasker, prediction_budget
+from openclip_unimlip.recipes.unimlip.masking import REPLACEMENTS, CaptionMasker, prediction_budget
 
 # real radiology text: the entity names and imaging findings of radiology-semantic-dict that ship with the package
 from paths import REPO  # noqa: E402
@@ -109,9 +109,11 @@ def test_whole_words_stay_whole(tokenizer, real_captions):
 
 
 def test_mask_random_keep_split_is_80_10_10(tokenizer, real_captions):
+    """BERT's split (``--unimlip-mlm-replacement bert``; the paper's [MASK]-only default: test_mlm_replacement.py)."""
     torch.manual_seed(0)
     hf = tokenizer.tokenizer
-    masker = _masker(tokenizer)
+    mask_fraction, random_fraction = REPLACEMENTS["bert"]
+    masker = _masker(tokenizer, mask_fraction=mask_fraction, random_fraction=random_fraction)
     now, original = [], []
     for _ in range(10):
         out = masker(real_captions)
