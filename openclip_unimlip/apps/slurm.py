@@ -32,7 +32,9 @@ RECIPE = (
     ("WD", "0.1", "PMC-CLIP's README training command: --wd 0.1"),
     ("CROP_SCALE", "0.5", "PMC-CLIP's README: --crop-scale 0.5 = RandomResizedCrop(scale=(0.5, 1))"),
     ("PRECISION", "amp", "ours (the paper trains on V100s; OpenCLIP's mixed precision)"),
-    ("SIMCLR_START_EPOCH", "0", "paper Sec. 4.2: SimCLR + frozen BN from the start when initialised from PMC-CLIP"),
+    # unset: 0 with PRETRAINED (paper Sec. 4.2: SimCLR + frozen BN from the start when initialised from
+    # PMC-CLIP), else left to the trainer: half of EPOCHS (ours), kept by requeues (see recipe_args)
+    ("SIMCLR_START_EPOCH", "", "0 with PRETRAINED (paper Sec. 4.2); without, the trainer's warm-up: EPOCHS // 2 (ours)"),
 )
 
 
@@ -121,8 +123,13 @@ def recipe_args(env: Mapping[str, str], extra: Sequence[str] = ()) -> List[str]:
             "--epochs", recipe["EPOCHS"], "--lr", recipe["LR"], "--warmup", recipe["WARMUP"], "--wd", recipe["WD"],
             "--aug-cfg", f"scale=({_crop_scale(recipe['CROP_SCALE'])}, 1.0)",
             "--lr-scheduler", "cosine", "--opt", "adamw", "--precision", recipe["PRECISION"],
-            "--save-frequency", "1", "--resume", "latest", "--report-to", "tensorboard",
-            "--unimlip-simclr-start-epoch", recipe["SIMCLR_START_EPOCH"]]
+            "--save-frequency", "1", "--resume", "latest", "--report-to", "tensorboard"]
+    # With PRETRAINED, 0 is written out: the same arguments, so the same run name, as before the trainer
+    # derived it. From scratch the trainer derives it from EPOCHS at the first launch and reads it back
+    # on every resume, so the name leaves it out and a longer EPOCHS still continues the run.
+    start = recipe["SIMCLR_START_EPOCH"] or ("0" if env.get("PRETRAINED") else "")
+    if start:
+        args += ["--unimlip-simclr-start-epoch", start]
     if env.get("PRETRAINED"):
         args += ["--pretrained", env["PRETRAINED"]]
     if env.get("TRAIN_NUM_SAMPLES"):
@@ -194,8 +201,9 @@ def _check_args(args: List[str], owned_values: dict, world_size: int) -> None:
 
     try:
         parsed = parse_args(args)
-    except SystemExit as exit_:  # argparse has printed its message
-        raise LaunchError("open_clip_train refuses these arguments (see above)") from exit_
+    except SystemExit as exit_:  # argparse has printed its message; the plugin's refusals carry theirs
+        detail = exit_.code if isinstance(exit_.code, str) else "see above"
+        raise LaunchError(f"open_clip_train refuses these arguments ({detail})") from exit_
     for field, (variable, value) in owned_values.items():
         if getattr(parsed, field) != value:
             raise LaunchError(f"--{field.replace('_', '-')} is set by the launcher: use {variable} instead")
@@ -274,7 +282,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(__doc__)
         print("Variables (default; source):")
         for name, default, source in RECIPE:
-            print(f"  {name:<20} {default:<14} {source}")
+            print(f"  {name:<20} {default or '(derived)':<14} {source}")
         print("  and TRAIN_DATA (required), PRETRAINED, VAL_DATA, GPUS_PER_NODE, NNODES, WORKERS, LOGS, NAME, ...:"
               " README, section SLURM")
         return 0 if argv else 2

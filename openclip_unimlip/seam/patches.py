@@ -17,7 +17,8 @@ exactly these names and nothing else:
   ``views.py``); ``create_loss`` returns
   the recipe's loss (``UniMlipLoss`` for Uni-Mlip models).
 - ``open_clip_train.params.parse_args``: splits off the ``--unimlip-*`` flags (OpenCLIP's
-  parser is strict) and lists them under ``--help``.
+  parser is strict), lists them under ``--help``, and resolves the SimCLR start epoch (a resumed
+  run's is read back from the ``params.txt`` OpenCLIP wrote at its first launch).
 - ``open_clip_train.train.train_one_epoch``: switches the SimCLR branch and BatchNorm
   freezing by epoch (so a resumed run is in the right phase).
 - ``torch.nn.parallel.DistributedDataParallel``, only inside a training run of one of our recipes:
@@ -36,15 +37,20 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from openclip_unimlip.recipes import model_config, recipe_for
+
+if TYPE_CHECKING:
+    from openclip_unimlip.recipes.unimlip.flags import RecordedStart
 
 SUPPORTED_OPENCLIP = ((3, 3), (4, 0))  # [min, max)
 UNIMLIP_KEY = "unimlip_cfg"
 
 # The --unimlip-* options of the training run in this process, set by the parse_args patch.
 _trainer_options: Optional[argparse.Namespace] = None
+# How that run's SimCLR start epoch was chosen: logged once, by the first train_one_epoch.
+_simclr_start_reason: Optional[str] = None
 
 
 class UnsupportedOpenCLIP(RuntimeError):
@@ -211,7 +217,7 @@ def patch_open_clip(open_clip) -> None:
 def _wrap_parse_args(original):
     @functools.wraps(original)
     def parse_args(argv):
-        global _trainer_options
+        global _trainer_options, _simclr_start_reason
         from openclip_unimlip.recipes.unimlip import flags as unimlip_flags
 
         argv = list(argv)
@@ -229,15 +235,45 @@ def _wrap_parse_args(original):
                 raise SystemExit(f"error: --unimlip-* flags apply only to Uni-Mlip models, not --model {args.model}")
             _trainer_options = None
             return args
-        error = unimlip_flags.validate(options, args, model_config(args.model)[UNIMLIP_KEY])
+        section = model_config(args.model)[UNIMLIP_KEY]
+        try:
+            start = unimlip_flags.resolve_simclr_start(options, args, section, recorded_simclr_start(args))
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        options.unimlip_simclr_start_epoch = start.epoch
+        error = unimlip_flags.validate(options, args, section)
         if error:
             raise SystemExit(f"error: {error}")
         _trainer_options = options
+        _simclr_start_reason = start.reason
         for key, value in vars(options).items():
             setattr(args, key, value)  # recorded in params.txt and wandb's config
         return args
 
     return parse_args
+
+
+def recorded_simclr_start(args: argparse.Namespace) -> "Optional[RecordedStart]":
+    """For a resumed run, the SimCLR start epoch of its first launch, from the ``params.txt`` OpenCLIP
+    writes into the run folder at every launch (``--resume latest``: ``--logs``/``--name``; ``--resume
+    PATH``: the run folder of ``PATH``); None when there is none. Resuming already needs that folder
+    on a file system every rank sees (each rank loads the checkpoint), so every rank reads the same."""
+    from openclip_unimlip.recipes.unimlip.flags import RecordedStart
+    from openclip_unimlip.seam.hub import find_run_dir, read_params
+
+    if not args.resume:
+        return None
+    if args.resume == "latest":
+        run = Path(args.logs) / args.name if args.name else None  # no name: a fresh dated one
+    else:
+        run = find_run_dir(Path(args.resume))
+    if run is None or not (run / "params.txt").is_file():
+        return None
+    params = read_params(run / "params.txt")
+    start = params.get("unimlip_simclr_start_epoch")
+    if not isinstance(start, int):
+        return None
+    return RecordedStart(start, bool(params.get("pretrained")), str(run / "params.txt"))
 
 
 def _allow_cpu_ddp() -> None:
@@ -272,8 +308,13 @@ def _wrap_train_one_epoch(original):
         from openclip_unimlip.recipes.unimlip.model import UniMlip, unwrap_model
         from openclip_unimlip.recipes.base_model import RecipeCLIP
 
+        global _simclr_start_reason
         inner = unwrap_model(model)
         if isinstance(inner, UniMlip) and _trainer_options is not None:
+            if _simclr_start_reason is not None and is_master(args):
+                logging.info(f"Uni-Mlip: SimCLR phase from epoch {_trainer_options.unimlip_simclr_start_epoch}: "
+                             f"{_simclr_start_reason}")
+            _simclr_start_reason = None
             uses_views = "simclr" in inner.active_terms or inner.cfg.feed_views_without_simclr
             active = uses_views and epoch >= _trainer_options.unimlip_simclr_start_epoch
             inner.set_simclr_active(active)

@@ -233,9 +233,11 @@ def test_one_node_script_trains_and_a_requeue_resumes_every_epoch_once(slurm_env
     train = write_shards(tmp_path / "train", num_samples=16, per_shard=8)
     val = write_shards(tmp_path / "val", num_samples=8, per_shard=8, seed=1).replace("{00000..00000}", "00000")
     run_variables = dict(TRAIN_DATA=train, GLOBAL_BATCH="8", EPOCHS="3", **TINY_RUN)
+    # SimCLR from the first epoch (statistics updating, so no warm-up): every epoch's loss has the same terms
+    run_args = ["--val-data", val, "--unimlip-no-bn-freeze"]
     # submitted by a relative path, with an argument holding slashes (both broke the old script)
     job = sbatch(slurm_env, f"--chdir={work}", "--cpus-per-task=2", script=ONE_NODE.relative_to(REPO),
-                 args=["--val-data", val], **run_variables)
+                 args=run_args, **run_variables)
     out = work / f"unimlip-{job}.out"
     checkpoints = wait_for(lambda: list(work.glob("logs/*/checkpoints")), 120, "the run directory")[0]
 
@@ -273,7 +275,7 @@ def test_one_node_script_trains_and_a_requeue_resumes_every_epoch_once(slurm_env
     assert second_run[-1][1] < first_run[0][1], (first_run, second_run)  # it learned
     # the chained resubmission of the README continues the same run: here, already finished
     again = sbatch(slurm_env, f"--chdir={work}", "--cpus-per-task=1", f"--dependency=afterany:{job}",
-                   script=ONE_NODE, args=["--val-data", val], **run_variables)
+                   script=ONE_NODE, args=run_args, **run_variables)
     assert wait_done(slurm_env, again, work / f"unimlip-{again}.out")["JobState"] == "COMPLETED"
     assert f"the run already finished ({checkpoints / 'epoch_3.pt'})" in (work / f"unimlip-{again}.out").read_text()
 
@@ -282,7 +284,8 @@ def test_one_node_script_trains_and_a_requeue_resumes_every_epoch_once(slurm_env
 def test_multinode_script_rendezvous_over_two_nodes(slurm_env, tmp_path):
     train = write_shards(tmp_path / "train", num_samples=16, per_shard=8)
     job = sbatch(slurm_env, f"--chdir={tmp_path}", "--nodes=2", "--cpus-per-task=2", stdin=MULTINODE,
-                 TRAIN_DATA=train, GLOBAL_BATCH="8", EPOCHS="1", **TINY_RUN)  # submitted on stdin
+                 TRAIN_DATA=train, GLOBAL_BATCH="8", EPOCHS="2", **TINY_RUN)  # submitted on stdin; 2 epochs: the
+    # shortest run from scratch with room for the trainer's warm-up before SimCLR (EPOCHS 1 is refused)
     out = tmp_path / f"unimlip-{job}.out"
     state = wait_done(slurm_env, job, out)
     assert state["JobState"] == "COMPLETED" and state["NodeList"] == "n[1-2]", _tail(out)

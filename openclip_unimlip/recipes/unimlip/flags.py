@@ -2,9 +2,11 @@
 
 OpenCLIP's parser is strict, so our flags are split off first (``split_argv``) and the
 rest goes to OpenCLIP's unchanged. Loss weights default to the paper's; method
-hyper-parameters default to the model config's ``unimlip_cfg`` (``None`` = keep).
+hyper-parameters default to the model config's ``unimlip_cfg`` (``None`` = keep); the SimCLR
+start epoch, when not given, follows from ``--pretrained`` (``resolve_simclr_start``).
 """
 import argparse
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from openclip_unimlip.recipes.unimlip.loss import LOCAL_LOSS_NEEDS_GATHER_WITH_GRAD, PAPER_SIMCLR_TEMPERATURE, PAPER_WEIGHTS
@@ -37,9 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"weight of the {term} loss term; 0 switches it off (default: {PAPER_WEIGHTS[term]:.4g})")
     group.add_argument(f"{PREFIX}simclr-temperature", type=float, default=PAPER_SIMCLR_TEMPERATURE,
                        help=f"SimCLR temperature (default: {PAPER_SIMCLR_TEMPERATURE})")
-    group.add_argument(f"{PREFIX}simclr-start-epoch", type=int, default=0,
-                       help="first epoch (0-based) with the SimCLR term and frozen BatchNorm statistics; "
-                            "the paper starts from PMC-CLIP weights with both on (default: 0)")
+    group.add_argument(f"{PREFIX}simclr-start-epoch", type=int, default=None,
+                       help="first epoch (0-based) with the SimCLR term and frozen BatchNorm statistics (default: "
+                            "0 with --pretrained, the paper's start from PMC-CLIP's weights; without it, half of "
+                            "--epochs, a warm-up of ours; a resumed run keeps the epoch of its first launch)")
     group.add_argument(f"{PREFIX}no-bn-freeze", action="store_true",
                        help="keep BatchNorm statistics updating while SimCLR is on (the naive baseline of Table 3)")
     group.add_argument(f"{PREFIX}feed-views", action="store_true",
@@ -104,10 +107,10 @@ def validate(options: argparse.Namespace, args: argparse.Namespace, model_sectio
         return "every Uni-Mlip loss weight is 0: nothing to train"
     if options.unimlip_simclr_temperature <= 0:
         return f"--unimlip-simclr-temperature must be > 0, got {options.unimlip_simclr_temperature}"
-    start = options.unimlip_simclr_start_epoch
-    if start < 0:
+    start = options.unimlip_simclr_start_epoch  # None: not resolved yet (resolve_simclr_start)
+    if start is not None and start < 0:
         return f"--unimlip-simclr-start-epoch must be >= 0, got {start}"
-    if weights["simclr"] > 0 and start >= args.epochs:
+    if start is not None and weights["simclr"] > 0 and start >= args.epochs:
         return (f"--unimlip-simclr-start-epoch {start} is not before --epochs {args.epochs}: SimCLR would never run; "
                 "set --unimlip-simclr-weight 0 to train without it")
     if getattr(args, "distill", False) or getattr(args, "distill_model", None):
@@ -124,10 +127,84 @@ def validate(options: argparse.Namespace, args: argparse.Namespace, model_sectio
         cfg = UniMlipCfg.from_dict({**model_section, **cfg_overrides(options)})
     except ValueError as exc:
         return str(exc)
-    if weights["simclr"] > 0 and cfg.simclr_head == "mlp" and start > 0:
+    if start is not None and weights["simclr"] > 0 and cfg.simclr_head == "mlp" and start > 0:
         return ("a SimCLR MLP head with --unimlip-simclr-start-epoch > 0 has no gradient in the first epochs, "
                 "which DDP (built without find_unused_parameters) rejects; start SimCLR at epoch 0")
     return None
+
+
+def scratch_warmup_epochs(epochs: int) -> int:
+    """Epochs without SimCLR before a run from scratch freezes BatchNorm statistics for it. Ours: half
+    the run, as in the paper's own schedule, where SimCLR has the second half: PMC-CLIP's 100 epochs
+    without it, then 100 with it from PMC-CLIP's weights (sec. 4.2, "Implementation Details")."""
+    return epochs // 2
+
+
+@dataclass(frozen=True)
+class SimclrStart:
+    epoch: int
+    reason: str  # how it was chosen, for the run's log
+
+
+@dataclass(frozen=True)
+class RecordedStart:
+    """The SimCLR start epoch a resumed run was first launched with (its ``params.txt``)."""
+    epoch: int
+    pretrained: bool  # whether that launch had --pretrained
+    source: str  # where it was read
+
+
+def _frozen_from_the_initial_statistics(how: str, remedy: str) -> str:
+    return (f"SimCLR with frozen BatchNorm statistics from epoch 0 without --pretrained ({how}) keeps the statistics "
+            f"at their initial values (mean 0, variance 1) for the whole run: {remedy}")
+
+
+def resolve_simclr_start(options: argparse.Namespace, args: argparse.Namespace, model_section: dict,
+                         recorded: Optional[RecordedStart] = None) -> SimclrStart:
+    """The first epoch of the SimCLR phase (and of frozen BatchNorm statistics, where they freeze):
+    ``--unimlip-simclr-start-epoch`` when given; else, for a resumed run, the epoch its first launch
+    chose (``recorded``), so changing ``--epochs`` or dropping ``--pretrained`` on resume moves nothing;
+    else 0 with ``--pretrained`` (the paper) or when nothing freezes, and after
+    ``scratch_warmup_epochs`` from scratch. Raises ValueError for a run whose statistics would stay
+    at their initial values, and for a warm-up the run cannot hold."""
+    from openclip_unimlip.recipes.unimlip.model import UniMlipCfg
+
+    cfg = UniMlipCfg.from_dict({**model_section, **cfg_overrides(options)})
+    simclr = loss_weights(options)["simclr"] > 0
+    freezes = (simclr or cfg.feed_views_without_simclr) and cfg.freeze_bn_with_simclr
+    given = options.unimlip_simclr_start_epoch
+    if given is not None:
+        if given == 0 and freezes and not args.pretrained:
+            raise ValueError(_frozen_from_the_initial_statistics(
+                "--unimlip-simclr-start-epoch 0", "start from trained weights (--pretrained, as the paper from "
+                "PMC-CLIP's), leave --unimlip-simclr-start-epoch unset for a warm-up of half the epochs, or keep "
+                "the statistics updating (--unimlip-no-bn-freeze)"))
+        return SimclrStart(given, f"--unimlip-simclr-start-epoch {given}")
+    if recorded is not None:
+        if recorded.epoch == 0 and freezes and not (args.pretrained or recorded.pretrained):
+            raise ValueError(_frozen_from_the_initial_statistics(
+                f"as the run's first launch recorded in {recorded.source}",
+                "start a new run (another --name), or choose a start with --unimlip-simclr-start-epoch"))
+        return SimclrStart(recorded.epoch, f"the run's first launch chose it ({recorded.source})")
+    if not (simclr or cfg.feed_views_without_simclr):
+        return SimclrStart(0, "no strong views (SimCLR weight 0), so no SimCLR phase")
+    if args.pretrained:
+        return SimclrStart(0, f"--pretrained {args.pretrained}: SimCLR and frozen statistics from the start, as the "
+                              "paper from PMC-CLIP's weights (sec. 4.2)")
+    if not freezes:
+        return SimclrStart(0, "BatchNorm statistics keep updating (--unimlip-no-bn-freeze), so no warm-up")
+    start = scratch_warmup_epochs(args.epochs)
+    if start < 1:
+        raise ValueError(f"--epochs {args.epochs} without --pretrained leaves no epoch for the warm-up before SimCLR "
+                         "freezes the BatchNorm statistics (ours: half the epochs): train more epochs, start from "
+                         "--pretrained weights, set --unimlip-simclr-weight 0, or pass --unimlip-no-bn-freeze")
+    if simclr and cfg.simclr_head == "mlp":
+        raise ValueError("a SimCLR MLP head needs SimCLR from epoch 0 (DDP, built without find_unused_parameters, "
+                         "rejects a head without gradient), but without --pretrained SimCLR with frozen BatchNorm "
+                         f"statistics waits for a warm-up (until epoch {start}): start from --pretrained weights, "
+                         "pass --unimlip-no-bn-freeze, or use --unimlip-simclr-head none")
+    return SimclrStart(start, f"no --pretrained: a warm-up of half of --epochs {args.epochs} without SimCLR first (ours; "
+                              "the paper gives SimCLR the second half of its schedule, sec. 4.2)")
 
 
 def create_unimlip_loss(args: argparse.Namespace, model_cfg: dict):
