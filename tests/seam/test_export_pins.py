@@ -1,0 +1,142 @@
+"""The export's contents, piece by piece and without building a model (issue 26; the upload is
+tested elsewhere): params.txt read back as open_clip_train wrote it, the run's flags in the exported
+config, the model card's fields, the retrieval of the checkpoint's own epoch, clip_benchmark's result
+files, the epoch of a checkpoint, and an MLIP (Li) knowledge file travelling under its own name.
+References: open_clip_train's own writers (main.py l.288-293, train.py l.345-347, main.py l.496-523),
+clip_benchmark's metric names, the literal values written."""
+import json
+import runpy
+
+import open_clip
+import pytest
+import torch
+
+from openclip_unimlip.recipes import RECIPES
+from openclip_unimlip.seam import hub
+
+from paths import REPO  # noqa: E402
+
+
+def test_params_txt_reads_back_the_values_open_clip_train_wrote(tmp_path):
+    values = {"model": "unimlip-tiny", "lr": 0.0005, "epochs": 2, "force_image_size": None, "lock_image": False,
+              "image_mean": (0.48145466, 0.4578275, 0.40821073), "unimlip_view_crop_scale": [0.2, 1.0],
+              "unimlip_text_dropout": 0.5, "train_data": "data/embedded/train/{00000..00009}.tar",
+              "logs": str(tmp_path / "logs"), "name": "tiny-run", "precision": "fp32", "wd": 0.2}
+    path = tmp_path / "params.txt"
+    with open(path, "w") as f:  # open_clip_train/main.py l.289-293, verbatim
+        for name in sorted(values):
+            f.write(f"{name}: {values[name]}\n")
+    read = hub.read_params(path)
+    assert read == values
+    assert [type(read[k]) for k in sorted(values)] == [type(values[k]) for k in sorted(values)]
+
+
+def test_exported_config_is_the_registered_one_with_the_runs_flags_over_it():
+    registered = open_clip.get_model_config("unimlip-tiny")
+    params = {"unimlip_text_dropout": 0.5, "unimlip_dropblock_size": 2, "unimlip_fusion_image_tokens": "grid",
+              "unimlip_no_bn_freeze": True, "force_image_size": 128, "force_context_length": 40}
+    config, recipe = hub.export_config("unimlip-tiny", params)
+    assert recipe.config_key == "unimlip_cfg"
+    assert config["unimlip_cfg"] == {**registered["unimlip_cfg"], "text_dropout": 0.5, "dropblock_size": 2,
+                                     "fusion_image_tokens": "grid", "freeze_bn_with_simclr": False}
+    assert config["unimlip_cfg"]["dropblock_size"] != registered["unimlip_cfg"]["dropblock_size"]  # the run's wins
+    assert (config["vision_cfg"]["image_size"], config["text_cfg"]["context_length"]) == (128, 40)
+    assert {k: v for k, v in config.items() if k not in ("unimlip_cfg", "vision_cfg", "text_cfg")} == {
+        k: v for k, v in registered.items() if k not in ("unimlip_cfg", "vision_cfg", "text_cfg")}
+    assert open_clip.get_model_config("unimlip-tiny") == registered  # the registry is untouched
+    # the MLIP recipes have no run flags: their section is the registered one
+    for name in ("mlip-liu-tiny", "mlip-li-tiny"):
+        config, _ = hub.export_config(name, {"unimlip_text_dropout": 0.5})
+        assert config == open_clip.get_model_config(name)
+
+
+@pytest.mark.parametrize("recipe, tag", [(RECIPES[0], "unimlip"), (RECIPES[1], "mlip-liu"), (RECIPES[2], "mlip-li")])
+def test_model_card_fields(recipe, tag):
+    name = {"unimlip": "unimlip-tiny", "mlip-liu": "mlip-liu-tiny", "mlip-li": "mlip-li-tiny"}[tag]
+    config = open_clip.get_model_config(name)
+    params = {"model": name, "epochs": 10, "lr": 0.0005, "seed": 1, "train_data": "shards/{0..9}.tar",
+              "dataset_type": "webdataset", "unimlip_text_dropout": 0.5, "logs": "/tmp/logs", "workers": 4}
+    card = hub.model_card(recipe, config, "my-model", params, 3, {"image_to_text_R@1": 0.123456, "n": 200},
+                          "org/my-model", "mit")
+    assert card["tags"] == ("clip", "openclip-unimlip", tag, "medical")
+    assert card["license"] == "mit" and recipe.title in card["description"]
+    details = card["details"]
+    assert details["Recipe"] == recipe.title and details["Model config"] == name
+    assert details["Text tower"] == config["text_cfg"]["hf_model_name"]
+    assert details["Training data"] == "shards/{0..9}.tar (webdataset)" and details["Epoch"] == 3
+    assert details["Training flags"] == {"model": name, "epochs": 10, "lr": 0.0005, "seed": 1,
+                                         "unimlip_text_dropout": 0.5}  # no paths, no worker counts
+    assert details["Retrieval"] == {"image_to_text_R@1": 0.1235, "n": 200}
+    assert "create_model_from_pretrained('hf-hub:org/my-model')" in card["usage"]
+    bare = hub.model_card(recipe, config, "my-model", {}, None, {}, None, "other")["details"]
+    assert (bare["Epoch"], bare["Retrieval"], bare["Training flags"]) == ("unknown", "not measured", "not recorded")
+
+
+def _results(folder, epochs):
+    """results.jsonl as open_clip_train appends it (train.py l.345-347): one row per evaluated epoch,
+    its "epoch" the completed epoch, the number of the epoch_N.pt saved with it (main.py l.496-523)."""
+    rows = [{"image_to_text_R@1": e / 10, "text_to_image_R@1": e / 20, "clip_val_loss": 1.0 / e, "epoch": e}
+            for e in epochs]
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_card_retrieval_is_the_checkpoints_own_epoch(tmp_path):
+    _results(tmp_path, [1, 2, 3])
+    checkpoint = tmp_path / "epoch_1.pt"
+    assert hub.find_retrieval(checkpoint, 1) == {"image_to_text_R@1": 0.1, "text_to_image_R@1": 0.05}
+    assert hub.find_retrieval(checkpoint, 2) == {"image_to_text_R@1": 0.2, "text_to_image_R@1": 0.1}
+    assert hub.find_retrieval(checkpoint, None) == {"image_to_text_R@1": 0.3, "text_to_image_R@1": 0.15}
+    assert hub.find_retrieval(tmp_path / "other" / "epoch_1.pt", 1) == {}  # no results.jsonl beside it
+
+
+def test_retrieval_files_of_clip_benchmark_and_of_ours(tmp_path):
+    """clip_benchmark writes {"dataset", "model", ..., "metrics": {...}}; its "image_retrieval_recall@K"
+    is text -> image (text queries retrieve images), "text_retrieval_recall@K" image -> text."""
+    path = tmp_path / "clip_benchmark.json"
+    path.write_text(json.dumps({"dataset": "roco", "model": "local-dir:x", "task": "zeroshot_retrieval",
+                                "metrics": {"image_retrieval_recall@1": 0.2, "text_retrieval_recall@5": 0.4}}))
+    assert hub.read_retrieval(path) == {"text_to_image_R@1": 0.2, "image_to_text_R@5": 0.4}
+    path.write_text(json.dumps({"metrics": {"image_to_text_R@1": 0.5, "note": "ours"}}))
+    assert hub.read_retrieval(path) == {"image_to_text_R@1": 0.5}
+    path.write_text(json.dumps({"image_to_text_R@10": 0.7}))
+    assert hub.read_retrieval(path) == {"image_to_text_R@10": 0.7}
+
+
+def test_checkpoint_epoch_from_its_name_or_its_contents(tmp_path):
+    assert hub._checkpoint_epoch(tmp_path / "epoch_7.pt") == 7  # the name suffices: the file is not read
+    torch.save({"epoch": 3, "state_dict": {}}, tmp_path / "epoch_latest.pt")
+    assert hub._checkpoint_epoch(tmp_path / "epoch_latest.pt") == 3
+    torch.save({"state_dict": {}}, tmp_path / "final.pt")
+    assert hub._checkpoint_epoch(tmp_path / "final.pt") is None
+
+
+def test_a_knowledge_file_travels_under_its_own_name(tmp_path):
+    knowledge = tmp_path / "mine.jsonl"
+    knowledge.write_text(json.dumps({"name": "a", "category": "", "description": "b"}) + "\n")
+    config = {**open_clip.get_model_config("mlip-li-tiny")}
+    config["mlip_li_cfg"] = {**config["mlip_li_cfg"], "knowledge_file": str(knowledge)}
+    out = tmp_path / "export"
+    out.mkdir()
+    portable = hub._portable_knowledge(config, out)
+    assert portable["mlip_li_cfg"] == {**config["mlip_li_cfg"], "knowledge_file": hub.KNOWLEDGE_NAME}
+    assert (out / hub.KNOWLEDGE_NAME).read_bytes() == knowledge.read_bytes()
+    assert config["mlip_li_cfg"]["knowledge_file"] == str(knowledge)  # the caller's config is untouched
+    for shipped in (None, "chest"):  # portable as they are: nothing copied
+        other = tmp_path / f"export-{shipped}"
+        other.mkdir()
+        config["mlip_li_cfg"]["knowledge_file"] = shipped
+        assert hub._portable_knowledge(config, other) == config and not any(other.iterdir())
+
+
+def test_export_script_hands_every_option_to_the_exporter(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(hub, "export_checkpoint", lambda *args, **kwargs: calls.append((args, kwargs)) or tmp_path)
+    main = runpy.run_path(str(REPO / "scripts" / "export_hf.py"))["main"]
+    main(["run/checkpoints/epoch_4.pt", "--output-dir", "out", "--model", "unimlip-tiny", "--params", "p.txt",
+          "--retrieval", "r.json", "--repo-id", "org/name", "--license", "mit"])
+    ((args, kwargs),) = calls
+    given = dict(zip(("checkpoint", "output_dir"), args), **kwargs)
+    expected = {"checkpoint": "run/checkpoints/epoch_4.pt", "output_dir": "out", "model_name": "unimlip-tiny",
+                "params_file": "p.txt", "retrieval_file": "r.json", "repo_id": "org/name", "license": "mit"}
+    assert {k: str(given.get(k)) for k in expected} == expected
+    assert not given.get("push")
