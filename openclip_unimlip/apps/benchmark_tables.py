@@ -1,0 +1,326 @@
+"""The benchmark's tables in the paper's layout (Fig. 2, Table 1, Table 2), as JSON, Markdown and plots.
+
+Our rows: per model, the mean over seeds and a 95 % Student t-interval over seeds
+(``apps/seed_interval.t_interval``; ours), in percent. Beside them: chance levels (from the data
+each task read) and, where the dataset is one of the paper's, the paper's reported rows
+(``evaluation/reported.py``), each labelled ``reported`` with its table and row.
+
+A table is plain JSON: ``{"id", "title", "columns": [{"key", "label"}], "rows": [{"label",
+"kind": "ours"|"chance"|"reported", "source", "cells": {key: cell}}], "notes", "decimals"}`` where a
+cell is ``{"mean", "low", "high", "n", "values"}`` (ours), ``{"value"}`` (chance, reported) or
+``{"status"}`` (``skipped``: no dataset; ``failed``; ``n/a``; ``not run``: a fraction the run did not
+ask for; ``pending``).
+"""
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from openclip_unimlip.apps.seed_interval import t_interval
+from openclip_unimlip.evaluation import reported
+from openclip_unimlip.evaluation.retrieval import DIRECTIONS, RECALL_KS
+
+RETRIEVAL_COLUMNS = [(f"{d}_R@{k}", f"{'I2T' if d == 'image_to_text' else 'T2I'} R@{k}")
+                     for d in DIRECTIONS for k in RECALL_KS]
+VQA_COLUMNS = [("open", "Open"), ("closed", "Closed"), ("overall", "Overall")]
+INTERVAL_NOTE = "ours: mean over seeds [95 % Student t-interval over seeds], in %"
+
+
+def fraction_label(fraction: float) -> str:
+    return f"{100 * fraction:g} %"
+
+
+# ----------------------------------------------------------------------------- our numbers
+def summarize(records: Sequence[dict]) -> List[dict]:
+    """Per (row, task, fraction): each metric's per-seed values and their t-interval, in percent.
+    An undefined value (None, NaN: e.g. a macro AUC without any two-class label) is listed but left
+    out of the interval."""
+    groups: Dict[tuple, Dict[int, dict]] = {}
+    for record in records:
+        groups.setdefault((record["row"], record["task"], record["fraction"]), {})[record["seed"]] = record["metrics"]
+    results = []
+    for (row, task, fraction), by_seed in groups.items():
+        seeds = sorted(by_seed)
+        metrics = {}
+        for metric in by_seed[seeds[0]]:
+            values = [_percent(by_seed[seed][metric]) for seed in seeds]
+            defined = [v for v in values if v is not None]
+            metrics[metric] = {"values": values, **(t_interval(defined) if defined else {"n": 0})}
+        results.append({"row": row, "task": task, "fraction": fraction, "seeds": seeds, "metrics": metrics})
+    return results
+
+
+def _percent(value: Optional[float]) -> Optional[float]:
+    return None if value is None or math.isnan(value) else 100 * value
+
+
+def _find(results: Sequence[dict], row: str, task: str, fraction: Optional[float]) -> Optional[dict]:
+    return next((r for r in results if (r["row"], r["task"], r["fraction"]) == (row, task, fraction)), None)
+
+
+def _our_cell(report: dict, row: dict, task: str, fraction: Optional[float], metric: str) -> dict:
+    """The cell of ``row`` for ``task`` at ``fraction``: the interval, or why there is none."""
+    task_state = report["tasks"].get(task)
+    if task_state is None:
+        return {"status": "skipped"}
+    if task_state["status"] != "ready":
+        return {"status": "failed"}
+    if row["status"] != "ok":
+        return {"status": "failed"}
+    if task.startswith("vqa-") and row.get("vqa_unsupported"):
+        return {"status": "n/a"}
+    if fraction is not None and fraction not in report["settings"]["fractions"]:
+        return {"status": "not run"}  # a column of the paper's layout this run did not ask for
+    result = _find(report["results"], row["label"], task, fraction)
+    if result is None:
+        failed = any(f["row"] == row["label"] and f["task"] == task for f in report["failures"])
+        return {"status": "failed" if failed else "pending"}
+    return result["metrics"][metric]
+
+
+def _ours(report: dict, columns: Sequence[tuple]) -> List[dict]:
+    """Our rows; ``columns`` are (key, task, fraction, metric)."""
+    return [{"label": row["label"], "kind": "ours", "source": f"this run: {row['model']}"
+             + (f", {row['pretrained']}" if row["pretrained"] else ""),
+             "cells": {key: _our_cell(report, row, task, fraction, metric) for key, task, fraction, metric in columns}}
+            for row in report["rows"]]
+
+
+def _chance(report: dict, columns: Sequence[tuple], source: str) -> dict:
+    cells = {}
+    for key, task, _, metric in columns:
+        chance = report["tasks"].get(task, {}).get("chance") or {}
+        value = chance.get(metric)
+        cells[key] = {"value": 100 * value} if value is not None else {"status": "skipped"}
+    return {"label": "chance", "kind": "chance", "source": source, "cells": cells}
+
+
+# ----------------------------------------------------------------------------- the tables
+def retrieval_table(report: dict, task: str) -> dict:
+    dataset = task.removeprefix("retrieval-")
+    described = report["tasks"][task].get("describe") or {}
+    pairs = report["tasks"][task].get("pairs_per_draw")
+    columns = [(key, task, None, key) for key, _ in RETRIEVAL_COLUMNS]
+    title = {"roco": "ROCO", "medpix": "MedPix 2.0"}.get(dataset, dataset)
+    notes = [f"Test split: {described.get('pairs', '?')} image-caption pairs ({described.get('left_out', 0)} left "
+             f"out: no image file or no caption); {pairs} drawn per seed (the draw's seed is the cell's seed)."]
+    if dataset == "roco":
+        gains = "; ".join(f"{'I2T' if g.direction == 'image_to_text' else 'T2I'} R@{g.k} +{g.points:.2f} over "
+                          f"{g.over}" for g in reported.FIGURE2_STATED_GAINS)
+        notes.append(f"Reported ({reported.FIGURE2_SOURCE}): Fig. 2 is a bar chart whose values the text does not "
+                     f"print, so no reported row is shown; the text states Uni-Mlip's gains: {gains}. "
+                     f"Compared there: {', '.join(reported.FIGURE2_METHODS)}.")
+    else:
+        notes.append("Not one of the paper's datasets: no reported rows.")
+    return {
+        "id": f"figure2-{dataset}", "layout": "Fig. 2", "decimals": 1,
+        "title": f"Fig. 2 layout: image-text retrieval on {title}, Recall@K (%)",
+        "columns": [{"key": key, "label": label} for key, label in RETRIEVAL_COLUMNS],
+        "rows": _ours(report, columns) + [_chance(report, columns, "a random ranking: K / pairs")],
+        "notes": notes,
+    }
+
+
+def table1(report: dict, fractions: Sequence[float]) -> dict:
+    fractions = sorted(set(fractions) | set(reported.TABLE1_FRACTIONS))
+    names = {"mimic": "MIMIC", "chexpert": "CXP", "nih": "NIH"}
+    columns = [(f"{d}@{fraction_label(f)}", f"classification-{d}", f, "macro_auc")
+               for d in reported.TABLE1_DATASETS for f in fractions]
+    rows = _ours(report, columns) + [_chance(report, columns, "a constant score (AUC 0.5)")]
+    for row in reported.TABLE1:
+        rows.append({"label": f"{row.method} (reported)", "kind": "reported", "source": row.source,
+                     "cells": {key: ({"value": v} if (v := reported.table1_value(row, task.removeprefix(
+                         "classification-"), f)) is not None else {"status": "n/a"})
+                               for key, task, f, _ in columns}})
+    protocols = sorted({(report["tasks"][t]["describe"] or {}).get("protocol") for _, t, _, _ in columns
+                        if t in report["tasks"] and report["tasks"][t].get("describe")} - {None})
+    return {
+        "id": "table1", "layout": "Table 1", "decimals": 1,
+        "title": "Table 1 layout: chest X-ray classification, fine-tuned on 1 / 10 / 100 % of the training labels, "
+                 "macro AUC (%)",
+        "columns": [{"key": key, "label": f"{names[t.removeprefix('classification-')]} {fraction_label(f)}"}
+                    for key, t, f, _ in columns],
+        "rows": rows,
+        "notes": [f"Our rows: protocol {', '.join(protocols) or 'chexclusion'} (evaluation/cxr_protocols.py), the "
+                  "protocol of Table 1's comparison rows. Reported rows: as printed; their splits are not public, "
+                  "ours is a seeded 80/10/10 patient split."],
+    }
+
+
+def medpix_classification_table(report: dict, fractions: Sequence[float]) -> dict:
+    task = "classification-medpix"
+    described = report["tasks"][task].get("describe") or {}
+    columns = [(fraction_label(f), task, f, "macro_auc") for f in sorted(fractions)]
+    return {
+        "id": "table1-medpix", "layout": "Table 1", "decimals": 1,
+        "title": f"Table 1 layout on MedPix 2.0 (stand-in): `{described.get('label', '?')}`, fine-tuned, macro "
+                 "one-vs-rest AUC (%) on the official test split",
+        "columns": [{"key": key, "label": key} for key, _, _, _ in columns],
+        "rows": _ours(report, columns) + [_chance(report, columns, "a constant score (AUC 0.5)")],
+        "notes": [f"Classes: {', '.join(described.get('classes', []))}; images: train {described.get('train')}, "
+                  f"dev {described.get('valid')}, test {described.get('test')} "
+                  "(evaluation/medpix_classification.py). Not one of the paper's datasets: no reported rows."],
+    }
+
+
+def table2(report: dict) -> dict:
+    names = {"vqa-rad": "VQA-RAD", "slake": "Slake"}
+    columns = [(f"{d}/{m}", f"vqa-{d}", None, m) for d in reported.TABLE2_DATASETS for m, _ in VQA_COLUMNS]
+    rows = _ours(report, columns) + [_chance(report, columns, "the training split's most common answer per "
+                                                              "question type (open, closed)")]
+    for row in reported.TABLE2:
+        rows.append({"label": f"{row.method} (reported)", "kind": "reported", "source": row.source,
+                     "cells": {key: {"value": reported.table2_value(row, task.removeprefix("vqa-"), metric)}
+                               for key, task, _, metric in columns}})
+    notes = []
+    rad = report["tasks"].get("vqa-vqa-rad", {}).get("describe")
+    if rad:
+        notes.append(f"VQA-RAD: {rad['train']} training and {rad['test']} test questions read ({rad['test_open']} "
+                     f"open, {rad['test_closed']} closed; {rad['test_unseen_answers']} test answers never seen in "
+                     "training count as wrong). The paper's copy has 3,515 questions (sec. 4.1); the public release "
+                     "holds fewer training questions, the same 451-question test split.")
+    notes += [f"{row['label']}: {row['vqa_unsupported']}." for row in report["rows"] if row.get("vqa_unsupported")]
+    return {
+        "id": "table2", "layout": "Table 2", "decimals": 2,
+        "title": "Table 2 layout: medical VQA accuracy (%)",
+        "columns": [{"key": key, "label": f"{names[t.removeprefix('vqa-')]} {dict(VQA_COLUMNS)[m]}"}
+                    for key, t, _, m in columns],
+        "rows": rows, "notes": notes,
+    }
+
+
+def build_tables(report: dict) -> List[dict]:
+    """Every table whose datasets the run found (or tried), in the paper's order."""
+    tasks, fractions = report["tasks"], report["settings"]["fractions"]
+    tables = [retrieval_table(report, task) for task in ("retrieval-roco", "retrieval-medpix") if task in tasks]
+    if any(f"classification-{d}" in tasks for d in reported.TABLE1_DATASETS):
+        tables.append(table1(report, fractions))
+    if "classification-medpix" in tasks:
+        tables.append(medpix_classification_table(report, fractions))
+    if any(f"vqa-{d}" in tasks for d in reported.TABLE2_DATASETS):
+        tables.append(table2(report))
+    return tables
+
+
+# ----------------------------------------------------------------------------- Markdown
+def format_cell(cell: dict, decimals: int) -> str:
+    if "status" in cell:
+        return {"skipped": "—"}.get(cell["status"], cell["status"])
+    if "value" in cell:
+        return f"{cell['value']:.{decimals}f}"
+    if not cell.get("n"):
+        return "undefined"
+    if cell.get("low") is None:
+        return f"{cell['mean']:.1f}"
+    return f"{cell['mean']:.1f} [{cell['low']:.1f}, {cell['high']:.1f}]"
+
+
+def table_markdown(table: dict) -> List[str]:
+    keys = [c["key"] for c in table["columns"]]
+    lines = [f"## {table['title']}", "",
+             "| method | | " + " | ".join(c["label"] for c in table["columns"]) + " | source |",
+             "|---|---|" + "---|" * len(keys) + "---|"]
+    for row in table["rows"]:
+        kind = {"ours": "ours", "chance": "chance", "reported": "reported"}[row["kind"]]
+        cells = [format_cell(row["cells"][key], table["decimals"] if row["kind"] != "ours" else 1) for key in keys]
+        lines.append(f"| {row['label']} | {kind} | " + " | ".join(cells) + f" | {row['source']} |")
+    return lines + [""] + [f"- {note}" for note in table["notes"]] + [""]
+
+
+def format_markdown(report: dict, plots: Dict[str, List[str]]) -> str:
+    settings = report["settings"]
+    lines = [
+        "# Medical downstream benchmark", "",
+        f"Preset `{settings['preset']}`, seeds {', '.join(map(str, settings['seeds']))}, device "
+        f"`{settings['device']}`, precision `{settings['precision']}`, data root `{settings['data_root']}`. "
+        f"{INTERVAL_NOTE}; chance and reported rows as labelled.", "",
+        "## Datasets", "", "| dataset | status | where / why |", "|---|---|---|",
+    ]
+    for dataset in report["datasets"]:
+        where = dataset["path"] or ""
+        lines.append(f"| {dataset['title']} | {dataset['status']} | {dataset['message'] or where} |")
+    lines += ["", "## Models", "", "| row | model | pretrained | status |", "|---|---|---|---|"]
+    for row in report["rows"]:
+        status = row["status"] if row["status"] == "ok" else f"{row['status']}: {row['message']}"
+        lines.append(f"| {row['label']} | `{row['model']}` | {row['pretrained'] or '(none)'} | {status} |")
+    lines.append("")
+    for table in report["tables"]:
+        lines += table_markdown(table)
+        lines += [f"![{Path(path).stem}]({path})" for path in plots.get(table["id"], [])]
+        lines += [""] if plots.get(table["id"]) else []
+    problems = [f"- dataset {d['title']}: {d['message']}" for d in report["datasets"] if d["status"] == "bad"]
+    problems += [f"- task {name}: {state['message']}" for name, state in report["tasks"].items()
+                 if state["status"] != "ready"]
+    problems += [f"- model {row['label']}: {row['message']}" for row in report["rows"] if row["status"] != "ok"]
+    problems += [f"- {f['row']} / {f['task']}" + (f" {fraction_label(f['fraction'])}" if f["fraction"] else "")
+                 + f" seed {f['seed']}: {f['message']}" for f in report["failures"]]
+    if problems:
+        lines += ["## Problems (each stopped only its own cells)", "", *problems, ""]
+    cells = report["cells"]
+    lines += ["## Cells", "", f"{cells['done']} of {cells['planned']} cells done ({cells['run_now']} run now, "
+              f"{cells['resumed']} finished earlier), {cells['failed']} failed, {cells['stopped']} stopped; "
+              f"{cells['seconds'] / 60:.1f} min of recorded cell time. Every cell is one JSON file under `cells/`.", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- plots
+def _bars(table: dict, keys: Sequence[str], labels: Sequence[str], path: Path, title: str,
+          with_reported: bool) -> None:
+    rows = [r for r in table["rows"] if r["kind"] == "ours" or (with_reported and r["kind"] == "reported")]
+    figure = Figure(figsize=(max(6.0, 1.4 * len(keys) + 0.4 * len(rows)), 4.5))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    width = 0.8 / max(1, len(rows))
+    positions = np.arange(len(keys))
+    for i, row in enumerate(rows):
+        heights, errors = [], [[], []]
+        for key in keys:
+            cell = row["cells"][key]
+            value = cell.get("mean", cell.get("value"))
+            heights.append(value if value is not None else 0.0)
+            low, high = cell.get("low"), cell.get("high")
+            errors[0].append(value - low if low is not None else 0.0)
+            errors[1].append(high - value if high is not None else 0.0)
+        axes.bar(positions + (i - (len(rows) - 1) / 2) * width, heights, width, label=row["label"],
+                 yerr=errors if row["kind"] == "ours" else None, capsize=2,
+                 hatch="//" if row["kind"] == "reported" else None, alpha=0.6 if row["kind"] == "reported" else 1.0)
+    chance = next(r for r in table["rows"] if r["kind"] == "chance")
+    for position, key in zip(positions, keys):
+        value = chance["cells"][key].get("value")
+        if value is not None:
+            axes.hlines(value, position - 0.45, position + 0.45, colors="black", linestyles=":",
+                        label="chance" if position == 0 else None)
+    axes.set_xticks(positions, labels)
+    axes.set_ylabel("%")
+    axes.set_title(title, fontsize="medium")
+    axes.legend(fontsize="x-small", loc="upper left")
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def write_plots(report: dict, folder: Path) -> Dict[str, List[str]]:
+    """Recall bars per retrieval table and open/closed/overall VQA bars per dataset; returns
+    table id -> the paths of its plots, relative to the report's folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plots = {}
+    for table in report["tables"]:
+        ours = [r for r in table["rows"] if r["kind"] == "ours" and any("mean" in c for c in r["cells"].values())]
+        if not ours:
+            continue
+        if table["layout"] == "Fig. 2":
+            keys = [c["key"] for c in table["columns"]]
+            path = folder / f"{table['id']}.png"
+            _bars(table, keys, [c["label"] for c in table["columns"]], path, table["title"], with_reported=False)
+            plots[table["id"]] = [f"plots/{path.name}"]
+        elif table["id"] == "table2":
+            for dataset in reported.TABLE2_DATASETS:
+                keys = [f"{dataset}/{m}" for m, _ in VQA_COLUMNS]
+                if not any("mean" in r["cells"][k] for r in ours for k in keys):
+                    continue
+                path = folder / f"table2-{dataset}.png"
+                _bars(table, keys, [label for _, label in VQA_COLUMNS], path,
+                      f"{dataset}: VQA accuracy by question type (%)", with_reported=True)
+                plots.setdefault("table2", []).append(f"plots/{path.name}")
+    return plots

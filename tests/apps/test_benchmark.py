@@ -1,0 +1,380 @@
+"""The benchmark suite (``apps/benchmark.py``): on the real MedPix 2.0 and VQA-RAD releases
+(../shared/data) with ``unimlip-tiny`` and a stock OpenCLIP model as two rows at the ``ci`` preset,
+each cell equals the standalone evaluation it wraps, an interrupted run resumes without redoing a
+finished cell, a re-run redoes nothing, missing and bad datasets and a failing model stop only their
+own cells, ``--plan`` runs nothing; and the dataset finder and the argument checks, on made-up layouts."""
+import gzip
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from scipy import stats
+
+from openclip_unimlip.apps import benchmark, real_downstream
+from openclip_unimlip.apps.benchmark_datasets import DATASETS, find_datasets
+from openclip_unimlip.data.medpix import read_medpix
+from openclip_unimlip.data.shards import normalize_caption
+from openclip_unimlip.evaluation.retrieval import evaluate_retrieval
+from paths import REPO
+
+DATA = REPO.parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not (DATA / "vqa-rad").is_dir() or not (DATA / "medpix-2.0").is_dir(),
+                                reason=f"the real VQA-RAD and MedPix 2.0 releases are not at {DATA} "
+                                       "(../shared/data beside the checkout, as in CI)")
+
+
+def real_data(test):
+    """On the real releases, after the module's one benchmark run (1.5-3 min on 2 shared cores)."""
+    return needs_data(pytest.mark.slow(test))
+
+# A stock OpenCLIP config (CLIP class, ModifiedResNet image tower, OpenCLIP's own text transformer;
+# nothing of ours), small enough for CI: the stock RN50 has the same towers at 224 px and width 64.
+STOCK_CONFIG = {"embed_dim": 64,
+                "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
+                "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
+SEEDS = (0, 1)
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _make_data_root(root: Path) -> Path:
+    """The two real releases (linked), a ROCO folder without its release (bad) and a SLAKE folder in
+    the right layout whose train.json is not JSON (read fails); CheXpert, MIMIC, NIH absent."""
+    root.mkdir()
+    (root / "medpix-2.0").symlink_to(DATA / "medpix-2.0")
+    (root / "vqa-rad").symlink_to(DATA / "vqa-rad")
+    (root / "roco").mkdir()
+    slake = root / "Slake1.0"
+    (slake / "imgs").mkdir(parents=True)
+    (slake / "train.json").write_text("this is not JSON")
+    (slake / "validate.json").write_text("[]")
+    (slake / "test.json").write_text("[]")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, one_thread):
+    """One benchmark, interrupted after two cells and resumed; returns what the tests check. One
+    thread for the whole module (conftest's ``one_thread``): the standalone runs then reduce in the
+    same order as the cells, so their numbers agree to the last bit."""
+    if not (DATA / "vqa-rad").is_dir() or not (DATA / "medpix-2.0").is_dir():
+        pytest.skip(f"the real VQA-RAD and MedPix 2.0 releases are not at {DATA} (../shared/data beside the "
+                    "checkout, as in CI)")
+    tmp = tmp_path_factory.mktemp("benchmark")
+    data_root = _make_data_root(tmp / "data")
+    (tmp / "stock-rn-tiny.json").write_text(json.dumps(STOCK_CONFIG))
+    torch.manual_seed(123)  # a plain state dict, as the ablation keeps its checkpoints
+    checkpoint = tmp / "tiny.pt"
+    torch.save(open_clip.create_model("unimlip-tiny", pretrained_text=False).state_dict(), checkpoint)
+    broken = tmp / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    out = tmp / "out"
+    args = ["--model", "unimlip-tiny", "--pretrained", str(checkpoint), "--label", "tiny",
+            "--model", "stock-rn-tiny", "--model-config", str(tmp / "stock-rn-tiny.json"),
+            "--model", "unimlip-tiny", "--pretrained", str(broken), "--label", "broken",
+            "--data-root", str(data_root), "--out", str(out), "--preset", "ci", "--seeds", *map(str, SEEDS),
+            "--fractions", "1.0", "--device", "cpu", "--no-progress"]
+    real_run_cell = benchmark.Benchmark.run_cell
+    first, second = [], []
+
+    def interrupted(self, cell):
+        if len(first) == 2:
+            raise KeyboardInterrupt  # as a Ctrl-C or a kill in the middle of the third cell
+        first.append(cell)
+        return real_run_cell(self, cell)
+
+    def counted(self, cell):
+        second.append(cell)
+        return real_run_cell(self, cell)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(benchmark.Benchmark, "run_cell", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            benchmark.main(args)
+        after_interruption = json.loads((out / "benchmark.json").read_text())
+        patch.setattr(benchmark.Benchmark, "run_cell", counted)
+        report = benchmark.main(args)
+    return {"args": args, "out": out, "report": report, "first": first, "second": second, "checkpoint": checkpoint,
+            "data_root": data_root, "after_interruption": after_interruption}
+
+
+def _record(out: Path, row: str, task: str, fraction: str, seed: int) -> dict:
+    return json.loads((out / "cells" / row / f"{task}__{fraction}__seed{seed}.json").read_text())
+
+
+# ----------------------------------------------------------------------------- each cell = its standalone evaluation
+@real_data
+def test_retrieval_cells_equal_eval_retrieval_on_the_same_pairs(run, tmp_path):
+    # the MedPix test split as an OpenCLIP CSV, in the release's order: eval_retrieval.py's input
+    csv = tmp_path / "medpix_test.csv"
+    images = read_medpix(DATA / "medpix-2.0", "test")
+    pd.DataFrame({"filepath": [str(i.image) for i in images], "title": [normalize_caption(i.caption) for i in images]}
+                 ).to_csv(csv, sep="\t", index=False)
+    for row, model, pretrained, seed in (("tiny", "unimlip-tiny", str(run["checkpoint"]), 1),
+                                         ("stock-rn-tiny", "stock-rn-tiny", None, 0)):
+        torch.manual_seed(seed)  # the cell seeds the model's random parts likewise
+        standalone = evaluate_retrieval(model, pretrained, data=str(csv), num_samples=100, seed=seed)
+        record = _record(run["out"], row, "retrieval-medpix", "all", seed)
+        assert record["details"]["num_pairs"] == standalone["num_pairs"] == 100
+        for name, value in standalone["metrics"].items():
+            assert record["details"][name] == value, (row, seed, name)
+    # the two seeds drew different pairs
+    keys = [_record(run["out"], "tiny", "retrieval-medpix", "all", seed)["details"]["keys"] for seed in SEEDS]
+    assert keys[0] != keys[1]
+
+
+@real_data
+def test_medpix_classification_cell_equals_the_real_downstream_cell(run, tmp_path):
+    report = real_downstream.main([
+        "--model", "unimlip-tiny", "--init", f"tiny={run['checkpoint']}", "--data-root", str(DATA),
+        "--out", str(tmp_path / "downstream"), "--tasks", "medpix", "--modes", "finetune", "--fractions", "1.0",
+        "--seeds", "1", "--limit", "32", "--cls-batch-size", "16", "--cls-max-epochs", "1",
+        "--min-epoch-images", "16", "--workers", "0", "--no-progress"])
+    (standalone,) = report["cells"]
+    record = _record(run["out"], "tiny", "classification-medpix", "100pct", 1)
+    assert record["metrics"]["macro_auc"] == standalone["metrics"]["macro_auc"]
+    assert record["details"]["history"] == standalone["details"]["history"]
+
+
+@real_data
+def test_vqa_cell_equals_finetune_vqa_script(run, tmp_path):
+    summary = _load_script("finetune_vqa").main([
+        "--dataset", "vqa-rad", "--data-root", str(DATA / "vqa-rad"), "--model", "unimlip-tiny",
+        "--pretrained", str(run["checkpoint"]), "--seed", "0", "--image-size", "96", "--batch-size", "16",
+        "--max-epochs", "1", "--limit", "32", "--workers", "0", "--no-progress", "--output-dir", str(tmp_path)])
+    record = _record(run["out"], "tiny", "vqa-vqa-rad", "all", 0)
+    assert record["details"]["test"] == summary["test"]
+    assert record["metrics"] == {m: summary["test"][m] for m in ("open", "closed", "overall")}
+
+
+# ----------------------------------------------------------------------------- a long run survives
+@real_data
+def test_an_interrupted_run_resumes_without_redoing_a_finished_cell(run):
+    first, second = run["first"], run["second"]
+    assert len(first) == 2 and run["after_interruption"]["cells"]["done"] == 2
+    assert not set(first) & set(second)
+    cells = run["report"]["cells"]
+    # tiny: retrieval, classification, VQA; stock: retrieval, classification (VQA n/a); broken: stopped
+    assert len(first) + len(second) == cells["done"] == len(SEEDS) * 5
+    assert cells["resumed"] == 2 and cells["run_now"] == len(second) and cells["failed"] == 0
+    assert cells["not_applicable"] == len(SEEDS) and cells["stopped"] == len(SEEDS) * 3
+
+
+@real_data
+def test_a_rerun_skips_every_finished_cell(run):
+    files = sorted((run["out"] / "cells").rglob("*.json"))
+    stamps = [path.stat().st_mtime_ns for path in files]
+
+    def must_not_run(self, cell):
+        raise AssertionError(f"{cell} ran again")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(benchmark.Benchmark, "run_cell", must_not_run)
+        report = benchmark.main(run["args"])
+    assert [path.stat().st_mtime_ns for path in files] == stamps
+    assert report["results"] == run["report"]["results"] and report["cells"]["run_now"] == 0
+
+
+# ----------------------------------------------------------------------------- failures stay local
+@real_data
+def test_missing_and_bad_datasets_are_listed_and_skipped(run):
+    report = run["report"]
+    status = {d["name"]: d for d in report["datasets"]}
+    assert {name: d["status"] for name, d in status.items()} == {
+        "roco": "bad", "medpix": "found", "chexpert": "skipped", "mimic": "skipped", "nih": "skipped",
+        "vqa-rad": "found", "slake": "found"}
+    assert "test/radiology/captions.txt missing" in status["roco"]["message"]
+    assert report["tasks"]["vqa-slake"]["status"] == "failed"
+    assert report["tasks"]["vqa-slake"]["message"].startswith("SLAKE could not be read: JSONDecodeError")
+    assert sorted(t for t, s in report["tasks"].items() if s["status"] == "ready") == [
+        "classification-medpix", "retrieval-medpix", "vqa-vqa-rad"]
+    markdown = (run["out"] / "benchmark.md").read_text()
+    assert "| CheXpert | skipped | no folder named" in markdown
+    assert "- task vqa-slake: SLAKE could not be read: JSONDecodeError" in markdown
+
+
+@real_data
+def test_a_model_that_does_not_load_stops_only_its_own_cells(run):
+    report = run["report"]
+    rows = {row["label"]: row for row in report["rows"]}
+    assert rows["tiny"]["status"] == rows["stock-rn-tiny"]["status"] == "ok"
+    assert rows["broken"]["status"] == "failed"
+    assert rows["broken"]["message"].startswith("the model could not be loaded: ")
+    assert "\n" not in rows["broken"]["message"]
+    assert not (run["out"] / "cells" / "broken").exists()
+    assert {r["row"] for r in report["results"]} == {"tiny", "stock-rn-tiny"}
+    table2 = next(t for t in report["tables"] if t["id"] == "table2")
+    cells = {row["label"]: row["cells"] for row in table2["rows"]}
+    assert cells["broken"]["vqa-rad/overall"] == {"status": "failed"}
+    assert cells["stock-rn-tiny"]["vqa-rad/overall"] == {"status": "n/a"}  # OpenCLIP's own text tower
+    assert cells["tiny"]["vqa-rad/overall"]["n"] == len(SEEDS)
+
+
+@real_data
+def test_plan_lists_the_cells_and_runs_nothing(run, tmp_path, capsys):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("--plan ran a model")
+
+    args = list(run["args"])
+    fresh = tmp_path / "fresh"
+    args[args.index("--out") + 1] = str(fresh)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(benchmark.Benchmark, "run_cell", must_not_run)
+        patch.setattr(open_clip, "create_model", must_not_run)
+        plan = benchmark.main(args + ["--plan"])
+        printed = capsys.readouterr().out
+        assert not fresh.exists()
+        assert [c["state"] for c in plan["cells"]].count("to run") == len(SEEDS) * 8  # the broken row is only found at load
+        assert "Estimated time to run:" in printed and "prior for cpu" in printed
+        finished = benchmark.main(run["args"] + ["--plan"])  # the finished run's folder: measured rates
+    assert {c["state"] for c in finished["cells"] if c["row"] != "broken"} == {"done", "n/a"}
+    # the broken row's cells, never run, are estimated from the same model's finished cells
+    assert "broken classification: measured on finished cells of unimlip-tiny" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- the tables
+@real_data
+def test_tables_hold_seed_intervals_chance_and_reported_rows(run):
+    report, out = run["report"], run["out"]
+    values = [100 * _record(out, "tiny", "classification-medpix", "100pct", seed)["metrics"]["macro_auc"]
+              for seed in SEEDS]
+    (result,) = [r for r in report["results"] if (r["row"], r["task"]) == ("tiny", "classification-medpix")]
+    interval = result["metrics"]["macro_auc"]
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert interval["values"] == values and interval["mean"] == pytest.approx(np.mean(values))
+    assert (interval["low"], interval["high"]) == (pytest.approx(low), pytest.approx(high))
+
+    tables = {t["id"]: t for t in report["tables"]}
+    assert set(tables) == {"figure2-medpix", "table1-medpix", "table2"}
+    chance = next(r for r in tables["figure2-medpix"]["rows"] if r["kind"] == "chance")["cells"]
+    assert chance["image_to_text_R@10"] == {"value": 10.0}  # 10 of 100 drawn pairs
+    table2 = {row["label"]: row for row in tables["table2"]["rows"]}
+    assert table2["Uni-Mlip (reported)"]["source"] == "Uni-Mlip (Bawazir & Wu), Table 2, row 'Uni-Mlip (ours)'"
+    assert table2["Uni-Mlip (reported)"]["cells"]["vqa-rad/closed"] == {"value": 81.62}
+    # chance on the 32 test questions read: the training split's most common answer per type, counted here
+    rows = json.loads((DATA / "vqa-rad" / "VQA_RAD Dataset Public.json").read_text())
+    train = [r for r in rows if not r["phrase_type"].startswith("test")][:32]
+    test = [r for r in rows if r["phrase_type"].startswith("test")][:32]
+    closed_answers = [str(r["answer"]).lower().strip() for r in train if r["answer_type"].strip() == "CLOSED"]
+    majority = max(sorted(set(closed_answers)), key=closed_answers.count)
+    closed_test = [str(r["answer"]).lower().strip() for r in test if r["answer_type"].strip() == "CLOSED"]
+    assert table2["chance"]["cells"]["vqa-rad/closed"]["value"] == pytest.approx(
+        100 * closed_test.count(majority) / len(closed_test))
+
+    markdown = (out / "benchmark.md").read_text()
+    assert "| Uni-Mlip (reported) | reported | 60.43 | 81.62 | 73.17 | 79.38 | 85.82 | 81.90 |" in markdown
+    assert f"| tiny | ours | {interval['mean']:.1f} [{interval['low']:.1f}, {interval['high']:.1f}] |" in markdown
+    assert json.loads((out / "benchmark.json").read_text())["tables"] == json.loads(json.dumps(report["tables"]))
+    for plot in ("figure2-medpix.png", "table2-vqa-rad.png"):
+        assert (out / "plots" / plot).stat().st_size > 10_000
+        assert f"(plots/{plot})" in markdown
+
+
+# ----------------------------------------------------------------------------- fast: finding datasets, refusing bad input
+def _touch(path: Path, text: str = "") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_every_release_layout_is_found_under_its_folder_names(tmp_path):
+    _touch(tmp_path / "roco-dataset" / "data" / "test" / "radiology" / "captions.txt")
+    for name in ("descriptions_train.jsonl", "descriptions_dev.jsonl", "descriptions_test.jsonl"):
+        _touch(tmp_path / "MedPix-2.0" / "MedPix-2-0" / "splitted_dataset" / name)  # the repository root
+    (tmp_path / "MedPix-2.0" / "MedPix-2-0" / "images").mkdir()
+    for name in ("train.csv", "valid.csv"):
+        _touch(tmp_path / "CheXpert-v1.0-small" / name)
+    release = tmp_path / "mimic-cxr-jpg" / "2.0.0"  # PhysioNet's version folder
+    for table in ("chexpert", "split", "metadata"):
+        release.mkdir(parents=True, exist_ok=True)
+        with gzip.open(release / f"mimic-cxr-2.0.0-{table}.csv.gz", "wt") as handle:
+            handle.write("subject_id\n")
+    (release / "files").mkdir()
+    _touch(tmp_path / "CXR8" / "Data_Entry_2017.csv")
+    _touch(tmp_path / "VQA_RAD" / "VQA_RAD Dataset Public.json", "[]")
+    (tmp_path / "VQA_RAD" / "VQA_RAD Image Folder").mkdir()
+    _touch(tmp_path / "slake" / "train.json")  # validate.json, test.json and imgs/ missing: bad
+    statuses = {s.name: s for s in find_datasets(tmp_path)}
+    assert {n: s.status for n, s in statuses.items()} == {**{n: "found" for n in DATASETS}, "slake": "bad"}
+    assert statuses["medpix"].path == tmp_path / "MedPix-2.0" / "MedPix-2-0"
+    assert statuses["mimic"].path == release
+    assert "validate.json, test.json, imgs missing" in statuses["slake"].message
+    assert {s.status for s in find_datasets(tmp_path / "roco-dataset")} == {"skipped"}
+
+
+@pytest.mark.parametrize("bad_args, message", [
+    (["--pretrained", "x.pt", "--model", "unimlip-tiny"], "--pretrained x.pt must follow the --model"),
+    (["--model", "no-such-model"], "unknown OpenCLIP model 'no-such-model'"),
+    (["--model", "unimlip-tiny", "--pretrained", "missing.pt"], "checkpoint missing.pt of --model unimlip-tiny not found"),
+    (["--model", "unimlip-tiny", "--model", "unimlip-tiny"], "give each a distinct --label"),
+    (["--model", "unimlip-tiny", "--label", "a", "--label", "b"], "--label is given twice"),
+    (["--model", "unimlip-tiny", "--fractions", "0", "1"], "--fractions must be distinct and lie in (0, 1]"),
+    (["--model", "unimlip-tiny", "--seeds", "1", "1"], "--seeds repeat"),
+    ([], "give at least one --model"),
+])
+def test_bad_arguments_stop_with_one_message_before_anything_runs(bad_args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as error:
+        benchmark.main([*bad_args, "--data-root", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert error.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_console_command_names_this_main():
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, function = scripts["unimlip-benchmark"].split(":")
+    assert getattr(importlib.import_module(module), function) is benchmark.main
+    assert os.access(REPO / "scripts" / "benchmark.py", os.R_OK)
+
+
+# ----------------------------------------------------------------------------- chest X-ray: made-up NIH release
+def _nih_release(root: Path) -> None:
+    """40 images of 20 patients in NIH ChestX-ray14's layout; Effusion images are bright."""
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for patient in range(1, 21):
+        for follow_up, findings in enumerate(["Effusion", "No Finding"] if patient % 2 else ["Effusion|Mass", "Mass"]):
+            name = f"{patient:08d}_{follow_up:03d}.png"
+            pixels = np.clip(rng.normal(200 if "Effusion" in findings else 50, 20, (40, 40)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / "images" / name)
+            rows.append({"Image Index": name, "Finding Labels": findings, "Patient ID": patient})
+    pd.DataFrame(rows).to_csv(root / "Data_Entry_2017.csv", index=False)
+
+
+@pytest.mark.slow  # ~30 s: two one-epoch fine-tunings of unimlip-tiny
+def test_chest_xray_cell_equals_finetune_classification_script_and_fills_table1(tmp_path, one_thread):
+    _nih_release(tmp_path / "data" / "ChestX-ray14")
+    out = tmp_path / "out"
+    report = benchmark.main(["--model", "unimlip-tiny", "--data-root", str(tmp_path / "data"), "--out", str(out),
+                             "--preset", "ci", "--seeds", "0", "--fractions", "1.0", "--no-progress"])
+    summary = _load_script("finetune_classification").main([
+        "--dataset", "nih", "--data-root", str(tmp_path / "data" / "ChestX-ray14"), "--model", "unimlip-tiny",
+        "--fraction", "1.0", "--seed", "0", "--image-size", "96", "--batch-size", "16", "--max-epochs", "1",
+        "--limit", "32", "--workers", "0", "--no-progress", "--output-dir", str(tmp_path / "standalone")])
+    record = _record(out, "unimlip-tiny", "classification-nih", "100pct", 0)
+    assert summary["protocol"]["name"] == record["details"]["protocol"]["name"] == "chexclusion"
+    assert record["details"]["test_per_label_auc"] == summary["test_per_label_auc"]
+    assert record["metrics"]["macro_auc"] == summary["test_macro_auc"]
+
+    (table1,) = [t for t in report["tables"] if t["id"] == "table1"]
+    rows = {row["label"]: row["cells"] for row in table1["rows"]}
+    assert rows["unimlip-tiny"]["nih@100 %"]["values"] == [100 * summary["test_macro_auc"]]
+    assert rows["unimlip-tiny"]["mimic@100 %"] == {"status": "skipped"}
+    assert rows["unimlip-tiny"]["nih@1 %"] == {"status": "not run"}  # a paper column this run did not ask for
+    assert rows["M-FLAG (reported)"]["nih@1 %"] == {"value": 62.2}
+    markdown = (out / "benchmark.md").read_text()
+    assert "| Uni-Mlip (reported) | reported | 73.2 | 79.1 | 82.0 | 69.1 | 75.3 | 79.8 | 65.6 | 76.4 | 82.9 |" in markdown
