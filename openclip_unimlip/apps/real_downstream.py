@@ -13,9 +13,11 @@ MedPix 2.0's own labels, for several named initialisations, several seeds, 95 % 
 An initialisation is ``random`` (every weight random: the model config only), ``text-base``
 (ours: the image tower random, the text tower at its base Hugging Face weights, where the
 pretraining starts) or ``NAME=CHECKPOINT`` (an ``open_clip_train`` checkpoint or a plain state
-dict of the same model, e.g. the ablation's ``stage1.pt``). The same seed gives every
-initialisation the same training subset, data order and new-layer initialisation, so differences
-to a ``--reference`` initialisation are paired by seed.
+dict of the same model, e.g. the ablation's ``stage1.pt``); ``{seed}`` in ``CHECKPOINT`` (e.g.
+the MedPix ablation's ``checkpoints/all_five-seed{seed}.pt``) gives downstream seed k the weights
+of pretraining seed k, so that the intervals also cover the pretraining's seeds. The same seed
+gives every initialisation the same training subset, data order and new-layer initialisation, so
+differences to a ``--reference`` initialisation are paired by seed.
 
 Every (task, mode, fraction, initialisation, seed) is one cell, written to ``<out>/cells/`` as
 soon as it finishes, with a hash of everything that shaped it: a re-run skips finished cells
@@ -69,25 +71,39 @@ _INIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 # ----------------------------------------------------------------------------- initialisations
+SEED_FIELD = "{seed}"
+
+
 @dataclass(frozen=True)
 class Init:
     name: str
-    checkpoint: Optional[Path] = None  # None: random weights (and the text base with text_base)
+    checkpoint: Optional[Path] = None  # None: random weights (and the text base with text_base); may hold {seed}
     text_base: bool = False
+
+    @property
+    def per_seed(self) -> bool:
+        return self.checkpoint is not None and SEED_FIELD in str(self.checkpoint)
+
+    def checkpoint_for(self, seed: int) -> Optional[Path]:
+        if self.checkpoint is None:
+            return None
+        return Path(str(self.checkpoint).replace(SEED_FIELD, str(seed)))
 
     def describe(self) -> str:
         return str(self.checkpoint) if self.checkpoint else RESERVED_INITS[self.name]
 
-    def identity(self) -> dict:
-        """What the weights are: a changed checkpoint file makes its cells stale."""
+    def identity(self, seed: int) -> dict:
+        """What seed ``seed``'s weights are: a changed checkpoint file makes its cells stale."""
         if self.checkpoint is None:
             return {"random": True, "text_base": self.text_base}
-        stat = self.checkpoint.stat()
-        return {"checkpoint": str(self.checkpoint.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        checkpoint = self.checkpoint_for(seed)
+        stat = checkpoint.stat()
+        return {"checkpoint": str(checkpoint.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def parse_init(spec: str) -> Init:
-    """``random``, ``text-base`` or ``NAME=CHECKPOINT`` (the file must exist)."""
+def parse_init(spec: str, seeds: Sequence[int] = (0,)) -> Init:
+    """``random``, ``text-base`` or ``NAME=CHECKPOINT``, whose file (for every seed of ``seeds``
+    when the path holds ``{seed}``) must exist."""
     if spec in RESERVED_INITS:
         return Init(spec, text_base=spec == "text-base")
     name, sep, path = spec.partition("=")
@@ -96,10 +112,11 @@ def parse_init(spec: str) -> Init:
     if not _INIT_NAME.match(name) or name in RESERVED_INITS:
         raise ValueError(f"initialisation name {name!r} must be letters, digits, '.', '_' or '-' and not one of "
                          f"{', '.join(RESERVED_INITS)}")
-    checkpoint = Path(path).expanduser()
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint of initialisation {name!r} not found: {checkpoint}")
-    return Init(name, checkpoint)
+    init = Init(name, Path(path).expanduser())
+    for seed in seeds if init.per_seed else seeds[:1]:
+        if not init.checkpoint_for(seed).is_file():
+            raise FileNotFoundError(f"checkpoint of initialisation {name!r} not found: {init.checkpoint_for(seed)}")
+    return init
 
 
 # ----------------------------------------------------------------------------- presets
@@ -202,7 +219,7 @@ def cell_origin(config: DownstreamConfig, cell: Cell) -> str:
     else:
         task = {"image_size": classification.image_size, "probe_c_grid": list(classification.probe_c_grid)}
     task.pop("workers", None)
-    settings = {"model": config.model, "init": init.identity(), "limit": config.limit, "precision": config.precision,
+    settings = {"model": config.model, "init": init.identity(cell.seed), "limit": config.limit, "precision": config.precision,
                 "task": task}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -259,13 +276,15 @@ class Runner:
         return {**asdict(cell), "origin": cell_origin(self.config, cell), "seconds": time.perf_counter() - start,
                 **result}
 
-    def _pretrained(self, init: Init) -> Optional[str]:
-        return str(init.checkpoint) if init.checkpoint else None
+    @staticmethod
+    def _pretrained(init: Init, seed: int) -> Optional[str]:
+        checkpoint = init.checkpoint_for(seed)
+        return str(checkpoint) if checkpoint else None
 
     def _vqa(self, init: Init, seed: int) -> dict:
         settings, config = self.config.vqa, self.config
         model, preprocess_cfg, tokenizer = build_vqa_model(
-            config.model, self._pretrained(init), len(self.vqa_data.answers), settings.image_size,
+            config.model, self._pretrained(init, seed), len(self.vqa_data.answers), settings.image_size,
             use_map_tokens=settings.map_tokens, pretrained_text=init.text_base)
         result = fine_tune_vqa(model, preprocess_cfg, tokenizer, self.vqa_data, batch_size=settings.batch_size,
                                encoder_lr=settings.encoder_lr, fusion_lr=settings.fusion_lr,
@@ -279,7 +298,7 @@ class Runner:
         data = self.medpix[cell.task.removeprefix("medpix-")]
         settings = replace(self.config.classification.finetune, precision=self.config.precision)
         classifier, preprocess_cfg = build_image_classifier(
-            self.config.model, self._pretrained(init), len(data.classes), self.config.classification.image_size)
+            self.config.model, self._pretrained(init, cell.seed), len(data.classes), self.config.classification.image_size)
         train = data.train.select(stratified_subset(data.train.targets, cell.fraction, cell.seed))
         details = fine_tune_softmax(classifier, preprocess_cfg, train, data.dev, data.test, settings, cell.seed,
                                     self.config.device, self.config.progress)
@@ -297,12 +316,12 @@ class Runner:
 
     def _split_features(self, init: Init, label: str, seed: int) -> dict:
         """The frozen tower's features of every split, once per initialisation (and per seed for a
-        random one, whose weights the seed draws)."""
-        key = (init.name, label, seed if init.checkpoint is None else None)
+        random one, whose weights the seed draws, or one with a checkpoint per seed)."""
+        key = (init.name, label, seed if init.checkpoint is None or init.per_seed else None)
         if key not in self._features:
             data, settings = self.medpix[label], self.config.classification
             classifier, preprocess_cfg = build_image_classifier(
-                self.config.model, self._pretrained(init), len(data.classes), settings.image_size)
+                self.config.model, self._pretrained(init, seed), len(data.classes), settings.image_size)
             self._features[key] = {
                 split: image_features(classifier.tower, preprocess_cfg, getattr(data, split),
                                       settings.feature_batch_size, self.config.device)
@@ -595,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> DownstreamConfig:
     """The run's config; every bad input stops here with one message (parser.error)."""
     try:
-        inits = [parse_init(spec) for spec in args.inits]
+        inits = [parse_init(spec, args.seeds) for spec in args.inits]
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     names = [init.name for init in inits]

@@ -156,6 +156,15 @@ def test_init_specs(tmp_path):
         parse_init(f"baseline={tmp_path / 'missing.pt'}")
 
 
+def test_a_checkpoint_per_seed(tmp_path):
+    for seed in (0, 1):
+        (tmp_path / f"all_five-seed{seed}.pt").write_bytes(b"x")
+    init = parse_init(f"unimlip={tmp_path}/all_five-seed{{seed}}.pt", seeds=(0, 1))
+    assert init.per_seed and init.checkpoint_for(1) == tmp_path / "all_five-seed1.pt"
+    with pytest.raises(FileNotFoundError, match="all_five-seed2.pt"):
+        parse_init(f"unimlip={tmp_path}/all_five-seed{{seed}}.pt", seeds=(0, 1, 2))
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--init", "baseline"], "unknown initialisation"),
     (["--init", "baseline=/nonexistent/itc_mlm.pt"], "not found"),
@@ -217,12 +226,14 @@ def test_tiny_run_on_the_real_releases_writes_both_tables(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch.manual_seed(7)
-        checkpoint = tmp_path / "saved.pt"  # a plain state dict, as the ablation's stage1.pt
-        torch.save(open_clip.create_model("unimlip-tiny", pretrained_text=False).state_dict(), checkpoint)
+        for seed in (0, 1):  # plain state dicts, one per seed, as the MedPix ablation keeps them
+            torch.manual_seed(7 + seed)
+            torch.save(open_clip.create_model("unimlip-tiny", pretrained_text=False).state_dict(),
+                       tmp_path / f"saved-seed{seed}.pt")
         out = tmp_path / "out"
         report = real_downstream.main([
-            "--init", "random", "--init", f"saved={checkpoint}", "--reference", "random", "--data-root", str(DATA),
+            "--init", "random", "--init", f"saved={tmp_path}/saved-seed{{seed}}.pt", "--reference", "random",
+            "--data-root", str(DATA),
             "--out", str(out), "--limit", "16", "--seeds", "0", "1", "--vqa-batch-size", "8", "--cls-batch-size", "8",
             "--cls-max-epochs", "1", "--min-epoch-images", "16", "--workers", "0", "--no-progress",
             "--pretraining-note", "none: a test checkpoint of random weights"])
