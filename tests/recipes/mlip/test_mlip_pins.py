@@ -114,7 +114,8 @@ def test_each_terms_weight_scales_exactly_that_term(recipe, term):
 
 
 def test_divergence_contrasts_at_its_own_temperature_not_at_the_logit_scale():
-    x = {**_li_inputs(), "logit_scale": torch.tensor(20.0)}
+    x = _li_inputs()
+    assert x["logit_scale"].item() != 1 / 0.05  # a logit scale other than 1/τd
     loss = MlipLiLoss(weights={"global": 0, "local": 0, "prototype": 0}, divergence_temperature=0.05)
     value = loss(**x, output_dict=True)["divergence_loss"]
     expected = (_mean_of_both_directions(x["image_features"], x["divergence_image_features"], 1 / 0.05)
