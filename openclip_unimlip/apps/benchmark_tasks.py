@@ -25,7 +25,7 @@ import torch
 
 from openclip_unimlip.data.medpix import read_medpix
 from openclip_unimlip.data.roco import roco_rows
-from openclip_unimlip.data.shards import normalize_caption
+from openclip_unimlip.data.shards import Row, normalize_caption
 from openclip_unimlip.evaluation.classification import (
     FitConfig,
     autocast,
@@ -178,7 +178,7 @@ class RetrievalTask(Task):
     def load(self, root: Path, preset: Preset) -> RetrievalData:
         if self.dataset == "roco":
             rows = [(row.key, Path(row.image), row.caption) for row in roco_rows(root, splits=("test",))
-                    if hasattr(row, "key")]  # BadRow (a malformed line) has no key: left out
+                    if isinstance(row, Row)]  # a BadRow (a malformed line) is left out
         elif self.dataset == "medpix":
             rows = [(image.image_id, image.image, image.caption) for image in read_medpix(root, "test")]
         else:

@@ -19,6 +19,7 @@ from scipy import stats
 
 from openclip_unimlip.apps import benchmark, real_downstream
 from openclip_unimlip.apps.benchmark_datasets import DATASETS, find_datasets
+from openclip_unimlip.apps.benchmark_tasks import RetrievalTask
 from openclip_unimlip.data.medpix import read_medpix
 from openclip_unimlip.data.shards import normalize_caption
 from openclip_unimlip.evaluation.retrieval import evaluate_retrieval
@@ -311,6 +312,21 @@ def test_every_release_layout_is_found_under_its_folder_names(tmp_path):
     assert statuses["mimic"].path == release
     assert "validate.json, test.json, imgs missing" in statuses["slake"].message
     assert {s.status for s in find_datasets(tmp_path / "roco-dataset")} == {"skipped"}
+
+
+def test_roco_test_pairs_are_read_from_the_release(tmp_path):
+    folder = tmp_path / "data" / "test" / "radiology"
+    _touch(folder / "captions.txt", "ROCO_00001\t CT of the  head.\nROCO_00002\tChest X-ray\nROCO_00003\tno image\n"
+                                    "ROCO_00004\t \n")
+    _touch(folder / "dlinks.txt", "ROCO_00005\twget ftp://x/PMC1.tar.gz\tfig.jpg\n")  # a link without a caption
+    (folder / "images").mkdir()
+    for name in ("ROCO_00001", "ROCO_00002", "ROCO_00004", "ROCO_00005"):
+        Image.new("RGB", (8, 8)).save(folder / "images" / f"{name}.jpg")
+    data = RetrievalTask("roco").load(tmp_path, benchmark.CI)
+    assert [(p.key, p.caption) for p in data.pairs] == [("ROCO_00001", "CT of the head."), ("ROCO_00002", "Chest X-ray")]
+    assert data.left_out == 3  # no image file; an empty caption; no caption at all
+    chance = RetrievalTask("roco").chance(data, benchmark.CI)
+    assert chance["image_to_text_R@1"] == 0.5 and chance["text_to_image_R@10"] == 1.0  # 2 pairs: K / N, at most 1
 
 
 @pytest.mark.parametrize("bad_args, message", [
