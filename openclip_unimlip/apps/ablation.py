@@ -256,9 +256,9 @@ def run_grid(config: AblationConfig) -> dict:
                 logging.info("%s: I2T R@1 %.1f%%, T2I R@1 %.1f%% (%.0f s)", run_name(key, seed),
                              100 * metrics["image_to_text_R@1"], 100 * metrics["text_to_image_R@1"],
                              result["train_seconds"])
-                write_outputs(config)
+                write_outputs(config, data.description)
                 runs.update(1)
-    return write_outputs(config)
+    return write_outputs(config, data.description)
 
 
 def _origin(config: AblationConfig) -> str:
@@ -514,7 +514,9 @@ def plot_summary(summary: Dict[str, dict], path: Path) -> Path:
     return path
 
 
-def write_outputs(config: AblationConfig) -> dict:
+def write_outputs(config: AblationConfig, data_description: Optional[str] = None) -> dict:
+    """``ablation.json`` (settings, stage 1, summary, kept weights, every run), ``ablation.md`` (the
+    tables, under a line on the data when ``data_description`` is given) and ``ablation.png``."""
     out = Path(config.out)
     records = _load_records(config)
     summary = summarize(records, config.rows)
@@ -524,7 +526,7 @@ def write_outputs(config: AblationConfig) -> dict:
                 "data": asdict(config.data), "pretrain": asdict(config.pretrain), "seeds": list(config.seeds),
                 "protocol": "two-stage" if config.two_stage else "from scratch", "stage1_epochs": config.stage1_epochs,
                 "stage1_seed": config.stage1_seed, "simclr_start_epoch": 0 if config.two_stage else config.simclr_start_epoch,
-                "eval_num_samples": config.eval_num_samples, **config.extra}
+                "eval_num_samples": config.eval_num_samples, "data_description": data_description, **config.extra}
     # the kept stage-2 weights, for the downstream experiments: {row: {seed: path}}
     checkpoints: Dict[str, Dict[int, str]] = {}
     for record in records:
@@ -532,7 +534,8 @@ def write_outputs(config: AblationConfig) -> dict:
             checkpoints.setdefault(record["row"], {})[record["seed"]] = record["checkpoint"]
     (out / "ablation.json").write_text(json.dumps({"settings": settings, "stage1": stage1, "summary": summary,
                                                    "checkpoints": checkpoints, "runs": records}, indent=2))
-    (out / "ablation.md").write_text(format_tables(summary, stage1))
+    header = f"Data: {data_description}.\n\n" if data_description else ""
+    (out / "ablation.md").write_text(header + format_tables(summary, stage1))
     if summary:
         plot_summary(summary, out / "ablation.png")
     return summary
