@@ -26,6 +26,7 @@ from openclip_unimlip.evaluation.retrieval import DIRECTIONS, RECALL_KS
 RETRIEVAL_COLUMNS = [(f"{d}_R@{k}", f"{'I2T' if d == 'image_to_text' else 'T2I'} R@{k}")
                      for d in DIRECTIONS for k in RECALL_KS]
 VQA_COLUMNS = [("open", "Open"), ("closed", "Closed"), ("overall", "Overall")]
+VQA_DATASET_NAMES = {"vqa-rad": "VQA-RAD", "slake": "Slake"}
 INTERVAL_NOTE = "ours: mean over seeds [95 % Student t-interval over seeds], in %"
 
 
@@ -167,7 +168,7 @@ def medpix_classification_table(report: dict, fractions: Sequence[float]) -> dic
 
 
 def table2(report: dict) -> dict:
-    names = {"vqa-rad": "VQA-RAD", "slake": "Slake"}
+    names = VQA_DATASET_NAMES
     columns = [(f"{d}/{m}", f"vqa-{d}", None, m) for d in reported.TABLE2_DATASETS for m, _ in VQA_COLUMNS]
     rows = _ours(report, columns) + [_chance(report, columns, "the training split's most common answer per "
                                                               "question type (open, closed)")]
@@ -269,7 +270,8 @@ def format_markdown(report: dict, plots: Dict[str, List[str]]) -> str:
 # ----------------------------------------------------------------------------- plots
 def _bars(table: dict, keys: Sequence[str], labels: Sequence[str], path: Path, title: str,
           with_reported: bool) -> None:
-    rows = [r for r in table["rows"] if r["kind"] == "ours" or (with_reported and r["kind"] == "reported")]
+    rows = [r for r in table["rows"] if (r["kind"] == "ours" and any("mean" in r["cells"][k] for k in keys))
+            or (with_reported and r["kind"] == "reported")]
     figure = Figure(figsize=(max(6.0, 1.4 * len(keys) + 0.4 * len(rows)), 4.5))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -282,8 +284,9 @@ def _bars(table: dict, keys: Sequence[str], labels: Sequence[str], path: Path, t
             value = cell.get("mean", cell.get("value"))
             heights.append(value if value is not None else 0.0)
             low, high = cell.get("low"), cell.get("high")
-            errors[0].append(value - low if low is not None else 0.0)
-            errors[1].append(high - value if high is not None else 0.0)
+            # drawn inside the metric's range: a t-interval over two or three seeds can overshoot 0 or 100
+            errors[0].append(value - max(low, 0.0) if low is not None else 0.0)
+            errors[1].append(min(high, 100.0) - value if high is not None else 0.0)
         axes.bar(positions + (i - (len(rows) - 1) / 2) * width, heights, width, label=row["label"],
                  yerr=errors if row["kind"] == "ours" else None, capsize=2,
                  hatch="//" if row["kind"] == "reported" else None, alpha=0.6 if row["kind"] == "reported" else 1.0)
@@ -294,9 +297,10 @@ def _bars(table: dict, keys: Sequence[str], labels: Sequence[str], path: Path, t
             axes.hlines(value, position - 0.45, position + 0.45, colors="black", linestyles=":",
                         label="chance" if position == 0 else None)
     axes.set_xticks(positions, labels)
+    axes.set_ylim(bottom=0)
     axes.set_ylabel("%")
     axes.set_title(title, fontsize="medium")
-    axes.legend(fontsize="x-small", loc="upper left")
+    axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.savefig(path, dpi=110, bbox_inches="tight")
 
 
@@ -321,6 +325,7 @@ def write_plots(report: dict, folder: Path) -> Dict[str, List[str]]:
                     continue
                 path = folder / f"table2-{dataset}.png"
                 _bars(table, keys, [label for _, label in VQA_COLUMNS], path,
-                      f"{dataset}: VQA accuracy by question type (%)", with_reported=True)
+                      f"{VQA_DATASET_NAMES[dataset]}: accuracy by question type (%), reported rows hatched",
+                      with_reported=True)
                 plots.setdefault("table2", []).append(f"plots/{path.name}")
     return plots
