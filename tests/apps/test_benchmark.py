@@ -245,6 +245,30 @@ def test_plan_lists_the_cells_and_runs_nothing(run, tmp_path, capsys):
     assert "broken classification: measured on finished cells of unimlip-tiny" in capsys.readouterr().out
 
 
+@needs_data
+def test_a_failing_cell_stops_the_rest_of_its_task_and_nothing_else(tmp_path):
+    def flaky(self, cell):  # retrieval raises; classification returns at once (the loop is under test)
+        if cell.task == "retrieval-medpix":
+            raise RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
+        return {**cell.__dict__, "origin": self.origin(cell), "seconds": 0.0, "units": 1.0, "model": "unimlip-tiny",
+                "metrics": {"macro_auc": 0.5 + 0.1 * cell.seed}, "details": {}}
+
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(benchmark.Benchmark, "run_cell", flaky)
+        report = benchmark.main(["--model", "unimlip-tiny", "--data-root", str(DATA), "--datasets", "medpix",
+                                 "--out", str(out), "--preset", "ci", "--no-progress"])
+    (failure,) = report["failures"]  # seed 0's retrieval; seed 1's is not tried
+    assert (failure["task"], failure["seed"]) == ("retrieval-medpix", 0)
+    assert failure["message"] == "RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"
+    cells = report["cells"]
+    assert (cells["done"], cells["failed"], cells["stopped"]) == (4, 1, 1)  # classification: 2 seeds x 2 fractions
+    assert sorted(p.name for p in (out / "cells" / "unimlip-tiny").iterdir()) == sorted(
+        f"classification-medpix__{f}pct__seed{s}.json" for f in (10, 100) for s in SEEDS)
+    assert ("- unimlip-tiny / retrieval-medpix seed 0: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"
+            in (out / "benchmark.md").read_text())
+
+
 # ----------------------------------------------------------------------------- the tables
 @real_data
 def test_tables_hold_seed_intervals_chance_and_reported_rows(run):
