@@ -122,10 +122,12 @@ def test_an_explicit_start_wins_and_nothing_frozen_needs_no_warmup(trainer, argv
 
 def test_an_explicit_zero_from_scratch_is_refused_before_the_run_folder(trainer, tmp_path):
     _, main = trainer
+    refusal = re.escape("error: SimCLR with frozen BatchNorm statistics from epoch 0 without --pretrained "
+                        f"(--unimlip-simclr-start-epoch 0) {INITIAL_STATISTICS}")
+    with pytest.raises(SystemExit, match=refusal):
+        _parse(trainer, "--epochs", "4", "--unimlip-simclr-start-epoch", "0")
     logs = tmp_path / "logs"
-    with pytest.raises(SystemExit, match=re.escape(
-            "error: SimCLR with frozen BatchNorm statistics from epoch 0 without --pretrained "
-            f"(--unimlip-simclr-start-epoch 0) {INITIAL_STATISTICS}")):
+    with pytest.raises(SystemExit, match=refusal):
         main.main([*ENV_ARGS, "--train-num-samples", "4", "--batch-size", "2", "--epochs", "2", "--workers", "0",
                    "--logs", str(logs), "--name", "refused", "--unimlip-simclr-start-epoch", "0"])
     assert not logs.exists()  # nothing started
