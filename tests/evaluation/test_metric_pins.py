@@ -32,29 +32,6 @@ def _write_images(folder, levels):
     return paths
 
 
-# ----- chance levels -----------------------------------------------------------------------------
-def _chance_by_enumeration(num_candidates: int, k: int) -> float:
-    """R@K of a uniformly random ranking: over every ordering of the candidates, the fraction that
-    puts the positive (candidate 0) among the first K."""
-    orders = list(itertools.permutations(range(num_candidates)))
-    return sum(order.index(0) < k for order in orders) / len(orders)
-
-
-def test_chance_recall_is_that_of_a_random_ranking(tmp_path):
-    """The demo's and the ablation's chance line (experiment.evaluate_checkpoint) is R@K of a random
-    ranking of the N evaluated pairs: K/N, and 1 once K >= N (7 pairs: R@10 is certain)."""
-    from openclip_unimlip.apps.experiment import evaluate_checkpoint
-
-    num_pairs = 7
-    paths = _write_images(tmp_path / "images", [30 * i for i in range(num_pairs)])
-    table = tmp_path / "pairs.csv"
-    table.write_text("filepath\ttitle\n" + "".join(f"{p}\tcaption number {i}\n" for i, p in enumerate(paths)))
-    result = evaluate_checkpoint(MODEL, None, str(table), num_samples=None, batch_size=8)
-    assert len(result.pairs) == num_pairs
-    assert result.chance == pytest.approx({k: _chance_by_enumeration(num_pairs, k) for k in (1, 5, 10)})
-    assert result.summary()["chance"]["R@5"] == pytest.approx(5 / 7)
-
-
 # ----- ranks, mean and median rank ---------------------------------------------------------------
 def test_ranks_equal_scipy_rankdata_in_both_directions():
     """The rank of a positive is its 'max' rank among the candidates sorted best first (ties count
@@ -151,3 +128,26 @@ def test_zero_shot_scores_clip_benchmarks_logits(tmp_path):
     assert ours == pytest.approx(expected, abs=1e-6)
     # the check can fail: at scale 1 the same classifier scores another AUC
     assert zero_shot_metrics(logits / 100, targets)["macro_auc"] != pytest.approx(expected["macro_auc"], abs=1e-6)
+
+
+# ----- chance levels -----------------------------------------------------------------------------
+def _chance_by_enumeration(num_candidates: int, k: int) -> float:
+    """R@K of a uniformly random ranking: over every ordering of the candidates, the fraction that
+    puts the positive (candidate 0) among the first K."""
+    orders = list(itertools.permutations(range(num_candidates)))
+    return sum(order.index(0) < k for order in orders) / len(orders)
+
+
+def test_chance_recall_is_that_of_a_random_ranking(tmp_path):
+    """The demo's and the ablation's chance line (experiment.evaluate_checkpoint) is R@K of a random
+    ranking of the N evaluated pairs: K/N, and 1 once K >= N (7 pairs: R@10 is certain)."""
+    from openclip_unimlip.apps.experiment import evaluate_checkpoint
+
+    num_pairs = 7
+    paths = _write_images(tmp_path / "images", [30 * i for i in range(num_pairs)])
+    table = tmp_path / "pairs.csv"
+    table.write_text("filepath\ttitle\n" + "".join(f"{p}\tcaption number {i}\n" for i, p in enumerate(paths)))
+    result = evaluate_checkpoint(MODEL, None, str(table), num_samples=None, batch_size=8)
+    assert len(result.pairs) == num_pairs
+    assert result.chance == pytest.approx({k: _chance_by_enumeration(num_pairs, k) for k in (1, 5, 10)})
+    assert result.summary()["chance"]["R@5"] == pytest.approx(5 / 7)
