@@ -167,3 +167,16 @@ def test_caption_prefix_limit_image_size_and_exclusion(tmp_path):
     report = convert_medpix(MEDPIX, tmp_path / "test", splits=("test",), exclude_ids=VQA_RAD_OVERLAP, formats="csv")
     test = {r["image"] for r in split_lines("test")}
     assert report.splits["test"].num_samples == len(test - VQA_RAD_OVERLAP)
+
+
+def test_a_malformed_line_is_a_bad_row_for_the_converter_and_an_error_for_the_reader(tmp_path):
+    release = tmp_path / "MedPix-2-0"
+    small_release(release, per_split=2)
+    train_file = release / "splitted_dataset" / "descriptions_train.jsonl"
+    train_file.write_text(train_file.read_text() + '{"Type": "CT", "U_id": "MPX1"}\n')  # no image, no Description
+    report = convert_medpix(tmp_path, tmp_path / "out", splits=("train",))
+    bad = pd.read_csv(report.report_path)
+    assert bad.reason.tolist() == ["malformed_row"] and bad.source.tolist() == ["splitted_dataset/descriptions_train.jsonl:4"]
+    assert report.splits["train"].num_samples == 3
+    with pytest.raises(ValueError, match="malformed MedPix record at splitted_dataset/descriptions_train.jsonl:4"):
+        read_medpix(tmp_path, "train")
