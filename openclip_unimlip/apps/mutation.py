@@ -10,6 +10,7 @@ working when modules move; a snippet that is not found exactly once is an error,
 pass. The copy, not the editable install, is what the tests import: it goes first on
 ``PYTHONPATH`` (the ``.pth`` autoload hook then also imports it), which is checked for every run.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 PACKAGE = "openclip_unimlip"
+CONFIG_DIR = "model_configs"  # the shipped OpenCLIP model JSONs, beside the package in a checkout
 FAST_SUITE = ("tests",)
 # outside a git checkout, not copied: environments, VCS, caches and run outputs
 _SKIPPED_AT_TOP = {".git", ".venv", "data", "runs", "logs", "reports", "build", "dist"}
@@ -116,16 +118,23 @@ def copy_tree(root: Path, destination: Path) -> Path:
     return destination
 
 
+def mutable_files(package_dir: Path) -> List[Path]:
+    """Where a break may be: the package's Python files and the shipped model configs beside it
+    (``model_configs/*.json`` of the source tree, which the package reads in a checkout)."""
+    return sorted(package_dir.rglob("*.py")) + sorted((package_dir.parent / CONFIG_DIR).glob("*.json"))
+
+
 def locate(package_dir: Path, snippet: str) -> Path:
-    """The one package file containing ``snippet`` exactly once; MutationError otherwise."""
+    """The one package or model-config file containing ``snippet`` exactly once; MutationError otherwise."""
     hits = []
-    for path in sorted(package_dir.rglob("*.py")):
+    for path in mutable_files(package_dir):
         count = path.read_text().count(snippet)
         if count:
             hits.append((path, count))
     if len(hits) != 1 or hits[0][1] != 1:
         where = ", ".join(f"{p.relative_to(package_dir.parent)} x{c}" for p, c in hits) or "nowhere"
-        raise MutationError(f"snippet must occur exactly once in {package_dir.name}/, found {where}:\n{snippet}")
+        raise MutationError(f"snippet must occur exactly once in {package_dir.name}/ and {CONFIG_DIR}/, "
+                            f"found {where}:\n{snippet}")
     return hits[0][0]
 
 
@@ -134,9 +143,13 @@ def mutated_source(package_dir: Path, mutation: Mutation) -> Tuple[Path, str]:
     path = locate(package_dir, mutation.find)
     source = path.read_text().replace(mutation.find, mutation.replace)
     try:
-        compile(source, str(path), "exec")
-    except SyntaxError as exc:
-        raise MutationError(f"mutation {mutation.name!r} makes {path.name} invalid Python: {exc}") from exc
+        if path.suffix == ".json":
+            json.loads(source)
+        else:
+            compile(source, str(path), "exec")
+    except (SyntaxError, ValueError) as exc:
+        kind = "JSON" if path.suffix == ".json" else "Python"
+        raise MutationError(f"mutation {mutation.name!r} makes {path.name} invalid {kind}: {exc}") from exc
     return path, source
 
 
@@ -199,9 +212,14 @@ def _run_on_copy(root: Path, mutation: Optional[Mutation], tests: Sequence[str],
     """(pytest's exit code or None on timeout, output tail, mutated module) on a fresh copy of ``root``."""
     with tempfile.TemporaryDirectory(prefix="unimlip-mutation-") as tmp:
         copy_root = copy_tree(root, Path(tmp) / "src")
-        probe = apply(copy_root / PACKAGE, mutation) if mutation else copy_root / PACKAGE / "__init__.py"
-        module = _module_name(copy_root, probe)
-        origin = imported_origin(copy_root, module if mutation else PACKAGE)
+        mutated = apply(copy_root / PACKAGE, mutation) if mutation else None
+        if mutated is not None and mutated.suffix == ".py":
+            probe, module = mutated, _module_name(copy_root, mutated)
+            origin = imported_origin(copy_root, module)
+        else:  # unmutated, or a model config, read from beside the imported package: the copy's must be it
+            probe = copy_root / PACKAGE / "__init__.py"
+            module = mutated.relative_to(copy_root).as_posix() if mutated is not None else PACKAGE
+            origin = imported_origin(copy_root, PACKAGE)
         if origin != probe.resolve():
             raise RuntimeError(f"the tests would import {origin}, not the copy {probe}: "
                                "check PYTHONPATH and the editable install")
