@@ -44,3 +44,17 @@ def captions(tokenizer):
         "ultrasound image showing an irregular bright nodule near the centre",
     ]
     return tokenizer(texts)
+
+
+@pytest.fixture(autouse=True)
+def _plugin_run_state_cleared():
+    """A test that parses trainer arguments in-process leaves the plugin's per-run state set
+    (``seam.patches``: the parsed ``--unimlip-*`` options); clear it so that the next test's
+    ``train_one_epoch`` does not apply another run's SimCLR phase."""
+    yield
+    import sys
+
+    patches = sys.modules.get("openclip_unimlip.seam.patches")
+    if patches is not None:
+        patches._trainer_options = None
+        patches._simclr_start_reason = None
