@@ -56,6 +56,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from openclip_unimlip.evaluation.retrieval import positive_ranks
 from openclip_unimlip.apps.experiment import (DATASETS, DataConfig, ExperimentData, MedpixConfig, PretrainConfig,
+                                              check_medpix_root,
                                               RetrievalResult, ensure_data, evaluate_checkpoint, run_pretraining)
 from openclip_unimlip.apps.paired_bootstrap import paired_difference
 
@@ -623,16 +624,9 @@ def parse_args(argv=None):
     if args.stage1_epochs is not None and args.from_scratch:
         parser.error("--stage1-epochs and --from-scratch exclude each other")
     if args.dataset == "medpix":
-        from openclip_unimlip.data.medpix import release_dir
-
         if args.full or args.num_samples is not None:
             parser.error("--full and --num-samples apply to the embedded dataset only")
-        if args.data_root is None:
-            parser.error("--dataset medpix needs --data-root: the MedPix-2-0 folder of the CHILab1/MedPix-2.0 repository")
-        try:
-            release_dir(args.data_root)
-        except ValueError as exc:
-            parser.error(str(exc))
+        check_medpix_root(parser, args.data_root)
     return args
 
 

@@ -22,6 +22,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from openclip_unimlip.evaluation.retrieval import DIRECTIONS, RECALL_KS, format_retrieval_table, retrieve_top_k
 from openclip_unimlip.apps.experiment import (DATASETS, DataConfig, ExperimentData, MedpixConfig, PretrainConfig,
+                                              check_medpix_root,
                                               PretrainRun, RetrievalResult, ensure_data, evaluate_checkpoint,
                                               mean_r1, run_pretraining)
 from openclip_unimlip.recipes.unimlip.terms import TERMS
@@ -322,14 +323,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.dataset == "medpix":
-        from openclip_unimlip.data.medpix import release_dir
-
-        if args.data_root is None:
-            parser.error("--dataset medpix needs --data-root: the MedPix-2-0 folder of the CHILab1/MedPix-2.0 repository")
-        try:
-            release_dir(args.data_root)
-        except ValueError as exc:
-            parser.error(str(exc))
+        check_medpix_root(parser, args.data_root)
     return args
 
 

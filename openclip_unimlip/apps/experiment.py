@@ -11,6 +11,7 @@ Training runs in a subprocess (``python -m open_clip_train.main``) exactly as a 
 launch it: the plugin's patches, OpenCLIP's data pipeline,
 scheduler, logging and checkpointing are all the real ones.
 """
+import argparse
 import json
 import logging
 import os
@@ -126,6 +127,19 @@ def ensure_data(config: Union[DataConfig, MedpixConfig], progress: bool = False)
         eval_num_samples=data.val_num_samples, eval_split="val",
         description=f"embedded dataset in `{config.root}`: {config.num_samples} pairs ({data.train_num_samples} "
                     f"train, {data.val_num_samples} val), {config.image_size} px, seed {config.seed}")
+
+
+def check_medpix_root(parser: argparse.ArgumentParser, data_root: Optional[Path]) -> None:
+    """One parser error, before anything starts, for a missing ``--data-root`` or a folder that is not
+    the MedPix 2.0 release (the demo's and the ablation's ``--dataset medpix``)."""
+    from openclip_unimlip.data.medpix import release_dir
+
+    if data_root is None:
+        parser.error("--dataset medpix needs --data-root: the MedPix-2-0 folder of the CHILab1/MedPix-2.0 repository")
+    try:
+        release_dir(data_root)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def ensure_medpix_data(config: MedpixConfig, progress: bool = False) -> ExperimentData:
