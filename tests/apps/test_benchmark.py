@@ -376,7 +376,7 @@ def test_the_console_command_names_this_main():
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     module, function = scripts["unimlip-benchmark"].split(":")
-    assert getattr(importlib.import_module(module), function) is benchmark.main
+    assert getattr(importlib.import_module(module), function) is benchmark.cli
     assert os.access(REPO / "scripts" / "benchmark.py", os.R_OK)
 
 
@@ -418,3 +418,25 @@ def test_chest_xray_cell_equals_finetune_classification_script_and_fills_table1(
     assert rows["M-FLAG (reported)"]["nih@1 %"] == {"value": 62.2}
     markdown = (out / "benchmark.md").read_text()
     assert "| Uni-Mlip (reported) | reported | 73.2 | 79.1 | 82.0 | 69.1 | 75.3 | 79.8 | 65.6 | 76.4 | 82.9 |" in markdown
+
+
+def test_the_console_entry_point_exits_0_after_a_plan(tmp_path):
+    """pyproject's ``unimlip-benchmark`` entry point, called as a console script is (``sys.exit`` of
+    its return value): a finished run exits 0, not 1 with a printed report."""
+    import tomllib
+    from importlib import import_module
+
+    target = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["unimlip-benchmark"]
+    module, function = target.split(":")
+    entry = getattr(import_module(module), function)
+    import sys as _sys
+    argv = _sys.argv
+    (tmp_path / "empty").mkdir()
+    _sys.argv = ["unimlip-benchmark", "--model", "unimlip-tiny", "--data-root", str(tmp_path / "empty"),
+                 "--out", str(tmp_path / "out"), "--plan"]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            _sys.exit(entry())
+    finally:
+        _sys.argv = argv
+    assert exit_info.value.code in (None, 0)
