@@ -142,17 +142,19 @@ def check_medpix_root(parser: argparse.ArgumentParser, data_root: Optional[Path]
         parser.error(str(exc))
 
 
-def ensure_medpix_data(config: MedpixConfig, progress: bool = False) -> ExperimentData:
+def ensure_medpix_data(config: MedpixConfig, progress: bool = False, train_limit: Optional[int] = None) -> ExperimentData:
     """MedPix 2.0 converted into ``config.root`` (resumable: complete shards are reused):
     ``pretrain/train/`` the official train split without ``VQA_RAD_OVERLAP`` (ours: a model pretrained here
     can then be evaluated on VQA-RAD without having seen its images), ``eval/val/`` the dev split
-    and ``eval/test/`` the test split, complete. Raises ValueError for a folder that is not the release."""
+    and ``eval/test/`` the test split, complete; ``train_limit`` keeps only the first train images
+    (whole cases, file order: quick runs and tests). Raises ValueError for a folder that is not the release."""
     from openclip_unimlip.data.medpix import EXCLUDED_NAME, VQA_RAD_OVERLAP, convert_medpix, release_dir
 
     release = release_dir(config.release)
     root = Path(config.root)
     options = dict(shard_size=config.shard_size, image_size=config.image_size, progress=progress)
-    train = convert_medpix(release, root / "pretrain", splits=("train",), exclude_ids=VQA_RAD_OVERLAP, **options)
+    train = convert_medpix(release, root / "pretrain", splits=("train",), exclude_ids=VQA_RAD_OVERLAP,
+                           limit=train_limit, **options)
     evaluation = convert_medpix(release, root / "eval", splits=("dev", "test"), **options)
     for report in (train, evaluation):
         if report.bad_rows:
