@@ -571,12 +571,12 @@ PRESETS = {
     # MedPix 2.0 on 2 CPU cores: 1636 train images (the official train split less the 17 that
     # VQA-RAD also holds), batch 64: 26 steps an epoch. Stage 1: 20 epochs (520 steps, more than
     # the 17 epochs x 19 steps the embedded stage 1 took to plateau); stage 2: 8 trained rows x
-    # 3 seeds x 2 epochs (52 steps), plus the untrained row's evaluations. Estimate for an idle
-    # machine, about 65 min: a step costs what a "cpu" step does (same model, batch, 96 px and
-    # 32-token context, so the same tensor shapes), measured idle there at 1.64 s a stage-1 step
-    # (5.2 min for 190 steps with their val passes) and 98.6 s a 38-step stage-2 run with its
-    # start-up and evaluations (34.5 min for 21), i.e. ~30 s + 1.8 s a step: stage 1 14 min,
-    # stage 2 24 x 124 s = 50 min, the untrained row ~1 min, the conversion under 1 min.
+    # 3 seeds x 2 epochs (52 steps), plus the untrained row's evaluations. Measured here on
+    # 2026-12-03 with one core busy elsewhere (load ~1.7): conversion 22 s, a stage-1 step 3.4 s
+    # (median of 26; ~5 s a dev val pass), a stage-2 step 3.1 s, ~10 s start-up and ~13 s of
+    # evaluations and kept weights per run: ~1.8 h for the grid at that load. Alone on the machine
+    # a step takes about half (the "cpu" preset's steps, same tensor shapes, ran at 1.64 s with
+    # their val passes, 5.2 min for 190): stage 1 ~17 min, 24 stage-2 runs ~46 min, about 65 min.
     "medpix": Preset(num_samples=None, val_fraction=None, shard_size=500, stage1_epochs=20, epochs=2,
                      simclr_start_epoch=1, batch_size=64, lr=1e-3, warmup=10, workers=1, seeds=(0, 1, 2)),
 }
