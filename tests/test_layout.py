@@ -1,11 +1,18 @@
 """The package's shape (README, "Development"): every module imports, each recipe is a peer
-sub-package of ``recipes/`` holding its own model class and loss factory, and the public names
-users import resolve to the recipe's modules."""
+sub-package of ``recipes/`` holding its own model class and loss factory, the public names
+users import resolve to the recipe's modules, and the developer tooling (``tools/``) stays out
+of the installed package."""
+import ast
 import importlib
 import pkgutil
+import tomllib
 
 import openclip_unimlip
 from openclip_unimlip.recipes import RECIPES
+
+from paths import REPO  # noqa: E402
+PACKAGE = REPO / "openclip_unimlip"
+TOOLS = ("mutation", "bench", "bench_data", "gpu_check")  # the harness, the two benchmarks, the GPU check
 
 
 def test_every_module_of_the_package_imports():
@@ -36,3 +43,36 @@ def test_the_public_names_come_from_the_unimlip_recipe():
     for obj in (StrongViews, UniMlip, UniMlipCfg, UniMlipLoss, set_batchnorm_stats_frozen):
         assert obj.__module__.startswith("openclip_unimlip.recipes.unimlip."), obj
     assert TERMS == ("itc", "image_perturbed_itc", "text_perturbed_itc", "simclr", "mlm")
+
+
+def test_developer_tools_sit_beside_the_package_and_outside_the_wheel():
+    """hatch's wheel target ships the listed packages (plus the force-included files) only, so a
+    folder beside the package is left out; the tools are there and nowhere in the package."""
+    build = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
+    assert build["packages"] == ["openclip_unimlip"]
+    assert not any(path.split("/")[0] == "tools" for path in [*build.get("force-include", {}),
+                                                              *build.get("force-include", {}).values()])
+    assert (REPO / "tools" / "__init__.py").is_file()
+    for name in TOOLS:
+        assert (REPO / "tools" / f"{name}.py").is_file(), name
+        assert not list(PACKAGE.rglob(f"{name}.py")), name
+        assert importlib.import_module(f"tools.{name}").__file__ == str(REPO / "tools" / f"{name}.py")
+
+
+def test_the_package_never_imports_the_tools():
+    """An installed package has no ``tools`` to import: not one import statement or dotted name of
+    the package may reach it (the tools import the package, not the other way round)."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""] if node.level == 0 else []
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                modules = [node.value] if node.value.startswith("tools.") else []
+            else:
+                continue
+            offenders += [f"{path.relative_to(REPO)}:{node.lineno} {m}" for m in modules if m.split(".")[0] == "tools"]
+    assert not offenders

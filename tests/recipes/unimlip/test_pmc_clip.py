@@ -50,7 +50,7 @@ def _random_pmc_clip_checkpoint(seed: int = 0) -> dict:
 
 def _bert_base_dir(root: Path) -> Path:
     """BiomedBERT's shape offline: a random-init BERT-base (transformers' BertConfig defaults, as
-    ``openclip_unimlip.apps.bench`` stands in) with MiniLM's WordPiece vocabulary (bert-base-uncased, 30522)."""
+    ``tools.bench`` stands in) with MiniLM's WordPiece vocabulary (bert-base-uncased, 30522)."""
     directory = root / "bert-base-random"
     BertConfig().save_pretrained(directory)
     AutoTokenizer.from_pretrained(resolve_text_model("sentence-transformers/all-MiniLM-L6-v2")).save_pretrained(directory)

@@ -4,8 +4,8 @@ import math
 import open_clip
 import pytest
 
-from openclip_unimlip.apps.bench import VARIANTS, run_step_benchmark
-from openclip_unimlip.apps.bench_data import PIPELINES, embedded_shards, format_data_table, run_data_benchmark
+from tools.bench import VARIANTS, run_step_benchmark
+from tools.bench_data import PIPELINES, embedded_shards, format_data_table, run_data_benchmark
 
 
 @pytest.fixture(scope="module")

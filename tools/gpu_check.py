@@ -1,6 +1,6 @@
 """One prepared check of the CUDA path, for a GPU machine that is lent for a few minutes.
 
-    python -m openclip_unimlip.apps.gpu_check --device cuda --size rn50 --out DIR
+    python -m tools.gpu_check --device cuda --size rn50 --out DIR      # from the repository root
 
 runs, in this order and each under its own time budget, so that one failing stage still
 leaves the others' numbers:
@@ -91,7 +91,7 @@ def run_cuda_tests(tests: str, timeout: float) -> Dict:
 def run_step(size: str, batch_size: int, device: str, iters: int, compile_model: bool) -> Dict:
     import torch
 
-    from openclip_unimlip.apps.bench import run_step_benchmark
+    from tools.bench import run_step_benchmark
 
     amp_dtype = torch.bfloat16 if device.startswith("cuda") else None
     report = run_step_benchmark(size, batch_size, device, ("clip", "unimlip"), warmup=2, iters=iters,
@@ -103,7 +103,7 @@ def run_step(size: str, batch_size: int, device: str, iters: int, compile_model:
 def data_shards(root: str, samples: int, image_size: int, workers: int):
     """The data benchmark's train shards, built when missing: two shards per worker at least,
     since open_clip_train asserts shards >= workers."""
-    from openclip_unimlip.apps.bench_data import embedded_shards
+    from tools.bench_data import embedded_shards
 
     return embedded_shards(root, samples, image_size, shard_size=max(1, samples // (2 * max(1, workers))))
 
@@ -111,7 +111,7 @@ def data_shards(root: str, samples: int, image_size: int, workers: int):
 def run_data(root: str, samples: int, image_size: int, workers: int, batch_size: int, device: str) -> Dict:
     import open_clip
 
-    from openclip_unimlip.apps.bench_data import format_data_table, run_data_benchmark
+    from tools.bench_data import format_data_table, run_data_benchmark
 
     shards = data_shards(root, samples, image_size, workers)
     measurements = run_data_benchmark(shards.pattern, shards.num_samples, open_clip.get_tokenizer("unimlip-tiny"),

@@ -1,11 +1,11 @@
-"""The mutation harness (openclip_unimlip/apps/mutation.py): every listed break still applies, stale or
+"""The mutation harness (tools/mutation.py): every listed break still applies, stale or
 ambiguous snippets are errors, the copy is what the tests import, and caught/survived are told apart."""
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from openclip_unimlip.apps import mutation
+from tools import mutation
 
 from paths import REPO, TESTS  # noqa: E402
 MUTATIONS = TESTS / "mutations"  # one TOML file per area

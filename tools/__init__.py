@@ -1,0 +1,4 @@
+"""Developer tooling of the checkout, kept out of the installed package (the wheel ships only
+``openclip_unimlip/``): the mutation harness, the step and data benchmarks and the GPU-readiness
+check. Run from the repository root; the thin CLIs are ``scripts/mutation_check.py``,
+``scripts/bench_train_step.py``, ``scripts/bench_data.py`` and ``scripts/gpu_check.sh``."""
