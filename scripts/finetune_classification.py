@@ -26,6 +26,7 @@ from typing import Optional, Sequence
 import torch
 
 from openclip_unimlip.evaluation import classification as cls
+from openclip_unimlip.evaluation import finetune
 from openclip_unimlip.evaluation.cxr_datasets import DATASET_LABELS, DEFAULT_PROTOCOL, PROTOCOLS, UNCERTAIN_POLICIES
 
 
@@ -50,16 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep lateral views (default: the protocol's rule)")
     views.add_argument("--frontal-only", dest="frontal_only", action="store_true", default=None,
                        help="keep frontal views only (default: the protocol's rule)")
-    parser.add_argument("--image-size", type=int, default=cls.DEFAULT_IMAGE_SIZE)
+    parser.add_argument("--image-size", type=int, default=finetune.DEFAULT_IMAGE_SIZE)
     parser.add_argument("--batch-size", type=int, default=None, help="default: 190 CheXpert, 150 MIMIC/NIH")
     parser.add_argument("--lr", type=float, default=cls.DEFAULT_LR)
-    parser.add_argument("--max-epochs", type=int, default=cls.DEFAULT_MAX_EPOCHS)
-    parser.add_argument("--patience", type=int, default=cls.DEFAULT_PATIENCE,
+    parser.add_argument("--max-epochs", type=int, default=finetune.DEFAULT_MAX_EPOCHS)
+    parser.add_argument("--patience", type=int, default=finetune.DEFAULT_PATIENCE,
                         help="epochs without validation macro-AUC gain before stopping")
     parser.add_argument("--limit", type=int, default=None, help="keep the first N images of each split")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", default="fp32", choices=cls.PRECISIONS)
+    parser.add_argument("--precision", default="fp32", choices=finetune.PRECISIONS)
     parser.add_argument("--output-dir", type=Path, default=Path("results/classification"))
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -75,7 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         data = cls.load_classification_data(
             args.dataset, args.data_root, args.fraction, args.seed, labels, args.uncertain,
             frontal_only=args.frontal_only, limit=args.limit, protocol=args.protocol)
-        classifier, preprocess_cfg = cls.build_image_classifier(
+        classifier, preprocess_cfg = finetune.build_image_classifier(
             args.model, args.pretrained, len(data.label_names), args.image_size)
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
@@ -86,7 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         classifier, preprocess_cfg, data,
         batch_size=args.batch_size or cls.DEFAULT_BATCH_SIZES[args.dataset],
         lr=args.lr,
-        fit_config=cls.FitConfig(args.max_epochs, args.patience, args.precision),
+        fit_config=finetune.FitConfig(args.max_epochs, args.patience, args.precision),
         seed=args.seed,
         workers=args.workers,
         device=args.device,

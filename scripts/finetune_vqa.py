@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import torch
 
 from openclip_unimlip.evaluation import vqa
-from openclip_unimlip.evaluation.classification import DEFAULT_IMAGE_SIZE, DEFAULT_PATIENCE, PRECISIONS, FitConfig
+from openclip_unimlip.evaluation.finetune import DEFAULT_IMAGE_SIZE, DEFAULT_PATIENCE, PRECISIONS, FitConfig
 from openclip_unimlip.evaluation.vqa_datasets import VQA_DATASETS
 
 

@@ -59,7 +59,7 @@ from openclip_unimlip.apps.benchmark_tasks import (
     tasks_for,
     vqa_unsupported_reason,
 )
-from openclip_unimlip.evaluation import classification, reported, vqa
+from openclip_unimlip.evaluation import classification, finetune, reported, vqa
 from openclip_unimlip.evaluation.cxr_protocols import DEFAULT_PROTOCOL
 from openclip_unimlip.evaluation.medpix_classification import FineTuneSettings
 
@@ -73,8 +73,8 @@ PAPER = Preset(
         image_size=224,  # "Input images are resized to 224x224"
         batch_sizes=dict(classification.DEFAULT_BATCH_SIZES),  # 190 CheXpert, 150 MIMIC and NIH
         lr=classification.DEFAULT_LR,  # ours (the paper names Adam, not its rate)
-        max_epochs=classification.DEFAULT_MAX_EPOCHS,  # "up to 64 epochs with early stopping"
-        patience=classification.DEFAULT_PATIENCE,  # ours
+        max_epochs=finetune.DEFAULT_MAX_EPOCHS,  # "up to 64 epochs with early stopping"
+        patience=finetune.DEFAULT_PATIENCE,  # ours
         protocol=DEFAULT_PROTOCOL),  # chexclusion: the protocol of Table 1's comparison rows
     # apps/real_downstream.py's "full" preset (batch 150, 64 epochs, patience 10, at least 1,500
     # images an epoch), at the paper's 224 px
@@ -82,8 +82,8 @@ PAPER = Preset(
                         image_size=224),
     vqa=VqaRecipe(batch_size=vqa.DEFAULT_BATCH_SIZE, epochs=vqa.DEFAULT_EPOCHS,  # ours (vqa.py): 32, 50
                   encoder_lr=vqa.DEFAULT_ENCODER_LR, fusion_lr=vqa.DEFAULT_FUSION_LR,  # the paper's 5e-5, 5e-4
-                  image_size=classification.DEFAULT_IMAGE_SIZE,  # scripts/finetune_vqa.py's 224
-                  patience=classification.DEFAULT_PATIENCE),  # SLAKE's validation (finetune_vqa.py)
+                  image_size=finetune.DEFAULT_IMAGE_SIZE,  # scripts/finetune_vqa.py's 224
+                  patience=finetune.DEFAULT_PATIENCE),  # SLAKE's validation (finetune_vqa.py)
     limit=None, seeds=(0, 1, 2), fractions=(0.01, 0.1, 1.0), workers=4)
 
 # Ours: every split cut to its first 32 images or questions, one epoch, the model's own image size.
@@ -467,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="keep the first N images/questions of each split")
     parser.add_argument("--workers", type=int, default=None, help="data-loader workers (default: the preset's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", choices=classification.PRECISIONS, default="fp32")
+    parser.add_argument("--precision", choices=finetune.PRECISIONS, default="fp32")
     parser.add_argument("--plan", action="store_true", help="list the cells and an estimate; run nothing")
     parser.add_argument("--no-progress", action="store_true")
     return parser

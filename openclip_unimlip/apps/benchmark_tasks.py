@@ -5,7 +5,7 @@ that a cell's numbers are the standalone evaluation's:
 | task | wraps | same numbers as |
 |---|---|---|
 | retrieval (ROCO, MedPix 2.0 test) | ``evaluation.retrieval``: ``sample_pairs``, ``encode_pairs``, ``retrieval_metrics`` | ``scripts/eval_retrieval.py`` (``evaluate_retrieval``) on the same pairs in the same order |
-| classification (CheXpert, MIMIC-CXR-JPG, NIH) | ``evaluation.classification``: ``load_classification_data``, ``build_image_classifier``, ``fine_tune_classifier`` | ``scripts/finetune_classification.py`` |
+| classification (CheXpert, MIMIC-CXR-JPG, NIH) | ``evaluation.classification``: ``load_classification_data``, ``fine_tune_classifier``; ``evaluation.finetune``: ``build_image_classifier`` | ``scripts/finetune_classification.py`` |
 | classification (MedPix 2.0 stand-in) | ``evaluation.medpix_classification``: ``stratified_subset``, ``fine_tune_softmax`` | ``apps/real_downstream.py``'s fine-tune cell |
 | VQA (VQA-RAD, SLAKE) | ``evaluation.vqa``: ``load_vqa_data``, ``build_vqa_model``, ``fine_tune_vqa`` | ``scripts/finetune_vqa.py`` |
 
@@ -26,14 +26,9 @@ import torch
 from openclip_unimlip.data.medpix import read_medpix
 from openclip_unimlip.data.roco import roco_rows
 from openclip_unimlip.data.shards import Row, normalize_caption
-from openclip_unimlip.evaluation.classification import (
-    FitConfig,
-    autocast,
-    build_image_classifier,
-    fine_tune_classifier,
-    load_classification_data,
-)
+from openclip_unimlip.evaluation.classification import fine_tune_classifier, load_classification_data
 from openclip_unimlip.evaluation.datasets import ImageSource, ImageTextPair, sample_pairs
+from openclip_unimlip.evaluation.finetune import FitConfig, autocast, build_image_classifier
 from openclip_unimlip.evaluation.medpix_classification import (
     FineTuneSettings,
     fine_tune_softmax,

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from openclip_unimlip.apps.seed_interval import paired_t_interval, t_interval
-from openclip_unimlip.evaluation.classification import FitConfig, build_image_classifier
+from openclip_unimlip.evaluation.finetune import FitConfig, build_image_classifier
 from openclip_unimlip.evaluation.medpix_classification import (
     DEFAULT_PROBE_C_GRID,
     LABELS,

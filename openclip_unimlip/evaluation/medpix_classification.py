@@ -14,10 +14,10 @@ labels MedPix 2.0 releases with every image are single-label and multi-class, so
 * **training fractions**: per class, ``max(1, round(fraction x its training images))`` images,
   drawn by a seeded permutation of each class, so every class appears in every subset and, for
   one seed, the 1 % subset lies inside the 10 % one (:func:`stratified_subset`).
-* **fine-tuning**: the image tower with a linear layer (``classification.ImageClassifier``),
+* **fine-tuning**: the image tower with a linear layer (``finetune.ImageClassifier``),
   softmax cross-entropy (single-label) instead of the multi-label BCE of
   ``classification.fine_tune_classifier``, Adam, the dev macro AUC selecting the epoch
-  (``classification.fit``'s early stopping). A training epoch draws at least
+  (``finetune.fit``'s early stopping). A training epoch draws at least
   ``min_epoch_images`` images (the subset repeated, reshuffled each pass), so that a 17-image
   1 % subset gets optimizer steps, not one step per validation.
 * **linear probing**: the frozen tower's output embedding of each image (eval transform),
@@ -44,15 +44,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from openclip_unimlip.data.medpix import MEDPIX_SPLITS, MedpixImage, read_medpix
-from openclip_unimlip.evaluation.classification import (
-    FitConfig,
-    ImageClassifier,
-    auc_report,
-    autocast,
-    fit,
-    image_transform,
-)
+from openclip_unimlip.evaluation.classification import auc_report
 from openclip_unimlip.evaluation.cxr_datasets import load_image
+from openclip_unimlip.evaluation.finetune import FitConfig, ImageClassifier, autocast, fit, image_transform
 
 # the labels a task can classify, and what each reads
 LABELS: Dict[str, str] = {

@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import DataLoader
 
-from openclip_unimlip.evaluation.classification import (
+from openclip_unimlip.evaluation.finetune import (
     FitConfig,
     FitHistory,
     autocast,

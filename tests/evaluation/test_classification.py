@@ -14,16 +14,9 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from openclip_unimlip.evaluation.classification import (
-    FitConfig,
-    auc_report,
-    build_image_classifier,
-    fine_tune_classifier,
-    fit,
-    image_transform,
-    load_classification_data,
-)
+from openclip_unimlip.evaluation.classification import auc_report, fine_tune_classifier, load_classification_data
 from openclip_unimlip.evaluation.cxr_datasets import load_image, read_cxr_split
+from openclip_unimlip.evaluation.finetune import FitConfig, build_image_classifier, fit, image_transform
 
 MODEL = "unimlip-cls-test"
 from paths import REPO  # noqa: E402

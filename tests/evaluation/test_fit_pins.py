@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from openclip_unimlip.evaluation import classification, vqa
-from openclip_unimlip.evaluation.classification import FitConfig, fit
+from openclip_unimlip.evaluation.finetune import FitConfig, fit
 from openclip_unimlip.evaluation.vqa_datasets import AnswerSet, VqaSample
 
 CPU = torch.device("cpu")

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from openclip_unimlip.evaluation.classification import FitConfig, image_transform
+from openclip_unimlip.evaluation.finetune import FitConfig, image_transform
 from openclip_unimlip.evaluation.cxr_datasets import load_image
 from openclip_unimlip.evaluation.vqa import (
     DEFAULT_ENCODER_LR,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from openclip_unimlip.evaluation.classification import FitConfig
+from openclip_unimlip.evaluation.finetune import FitConfig
 from openclip_unimlip.evaluation.vqa import VqaData, build_vqa_model, fine_tune_vqa, predict_answers
 from openclip_unimlip.evaluation.vqa_datasets import AnswerSet, VqaDataset, normalize_answer, read_vqa_rad
 from paths import REPO
@@ -76,7 +76,7 @@ def one_thread_module():
 
 
 def _closed_accuracy(model, preprocess_cfg, tokenizer, samples, answers) -> float:
-    from openclip_unimlip.evaluation.classification import image_transform
+    from openclip_unimlip.evaluation.finetune import image_transform
 
     loader = torch.utils.data.DataLoader(
         VqaDataset(samples, answers, image_transform(preprocess_cfg, is_train=False), tokenizer), batch_size=64)
