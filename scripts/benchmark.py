@@ -7,7 +7,7 @@ layout (Fig. 2, Table 1, Table 2) with its reported numbers beside; the console 
         --model hf-hub:org/biomedclip --data-root /data --out results/benchmark --device cuda --precision amp
     python scripts/benchmark.py ... --plan      # the cells and an estimate, nothing run
 """
-from openclip_unimlip.apps.benchmark import main
+from openclip_unimlip.apps.benchmark import cli
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -675,3 +675,9 @@ def main(argv=None) -> dict:
     print((Path(config.out) / "ablation.md").read_text())
     print(f"results: {Path(config.out).resolve() / 'ablation.md'}")
     return summary
+
+
+def cli() -> None:
+    """The ``unimlip-ablate`` console command and ``scripts/ablate.py``: :func:`main` runs on the command
+    line's arguments; its summary is for callers, the command exits 0."""
+    main()

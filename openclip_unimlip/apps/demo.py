@@ -355,3 +355,9 @@ def main(argv=None) -> DemoResult:
           f"on {len(result.after.pairs)} {'test' if args.dataset == 'medpix' else 'val'} pairs")
     print(f"report: {result.report.resolve()}")
     return result
+
+
+def cli() -> None:
+    """The ``unimlip-demo`` console command and ``scripts/demo.py``: :func:`main` runs on the command
+    line's arguments; its result is for callers, the command exits 0."""
+    main()

@@ -669,5 +669,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     return run(config, data)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``unimlip-real-downstream`` console command and ``scripts/real_downstream.py``: :func:`main`
+    runs on the command line's arguments; its report is for callers, the command exits 0."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

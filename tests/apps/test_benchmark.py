@@ -4,7 +4,7 @@ each cell equals the standalone evaluation it wraps, an interrupted run resumes 
 finished cell, a re-run redoes nothing, missing and bad datasets and a failing model stop only their
 own cells, ``--plan`` runs nothing; and the dataset finder and the argument checks, on made-up layouts."""
 import gzip
-import importlib.util
+import importlib
 import json
 import os
 from pathlib import Path
@@ -44,10 +44,8 @@ SEEDS = (0, 1)
 
 
 def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The CLI module behind ``scripts/<name>.py`` (a shim over it, as the console command)."""
+    return importlib.import_module(f"openclip_unimlip.apps.{name}")
 
 
 def _make_data_root(root: Path) -> Path:

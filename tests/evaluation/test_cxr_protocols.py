@@ -5,7 +5,7 @@ by line; expected targets and counts are made from the raw CSVs with pandas, not
 """
 import csv
 import gzip
-import importlib.util
+import importlib
 import math
 from pathlib import Path
 
@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 
 from openclip_unimlip.evaluation.cxr_datasets import read_chexpert, read_cxr_split, read_mimic_cxr, read_nih
-from paths import REPO
 
 BLANK = ""
 
@@ -338,11 +337,8 @@ def test_bad_combinations_stop_with_one_message(chexpert_root: Path, nih_root: P
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("finetune_classification",
-                                                  REPO / "scripts" / "finetune_classification.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The CLI module behind ``scripts/finetune_classification.py``."""
+    return importlib.import_module("openclip_unimlip.apps.finetune_classification")
 
 
 def test_script_refuses_bad_combinations_before_training(nih_root: Path, tmp_path: Path, capsys):

@@ -1,7 +1,6 @@
 """Retrieval evaluation: metrics vs brute force and OpenCLIP, sampling, loading, end to end, clip_benchmark."""
 import io
 import json
-import runpy
 import sys
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from openclip_unimlip.apps import eval_retrieval, export_clip_benchmark
 from openclip_unimlip.evaluation.clip_benchmark_export import clip_benchmark_eval_args, from_clip_benchmark_metrics
 from openclip_unimlip.evaluation.datasets import load_pairs, sample_indices, sample_pairs
 from openclip_unimlip.evaluation.retrieval import (
@@ -18,9 +18,6 @@ from openclip_unimlip.evaluation.retrieval import (
 
 torch.set_num_threads(1)
 
-from paths import REPO  # noqa: E402
-
-SCRIPTS = REPO / "scripts"
 TINY_MODEL = "unimlip-eval-tiny-retrieval"
 TINY_CONFIG = {
     "embed_dim": 32,
@@ -243,8 +240,7 @@ def test_evaluate_retrieval_from_shards(sampled_features, our_results):
 
 def test_eval_retrieval_script_on_csv(tiny_model, pair_data, our_results, tmp_path):
     output = tmp_path / "results.json"
-    script = runpy.run_path(str(SCRIPTS / "eval_retrieval.py"))
-    script["main"]([
+    eval_retrieval.main([
         "--model", TINY_MODEL, "--pretrained", tiny_model["checkpoint"], "--data", pair_data["csv"],
         "--num-samples", str(NUM_SAMPLES), "--seed", str(SEED), "--batch-size", "7",
         "--model-config", tiny_model["config"], "--output", str(output),
@@ -259,8 +255,7 @@ def test_clip_benchmark_cli_agrees(tiny_model, pair_data, sampled_features, tmp_
     from clip_benchmark import cli
 
     export_root = tmp_path / "clip_benchmark"
-    export = runpy.run_path(str(SCRIPTS / "export_clip_benchmark.py"))
-    export["main"]([
+    export_clip_benchmark.main([
         "--data", pair_data["shards"], "--output-dir", str(export_root),
         "--num-samples", str(NUM_SAMPLES), "--seed", str(SEED), "--max-count", "8",
     ])

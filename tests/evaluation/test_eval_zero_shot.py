@@ -1,6 +1,5 @@
 """Zero-shot classification: metrics vs independent computations, classifier vs clip_benchmark, end to end."""
 import json
-import runpy
 
 import numpy as np
 import open_clip
@@ -9,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from openclip_unimlip.apps import eval_zero_shot
 from openclip_unimlip.evaluation.datasets import load_labelled_images
 from openclip_unimlip.evaluation.zero_shot import (
     CHEST_XRAY_CLASSNAMES, CHEST_XRAY_TEMPLATES, MEDICAL_IMAGE_TEMPLATES, build_classifier, evaluate_zero_shot,
@@ -16,9 +16,6 @@ from openclip_unimlip.evaluation.zero_shot import (
 
 torch.set_num_threads(1)
 
-from paths import REPO  # noqa: E402
-
-SCRIPTS = REPO / "scripts"
 TINY_MODEL = "unimlip-eval-tiny-zero-shot"
 TINY_CONFIG = {
     "embed_dim": 32,
@@ -153,8 +150,7 @@ def test_evaluate_zero_shot_equals_direct_computation(tiny_model, labelled_data,
     assert results["metrics"] == pytest.approx(expected, abs=1e-6)
 
     output = tmp_path / "zero_shot.json"
-    script = runpy.run_path(str(SCRIPTS / "eval_zero_shot.py"))
-    script["main"]([
+    eval_zero_shot.main([
         "--model", TINY_MODEL, "--pretrained", tiny_model["checkpoint"], "--data", labelled_data["csv"],
         "--templates", "chest_xray", "--model-config", tiny_model["config"], "--output", str(output),
     ])
@@ -164,8 +160,7 @@ def test_evaluate_zero_shot_equals_direct_computation(tiny_model, labelled_data,
 def test_template_file_and_classnames_override(tiny_model, labelled_data, tmp_path):
     template_file = tmp_path / "templates.txt"
     template_file.write_text("\n".join(MEDICAL_IMAGE_TEMPLATES[:2]) + "\n")
-    script = runpy.run_path(str(SCRIPTS / "eval_zero_shot.py"))
-    results = script["main"]([
+    results = eval_zero_shot.main([
         "--model", TINY_MODEL, "--data", labelled_data["folder"], "--templates", str(template_file),
         "--classnames", "an enlarged heart", "pulmonary edema", "pleural effusion",
     ])

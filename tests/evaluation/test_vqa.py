@@ -1,5 +1,5 @@
 """VQA fine-tuning on small VQA-RAD / SLAKE folders with a tiny ModifiedResNet + real MiniLM."""
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 
@@ -27,7 +27,6 @@ from openclip_unimlip.evaluation.vqa_datasets import AnswerSet, normalize_answer
 
 MODEL = "unimlip-vqa-test"
 CONTEXT_LENGTH = 16  # question tokens; short to keep CPU tests fast
-from paths import REPO  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -214,10 +213,8 @@ def test_bad_inputs_fail_before_training(vqa_rad_root: Path, slake_root: Path):
 
 
 def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The CLI module behind ``scripts/<name>.py`` (a shim over it, as the console command)."""
+    return importlib.import_module(f"openclip_unimlip.apps.{name}")
 
 
 def test_script_on_vqa_rad_trains_without_validation(vqa_rad_root: Path, slake_root: Path, tmp_path: Path, capsys):
