@@ -10,10 +10,10 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "UniMlip": "recipes.unimlip.model",
-    "UniMlipCfg": "recipes.unimlip.model",
+    "UniMlipCfg": "recipes.unimlip.config",
     "UniMlipLoss": "recipes.unimlip.loss",
     "StrongViews": "recipes.unimlip.views",
-    "TERMS": "recipes.unimlip.terms",
+    "TERMS": "recipes.unimlip.config",
     "set_batchnorm_stats_frozen": "recipes.unimlip.batchnorm",
 }
 

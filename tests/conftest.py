@@ -49,12 +49,11 @@ def captions(tokenizer):
 @pytest.fixture(autouse=True)
 def _plugin_run_state_cleared():
     """A test that parses trainer arguments in-process leaves the plugin's per-run state set
-    (``seam.patches``: the parsed ``--unimlip-*`` options); clear it so that the next test's
-    ``train_one_epoch`` does not apply another run's SimCLR phase."""
+    (``seam.patches``: the parsed run's args, with its ``--unimlip-*`` values); clear it so that the
+    next test's ``create_model_and_transforms`` does not apply another run's flags."""
     yield
     import sys
 
     patches = sys.modules.get("openclip_unimlip.seam.patches")
     if patches is not None:
-        patches._trainer_options = None
-        patches._simclr_start_reason = None
+        patches._training_run = None

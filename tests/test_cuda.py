@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from openclip_unimlip.recipes.unimlip.loss import UniMlipLoss
-from openclip_unimlip.recipes.unimlip.terms import TERMS
+from openclip_unimlip.recipes.unimlip.config import TERMS
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -26,7 +26,7 @@ from open_clip.transformer import VisionTransformer
 from openclip_unimlip.recipes.mlip_li.config import LiCfg
 from openclip_unimlip.recipes.mlip_liu.config import LiuCfg
 from openclip_unimlip.recipes.text_models import resolve_text_model
-from openclip_unimlip.recipes.unimlip.model import UniMlipCfg
+from openclip_unimlip.recipes.unimlip.config import UniMlipCfg
 
 from paths import REPO  # noqa: E402
 

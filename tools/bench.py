@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from openclip_unimlip.recipes.unimlip.loss import PAPER_WEIGHTS, UniMlipLoss
 from openclip_unimlip.recipes.unimlip.model import UniMlip
-from openclip_unimlip.recipes.unimlip.terms import TERMS
+from openclip_unimlip.recipes.unimlip.config import TERMS
 
 EXTRA_TERMS = tuple(t for t in TERMS if t != "itc")
 VARIANTS: Tuple[str, ...] = ("clip", "unimlip", *(f"+{t}" for t in EXTRA_TERMS))

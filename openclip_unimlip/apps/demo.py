@@ -25,7 +25,7 @@ from openclip_unimlip.apps.experiment import (DATASETS, DataConfig, ExperimentDa
                                               check_medpix_root,
                                               PretrainRun, RetrievalResult, ensure_data, evaluate_checkpoint,
                                               mean_r1, run_pretraining)
-from openclip_unimlip.recipes.unimlip.terms import TERMS
+from openclip_unimlip.recipes.unimlip.config import TERMS
 
 # the defaults of scripts/demo.py on a CPU; see docs/demo.md for how they were chosen
 CPU_PRETRAIN = dict(epochs=2, batch_size=64, lr=1e-3, warmup=10, workers=1)

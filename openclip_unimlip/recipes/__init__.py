@@ -1,18 +1,24 @@
 """The pre-training recipes the plugin brings to OpenCLIP, keyed by a marker in the model JSON.
 
-A recipe is a model class (built by OpenCLIP's factory for configs carrying its key) and a
-loss factory ``(args, model_cfg) -> nn.Module`` (returned by OpenCLIP's ``create_loss``).
+A recipe is a model class (built by OpenCLIP's factory for configs carrying its key), a loss
+factory ``(args, model_cfg) -> nn.Module`` (returned by OpenCLIP's ``create_loss``) and, where it
+needs them, its trainer hooks: a flag group (``flag_group.FlagGroup``: its ``open_clip_train``
+flags, their validation and the config overrides they make) and an epoch hook
+``(model, epoch, optimizer, args) -> context manager`` entered around every training epoch. The
+seam (``openclip_unimlip.seam``) reaches a recipe only through these fields: it imports no recipe
+module and names no recipe.
 
 Each recipe is a peer sub-package (``unimlip/``, ``mlip_liu/``, ``mlip_li/``: model, loss, the
 recipe's config section or flags, its own pieces); the modules beside them are what recipes
 share: this registry, the base model class (``base_model``), cross-rank gathering
 (``distributed``), text-tower resolution (``text_models``), config-section checks (``config``),
-and ViT / HF-text operations (``ops``, ``towers``). Adding a recipe means one folder, one model
-JSON in ``model_configs/`` and one line in ``RECIPES``.
+the trainer-flag base (``flag_group``) and ViT / HF-text operations (``ops``, ``towers``). Adding
+a recipe means one folder, one model JSON in ``model_configs/`` and one line in ``RECIPES``.
 """
+import contextlib
 import importlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -21,6 +27,10 @@ class Recipe:
     model_class: str  # "module:Class"
     loss_factory: str  # "module:function" taking (args, model_cfg)
     title: str  # the method and its paper, for model cards
+    flags: Optional[str] = None  # "module:object", a flag_group.FlagGroup: the recipe's open_clip_train flags
+    epoch_hook: Optional[str] = None  # "module:function" (model, epoch, optimizer, args) -> context manager
+    # (config-section key, file name): a file the section names that an export carries beside its config
+    portable_files: Tuple[Tuple[str, str], ...] = ()
 
     def load_model_class(self):
         return _load(self.model_class)
@@ -28,24 +38,48 @@ class Recipe:
     def create_loss(self, args, model_cfg: dict):
         return _load(self.loss_factory)(args, model_cfg)
 
+    def load_flags(self):
+        """The recipe's ``FlagGroup``, or None when it has no trainer flags."""
+        return _load(self.flags) if self.flags else None
+
+    @contextlib.contextmanager
+    def training_epoch(self, model, epoch: int, optimizer, args) -> Iterator[None]:
+        """The recipe's epoch hook around one epoch of ``open_clip_train``'s loop (nothing without one);
+        ``model`` is the recipe's model, unwrapped from DDP / torch.compile."""
+        if self.epoch_hook is None:
+            yield
+            return
+        with _load(self.epoch_hook)(model, epoch, optimizer, args):
+            yield
+
 
 def _load(path: str):
     module, name = path.split(":")
     return getattr(importlib.import_module(module), name)
 
 
+_UNIMLIP = "openclip_unimlip.recipes.unimlip"
+_MLIP_LIU = "openclip_unimlip.recipes.mlip_liu"
+_MLIP_LI = "openclip_unimlip.recipes.mlip_li"
 RECIPES = (
-    Recipe("unimlip_cfg", "openclip_unimlip.recipes.unimlip.model:UniMlip", "openclip_unimlip.recipes.unimlip.flags:create_unimlip_loss",
-           "Uni-Mlip (Bawazir & Wu, Unified Self-supervision for Medical Vision Language Pre-training)"),
-    Recipe("mlip_liu_cfg", "openclip_unimlip.recipes.mlip_liu.model:MlipLiu", "openclip_unimlip.recipes.mlip_liu.loss:create_mlip_liu_loss",
+    Recipe("unimlip_cfg", f"{_UNIMLIP}.model:UniMlip", f"{_UNIMLIP}.flags:create_unimlip_loss",
+           "Uni-Mlip (Bawazir & Wu, Unified Self-supervision for Medical Vision Language Pre-training)",
+           flags=f"{_UNIMLIP}.flags:FLAGS", epoch_hook=f"{_UNIMLIP}.phases:simclr_phase"),
+    Recipe("mlip_liu_cfg", f"{_MLIP_LIU}.model:MlipLiu", f"{_MLIP_LIU}.loss:create_mlip_liu_loss",
            "MLIP (Liu et al., ISBI 2024), as reconstructed by openclip-unimlip"),
-    Recipe("mlip_li_cfg", "openclip_unimlip.recipes.mlip_li.model:MlipLi", "openclip_unimlip.recipes.mlip_li.loss:create_mlip_li_loss",
-           "MLIP (Li et al., CVPR 2024), as reconstructed by openclip-unimlip"),
+    Recipe("mlip_li_cfg", f"{_MLIP_LI}.model:MlipLi", f"{_MLIP_LI}.loss:create_mlip_li_loss",
+           "MLIP (Li et al., CVPR 2024), as reconstructed by openclip-unimlip",
+           epoch_hook=f"{_MLIP_LI}.model:prototype_freeze", portable_files=(("knowledge_file", "mlip_li_knowledge.jsonl"),)),
 )
 
 
 def recipe_for_config(model_cfg: Optional[dict]) -> Optional[Recipe]:
     return next((r for r in RECIPES if model_cfg and r.config_key in model_cfg), None)
+
+
+def recipe_for_model(model) -> Optional[Recipe]:
+    """The recipe whose model class ``model`` (unwrapped) is an instance of, or None."""
+    return next((r for r in RECIPES if isinstance(model, r.load_model_class())), None)
 
 
 def recipe_for_kwargs(model_kwargs: dict) -> Optional[Recipe]:

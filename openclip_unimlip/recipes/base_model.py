@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 from open_clip.model import CustomTextCLIP
+from torch import nn
 
 
 class RecipeCLIP(CustomTextCLIP):
@@ -12,3 +13,14 @@ class RecipeCLIP(CustomTextCLIP):
         if not self.training or image is None or text is None:
             return super().forward(image, text)
         return self._forward_train(image, text)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside DDP and ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model

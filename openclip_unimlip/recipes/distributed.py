@@ -15,6 +15,7 @@ unchanged). DDP's average then equals the gradient of the loss on the global bat
 ``with_grad`` gives it (there every rank's copy of ``dL/dx`` is summed by the backward
 all_gather).
 """
+import functools
 from typing import Dict, List, Sequence
 
 import torch
@@ -112,8 +113,11 @@ class GatheringLoss(nn.Module):
     def _gather(self, tensors):
         """Gather [B, ...] tensors over ranks in one collective; returns [world · B, ...] each,
         with the global-batch gradient semantics above."""
+        if not tensors:
+            return []
         shapes = [t.shape[1:] for t in tensors]
-        flat = [t.reshape(t.shape[0], -1).to(tensors[0].dtype) for t in tensors]
+        common = functools.reduce(torch.promote_types, (t.dtype for t in tensors))  # lossless both ways
+        flat = [t.reshape(t.shape[0], -1).to(common) for t in tensors]
         gathered = gather_batch(flat, self.rank, self.world_size, self.gather_with_grad,
                                 global_gradient=not self.local_loss)
         return [g.reshape(g.shape[0], *s).to(t.dtype) for g, s, t in zip(gathered, shapes, tensors)]

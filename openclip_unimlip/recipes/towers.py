@@ -1,4 +1,4 @@
-"""What the MLIP models need from OpenCLIP's towers beyond their ``forward``."""
+"""What the recipes' models need from OpenCLIP's towers beyond their ``forward``."""
 import torch
 from open_clip.hf_model import HFTextEncoder
 from open_clip.transformer import VisionTransformer
@@ -18,11 +18,16 @@ def require_hf_text(text: nn.Module, recipe: str) -> HFTextEncoder:
     return text
 
 
-def text_pass(text: HFTextEncoder, ids: torch.Tensor, output_hidden_states: bool = False):
-    """One pass of the HF text tower: (model output, attention mask, projected pooled feature).
-
-    ``HFTextEncoder.forward`` returns only the projection; the recipes also need the hidden states.
-    """
+def text_states(text: HFTextEncoder, ids: torch.Tensor, output_hidden_states: bool = False):
+    """One pass of the HF text tower before its projection: (model output, attention mask, pooled
+    feature). ``HFTextEncoder.forward`` returns only the projection; the recipes also need the
+    hidden states, and Uni-Mlip perturbs the pooled feature before the projection."""
     attention_mask = (ids != text.config.pad_token_id).long()
     out = text.transformer(input_ids=ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states)
-    return out, attention_mask, text.proj(text.pooler(out, attention_mask))
+    return out, attention_mask, text.pooler(out, attention_mask)
+
+
+def text_pass(text: HFTextEncoder, ids: torch.Tensor, output_hidden_states: bool = False):
+    """One pass of the HF text tower: (model output, attention mask, projected pooled feature)."""
+    out, attention_mask, pooled = text_states(text, ids, output_hidden_states)
+    return out, attention_mask, text.proj(pooled)

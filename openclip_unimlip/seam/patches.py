@@ -12,15 +12,17 @@ exactly these names and nothing else:
   are swapped for the call, ``hub.build_custom_text_model`` passing every other config to
   OpenCLIP's class unchanged); ``get_tokenizer`` resolves our configs' tokenizer hub ids the
   same way (``HFTokenizer`` swapped for the call, only for our configs);
-  ``create_model_and_transforms`` applies the trainer's ``--unimlip-*`` options to our
-  models (the train transform stays OpenCLIP's: the SimCLR views are made on the device,
-  ``views.py``); ``create_loss`` returns
-  the recipe's loss (``UniMlipLoss`` for Uni-Mlip models).
-- ``open_clip_train.params.parse_args``: splits off the ``--unimlip-*`` flags (OpenCLIP's
-  parser is strict), lists them under ``--help``, and resolves the SimCLR start epoch (a resumed
-  run's is read back from the ``params.txt`` OpenCLIP wrote at its first launch).
-- ``open_clip_train.train.train_one_epoch``: switches the SimCLR branch and BatchNorm
-  freezing by epoch (so a resumed run is in the right phase).
+  ``create_model_and_transforms`` applies the training run's recipe flags to the run's model
+  (the config overrides of the recipe's flag group, then its ``configure_model``); the train
+  transform stays OpenCLIP's; ``create_loss`` returns the recipe's loss.
+- ``open_clip_train.params.parse_args``: splits off each recipe's flags (``--unimlip-*``: OpenCLIP's
+  parser is strict), lists them under ``--help``, and has the model's recipe resolve and check
+  them (a resumed run's ``params.txt`` at hand) before anything starts; the values go on ``args``.
+- ``open_clip_train.train.train_one_epoch``: runs each epoch inside the recipe's epoch hook (Uni-Mlip:
+  the SimCLR phase and BatchNorm freezing by epoch, so a resumed run is in the right phase).
+
+Recipes are reached only through the registry (``openclip_unimlip.recipes``: ``Recipe`` and its
+hooks): no recipe module is imported here and no recipe is named.
 - ``torch.nn.parallel.DistributedDataParallel``, only inside a training run of one of our recipes:
   ``open_clip_train.main`` passes ``device_ids=[device]``, which torch rejects for CPU
   modules, so multi-process CPU (gloo) runs would fail; the replacement drops CPU device ids.
@@ -33,24 +35,20 @@ off, ``tests/seam/test_hub.py``). On an OpenCLIP version outside the supported r
 import argparse
 import contextlib
 import functools
-import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
-from openclip_unimlip.recipes import model_config, recipe_for
-
-if TYPE_CHECKING:
-    from openclip_unimlip.recipes.unimlip.flags import RecordedStart
+from openclip_unimlip.recipes import RECIPES, model_config, recipe_for, recipe_for_model
+from openclip_unimlip.recipes.run_params import find_run_dir
 
 SUPPORTED_OPENCLIP = ((3, 3), (4, 0))  # [min, max)
-UNIMLIP_KEY = "unimlip_cfg"
 
-# The --unimlip-* options of the training run in this process, set by the parse_args patch.
-_trainer_options: Optional[argparse.Namespace] = None
-# How that run's SimCLR start epoch was chosen: logged once, by the first train_one_epoch.
-_simclr_start_reason: Optional[str] = None
+# The args of the training run parsed in this process (a recipe model's; None otherwise): its recipe
+# flags are on them. open_clip_train.main calls create_model_and_transforms with values taken from its
+# args, never the args themselves, so this is the only way its model reaches them.
+_training_run: Optional[argparse.Namespace] = None
 
 
 class UnsupportedOpenCLIP(RuntimeError):
@@ -76,11 +74,6 @@ def check_openclip_version() -> None:
         raise UnsupportedOpenCLIP(
             f"openclip-unimlip supports open_clip_torch >={low[0]}.{low[1]},<{high[0]}; found {text}. "
             f"Install a supported version: pip install 'open_clip_torch>={low[0]}.{low[1]},<{high[0]}'")
-
-
-def is_unimlip_model(model_name) -> bool:
-    recipe = recipe_for(model_name)
-    return recipe is not None and recipe.config_key == UNIMLIP_KEY
 
 
 def _mark(module) -> bool:
@@ -171,15 +164,15 @@ def _wrap_get_tokenizer(original):
 def _wrap_create_model_and_transforms(original):
     @functools.wraps(original)
     def create_model_and_transforms(model_name, *args, **kwargs):
-        options = _trainer_options
-        if options is None or not is_unimlip_model(model_name):
+        run = _training_run
+        recipe = recipe_for(model_name) if run is not None and model_name == run.model else None
+        flags = recipe.load_flags() if recipe is not None else None
+        if flags is None:
             return original(model_name, *args, **kwargs)
-        from openclip_unimlip.recipes.unimlip import flags as unimlip_flags
-
-        kwargs[UNIMLIP_KEY] = {**model_config(model_name)[UNIMLIP_KEY], **unimlip_flags.cfg_overrides(options)}
+        key = recipe.config_key
+        kwargs[key] = {**model_config(model_name)[key], **flags.model_overrides(vars(run))}
         model, preprocess_train, preprocess_val = original(model_name, *args, **kwargs)
-        weights = unimlip_flags.loss_weights(options)
-        model.configure_terms([t for t, w in weights.items() if w > 0])
+        flags.configure_model(model, run)
         return model, preprocess_train, preprocess_val
 
     return create_model_and_transforms
@@ -217,50 +210,51 @@ def patch_open_clip(open_clip) -> None:
 def _wrap_parse_args(original):
     @functools.wraps(original)
     def parse_args(argv):
-        global _trainer_options, _simclr_start_reason
-        from openclip_unimlip.recipes.unimlip import flags as unimlip_flags
-
+        global _training_run
         argv = list(argv)
+        groups = [(recipe, recipe.load_flags()) for recipe in RECIPES if recipe.flags]
+        parsed = []  # (recipe, its flag group, its values, whether any of its flags was given)
         try:
-            options, rest, given = unimlip_flags.split_argv(argv)
+            rest = argv
+            for recipe, flags in groups:
+                options, rest, given = flags.split_argv(rest)
+                parsed.append((recipe, flags, options, given))
             args = original(rest)
         except SystemExit:
             if "-h" in argv or "--help" in argv:
-                unimlip_flags.build_parser().print_help()
+                for _, flags in groups:
+                    flags.build_parser().print_help()
             raise
-        if recipe_for(args.model) is not None:
+        _training_run = None
+        recipe = recipe_for(args.model)
+        if recipe is not None:
             _allow_cpu_ddp()
-        if not is_unimlip_model(args.model):
-            if given:
-                raise SystemExit(f"error: --unimlip-* flags apply only to Uni-Mlip models, not --model {args.model}")
-            _trainer_options = None
+        for other, flags, _, given in parsed:
+            if other is not recipe and given:
+                raise SystemExit(f"error: {flags.prefix}* flags apply only to {flags.recipe} models, "
+                                 f"not --model {args.model}")
+        if recipe is None:
             return args
-        section = model_config(args.model)[UNIMLIP_KEY]
-        try:
-            start = unimlip_flags.resolve_simclr_start(options, args, section, recorded_simclr_start(args))
-        except ValueError as exc:
-            raise SystemExit(f"error: {exc}") from None
-        options.unimlip_simclr_start_epoch = start.epoch
-        error = unimlip_flags.validate(options, args, section)
-        if error:
-            raise SystemExit(f"error: {error}")
-        _trainer_options = options
-        _simclr_start_reason = start.reason
-        for key, value in vars(options).items():
-            setattr(args, key, value)  # recorded in params.txt and wandb's config
+        for own, flags, options, _ in parsed:
+            if own is recipe:
+                section = model_config(args.model)[recipe.config_key]
+                error = flags.resolve(options, args, section, previous_params(args))
+                if error:
+                    raise SystemExit(f"error: {error}")
+                for key, value in vars(options).items():
+                    setattr(args, key, value)  # recorded in params.txt and wandb's config
+        _training_run = args
         return args
 
     return parse_args
 
 
-def recorded_simclr_start(args: argparse.Namespace) -> "Optional[RecordedStart]":
-    """For a resumed run, the SimCLR start epoch of its first launch, from the ``params.txt`` OpenCLIP
-    writes into the run folder at every launch (``--resume latest``: ``--logs``/``--name``; ``--resume
-    PATH``: the run folder of ``PATH``); None when there is none. Resuming already needs that folder
-    on a file system every rank sees (each rank loads the checkpoint), so every rank reads the same."""
-    from openclip_unimlip.recipes.unimlip.flags import RecordedStart
-    from openclip_unimlip.seam.hub import find_run_dir, read_params
-
+def previous_params(args: argparse.Namespace) -> Optional[Path]:
+    """For a resumed run, the ``params.txt`` its previous launch wrote into the run folder (OpenCLIP
+    rewrites it at every launch, after building the model: ``--resume latest``: ``--logs``/``--name``;
+    ``--resume PATH``: the run folder of ``PATH``); None when there is none. Resuming already needs
+    that folder on a file system every rank sees (each rank loads the checkpoint), so every rank
+    reads the same."""
     if not args.resume:
         return None
     if args.resume == "latest":
@@ -269,11 +263,7 @@ def recorded_simclr_start(args: argparse.Namespace) -> "Optional[RecordedStart]"
         run = find_run_dir(Path(args.resume))
     if run is None or not (run / "params.txt").is_file():
         return None
-    params = read_params(run / "params.txt")
-    start = params.get("unimlip_simclr_start_epoch")
-    if not isinstance(start, int):
-        return None
-    return RecordedStart(start, bool(params.get("pretrained")), str(run / "params.txt"))
+    return run / "params.txt"
 
 
 def _allow_cpu_ddp() -> None:
@@ -303,35 +293,14 @@ def patch_params(params) -> None:
 def _wrap_train_one_epoch(original):
     @functools.wraps(original)
     def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=None):
-        from open_clip_train.distributed import is_master
+        from openclip_unimlip.recipes.base_model import unwrap_model
 
-        from openclip_unimlip.recipes.unimlip.model import UniMlip, unwrap_model
-        from openclip_unimlip.recipes.base_model import RecipeCLIP
-
-        global _simclr_start_reason
         inner = unwrap_model(model)
-        if isinstance(inner, UniMlip) and _trainer_options is not None:
-            if _simclr_start_reason is not None and is_master(args):
-                logging.info(f"Uni-Mlip: SimCLR phase from epoch {_trainer_options.unimlip_simclr_start_epoch}: "
-                             f"{_simclr_start_reason}")
-            _simclr_start_reason = None
-            uses_views = "simclr" in inner.active_terms or inner.cfg.feed_views_without_simclr
-            active = uses_views and epoch >= _trainer_options.unimlip_simclr_start_epoch
-            inner.set_simclr_active(active)
-            if is_master(args):
-                logging.info(f"Uni-Mlip epoch {epoch}: SimCLR {'on' if active else 'off'}, BatchNorm statistics "
-                             f"{'frozen' if inner.bn_stats_frozen else 'updating'}")
-        elif isinstance(inner, RecipeCLIP) and callable(getattr(inner, "set_epoch", None)):
-            inner.set_epoch(epoch)  # MLIP (Li): MGCA's first-epoch prototype freeze
-            if callable(getattr(inner, "drop_frozen_gradients", None)):
-                # before each step, after backward and DDP's all-reduce: the optimizer skips frozen parameters
-                handle = optimizer.register_step_pre_hook(lambda *_: inner.drop_frozen_gradients())
-                try:
-                    return original(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args,
-                                    tb_writer=tb_writer)
-                finally:
-                    handle.remove()
-        return original(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=tb_writer)
+        recipe = recipe_for_model(inner)
+        if recipe is None:
+            return original(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=tb_writer)
+        with recipe.training_epoch(inner, epoch, optimizer, args):
+            return original(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=tb_writer)
 
     return train_one_epoch
 

@@ -30,9 +30,9 @@ def test_row_flags_parse_to_the_row(key, start_epoch):
     options, rest, _ = unimlip_flags.split_argv(row.flags(simclr_start_epoch=start_epoch))
     args = parse_args(["--model", "unimlip-tiny", "--epochs", "2", *rest])
     assert unimlip_flags.validate(options, args, {}) is None
-    active = {t for t, w in unimlip_flags.loss_weights(options).items() if w > 0}
+    active = {t for t, w in unimlip_flags.loss_weights(vars(options)).items() if w > 0}
     assert active == set(row.terms)
-    overrides = unimlip_flags.cfg_overrides(options)
+    overrides = unimlip_flags.cfg_overrides(vars(options))
     assert overrides.get("feed_views_without_simclr", False) == (row.views_fed and "simclr" not in row.terms)
     if row.views_fed:
         assert options.unimlip_simclr_start_epoch == start_epoch

@@ -40,7 +40,7 @@ def test_shape_comes_from_the_allocation_and_keeps_the_paper_batch(shards, monke
 
     from openclip_unimlip.seam import patches
 
-    monkeypatch.setattr(patches, "_trainer_options", None)  # parsing a Uni-Mlip run records its options
+    monkeypatch.setattr(patches, "_training_run", None)  # parsing a Uni-Mlip run records its options
     env = job_env(TRAIN_DATA=shards, SLURM_NNODES="2", SLURM_GPUS_ON_NODE="4", SLURM_CPUS_PER_TASK="32",
                   PRETRAINED="/ckpt/init.pt")
     command, env_updates, _ = slurm.launch_command("multinode", env, ["--val-frequency", "2"])

@@ -17,8 +17,7 @@ def trainer_parse(monkeypatch):
 
     from openclip_unimlip.seam import patches
 
-    monkeypatch.setattr(patches, "_trainer_options", None)  # parsing a Uni-Mlip run records its options
-    monkeypatch.setattr(patches, "_simclr_start_reason", None)
+    monkeypatch.setattr(patches, "_training_run", None)  # parsing a Uni-Mlip run records its options
     return parse_args
 
 

@@ -9,7 +9,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import runpy
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,9 @@ from safetensors.torch import load_file, save_file
 
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
-from openclip_unimlip.seam.hub import UnknownRecipe, WeightsDoNotFit, export_checkpoint
+from openclip_unimlip.export import export_checkpoint
+from openclip_unimlip.export import main as export_main
+from openclip_unimlip.seam.hub import UnknownRecipe, WeightsDoNotFit
 
 from paths import TESTS  # noqa: E402
 SCRIPTS = TESTS.parent / "scripts"
@@ -228,7 +229,6 @@ def exports(tmp_path_factory):
     with scripts/export_hf.py; its outputs in this process are the reference."""
     root = tmp_path_factory.mktemp("exports")
     inputs = inputs_for(root, train=True)
-    export_script = runpy.run_path(str(SCRIPTS / "export_hf.py"))
     made = {}
     for name in RECIPE_CLASSES:
         flags = UNIMLIP_FLAGS if name == "unimlip-tiny" else {}
@@ -240,7 +240,7 @@ def exports(tmp_path_factory):
             for parameter in model.parameters():
                 parameter.add_(torch.randn_like(parameter) * 0.02)
         checkpoint = _write_run(root / f"run-{name}", name, model, flags)
-        folder = export_script["main"]([str(checkpoint), "--output-dir", str(root / "exported" / name),
+        folder = export_main([str(checkpoint), "--output-dir", str(root / "exported" / name),
                                         "--repo-id", f"our-org/{name}"])
         made[name] = {"folder": folder, "checkpoint": checkpoint, "reference": _reference_outputs(name, model, inputs)}
         del model

@@ -34,7 +34,7 @@ def test_unsupported_trainer_flags_stop_before_the_run_folder(tmp_path, monkeypa
 
     from openclip_unimlip.seam import patches
 
-    monkeypatch.setattr(patches, "_trainer_options", None)
+    monkeypatch.setattr(patches, "_training_run", None)
     logs = tmp_path / "logs"
     with pytest.raises(SystemExit, match=re.escape(f"error: {message}")):
         main(trainer_args(logs, "refused", *extra))

@@ -54,7 +54,7 @@ def test_bad_values_are_refused_by_the_parser(tmp_path, monkeypatch, extra, mess
 
     from openclip_unimlip.seam import patches
 
-    monkeypatch.setattr(patches, "_trainer_options", None)
+    monkeypatch.setattr(patches, "_training_run", None)
     with pytest.raises(SystemExit, match=re.escape(message)):
         parse_args(["--dataset-type", "synthetic", *common_args(tmp_path / "logs", "bad"), *extra])
 
@@ -119,7 +119,7 @@ def _one_step(batches, accum_freq, model=None):
                               batch_size=len(batches[0][0]), world_size=1, rank=0, local_rank=0, wandb=False)
     # no trainer options: the phase is the model's own (set above), not one a test before this left
     # behind in the plugin's per-run state (a from-scratch parse would turn SimCLR off at epoch 0)
-    with mock.patch.object(patches, "_trainer_options", None):
+    with mock.patch.object(patches, "_training_run", None):
         train_one_epoch(model, {"train": _Data(batches)}, UniMlipLoss(weights={"image_perturbed_itc": 0,
                         "text_perturbed_itc": 0, "mlm": 0}), 0, optimizer, None, None, None, args)
     return {k: model.state_dict()[k] - before[k] for k in before if before[k].is_floating_point()}

@@ -25,7 +25,7 @@ def trainer(monkeypatch):
 
     from openclip_unimlip.seam import patches
 
-    monkeypatch.setattr(patches, "_trainer_options", None)
+    monkeypatch.setattr(patches, "_training_run", None)
     return parse_args, main
 
 

@@ -13,7 +13,8 @@ In train mode ``model(images, texts)`` returns, batch-first:
   and ``patch_embeddings`` [B, N, D];
 - ``image_prototype_scores`` and ``text_prototype_scores`` [B, K].
 """
-from typing import Dict, Iterable, Optional
+import contextlib
+from typing import Dict, Iterable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -160,3 +161,16 @@ class MlipLi(RecipeCLIP):
         if self.logit_bias is not None:
             out["logit_bias"] = self.logit_bias
         return out
+
+
+@contextlib.contextmanager
+def prototype_freeze(model: MlipLi, epoch: int, optimizer, args) -> Iterator[None]:
+    """MLIP (Li)'s epoch hook: MGCA's first-epoch prototype freeze (``set_epoch``), with the frozen
+    prototypes' gradient unset before each optimizer step (after backward and DDP's all-reduce), so
+    the optimizer skips them (``drop_frozen_gradients``)."""
+    model.set_epoch(epoch)
+    handle = optimizer.register_step_pre_hook(lambda *_: model.drop_frozen_gradients())
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -1,16 +1,23 @@
-"""The ``--unimlip-*`` command-line flags of ``open_clip_train.main`` for Uni-Mlip models.
+"""The ``--unimlip-*`` command-line flags of ``open_clip_train.main`` for Uni-Mlip models: the
+recipe's flag group (``FLAGS``, see ``recipes/flag_group.py``) and its loss factory.
 
-OpenCLIP's parser is strict, so our flags are split off first (``split_argv``) and the
-rest goes to OpenCLIP's unchanged. Loss weights default to the paper's; method
-hyper-parameters default to the model config's ``unimlip_cfg`` (``None`` = keep); the SimCLR
-start epoch, when not given, follows from ``--pretrained`` (``resolve_simclr_start``).
+Loss weights default to the paper's; method hyper-parameters default to the model config's
+``unimlip_cfg`` (``None`` = keep); the SimCLR start epoch, when not given, follows from
+``--pretrained`` (``resolve_simclr_start``). The values live on OpenCLIP's ``args``
+(``unimlip_<flag>``), where the loss factory and the model read them, and in the run's
+``params.txt``, where the export reads them; a value absent there is the default.
 """
 import argparse
+import logging
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
 
+from openclip_unimlip.recipes.distributed import distributed_flags
+from openclip_unimlip.recipes.flag_group import FlagGroup
+from openclip_unimlip.recipes.run_params import read_params
 from openclip_unimlip.recipes.unimlip.loss import LOCAL_LOSS_NEEDS_GATHER_WITH_GRAD, PAPER_SIMCLR_TEMPERATURE, PAPER_WEIGHTS
-from openclip_unimlip.recipes.unimlip.terms import TERMS
+from openclip_unimlip.recipes.unimlip.config import TERMS
 
 PREFIX = "--unimlip-"
 
@@ -28,11 +35,27 @@ _CFG_OVERRIDES = {
     "view-augmentation": ("view_augmentation", str, "strengths of the SimCLR views: 'simclr' (SimCLR's: jitter 0.8, "
                                                     "hue 0.2) or 'mocov2' (SLIP's: jitter 0.4, hue 0.1)"),
 }
+# switch flag suffix -> (unimlip_cfg key, the value the switch sets, help)
+_CFG_SWITCHES = {
+    "no-bn-freeze": ("freeze_bn_with_simclr", False,
+                     "keep BatchNorm statistics updating while SimCLR is on (the naive baseline of Table 3)"),
+    "feed-views": ("feed_views_without_simclr", True,
+                   "forward the SimCLR views through the image tower even with SimCLR weight 0 "
+                   "(the 'views fed, no SimCLR' row of Table 3)"),
+    "dropblock-shared-mask": ("dropblock_per_channel", False,
+                              "one DropBlock mask shared by all channels of a sample (default: a mask per channel, "
+                              "DropBlock's Algorithm 1)"),
+    "itc-on-clean-caption": ("itc_on_clean_caption", True,
+                             "run ITC on the clean caption with a second text pass (default: the masked caption, "
+                             "as PMC-CLIP)"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    group = parser.add_argument_group("Uni-Mlip (openclip-unimlip); only for unimlip-* models")
+def _dest(suffix: str) -> str:
+    return f"unimlip_{suffix.replace('-', '_')}"
+
+
+def add_arguments(group) -> None:
     for term in TERMS:
         group.add_argument(
             f"{PREFIX}{term.replace('_', '-')}-weight", type=float, default=PAPER_WEIGHTS[term],
@@ -43,63 +66,38 @@ def build_parser() -> argparse.ArgumentParser:
                        help="first epoch (0-based) with the SimCLR term and frozen BatchNorm statistics (default: "
                             "0 with --pretrained, the paper's start from PMC-CLIP's weights; without it, half of "
                             "--epochs, a warm-up of ours; a resumed run keeps the epoch of its first launch)")
-    group.add_argument(f"{PREFIX}no-bn-freeze", action="store_true",
-                       help="keep BatchNorm statistics updating while SimCLR is on (the naive baseline of Table 3)")
-    group.add_argument(f"{PREFIX}feed-views", action="store_true",
-                       help="forward the SimCLR views through the image tower even with SimCLR weight 0 "
-                            "(the 'views fed, no SimCLR' row of Table 3)")
-    group.add_argument(f"{PREFIX}dropblock-shared-mask", action="store_true",
-                       help="one DropBlock mask shared by all channels of a sample (default: a mask per channel, "
-                            "DropBlock's Algorithm 1)")
-    group.add_argument(f"{PREFIX}itc-on-clean-caption", action="store_true",
-                       help="run ITC on the clean caption with a second text pass (default: the masked caption, as PMC-CLIP)")
+    for suffix, (_, _, help_text) in _CFG_SWITCHES.items():
+        group.add_argument(f"{PREFIX}{suffix}", action="store_true", help=help_text)
     group.add_argument(f"{PREFIX}view-crop-scale", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
                        help="re-crop each SimCLR view from the clean view with this RandomResizedCrop scale "
                             "(default: no re-crop; the views share the clean view's crop, as the paper lists no crop)")
     for suffix, (_, kind, help_text) in _CFG_OVERRIDES.items():
         group.add_argument(f"{PREFIX}{suffix}", type=kind, default=None, help=help_text)
-    return parser
 
 
-def split_argv(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str], bool]:
-    """(our options, OpenCLIP's argv, whether any of our flags was given)."""
-    argv = list(argv)
-    given = any(a.startswith(PREFIX) for a in argv)
-    ours, rest = build_parser().parse_known_args(argv)
-    leftover = [a for a in rest if a.startswith(PREFIX)]
-    if leftover:
-        raise SystemExit(f"error: unrecognized Uni-Mlip arguments: {' '.join(leftover)} "
-                         f"(see --help for the {PREFIX}* flags)")
-    return ours, rest, given
+def loss_weights(values: Mapping[str, Any]) -> Dict[str, float]:
+    """The five terms' weights from a run's ``vars(args)`` or ``params.txt`` (the paper's where absent)."""
+    return {term: values.get(f"unimlip_{term}_weight", PAPER_WEIGHTS[term]) for term in TERMS}
 
 
-def loss_weights(options: argparse.Namespace) -> Dict[str, float]:
-    return {term: getattr(options, f"unimlip_{term}_weight") for term in TERMS}
-
-
-def cfg_overrides(options: argparse.Namespace) -> Dict:
+def cfg_overrides(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """The ``unimlip_cfg`` keys the flags change, from a run's ``vars(args)`` or ``params.txt``."""
     overrides = {}
     for suffix, (key, _, _) in _CFG_OVERRIDES.items():
-        value = getattr(options, f"unimlip_{suffix.replace('-', '_')}")
-        if value is not None:
+        if values.get(_dest(suffix)) is not None:
+            overrides[key] = values[_dest(suffix)]
+    for suffix, (key, value, _) in _CFG_SWITCHES.items():
+        if values.get(_dest(suffix)):
             overrides[key] = value
-    if options.unimlip_no_bn_freeze:
-        overrides["freeze_bn_with_simclr"] = False
-    if options.unimlip_itc_on_clean_caption:
-        overrides["itc_on_clean_caption"] = True
-    if options.unimlip_dropblock_shared_mask:
-        overrides["dropblock_per_channel"] = False
-    if options.unimlip_feed_views:
-        overrides["feed_views_without_simclr"] = True
-    if options.unimlip_view_crop_scale is not None:
-        overrides["view_crop_scale"] = tuple(options.unimlip_view_crop_scale)
+    if values.get("unimlip_view_crop_scale") is not None:
+        overrides["view_crop_scale"] = tuple(values["unimlip_view_crop_scale"])
     return overrides
 
 
 def validate(options: argparse.Namespace, args: argparse.Namespace, model_section: dict) -> Optional[str]:
     """A clear error message for unknown or contradictory values, or None. ``model_section``: the
     model JSON's ``unimlip_cfg``, which the flags override."""
-    weights = loss_weights(options)
+    weights = loss_weights(vars(options))
     negative = {t: w for t, w in weights.items() if w < 0}
     if negative:
         return f"loss weights must be >= 0, got {negative}"
@@ -121,10 +119,10 @@ def validate(options: argparse.Namespace, args: argparse.Namespace, model_sectio
         return "horovod is not supported with Uni-Mlip models; use torchrun"
     if getattr(args, "local_loss", False) and not getattr(args, "gather_with_grad", False):
         return LOCAL_LOSS_NEEDS_GATHER_WITH_GRAD  # refused at every world size: see loss.py
-    from openclip_unimlip.recipes.unimlip.model import UniMlipCfg
+    from openclip_unimlip.recipes.unimlip.config import UniMlipCfg
 
     try:
-        cfg = UniMlipCfg.from_dict({**model_section, **cfg_overrides(options)})
+        cfg = UniMlipCfg.from_dict({**model_section, **cfg_overrides(vars(options))})
     except ValueError as exc:
         return str(exc)
     if start is not None and weights["simclr"] > 0 and cfg.simclr_head == "mlp" and start > 0:
@@ -167,10 +165,10 @@ def resolve_simclr_start(options: argparse.Namespace, args: argparse.Namespace, 
     else 0 with ``--pretrained`` (the paper) or when nothing freezes, and after
     ``scratch_warmup_epochs`` from scratch. Raises ValueError for a run whose statistics would stay
     at their initial values, and for a warm-up the run cannot hold."""
-    from openclip_unimlip.recipes.unimlip.model import UniMlipCfg
+    from openclip_unimlip.recipes.unimlip.config import UniMlipCfg
 
-    cfg = UniMlipCfg.from_dict({**model_section, **cfg_overrides(options)})
-    simclr = loss_weights(options)["simclr"] > 0
+    cfg = UniMlipCfg.from_dict({**model_section, **cfg_overrides(vars(options))})
+    simclr = loss_weights(vars(options))["simclr"] > 0
     freezes = (simclr or cfg.feed_views_without_simclr) and cfg.freeze_bn_with_simclr
     given = options.unimlip_simclr_start_epoch
     if given is not None:
@@ -207,18 +205,63 @@ def resolve_simclr_start(options: argparse.Namespace, args: argparse.Namespace, 
                               "the paper gives SimCLR the second half of its schedule, sec. 4.2)")
 
 
+def recorded_start(first_launch: Optional[Path]) -> Optional[RecordedStart]:
+    """The SimCLR start a resumed run's first launch recorded in its ``params.txt``, or None."""
+    if first_launch is None:
+        return None
+    params = read_params(first_launch)
+    start = params.get("unimlip_simclr_start_epoch")
+    if not isinstance(start, int):
+        return None
+    return RecordedStart(start, bool(params.get("pretrained")), str(first_launch))
+
+
+class UniMlipFlags(FlagGroup):
+    prefix = PREFIX
+    recipe = "Uni-Mlip"
+
+    def add_arguments(self, group) -> None:
+        add_arguments(group)
+
+    def resolve(self, options, args, model_section, first_launch):
+        try:
+            start = resolve_simclr_start(options, args, model_section, recorded_start(first_launch))
+        except ValueError as exc:
+            return str(exc)
+        options.unimlip_simclr_start_epoch = start.epoch
+        options.unimlip_simclr_start_reason = start.reason  # logged when the run's model is built
+        return validate(options, args, model_section)
+
+    def model_overrides(self, values):
+        return cfg_overrides(values)
+
+    def configure_model(self, model, args) -> None:
+        """The run's terms (a weight of 0 switches its branch off) and, once, why SimCLR starts when it does."""
+        model.configure_terms([t for t, w in loss_weights(vars(args)).items() if w > 0])
+        reason = getattr(args, "unimlip_simclr_start_reason", None)
+        if reason and getattr(args, "rank", 0) == 0:  # the global master, as open_clip_train's is_master
+            logging.info(f"Uni-Mlip: SimCLR phase from epoch {args.unimlip_simclr_start_epoch}: {reason}")
+
+
+FLAGS = UniMlipFlags()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return FLAGS.build_parser()
+
+
+def split_argv(argv):
+    return FLAGS.split_argv(argv)
+
+
 def create_unimlip_loss(args: argparse.Namespace, model_cfg: dict):
     """The Uni-Mlip recipe's loss factory (see ``openclip_unimlip.recipes``): OpenCLIP's distributed flags plus
-    our ``--unimlip-*`` options, which the parse_args patch put on ``args`` (paper defaults otherwise)."""
+    the ``--unimlip-*`` values on ``args`` (the paper's where ``args`` has none, e.g. outside the trainer)."""
     from openclip_unimlip.recipes.unimlip.loss import UniMlipLoss
 
-    defaults = vars(build_parser().parse_args([]))
-    options = argparse.Namespace(**{k: getattr(args, k, v) for k, v in defaults.items()})
+    values = vars(args)
     return UniMlipLoss(
-        weights=loss_weights(options),
-        simclr_temperature=options.unimlip_simclr_temperature,
-        local_loss=args.local_loss,
-        gather_with_grad=args.gather_with_grad,
-        rank=args.rank,
-        world_size=args.world_size,
+        weights=loss_weights(values),
+        simclr_temperature=values.get("unimlip_simclr_temperature", PAPER_SIMCLR_TEMPERATURE),
+        **distributed_flags(args),
     )

@@ -36,10 +36,11 @@ from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from openclip_unimlip.recipes.distributed import all_reduce_sum, gather_batch
-from openclip_unimlip.recipes.unimlip.terms import TERMS
+from openclip_unimlip.recipes.config import validate_terms
+from openclip_unimlip.recipes.distributed import GatheringLoss, all_reduce_sum, local_loss_needs_gather_with_grad, terms_or_total
+from openclip_unimlip.recipes.ops import paired_logits
+from openclip_unimlip.recipes.unimlip.config import TERMS
 
 PAPER_WEIGHTS: Dict[str, float] = {
     "itc": 0.5 / 3,
@@ -49,10 +50,7 @@ PAPER_WEIGHTS: Dict[str, float] = {
     "mlm": 0.5,
 }
 PAPER_SIMCLR_TEMPERATURE = 0.1
-LOCAL_LOSS_NEEDS_GATHER_WITH_GRAD = (
-    "--local-loss without --gather-with-grad is not supported with Uni-Mlip models: each GPU would get only "
-    "part of the contrastive gradient and the loss weights would change with the number of GPUs; "
-    "add --gather-with-grad (or drop --local-loss)")
+LOCAL_LOSS_NEEDS_GATHER_WITH_GRAD = local_loss_needs_gather_with_grad("Uni-Mlip models")
 
 # which model outputs each contrastive term pairs up
 _CONTRASTIVE_INPUTS = {
@@ -63,7 +61,12 @@ _CONTRASTIVE_INPUTS = {
 }
 
 
-class UniMlipLoss(nn.Module):
+class UniMlipLoss(GatheringLoss):
+    """The five weighted terms; the contract and the gathering of ``GatheringLoss``
+    (``recipes/distributed.py``), every contrastive term over the whole gathered batch."""
+
+    recipe = "Uni-Mlip models"
+
     def __init__(
             self,
             weights: Optional[Dict[str, float]] = None,
@@ -73,24 +76,15 @@ class UniMlipLoss(nn.Module):
             rank: int = 0,
             world_size: int = 1,
     ):
-        super().__init__()
         weights = {**PAPER_WEIGHTS, **(weights or {})}
-        unknown = sorted(set(weights) - set(TERMS))
-        if unknown:
-            raise ValueError(f"Unknown Uni-Mlip loss terms {unknown}; known terms: {list(TERMS)}")
+        validate_terms(weights, TERMS, "Uni-Mlip")
         negative = {t: w for t, w in weights.items() if w < 0}
         if negative:
             raise ValueError(f"Loss weights must be >= 0, got {negative}")
         if simclr_temperature <= 0:
             raise ValueError(f"SimCLR temperature must be > 0, got {simclr_temperature}")
-        if world_size > 1 and local_loss and not gather_with_grad:
-            raise ValueError(LOCAL_LOSS_NEEDS_GATHER_WITH_GRAD)
-        self.weights = {t: float(weights[t]) for t in TERMS if weights[t] > 0}
+        super().__init__({t: weights[t] for t in TERMS}, local_loss, gather_with_grad, rank, world_size)
         self.simclr_temperature = simclr_temperature
-        self.local_loss = local_loss
-        self.gather_with_grad = gather_with_grad
-        self.rank = rank
-        self.world_size = world_size
 
     @property
     def active_terms(self):
@@ -98,14 +92,7 @@ class UniMlipLoss(nn.Module):
 
     def _contrastive(self, a, b, a_all, b_all, scale, logit_bias=None) -> torch.Tensor:
         """Symmetric InfoNCE between row-paired a and b (Eq. 1 / Eq. 2), as OpenCLIP's ClipLoss."""
-        if self.world_size > 1 and self.local_loss:
-            logits_a = scale * a @ b_all.T
-            logits_b = scale * b @ a_all.T
-            labels = torch.arange(a.shape[0], device=a.device) + a.shape[0] * self.rank
-        else:
-            logits_a = scale * a_all @ b_all.T
-            logits_b = logits_a.T
-            labels = torch.arange(a_all.shape[0], device=a.device)
+        logits_a, logits_b, labels = paired_logits(a, b, a_all, b_all, scale, self.local_loss, self.rank)
         if logit_bias is not None:
             logits_a = logits_a + logit_bias
             logits_b = logits_b + logit_bias
@@ -153,8 +140,7 @@ class UniMlipLoss(nn.Module):
         ]
         # one collective for every feature a contrastive term needs (see the module docstring)
         names = sorted({k for t in contrastive for k in _CONTRASTIVE_INPUTS[t]})
-        gathered = dict(zip(names, gather_batch(
-            [inputs[k] for k in names], self.rank, self.world_size, self.gather_with_grad, global_gradient=True)))
+        gathered = dict(zip(names, self._gather([inputs[k] for k in names])))
 
         losses = {}
         for term in contrastive:
@@ -168,6 +154,4 @@ class UniMlipLoss(nn.Module):
         if "mlm" in self.weights and mlm_logits is not None and mlm_targets is not None:
             losses["mlm_loss"] = self.weights["mlm"] * self._mlm(mlm_logits, mlm_targets)
 
-        if output_dict:
-            return losses
-        return sum(losses.values())
+        return terms_or_total(losses, output_dict)

@@ -16,8 +16,7 @@ clip_benchmark see a CLIP). In train mode ``model(images, texts)`` returns, batc
 
 Branches whose term is switched off (``configure_terms``) are not computed.
 """
-from dataclasses import dataclass, fields
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -31,67 +30,10 @@ from openclip_unimlip.recipes.unimlip.fusion import MaskedLanguageFusion
 from openclip_unimlip.recipes.unimlip.masking import REPLACEMENTS, CaptionMasker
 from openclip_unimlip.recipes.base_model import RecipeCLIP
 from openclip_unimlip.recipes.config import validate_terms
-from openclip_unimlip.recipes.unimlip.terms import TERMS
+from openclip_unimlip.recipes.unimlip.config import TERMS, UniMlipCfg
 from openclip_unimlip.recipes.text_models import check_text_model
-from openclip_unimlip.recipes.unimlip.views import VIEW_AUGMENTATIONS, StrongViews
-
-
-@dataclass
-class UniMlipCfg:
-    """Method hyper-parameters (paper values by default); ``unimlip_cfg`` in the model JSON."""
-    fusion_layers: int = 4
-    fusion_heads: int = 8
-    fusion_mlp_ratio: float = 4.0
-    fusion_image_tokens: str = "pooled"  # "pooled" (PMC-CLIP) or "grid" (the layer-4 map)
-    mlm_probability: float = 0.15
-    mlm_whole_word: bool = True
-    # what a chosen token becomes (masking.REPLACEMENTS): "mask", the paper's (sec. 3.4: "replaced with a
-    # unique token [MASK]"), or "bert", BERT's 80 % [MASK] / 10 % random / 10 % unchanged
-    mlm_replacement: str = "mask"
-    dropblock_prob: float = 0.5
-    dropblock_size: int = 3
-    # ours where the paper is silent: DropBlock's own Algorithm 1 and reference code draw a mask per
-    # channel (dropblock.py); False shares one spatial mask across the channels of a sample
-    dropblock_per_channel: bool = True
-    text_dropout: float = 0.75
-    itc_on_clean_caption: bool = False
-    simclr_head: str = "none"  # "none": the image embedding itself; "mlp": SLIP's projection MLP
-    simclr_head_hidden: int = 4096
-    simclr_head_dim: int = 256
-    freeze_bn_with_simclr: bool = True  # the paper's fix; False reproduces the naive baseline
-    feed_views_without_simclr: bool = False  # Table 3, row 3: views through the tower, no SimCLR term
-    view_crop_scale: Optional[Tuple[float, float]] = None  # None: the views share the clean view's crop
-    view_augmentation: str = "simclr"  # the views' strengths: "simclr" (the paper names SimCLR) or "mocov2" (SLIP's)
-
-    def __post_init__(self):
-        if self.fusion_image_tokens not in ("pooled", "grid"):
-            raise ValueError(f"fusion_image_tokens must be 'pooled' or 'grid', got {self.fusion_image_tokens!r}")
-        if self.view_augmentation not in VIEW_AUGMENTATIONS:
-            raise ValueError(f"view_augmentation must be one of {sorted(VIEW_AUGMENTATIONS)}, got {self.view_augmentation!r}")
-        if self.simclr_head not in ("none", "mlp"):
-            raise ValueError(f"simclr_head must be 'none' or 'mlp', got {self.simclr_head!r}")
-        for name in ("dropblock_prob", "text_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0.0 < self.mlm_probability < 1.0:
-            raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
-        if self.mlm_replacement not in REPLACEMENTS:
-            raise ValueError(f"mlm_replacement must be one of {sorted(REPLACEMENTS)}, got {self.mlm_replacement!r}")
-        if self.dropblock_size < 1:
-            raise ValueError(f"dropblock_size must be >= 1, got {self.dropblock_size}")
-        if self.view_crop_scale is not None:
-            low, high = self.view_crop_scale
-            if not 0 < low <= high <= 1:
-                raise ValueError(f"view_crop_scale needs 0 < min <= max <= 1, got {list(self.view_crop_scale)}")
-            self.view_crop_scale = (float(low), float(high))
-
-    @classmethod
-    def from_dict(cls, values: Optional[dict]) -> "UniMlipCfg":
-        values = dict(values or {})
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"Unknown unimlip_cfg keys: {sorted(unknown)}")
-        return cls(**values)
+from openclip_unimlip.recipes.towers import text_states
+from openclip_unimlip.recipes.unimlip.views import StrongViews
 
 
 def _simclr_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
@@ -192,9 +134,8 @@ class UniMlip(RecipeCLIP):
     def _text_states(self, ids: torch.Tensor):
         """Pooled (pre-projection) feature and last hidden states: HFTextEncoder.forward
         returns only the projection, and the text perturbation acts before it."""
-        attention_mask = (ids != self.text.config.pad_token_id).long()
-        out = self.text.transformer(input_ids=ids, attention_mask=attention_mask)
-        return self.text.pooler(out, attention_mask), out.last_hidden_state
+        out, _, pooled = text_states(self.text, ids)
+        return pooled, out.last_hidden_state
 
     def _forward_train(self, image: torch.Tensor, text: torch.Tensor) -> Dict[str, torch.Tensor]:
         terms = self.active_terms
@@ -251,15 +192,4 @@ class UniMlip(RecipeCLIP):
         if self.logit_bias is not None:
             out["logit_bias"] = self.logit_bias
         return out
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside DDP and ``torch.compile`` wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
 

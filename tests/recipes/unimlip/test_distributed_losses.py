@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from openclip_unimlip.recipes.unimlip.loss import UniMlipLoss
-from openclip_unimlip.recipes.unimlip.terms import TERMS
+from openclip_unimlip.recipes.unimlip.config import TERMS
 
 WORLD = 2
 LOCAL_BATCH = 4
@@ -163,7 +163,7 @@ def _slurm_flags(monkeypatch):
     from openclip_unimlip.apps import slurm
     from openclip_unimlip.seam import patches
 
-    monkeypatch.setattr(patches, "_trainer_options", None)  # parsing records options process-wide
+    monkeypatch.setattr(patches, "_training_run", None)  # parsing records options process-wide
     args = parse_args(slurm.recipe_args({"TRAIN_DATA": "/data/pmcoa/train/{00000..00164}.tar"}))
     return dict(local_loss=args.local_loss, gather_with_grad=args.gather_with_grad)
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from openclip_unimlip.recipes.unimlip.loss import PAPER_WEIGHTS, UniMlipLoss
-from openclip_unimlip.recipes.unimlip.terms import TERMS
+from openclip_unimlip.recipes.unimlip.config import TERMS
 
 
 def _features(batch=6, dim=8, vocab=11, k=3, seed=0):
@@ -110,7 +110,7 @@ def test_local_loss_without_gather_with_grad_is_refused_before_the_run(monkeypat
 
     from openclip_unimlip.seam import patches
 
-    monkeypatch.setattr(patches, "_trainer_options", None)  # parsing a Uni-Mlip run records its options
+    monkeypatch.setattr(patches, "_training_run", None)  # parsing a Uni-Mlip run records its options
     common = ["--model", "unimlip-tiny", "--dataset-type", "synthetic"]
     with pytest.raises(SystemExit, match="add --gather-with-grad"):
         parse_args([*common, "--local-loss"])

@@ -25,7 +25,7 @@ def build(monkeypatch):
 
     from openclip_unimlip.seam import patches
 
-    monkeypatch.setattr(patches, "_trainer_options", None)
+    monkeypatch.setattr(patches, "_training_run", None)
 
     def build(*argv):
         args = parse_args(["--model", "unimlip-tiny", "--dataset-type", "synthetic", "--epochs", "2", *argv])

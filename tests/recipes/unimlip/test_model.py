@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from openclip_unimlip.recipes.unimlip.loss import UniMlipLoss
-from openclip_unimlip.recipes.unimlip.terms import TERMS
+from openclip_unimlip.recipes.unimlip.config import TERMS
 
 
 def _images(batch=4, size=96, seed=0):

@@ -5,16 +5,14 @@ files, the epoch of a checkpoint, and an MLIP (Li) knowledge file travelling und
 References: open_clip_train's own writers (main.py l.288-293, train.py l.345-347, main.py l.496-523),
 clip_benchmark's metric names, the literal values written."""
 import json
-import runpy
 
 import open_clip
 import pytest
 import torch
 
 from openclip_unimlip.recipes import RECIPES
-from openclip_unimlip.seam import hub
+from openclip_unimlip import export
 
-from paths import REPO  # noqa: E402
 
 
 def test_params_txt_reads_back_the_values_open_clip_train_wrote(tmp_path):
@@ -26,7 +24,7 @@ def test_params_txt_reads_back_the_values_open_clip_train_wrote(tmp_path):
     with open(path, "w") as f:  # open_clip_train/main.py l.289-293, verbatim
         for name in sorted(values):
             f.write(f"{name}: {values[name]}\n")
-    read = hub.read_params(path)
+    read = export.read_params(path)
     assert read == values
     assert [type(read[k]) for k in sorted(values)] == [type(values[k]) for k in sorted(values)]
 
@@ -35,7 +33,7 @@ def test_exported_config_is_the_registered_one_with_the_runs_flags_over_it():
     registered = open_clip.get_model_config("unimlip-tiny")
     params = {"unimlip_text_dropout": 0.5, "unimlip_dropblock_size": 2, "unimlip_fusion_image_tokens": "grid",
               "unimlip_no_bn_freeze": True, "force_image_size": 128, "force_context_length": 40}
-    config, recipe = hub.export_config("unimlip-tiny", params)
+    config, recipe = export.export_config("unimlip-tiny", params)
     assert recipe.config_key == "unimlip_cfg"
     assert config["unimlip_cfg"] == {**registered["unimlip_cfg"], "text_dropout": 0.5, "dropblock_size": 2,
                                      "fusion_image_tokens": "grid", "freeze_bn_with_simclr": False}
@@ -46,7 +44,7 @@ def test_exported_config_is_the_registered_one_with_the_runs_flags_over_it():
     assert open_clip.get_model_config("unimlip-tiny") == registered  # the registry is untouched
     # the MLIP recipes have no run flags: their section is the registered one
     for name in ("mlip-liu-tiny", "mlip-li-tiny"):
-        config, _ = hub.export_config(name, {"unimlip_text_dropout": 0.5})
+        config, _ = export.export_config(name, {"unimlip_text_dropout": 0.5})
         assert config == open_clip.get_model_config(name)
 
 
@@ -56,7 +54,7 @@ def test_model_card_fields(recipe, tag):
     config = open_clip.get_model_config(name)
     params = {"model": name, "epochs": 10, "lr": 0.0005, "seed": 1, "train_data": "shards/{0..9}.tar",
               "dataset_type": "webdataset", "unimlip_text_dropout": 0.5, "logs": "/tmp/logs", "workers": 4}
-    card = hub.model_card(recipe, config, "my-model", params, 3, {"image_to_text_R@1": 0.123456, "n": 200},
+    card = export.model_card(recipe, config, "my-model", params, 3, {"image_to_text_R@1": 0.123456, "n": 200},
                           "org/my-model", "mit")
     assert card["tags"] == ("clip", "openclip-unimlip", tag, "medical")
     assert card["license"] == "mit" and recipe.title in card["description"]
@@ -64,11 +62,12 @@ def test_model_card_fields(recipe, tag):
     assert details["Recipe"] == recipe.title and details["Model config"] == name
     assert details["Text tower"] == config["text_cfg"]["hf_model_name"]
     assert details["Training data"] == "shards/{0..9}.tar (webdataset)" and details["Epoch"] == 3
+    own = {"unimlip_text_dropout": 0.5} if tag == "unimlip" else {}  # only the recipe's own flags
     assert details["Training flags"] == {"model": name, "epochs": 10, "lr": 0.0005, "seed": 1,
-                                         "unimlip_text_dropout": 0.5}  # no paths, no worker counts
+                                         **own}  # no paths, no worker counts
     assert details["Retrieval"] == {"image_to_text_R@1": 0.1235, "n": 200}
     assert "create_model_from_pretrained('hf-hub:org/my-model')" in card["usage"]
-    bare = hub.model_card(recipe, config, "my-model", {}, None, {}, None, "other")["details"]
+    bare = export.model_card(recipe, config, "my-model", {}, None, {}, None, "other")["details"]
     assert (bare["Epoch"], bare["Retrieval"], bare["Training flags"]) == ("unknown", "not measured", "not recorded")
 
 
@@ -83,10 +82,10 @@ def _results(folder, epochs):
 def test_card_retrieval_is_the_checkpoints_own_epoch(tmp_path):
     _results(tmp_path, [1, 2, 3])
     checkpoint = tmp_path / "epoch_1.pt"
-    assert hub.find_retrieval(checkpoint, 1) == {"image_to_text_R@1": 0.1, "text_to_image_R@1": 0.05}
-    assert hub.find_retrieval(checkpoint, 2) == {"image_to_text_R@1": 0.2, "text_to_image_R@1": 0.1}
-    assert hub.find_retrieval(checkpoint, None) == {"image_to_text_R@1": 0.3, "text_to_image_R@1": 0.15}
-    assert hub.find_retrieval(tmp_path / "other" / "epoch_1.pt", 1) == {}  # no results.jsonl beside it
+    assert export.find_retrieval(checkpoint, 1) == {"image_to_text_R@1": 0.1, "text_to_image_R@1": 0.05}
+    assert export.find_retrieval(checkpoint, 2) == {"image_to_text_R@1": 0.2, "text_to_image_R@1": 0.1}
+    assert export.find_retrieval(checkpoint, None) == {"image_to_text_R@1": 0.3, "text_to_image_R@1": 0.15}
+    assert export.find_retrieval(tmp_path / "other" / "epoch_1.pt", 1) == {}  # no results.jsonl beside it
 
 
 def test_retrieval_files_of_clip_benchmark_and_of_ours(tmp_path):
@@ -95,19 +94,19 @@ def test_retrieval_files_of_clip_benchmark_and_of_ours(tmp_path):
     path = tmp_path / "clip_benchmark.json"
     path.write_text(json.dumps({"dataset": "roco", "model": "local-dir:x", "task": "zeroshot_retrieval",
                                 "metrics": {"image_retrieval_recall@1": 0.2, "text_retrieval_recall@5": 0.4}}))
-    assert hub.read_retrieval(path) == {"text_to_image_R@1": 0.2, "image_to_text_R@5": 0.4}
+    assert export.read_retrieval(path) == {"text_to_image_R@1": 0.2, "image_to_text_R@5": 0.4}
     path.write_text(json.dumps({"metrics": {"image_to_text_R@1": 0.5, "note": "ours"}}))
-    assert hub.read_retrieval(path) == {"image_to_text_R@1": 0.5}
+    assert export.read_retrieval(path) == {"image_to_text_R@1": 0.5}
     path.write_text(json.dumps({"image_to_text_R@10": 0.7}))
-    assert hub.read_retrieval(path) == {"image_to_text_R@10": 0.7}
+    assert export.read_retrieval(path) == {"image_to_text_R@10": 0.7}
 
 
 def test_checkpoint_epoch_from_its_name_or_its_contents(tmp_path):
-    assert hub._checkpoint_epoch(tmp_path / "epoch_7.pt") == 7  # the name suffices: the file is not read
+    assert export._checkpoint_epoch(tmp_path / "epoch_7.pt") == 7  # the name suffices: the file is not read
     torch.save({"epoch": 3, "state_dict": {}}, tmp_path / "epoch_latest.pt")
-    assert hub._checkpoint_epoch(tmp_path / "epoch_latest.pt") == 3
+    assert export._checkpoint_epoch(tmp_path / "epoch_latest.pt") == 3
     torch.save({"state_dict": {}}, tmp_path / "final.pt")
-    assert hub._checkpoint_epoch(tmp_path / "final.pt") is None
+    assert export._checkpoint_epoch(tmp_path / "final.pt") is None
 
 
 def test_a_knowledge_file_travels_under_its_own_name(tmp_path):
@@ -117,22 +116,22 @@ def test_a_knowledge_file_travels_under_its_own_name(tmp_path):
     config["mlip_li_cfg"] = {**config["mlip_li_cfg"], "knowledge_file": str(knowledge)}
     out = tmp_path / "export"
     out.mkdir()
-    portable = hub._portable_knowledge(config, out)
-    assert portable["mlip_li_cfg"] == {**config["mlip_li_cfg"], "knowledge_file": hub.KNOWLEDGE_NAME}
-    assert (out / hub.KNOWLEDGE_NAME).read_bytes() == knowledge.read_bytes()
+    recipe = next(r for r in RECIPES if r.config_key == "mlip_li_cfg")
+    portable = export._portable_files(recipe, config, out)
+    assert portable["mlip_li_cfg"] == {**config["mlip_li_cfg"], "knowledge_file": "mlip_li_knowledge.jsonl"}
+    assert (out / "mlip_li_knowledge.jsonl").read_bytes() == knowledge.read_bytes()
     assert config["mlip_li_cfg"]["knowledge_file"] == str(knowledge)  # the caller's config is untouched
     for shipped in (None, "chest"):  # portable as they are: nothing copied
         other = tmp_path / f"export-{shipped}"
         other.mkdir()
         config["mlip_li_cfg"]["knowledge_file"] = shipped
-        assert hub._portable_knowledge(config, other) == config and not any(other.iterdir())
+        assert export._portable_files(recipe, config, other) == config and not any(other.iterdir())
 
 
 def test_export_script_hands_every_option_to_the_exporter(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(hub, "export_checkpoint", lambda *args, **kwargs: calls.append((args, kwargs)) or tmp_path)
-    main = runpy.run_path(str(REPO / "scripts" / "export_hf.py"))["main"]
-    main(["run/checkpoints/epoch_4.pt", "--output-dir", "out", "--model", "unimlip-tiny", "--params", "p.txt",
+    monkeypatch.setattr(export, "export_checkpoint", lambda *args, **kwargs: calls.append((args, kwargs)) or tmp_path)
+    export.main(["run/checkpoints/epoch_4.pt", "--output-dir", "out", "--model", "unimlip-tiny", "--params", "p.txt",
           "--retrieval", "r.json", "--repo-id", "org/name", "--license", "mit"])
     ((args, kwargs),) = calls
     given = dict(zip(("checkpoint", "output_dir"), args), **kwargs)

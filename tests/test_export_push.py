@@ -5,7 +5,6 @@ files must be the exported files, name for name and byte for byte."""
 import base64
 import json
 import os
-import runpy
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ import open_clip
 import pytest
 import torch
 
-from openclip_unimlip.seam.hub import PushFailed, export_checkpoint, push_folder
+from openclip_unimlip.export import PushFailed, export_checkpoint, push_folder
 
 from paths import REPO
 
@@ -161,14 +160,13 @@ def test_push_folder_without_private_leaves_visibility_to_the_hub(hub_client, tm
 
 
 def test_an_upload_error_is_one_message_and_the_export_stays(checkpoint, hub_client, tmp_path):
-    from openclip_unimlip.seam import hub as hub_module
+    from openclip_unimlip import export as hub_module
 
     folder = tmp_path / "export"
     with stand_in_hub(refuse_create=True) as hub:
         hub_client(hub)
-        script = runpy.run_path(str(REPO / "scripts" / "export_hf.py"))
         with pytest.raises(SystemExit) as stopped:
-            script["main"]([str(checkpoint), "--model", "mlip-liu-tiny", "--output-dir", str(folder),
+            hub_module.main([str(checkpoint), "--model", "mlip-liu-tiny", "--output-dir", str(folder),
                             "--repo-id", "our-org/liu-tiny", "--push"])
     message = str(stopped.value)
     assert "\n" not in message and message.startswith(f"error: Uploading {folder} to the Hugging Face repo our-org")
