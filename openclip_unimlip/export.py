@@ -101,7 +101,8 @@ def model_card(recipe: Recipe, config: dict, name: str, params: Dict[str, Any], 
     text_tower = config["text_cfg"].get("hf_model_name", "OpenCLIP text transformer")
     flags = {k: params[k] for k in _CARD_FLAGS if k in params}
     own = recipe.load_flags()
-    flags.update({k: v for k, v in sorted(params.items()) if own is not None and k in own.flag_names()})
+    own_flags = set(own.flag_names()) if own is not None else set()
+    flags.update({k: v for k, v in sorted(params.items()) if k in own_flags})
     training = params.get("train_data") or "not recorded (no params.txt beside the checkpoint)"
     details = {
         "Recipe": recipe.title,

@@ -123,7 +123,7 @@ def weights_mismatch_message(model, checkpoint_path: str) -> str:
                      + ")")
     return (f"The weights in {checkpoint_path} do not fit the {type(model).__name__} model its config describes: "
             f"{'; '.join(parts) or 'they differ'}. They were saved from another model config (e.g. trained with "
-            "other --unimlip-* flags): export the run's checkpoint again with scripts/export_hf.py, which reads "
+            "other recipe flags): export the run's checkpoint again with scripts/export_hf.py, which reads "
             "the flags from its params.txt.")
 
 

@@ -88,7 +88,7 @@ def _supported_or_warn() -> bool:
     try:
         check_openclip_version()
     except UnsupportedOpenCLIP as exc:
-        warnings.warn(f"{exc} Uni-Mlip models are not registered.", RuntimeWarning)
+        warnings.warn(f"{exc} The openclip-unimlip models are not registered.", RuntimeWarning)
         return False
     return True
 
@@ -322,5 +322,5 @@ def install_all() -> None:
     patch_train(open_clip_train.train)
     main = sys.modules.get("open_clip_train.main")
     if main is not None and not hasattr(main.create_loss, "__wrapped__"):
-        raise RuntimeError("open_clip_train.main was imported before the Uni-Mlip patches: it holds the stock "
+        raise RuntimeError("open_clip_train.main was imported before the openclip-unimlip patches: it holds the stock "
                            "factories. Import openclip_unimlip (or run python -m openclip_unimlip.train) first.")

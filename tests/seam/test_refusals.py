@@ -66,7 +66,7 @@ def test_patches_imported_too_late_stop_before_the_trainer(tmp_path):
     result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True,
                             env={**ENV, "OPENCLIP_UNIMLIP_DISABLE": "1"}, timeout=600)
     assert result.returncode != 0
-    assert ("RuntimeError: open_clip_train.main was imported before the Uni-Mlip patches: it holds the stock "
+    assert ("RuntimeError: open_clip_train.main was imported before the openclip-unimlip patches: it holds the stock "
             "factories. Import openclip_unimlip (or run python -m openclip_unimlip.train) first.") in result.stderr
     assert not logs.exists()  # nothing started
 
