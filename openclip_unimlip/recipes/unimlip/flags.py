@@ -246,10 +246,6 @@ class UniMlipFlags(FlagGroup):
 FLAGS = UniMlipFlags()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    return FLAGS.build_parser()
-
-
 def split_argv(argv):
     return FLAGS.split_argv(argv)
 
