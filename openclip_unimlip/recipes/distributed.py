@@ -92,7 +92,7 @@ class GatheringLoss(nn.Module):
     --gather-with-grad`` each rank scores its own rows and every normaliser is the global one;
     ``--local-loss`` alone is refused on several ranks. Per-sample terms (reconstruction, local
     alignment, prototypes) are per-rank means of the rank's own samples, normalised by the global
-    count. Tested against one process at the double batch (tests/recipes/mlip/test_mlip_distributed.py).
+    count. Tested against one process at the double batch (tests/recipes/test_mlip_distributed.py).
 
     ``recipe`` names the recipe in refusals.
     """

@@ -1,0 +1,95 @@
+"""What the tests of the two MLIP recipes (``mlip_liu/``, ``mlip_li/``) and of the modules they share
+(``test_ops.py``, ``test_config.py``) have in common: the independent references, written out here,
+the loss inputs, an MLIP (Li) model builder, a recorder of ``random_patch_mask`` calls and the reader
+of open_clip_train's log. Imported as ``mlip_helpers`` (``tests/recipes/conftest.py`` puts this
+folder on the path, as ``tests/conftest.py`` does for ``paths`` and ``shards``)."""
+import os
+import re
+
+import torch
+import torch.nn.functional as F
+
+from openclip_unimlip.recipes import ops
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+# ----- independent references ----------------------------------------------------------------------
+def ce(logits, target):
+    """One row's cross-entropy, written out."""
+    return -(logits[target] - torch.logsumexp(logits, dim=0))
+
+
+def mean_of_both_directions(a, b, scale):
+    """Symmetric InfoNCE, the mean of the row and the column direction (OpenCLIP's ClipLoss)."""
+    logits = scale * a @ b.T
+    n = logits.shape[0]
+    return (sum(ce(logits[i], i) for i in range(n)) + sum(ce(logits[:, j], j) for j in range(n))) / (2 * n)
+
+
+def sinkhorn(sim, column_mask, epsilon, iterations):
+    """Sinkhorn-Knopp in the probability domain, float64, one (N, S) problem: rows 1/N, real columns 1/S."""
+    sim, column_mask = sim.double(), column_mask.bool()
+    kernel = torch.exp(sim / epsilon) * column_mask
+    mu = torch.full((sim.shape[0],), 1.0 / sim.shape[0], dtype=torch.float64)
+    nu = column_mask.double() / column_mask.sum()
+    v = torch.ones(sim.shape[1], dtype=torch.float64)
+    for _ in range(iterations):
+        u = mu / (kernel @ v)
+        v = torch.where(column_mask, nu / (kernel.T @ u), torch.zeros_like(nu))
+    return u[:, None] * kernel * v[None, :]
+
+
+# ----- the losses' inputs ----------------------------------------------------------------------------
+def unit(generator, *shape):
+    return F.normalize(torch.randn(*shape, generator=generator), dim=-1)
+
+
+def liu_inputs(seed=0):
+    """What the MLIP (Liu) model hands its loss: a batch of 4, 5 patches, 3 sentence slots (3 filled in
+    two samples, 2 and 1 in the others)."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    mask[0, 2] = mask[1, 1:] = False
+    return dict(image_features=unit(g, 4, 8), text_features=unit(g, 4, 8), logit_scale=torch.tensor(10.0),
+                integrity_weights=torch.rand(4, generator=g) + 0.5, patch_embeddings=unit(g, 4, 5, 8),
+                sentence_embeddings=unit(g, 4, 3, 8), sentence_mask=mask,
+                reconstruction=torch.randn(4, 6, 12, generator=g), reconstruction_target=torch.randn(4, 6, 12, generator=g))
+
+
+def li_inputs(seed=0):
+    """What the MLIP (Li) model hands its loss: a batch of 4, 6 tokens ([CLS] and the last two without
+    weight), 5 patches, 7 prototypes."""
+    g = torch.Generator().manual_seed(seed)
+    weights = torch.rand(4, 6, generator=g)
+    weights[:, 0] = weights[:, -2:] = 0
+    weights = weights / weights.sum(1, keepdim=True)
+    image, text, prototypes = unit(g, 4, 8), unit(g, 4, 8), unit(g, 7, 8)
+    return dict(image_features=image, text_features=text, logit_scale=torch.tensor(10.0),
+                divergence_image_features=unit(g, 4, 8), divergence_text_features=unit(g, 4, 8),
+                token_embeddings=unit(g, 4, 6, 8), token_weights=weights, patch_embeddings=unit(g, 4, 5, 8),
+                image_prototype_scores=image @ prototypes.T, text_prototype_scores=text @ prototypes.T)
+
+
+# ----- models --------------------------------------------------------------------------------------
+def build_li_model(knowledge_file):
+    import open_clip
+
+    return open_clip.create_model("mlip-li-tiny", output_dict=True, mlip_li_cfg={"knowledge_file": knowledge_file})
+
+
+class RecordedMasks:
+    """Wraps ``ops.random_patch_mask`` where a model module imported it; records each call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, batch, num_patches, mask_ratio, device=None):
+        keep, masked = ops.random_patch_mask(batch, num_patches, mask_ratio, device=device)
+        self.calls.append({"mask_ratio": mask_ratio, "keep": keep, "masked": masked})
+        return keep, masked
+
+
+# ----- end to end through open_clip_train --------------------------------------------------------
+def logged(log_text, key):
+    return [float(v) for v in re.findall(rf"{key}: ([0-9.]+) \(", log_text)]

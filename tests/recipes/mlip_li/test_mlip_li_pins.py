@@ -1,0 +1,106 @@
+"""Pins of MLIP (Li) beyond its formulas (issue 26): every term's weight and the divergence temperature
+as configured, what the model hands its loss (the diverged views, the [CLS] token weights) and the
+default knowledge. Each is held against an independent computation: a contrast written out
+(``mlip_helpers``), OpenCLIP's own towers, the eager attention weights of transformers, a count of the
+knowledge file's lines."""
+import json
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+from openclip_unimlip.recipes import ops
+from openclip_unimlip.recipes.mlip_li import knowledge as li_knowledge
+from openclip_unimlip.recipes.mlip_li import model as li_model_module
+from openclip_unimlip.recipes.mlip_li.config import LI_TERMS, LiCfg
+from openclip_unimlip.recipes.mlip_li.loss import MlipLiLoss
+from mlip_helpers import RecordedMasks as _RecordedMasks, li_inputs as _li_inputs
+from mlip_helpers import mean_of_both_directions as _mean_of_both_directions
+
+
+# ----- the loss -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("term", LI_TERMS)
+def test_each_terms_weight_scales_exactly_that_term(term):
+    loss_class, inputs = MlipLiLoss, _li_inputs()
+    unit = loss_class()(**inputs, output_dict=True)
+    weighted = loss_class(weights={term: 0.3})(**inputs, output_dict=True)
+    assert set(weighted) == set(unit) and f"{term}_loss" in unit
+    for name, value in unit.items():
+        torch.testing.assert_close(weighted[name], value * 0.3 if name == f"{term}_loss" else value, msg=name)
+
+
+def test_divergence_contrasts_at_its_own_temperature_not_at_the_logit_scale():
+    x = _li_inputs()
+    assert x["logit_scale"].item() != 1 / 0.05  # a logit scale other than 1/τd
+    loss = MlipLiLoss(weights={"global": 0, "local": 0, "prototype": 0}, divergence_temperature=0.05)
+    value = loss(**x, output_dict=True)["divergence_loss"]
+    expected = (_mean_of_both_directions(x["image_features"], x["divergence_image_features"], 1 / 0.05)
+                + _mean_of_both_directions(x["text_features"], x["divergence_text_features"], 1 / 0.05))
+    torch.testing.assert_close(value, expected)
+
+
+# ----- the model's outputs ------------------------------------------------------------------------
+def test_li_diverged_views_are_second_passes_of_each_tower(li_model, images, tokens, monkeypatch):
+    recorded = _RecordedMasks()
+    monkeypatch.setattr(li_model_module, "random_patch_mask", recorded)
+    li_model.train()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        out = li_model(images, tokens)
+        # the image view: the tower on divergence_image_keep = 1/4 of the 36 patches
+        (call,) = recorded.calls
+        assert call["mask_ratio"] == 0.75 and call["keep"].shape[1] == 9
+        torch.testing.assert_close(out["divergence_image_features"],
+                                   F.normalize(ops.vit_tokens(li_model.visual, images, call["keep"])[0], dim=-1))
+        # the text view: another dropout draw of the tower (MiniLM: dropout 0.1), so not the first pass ...
+        assert (out["divergence_text_features"] - out["text_features"]).abs().max() > 1e-3
+        # ... yet the same function: without dropout both passes are OpenCLIP's text tower forward
+        li_model.text.eval()
+        try:
+            quiet = li_model(images, tokens)
+            reference = F.normalize(li_model.text(tokens), dim=-1)
+        finally:
+            li_model.train()
+    torch.testing.assert_close(quiet["text_features"], reference)
+    torch.testing.assert_close(quiet["divergence_text_features"], reference)
+
+
+def test_li_token_weights_are_the_last_layers_clipped_cls_attention(li_model, tokens, images):
+    """MGCA (mgca_module.py l.140-153; encoder.py l.382): the last layer's [CLS]->token attention
+    averaged over heads, clipped to the sample's 10th-90th percentile and normalised; here read from
+    transformers' own eager attention probabilities."""
+    transformer = li_model.text.transformer
+    mask = (tokens != li_model.text.config.pad_token_id).long()
+    li_model.text.eval()  # no dropout, so both passes see the same states
+    try:
+        transformer.set_attn_implementation("eager")
+        with torch.no_grad():
+            probabilities = transformer(input_ids=tokens, attention_mask=mask, output_attentions=True).attentions[-1]
+        transformer.set_attn_implementation("sdpa")
+        with torch.no_grad():
+            out = li_model(images, tokens)
+    finally:
+        transformer.set_attn_implementation("sdpa")
+        li_model.train()
+    cls_to_token = probabilities[:, :, 0, :].mean(dim=1)
+    special = torch.as_tensor(li_model.special_token_ids)
+    for row, weights, ids, row_mask in zip(cls_to_token, out["token_weights"], tokens, mask):
+        valid = row_mask.bool() & ~torch.isin(ids, special)
+        values = row[valid]
+        clipped = values.clamp(torch.quantile(values, 0.1), torch.quantile(values, 0.9))
+        torch.testing.assert_close(weights[valid], clipped / clipped.sum(), atol=1e-5, rtol=1e-4)
+        assert (weights[~valid] == 0).all()
+
+
+def test_the_default_knowledge_is_the_500_entity_radiology_file():
+    """docs/methods/mlip-li.md: knowledge_file null = "radiology", 500 entities (K = 500, MGCA's
+    num_prototypes, mgca_module.py l.46); counted here from the file's lines."""
+    path = Path(li_knowledge.__file__).parent / "knowledge" / "radiology_entities.jsonl"
+    names = [json.loads(line)["name"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert len(names) == 500
+    assert LiCfg().knowledge_file is None
+    assert [e.name for e in li_knowledge.load_knowledge(LiCfg().knowledge_file)] == names
+    model = open_clip.create_model("mlip-li-tiny", device="meta", pretrained_text=False)  # no weights
+    assert model.entity_names == names and tuple(model.prototypes.shape) == (500, 128)
