@@ -569,15 +569,14 @@ PRESETS = {
     "full": Preset(num_samples=20000, val_fraction=0.1, shard_size=1000, stage1_epochs=30, epochs=10,
                    simclr_start_epoch=4, batch_size=256, lr=5e-4, warmup=100, workers=4, seeds=(0, 1, 2)),
     # MedPix 2.0 on 2 CPU cores: 1636 train images (the official train split less the 17 that
-    # VQA-RAD also holds), batch 64: 26 steps an epoch. Stage 1: 20 epochs (520 steps, more than
-    # the 17 epochs x 19 steps the embedded stage 1 took to plateau); stage 2: 8 trained rows x
-    # 3 seeds x 2 epochs (52 steps), plus the untrained row's evaluations. Measured here on
-    # 2026-12-03 with one core busy elsewhere (load ~1.7): conversion 22 s, a stage-1 step 3.4 s
-    # (median of 26; ~5 s a dev val pass), a stage-2 step 3.1 s, ~10 s start-up and ~13 s of
-    # evaluations and kept weights per run: ~1.8 h for the grid at that load. Alone on the machine
-    # a step takes about half (the "cpu" preset's steps, same tensor shapes, ran at 1.64 s with
-    # their val passes, 5.2 min for 190): stage 1 ~17 min, 24 stage-2 runs ~46 min, about 65 min.
-    "medpix": Preset(num_samples=None, val_fraction=None, shard_size=500, stage1_epochs=20, epochs=2,
+    # VQA-RAD also holds), batch 64: 26 steps an epoch. Stage 1: 12 epochs (312 steps, about the
+    # 17 x 19 = 323 steps the embedded stage 1 took to plateau; ours). A 20-epoch stage 1 (run
+    # 2026-12-03) had a flat dev curve from epoch ~10 and gave stage-2 rows no better test numbers;
+    # the 12-epoch one met the plateau rule. Stage 2: 8 trained rows x 3 seeds x 2 epochs (52 steps),
+    # plus the untrained row's evaluations. The whole grid, measured here on 2026-12-03 with the
+    # machine otherwise nearly idle: 1 h 31 min (stage 1 21.1 min at ~3.2 s a step with its dev
+    # passes; a stage-2 run ~2.5 min at ~2.4 s a step with its evaluations).
+    "medpix": Preset(num_samples=None, val_fraction=None, shard_size=500, stage1_epochs=12, epochs=2,
                      simclr_start_epoch=1, batch_size=64, lr=1e-3, warmup=10, workers=1, seeds=(0, 1, 2)),
 }
 
