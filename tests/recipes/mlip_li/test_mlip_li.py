@@ -1,8 +1,6 @@
 """MLIP (Li): each term against an independent computation, the token weights, the prototypes, the
 knowledge file, the model's train/eval contract and a short CPU training through open_clip_train."""
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,9 +10,8 @@ from openclip_unimlip.recipes import ops
 from openclip_unimlip.recipes.mlip_li.knowledge import DEFAULT_KNOWLEDGE_FILE, load_knowledge
 from openclip_unimlip.recipes.mlip_li.model import clipped_token_weights, cls_attention
 from openclip_unimlip.recipes.mlip_li.loss import MlipLiLoss
-from mlip_helpers import ENV, build_li_model as _li_model, ce as _naive_ce, li_inputs as _li_inputs
-from mlip_helpers import logged as _logged, mean_of_both_directions as _itc
-from shards import write_shards
+from mlip_helpers import build_li_model as _li_model, ce as _naive_ce, li_inputs as _li_inputs
+from mlip_helpers import mean_of_both_directions as _itc
 
 
 # ----- loss terms ---------------------------------------------------------------------------------
@@ -96,43 +93,6 @@ def test_token_weights_are_clipped_normalised_attention():
 
 
 # ----- model --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["mlip-li-tiny"])
-def test_eval_mode_is_exactly_openclip_clip(models, batch, name):
-    from open_clip.model import CustomTextCLIP
-
-    model = models[name].eval()
-    images, texts = batch
-    out = model(images, texts)
-    with torch.no_grad():
-        reference = CustomTextCLIP.forward(model, images, texts)
-    assert set(out) == {"image_features", "text_features", "logit_scale"}
-    for key in out:
-        torch.testing.assert_close(out[key], reference[key])
-
-
-@pytest.mark.parametrize("name", ["mlip-li-tiny"])
-def test_train_outputs_are_batch_first_and_every_parameter_gets_a_gradient(models, batch, name):
-    import argparse
-
-    import open_clip
-
-    model = models[name].train()
-    model.zero_grad()
-    images, texts = batch
-    out = model(images, texts)
-    assert not {"logits", "labels"} & set(out)
-    for key, value in out.items():
-        if key not in ("logit_scale", "logit_bias"):
-            assert value.shape[0] == 4, key
-    args = argparse.Namespace(model=name, local_loss=False, gather_with_grad=False, rank=0, world_size=1)
-    terms = open_clip.create_loss(args)(**out, output_dict=True)
-    expected = {"global_loss", "divergence_loss", "local_loss", "prototype_loss"}
-    assert set(terms) == expected
-    sum(terms.values()).backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
-    assert not missing
-
-
 def test_cls_attention_matches_the_eager_attention_weights(models, batch):
     model = models["mlip-li-tiny"].eval()
     texts = batch[1]
@@ -205,24 +165,3 @@ def test_knowledge_file_default_and_errors(tmp_path):
     bad.write_text(json.dumps({"name": "a"}))
     with pytest.raises(ValueError, match="description"):
         load_knowledge(bad)
-
-
-# ----- end to end through open_clip_train ---------------------------------------------------------
-@pytest.mark.slow
-@pytest.mark.parametrize("name, terms", [
-    ("mlip-li-tiny", ("Global_loss", "Divergence_loss", "Local_loss", "Prototype_loss")),
-])
-def test_short_cpu_training_lowers_the_loss(tmp_path, name, terms):
-    pattern = write_shards(tmp_path / "shards", num_samples=128, per_shard=64)
-    cmd = [sys.executable, "-m", "open_clip_train.main", "--model", name, "--train-data", pattern,
-           "--dataset-type", "webdataset", "--train-num-samples", "128", "--batch-size", "16", "--epochs", "3",
-           "--workers", "1", "--precision", "fp32", "--lr", "1e-3", "--warmup", "2", "--logs", str(tmp_path / "logs"),
-           "--name", "run", "--log-every-n-steps", "1", "--seed", "0"]
-    result = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    log = (tmp_path / "logs" / "run" / "out.log").read_text()
-    for term in terms:
-        assert term in log, term
-    losses = _logged(log, "Loss")
-    assert len(losses) >= 20
-    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4

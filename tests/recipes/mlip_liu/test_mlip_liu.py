@@ -1,8 +1,6 @@
 """MLIP (Liu): each term against an independent computation, the sentence splitter, the model's
 train/eval contract and a short CPU training through open_clip_train."""
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -10,9 +8,7 @@ import torch.nn.functional as F
 
 from openclip_unimlip.recipes import ops
 from openclip_unimlip.recipes.mlip_liu.loss import MlipLiuLoss
-from mlip_helpers import ENV, ce as _naive_ce, liu_inputs as _liu_inputs, logged as _logged
-from mlip_helpers import sinkhorn as _naive_sinkhorn
-from shards import write_shards
+from mlip_helpers import liu_inputs as _liu_inputs
 
 
 # ----- sentences ----------------------------------------------------------------------------------
@@ -77,23 +73,6 @@ def test_masked_contrastive_is_macos_formula():
     assert abs(columns - rows) > 1e-3
 
 
-def test_patch_sentence_term_is_infonce_over_transport_similarities():
-    x = _liu_inputs()
-    loss = MlipLiuLoss(weights={"masked_contrastive": 0, "reconstruction": 0}, psm_temperature=0.1,
-                       ot_epsilon=0.1, ot_iterations=5, ot_tolerance=0.0)
-    value = loss(**x, output_dict=True)["patch_sentence_loss"]
-    n = x["patch_embeddings"].shape[0]
-    sim = torch.zeros(n, n, dtype=torch.float64)
-    for a in range(n):
-        for b in range(n):
-            cos = x["patch_embeddings"][a] @ x["sentence_embeddings"][b].T
-            plan = _naive_sinkhorn(cos, x["sentence_mask"][b], 0.1, 5)
-            sim[a, b] = (plan * cos.double()).sum()
-    sim = sim / 0.1
-    expected = (sum(_naive_ce(sim[i], i) for i in range(n)) + sum(_naive_ce(sim[:, j], j) for j in range(n))) / (2 * n)
-    assert value.item() == pytest.approx(expected.item(), abs=1e-5)
-
-
 def test_reconstruction_is_mse_and_weights_scale_and_remove_terms():
     x = _liu_inputs()
     terms = MlipLiuLoss(weights={"reconstruction": 2.0, "patch_sentence": 0})(**x, output_dict=True)
@@ -107,43 +86,6 @@ def test_reconstruction_is_mse_and_weights_scale_and_remove_terms():
 
 
 # ----- model --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["mlip-liu-tiny"])
-def test_eval_mode_is_exactly_openclip_clip(models, batch, name):
-    from open_clip.model import CustomTextCLIP
-
-    model = models[name].eval()
-    images, texts = batch
-    out = model(images, texts)
-    with torch.no_grad():
-        reference = CustomTextCLIP.forward(model, images, texts)
-    assert set(out) == {"image_features", "text_features", "logit_scale"}
-    for key in out:
-        torch.testing.assert_close(out[key], reference[key])
-
-
-@pytest.mark.parametrize("name", ["mlip-liu-tiny"])
-def test_train_outputs_are_batch_first_and_every_parameter_gets_a_gradient(models, batch, name):
-    import argparse
-
-    import open_clip
-
-    model = models[name].train()
-    model.zero_grad()
-    images, texts = batch
-    out = model(images, texts)
-    assert not {"logits", "labels"} & set(out)
-    for key, value in out.items():
-        if key not in ("logit_scale", "logit_bias"):
-            assert value.shape[0] == 4, key
-    args = argparse.Namespace(model=name, local_loss=False, gather_with_grad=False, rank=0, world_size=1)
-    terms = open_clip.create_loss(args)(**out, output_dict=True)
-    expected = {"masked_contrastive_loss", "patch_sentence_loss", "reconstruction_loss"}
-    assert set(terms) == expected
-    sum(terms.values()).backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
-    assert not missing
-
-
 def test_integrity_weights_start_at_ln2_and_are_trainable(models, batch):
     model = models["mlip-liu-tiny"].train()
     model.zero_grad()
@@ -158,24 +100,3 @@ def test_sentences_of_the_caption_reach_the_transport(models, batch):
     out = models["mlip-liu-tiny"].train()(*batch)
     assert out["sentence_mask"].sum(1).tolist() == [3, 1, 2, 2]
     assert out["patch_embeddings"].shape[1] == 18  # half of the 36 patches kept
-
-
-# ----- end to end through open_clip_train ---------------------------------------------------------
-@pytest.mark.slow
-@pytest.mark.parametrize("name, terms", [
-    ("mlip-liu-tiny", ("Masked_contrastive_loss", "Patch_sentence_loss", "Reconstruction_loss")),
-])
-def test_short_cpu_training_lowers_the_loss(tmp_path, name, terms):
-    pattern = write_shards(tmp_path / "shards", num_samples=128, per_shard=64)
-    cmd = [sys.executable, "-m", "open_clip_train.main", "--model", name, "--train-data", pattern,
-           "--dataset-type", "webdataset", "--train-num-samples", "128", "--batch-size", "16", "--epochs", "3",
-           "--workers", "1", "--precision", "fp32", "--lr", "1e-3", "--warmup", "2", "--logs", str(tmp_path / "logs"),
-           "--name", "run", "--log-every-n-steps", "1", "--seed", "0"]
-    result = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    log = (tmp_path / "logs" / "run" / "out.log").read_text()
-    for term in terms:
-        assert term in log, term
-    losses = _logged(log, "Loss")
-    assert len(losses) >= 20
-    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
