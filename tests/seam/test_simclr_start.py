@@ -16,6 +16,7 @@ import sys
 import open_clip
 import pytest
 import torch
+from train_data import InMemoryData
 
 ENV_ARGS = ["--model", "unimlip-tiny", "--dataset-type", "synthetic", "--precision", "fp32"]
 INITIAL_STATISTICS = "keeps the statistics at their initial values (mean 0, variance 1) for the whole run"
@@ -55,18 +56,6 @@ def _build(trainer, *argv):
     return args, model, main.create_loss(args)
 
 
-class _OneBatch(list):
-    num_batches, num_samples = 1, 2
-
-
-class _Data:
-    def __init__(self, batch):
-        self.dataloader = _OneBatch([batch])
-
-    def set_epoch(self, epoch):
-        pass
-
-
 def _train_epoch(trainer, args, model, loss, epoch, captions):
     """One step of the trainer's own ``train_one_epoch`` at ``epoch`` (learning rate 0: only the
     BatchNorm statistics can move); returns the output keys and every visual BatchNorm's statistics."""
@@ -75,7 +64,7 @@ def _train_epoch(trainer, args, model, loss, epoch, captions):
     hook = model.register_forward_hook(lambda m, i, out: seen.append(set(out)))
     batch = (torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(epoch)), captions[:2])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    main.train_one_epoch(model, {"train": _Data(batch)}, loss, epoch, optimizer, None, lambda step: None, None, args)
+    main.train_one_epoch(model, {"train": InMemoryData([batch])}, loss, epoch, optimizer, None, lambda step: None, None, args)
     hook.remove()
     return seen[-1], _statistics(model.state_dict())
 

@@ -14,6 +14,7 @@ import webdataset as wds
 
 from openclip_unimlip.recipes.unimlip.views import StrongViews
 from shards import write_shards
+from train_data import InMemoryData
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 TERMS_LOGGED = ("Itc_loss", "Image_perturbed_itc_loss", "Text_perturbed_itc_loss", "Mlm_loss")
@@ -74,21 +75,6 @@ def test_plugin_flags_are_refused_for_other_models(tmp_path):
 
 
 # ----- --accum-freq: same gradients as one batch of twice the size ---------------------------------
-class _Loader(list):
-    def __init__(self, batches):
-        super().__init__(batches)
-        self.num_batches = len(batches)
-        self.num_samples = sum(len(b[0]) for b in batches)
-
-
-class _Data:
-    def __init__(self, batches):
-        self.dataloader = _Loader(batches)
-
-    def set_epoch(self, epoch):
-        pass
-
-
 def _deterministic_model():
     import open_clip
 
@@ -120,7 +106,7 @@ def _one_step(batches, accum_freq, model=None):
     # no trainer options: the phase is the model's own (set above), not one a test before this left
     # behind in the plugin's per-run state (a from-scratch parse would turn SimCLR off at epoch 0)
     with mock.patch.object(patches, "_training_run", None):
-        train_one_epoch(model, {"train": _Data(batches)}, UniMlipLoss(weights={"image_perturbed_itc": 0,
+        train_one_epoch(model, {"train": InMemoryData(batches)}, UniMlipLoss(weights={"image_perturbed_itc": 0,
                         "text_perturbed_itc": 0, "mlm": 0}), 0, optimizer, None, None, None, args)
     return {k: model.state_dict()[k] - before[k] for k in before if before[k].is_floating_point()}
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from openclip_unimlip.recipes.unimlip.views import VIEW_AUGMENTATIONS
+from train_data import InMemoryData
 
 FLAGS = {  # flag -> value, each different from its default
     "--unimlip-itc-weight": 0.11, "--unimlip-image-perturbed-itc-weight": 0.22,
@@ -79,18 +80,6 @@ def test_zero_weights_head_and_feed_views_reach_the_built_loss_and_model(trainer
     assert model.strong_views.augmentation == VIEW_AUGMENTATIONS["simclr"] and model.image_perturbation.per_channel
 
 
-class _OneBatch(list):
-    num_batches, num_samples = 1, 2
-
-
-class _Data:
-    def __init__(self, batch):
-        self.dataloader = _OneBatch([batch])
-
-    def set_epoch(self, epoch):
-        pass
-
-
 def test_simclr_phase_starts_exactly_at_its_epoch(trainer, captions):
     """Through the trainer's own ``train_one_epoch`` for epochs start-1 and start: before, no views
     and updating statistics; from the start epoch, the SimCLR term with frozen statistics."""
@@ -102,7 +91,7 @@ def test_simclr_phase_starts_exactly_at_its_epoch(trainer, captions):
     batch = (torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0)), captions[:2])
     for epoch in (1, 2):
         before = model.visual.bn1.running_mean.clone()
-        main.train_one_epoch(model, {"train": _Data(batch)}, loss, epoch, optimizer, None, lambda step: None, None, args)
+        main.train_one_epoch(model, {"train": InMemoryData([batch])}, loss, epoch, optimizer, None, lambda step: None, None, args)
         keys, bn_training = seen[-1]
         changed = not torch.equal(model.visual.bn1.running_mean, before)
         if epoch == 1:

@@ -12,25 +12,9 @@ import torch
 
 from openclip_unimlip.recipes.mlip_li.knowledge import DEFAULT_KNOWLEDGE_FILE
 from openclip_unimlip.recipes.mlip_li.loss import MlipLiLoss
+from train_data import InMemoryData
 
 LR, WEIGHT_DECAY = 0.01, 0.2
-
-
-class _Loader(list):
-    """What train_one_epoch reads of OpenCLIP's DataInfo.dataloader."""
-
-    def __init__(self, batches):
-        super().__init__(batches)
-        self.num_batches = len(batches)
-        self.num_samples = sum(len(b[0]) for b in batches)
-
-
-class _Data:
-    def __init__(self, batches):
-        self.dataloader = _Loader(batches)
-
-    def set_epoch(self, epoch):
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +56,7 @@ def _epoch(model, batches, epoch, optimizer):
                               grad_clip_norm=1.0, horovod=False, log_every_n_steps=1, batch_size=len(batches[0][0]),
                               world_size=1, rank=0, local_rank=0, wandb=False)
     loss = MlipLiLoss(weights={"global": 0, "divergence": 0, "local": 0, "prototype": 1.0})
-    train_one_epoch(model, {"train": _Data(batches)}, loss, epoch, optimizer, None, None, None, args)
+    train_one_epoch(model, {"train": InMemoryData(batches)}, loss, epoch, optimizer, None, None, None, args)
 
 
 def test_frozen_prototypes_are_skipped_by_adamw_and_then_start_fresh(model, batch):
