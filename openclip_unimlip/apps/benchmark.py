@@ -7,18 +7,21 @@ paper's layout (Fig. 2, Table 1, Table 2), with the paper's reported numbers bes
 * **Models**: ``--model NAME [--pretrained CKPT] [--label TEXT]``, repeatable; each is one row of
   every table. ``NAME`` is anything OpenCLIP's factory takes (``hf-hub:...``, ``local-dir:...``,
   stock names, our configs; ``--model-config`` registers more); ``--pretrained`` a checkpoint path
-  (``open_clip_train`` checkpoints work) or an OpenCLIP tag.
+  (``open_clip_train`` checkpoints work) or an OpenCLIP tag; ``{seed}`` in the path gives downstream
+  seed k the weights of pretraining seed k (e.g. the MedPix ablation's ``checkpoints/all_five-seed{seed}.pt``).
 * **Datasets**: every dataset found under ``--data-root`` in its released layout
   (``benchmark_datasets``: ROCO, MedPix 2.0, CheXpert, MIMIC-CXR-JPG, NIH ChestX-ray14, VQA-RAD,
   SLAKE). A missing one is listed as skipped; one whose folder does not hold its release is bad.
 * **Tasks** (``benchmark_tasks``, each wrapping the single-task evaluation): retrieval on ROCO and
-  MedPix 2.0 test pairs; classification fine-tuning on the chest X-ray sets (Table 1) and on
+  MedPix 2.0 test pairs; classification fine-tuning and linear probing on the chest X-ray sets
+  (Table 1; NIH split by its own list files, ``benchmark_tasks.DATASET_PROTOCOLS``) and fine-tuning on
   MedPix 2.0's location labels (a stand-in in Table 1's layout); VQA fine-tuning on VQA-RAD and
   SLAKE (Table 2).
 * **Presets**: ``paper`` (2000 drawn retrieval pairs, sec. 4.2; classification fine-tuning at
   1/10/100 % under the default ``chexclusion`` protocol, 224 px, the paper's batch sizes, up to 64
-  epochs with early stopping; VQA at the paper's learning rates with ``vqa.py``'s schedule) and
-  ``ci`` (tiny sizes, ours: a minute on a CPU for small models).
+  epochs with early stopping; VQA at the paper's learning rates with ``vqa.py``'s schedule), ``cpu``
+  (ours: every real dataset on a 2-core machine with ``unimlip-tiny``, see :data:`CPU`) and ``ci``
+  (tiny sizes, ours: a minute on a CPU for small models).
 * **Cells**: one (model, task, fraction, seed) each, written to ``<out>/cells/<row>/`` as soon as it
   finishes, with a hash of everything that shaped it; a re-run skips finished cells and re-runs
   stale ones. A bad dataset or a model that does not load stops only its own cells; a cell that
@@ -53,6 +56,7 @@ from openclip_unimlip.apps.benchmark_tasks import (
     Preset,
     RetrievalRecipe,
     RetrievalTask,
+    SEED_FIELD,
     Runtime,
     Task,
     VqaRecipe,
@@ -97,7 +101,25 @@ CI = Preset(
     vqa=replace(PAPER.vqa, batch_size=16, epochs=1, image_size=None, patience=None),
     limit=32, seeds=(0, 1), fractions=(0.1, 1.0), workers=0)
 
-PRESETS = {preset.name: preset for preset in (PAPER, CI)}
+# Ours: every real dataset on a 2-core CPU with unimlip-tiny (its own 96 px), each task learning
+# beyond its chance or prior row. Retrieval keeps the paper's 2,000-pair draw. Chest X-ray: 2
+# epochs of batches of 32, no early stopping (NIH's fine-tune and probe at 1/10/100 %: about 8 min
+# a model and seed on the loaded machine, helper-measured 2026-12-05). MedPix classification:
+# apps/real_downstream.py's "cpu" fine-tune. VQA: the frozen text tower with cached question
+# states and images transformed once at 64 px (evaluation/vqa.py's CPU options), 10 epochs on the
+# standard 3,064-question split: a random-init unimlip-tiny reached 50.6 % overall on the 451 test
+# questions against 41.9 % for the same model with the image blanked (seed 0, 2026-12-05).
+CPU = Preset(
+    name="cpu",
+    retrieval=RetrievalRecipe(num_samples=2000),
+    chest_xray=replace(PAPER.chest_xray, image_size=None, batch_sizes={d: 32 for d in PAPER.chest_xray.batch_sizes},
+                       max_epochs=2, patience=None),
+    medpix=MedpixRecipe(FineTuneSettings(batch_size=32, lr=1e-4, max_epochs=4, patience=2, min_epoch_images=320),
+                        image_size=None),
+    vqa=replace(PAPER.vqa, batch_size=32, epochs=10, image_size=64, patience=None, freeze_text=True, augment=False),
+    limit=None, seeds=(0, 1, 2), fractions=(0.01, 0.1, 1.0), workers=1)
+
+PRESETS = {preset.name: preset for preset in (PAPER, CI, CPU)}
 # The time estimate's prior before any cell of a (model, task kind) has finished: seconds per work
 # unit (one 224 px image through a training step of an RN50-sized tower, data loading included).
 # Ours and rough; the cells' own recorded times replace it as soon as there are some.
@@ -162,7 +184,7 @@ class Benchmark:
     def _load(self, task: Task, dataset: DatasetStatus) -> TaskState:
         state = TaskState(task, dataset)
         try:
-            state.data = task.load(dataset.path, self.config.preset)
+            state.data = task.load(dataset.path, self.config.preset, self.config.runtime)
             state.describe = task.describe(state.data)
             state.chance = task.chance(state.data, self.config.preset)
         except Exception as error:  # noqa: BLE001 - a bad dataset stops only its own cells
@@ -177,7 +199,8 @@ class Benchmark:
         for row in self.config.rows:
             status = self.row_status[row.label]
             try:
-                model = open_clip.create_model(row.model, pretrained=row.pretrained)
+                weights = row.for_seed(self.config.preset.seeds[0]).pretrained
+                model = open_clip.create_model(row.model, pretrained=weights)
             except Exception as error:  # noqa: BLE001 - a failed model stops only its own cells
                 status.update(status="failed", message=f"the model could not be loaded: {_one_line(error)}")
                 _logger.error("%s: %s", row.label, status["message"])
@@ -201,8 +224,9 @@ class Benchmark:
         """A hash of everything that shapes the cell's numbers (not the device, the workers nor the
         output folder)."""
         state = self.tasks[cell.task]
-        settings = {"row": self.row(cell.row).identity(), "task": cell.task,
+        settings = {"row": self.row(cell.row).for_seed(cell.seed).identity(), "task": cell.task,
                     "recipe": state.task.recipe(self.config.preset), "data": str(Path(state.dataset.path).resolve()),
+                    "read": state.describe,  # what was read: a changed reader or release re-runs the cells
                     "limit": self.config.preset.limit, "precision": self.config.runtime.precision}
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -234,7 +258,7 @@ class Benchmark:
     # ------------------------------------------------------------------------- running
     def run_cell(self, cell: Cell) -> dict:
         state = self.tasks[cell.task]
-        row = self.row(cell.row)
+        row = self.row(cell.row).for_seed(cell.seed)
         start = time.perf_counter()
         result = state.task.run(row, state.data, self.config.preset, cell.fraction, cell.seed, self.config.runtime)
         return {**asdict(cell), "model": row.model, "pretrained": row.pretrained, "preset": self.config.preset.name,
@@ -495,8 +519,10 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         if ":" not in model and model not in open_clip.list_models():
             parser.error(f"unknown OpenCLIP model {model!r} (register its config with --model-config)")
         looks_like_file = pretrained and (Path(pretrained).suffix in _CHECKPOINT_SUFFIXES or os.sep in pretrained)
-        if looks_like_file and not Path(pretrained).is_file():
-            parser.error(f"checkpoint {pretrained} of --model {model} not found")
+        for seed in (args.seeds or PRESETS[args.preset].seeds) if pretrained and SEED_FIELD in pretrained else (None,):
+            path = pretrained.replace(SEED_FIELD, str(seed)) if seed is not None else pretrained
+            if looks_like_file and not Path(path).is_file():
+                parser.error(f"checkpoint {path} of --model {model} not found")
         rows.append(ModelRow(spec["label"] or _default_label(model, pretrained), model, pretrained))
     labels = [row.label for row in rows]
     folders = [row_folder(label) for label in labels]

@@ -11,7 +11,7 @@ with the right name but the wrong contents is *bad*, with one message saying wha
 | MedPix 2.0 | ``medpix-2.0``, ``MedPix-2-0``, ``medpix`` | ``splitted_dataset/descriptions_*.jsonl`` + ``images/``, itself or in ``MedPix-2-0/`` (``data.medpix.release_dir``) |
 | CheXpert | ``CheXpert-v1.0-small``, ``CheXpert-v1.0``, ``chexpert`` | ``train.csv``, ``valid.csv`` (``evaluation.cxr_datasets``) |
 | MIMIC-CXR-JPG | ``mimic-cxr-jpg``, ``mimic-cxr``, ``mimic`` (or a version folder such as ``2.0.0`` in it) | ``mimic-cxr-2.0.0-{chexpert,split,metadata}.csv[.gz]`` + ``files/`` |
-| NIH ChestX-ray14 | ``ChestX-ray14``, ``nih-chestxray14``, ``nih``, ``CXR8``, ``ChestX-ray8`` | ``Data_Entry_2017.csv`` |
+| NIH ChestX-ray14 | ``ChestX-ray14``, ``nih-chestxray14``, ``nih``, ``CXR8``, ``ChestX-ray8`` | ``Data_Entry_2017_v2020.csv`` (current release; read when both are there) or ``Data_Entry_2017.csv`` (older), ``train_val_list.txt``, ``test_list.txt`` (checked when read), ``images/`` or ``images_0NN/images/`` (``evaluation.cxr_datasets.read_nih``) |
 | VQA-RAD | ``vqa-rad``, ``VQA_RAD`` | ``VQA_RAD Dataset Public.json`` + ``VQA_RAD Image Folder/`` (``evaluation.vqa_datasets``) |
 | SLAKE | ``slake``, ``Slake1.0`` | ``train.json``, ``validate.json``, ``test.json``, ``imgs/`` |
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from openclip_unimlip.data.medpix import release_dir
+from openclip_unimlip.evaluation.cxr_datasets import nih_entry_file
 from openclip_unimlip.evaluation.vqa_datasets import SLAKE_FILES, VQA_RAD_IMAGE_DIR, VQA_RAD_JSON
 
 
@@ -61,7 +62,10 @@ def _mimic(folder: Path) -> Path:
 
 
 def _nih(folder: Path) -> Path:
-    _need(folder, ["Data_Entry_2017.csv"], "NIH ChestX-ray14")
+    try:
+        nih_entry_file(folder)
+    except FileNotFoundError as error:
+        raise ValueError(f"{folder} is not the NIH ChestX-ray14 release: {error}") from None
     return folder
 
 

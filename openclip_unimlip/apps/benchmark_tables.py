@@ -100,14 +100,26 @@ def _chance(report: dict, columns: Sequence[tuple], source: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- the tables
+def _pairs_note(described: dict, pairs_per_draw: Optional[int]) -> str:
+    """How many test rows were read, kept as pairs and left out by reason, and how many are drawn."""
+    if not described:
+        return "Test split: not read (see Problems)."
+    left_out = described["left_out"]
+    reasons = ", ".join(f"{reason} {count:,}" for reason, count in left_out.items())
+    return (f"Test split: {described['rows_read']:,} rows read, {described['pairs']:,} image-caption pairs kept, "
+            f"{sum(left_out.values()):,} left out{f' ({reasons})' if reasons else ''} by the converters' check "
+            "(`data.shards.check_rows`; ours: of rows with byte-identical images the first is kept, as one image "
+            f"twice in the gallery would make one of the two a wrong hit); {pairs_per_draw:,} pairs drawn per seed "
+            "(the draw's seed is the cell's seed).")
+
+
 def retrieval_table(report: dict, task: str) -> dict:
     dataset = task.removeprefix("retrieval-")
     described = report["tasks"][task].get("describe") or {}
     pairs = report["tasks"][task].get("pairs_per_draw")
     columns = [(key, task, None, key) for key, _ in RETRIEVAL_COLUMNS]
     title = {"roco": "ROCO", "medpix": "MedPix 2.0"}.get(dataset, dataset)
-    notes = [f"Test split: {described.get('pairs', '?')} image-caption pairs ({described.get('left_out', 0)} left "
-             f"out: no image file or no caption); {pairs} drawn per seed (the draw's seed is the cell's seed)."]
+    notes = [_pairs_note(described, pairs)]
     if dataset == "roco":
         gains = "; ".join(f"{'I2T' if g.direction == 'image_to_text' else 'T2I'} R@{g.k} +{g.points:.2f} over "
                           f"{g.over}" for g in reported.FIGURE2_STATED_GAINS)
@@ -125,29 +137,54 @@ def retrieval_table(report: dict, task: str) -> dict:
     }
 
 
+def _split_note(dataset: str, described: dict) -> str:
+    if described.get("split_rule") == "official":
+        official = {"nih": "NIH's test_list.txt, valid a seeded patient holdout of train_val_list.txt",
+                    "chexpert": "CheXpert's valid.csv as test, valid a seeded patient holdout of train.csv",
+                    "mimic": "MIMIC-CXR's official split"}[dataset]
+        return f"protocol {described['protocol']}, {official}"
+    return f"protocol {described.get('protocol')}, the release pooled and split 80/10/10 by patient (seeded)"
+
+
 def table1(report: dict, fractions: Sequence[float]) -> dict:
     fractions = sorted(set(fractions) | set(reported.TABLE1_FRACTIONS))
     names = {"mimic": "MIMIC", "chexpert": "CXP", "nih": "NIH"}
     columns = [(f"{d}@{fraction_label(f)}", f"classification-{d}", f, "macro_auc")
                for d in reported.TABLE1_DATASETS for f in fractions]
-    rows = _ours(report, columns) + [_chance(report, columns, "a constant score (AUC 0.5)")]
+    # The linear probe (ours) fills the same columns in rows of its own: every reported row is fine-tuned.
+    probe_columns = [(key, task.replace("classification-", "linear-probe-", 1), f, metric)
+                     for key, task, f, metric in columns]
+    rows = _ours(report, columns)
+    if any(task in report["tasks"] for _, task, _, _ in probe_columns):
+        rows += [{**row, "label": f"{row['label']} (linear probe)",
+                  "source": f"{row['source']}; frozen image tower, a logistic regression per label"}
+                 for row in _ours(report, probe_columns)]
+    rows.append(_chance(report, columns, "a constant score (AUC 0.5)"))
     for row in reported.TABLE1:
         rows.append({"label": f"{row.method} (reported)", "kind": "reported", "source": row.source,
                      "cells": {key: ({"value": v} if (v := reported.table1_value(row, task.removeprefix(
                          "classification-"), f)) is not None else {"status": "n/a"})
                                for key, task, f, _ in columns}})
-    protocols = sorted({(report["tasks"][t]["describe"] or {}).get("protocol") for _, t, _, _ in columns
-                        if t in report["tasks"] and report["tasks"][t].get("describe")} - {None})
+    splits = [f"{names[d]}: {_split_note(d, described)}" for d in reported.TABLE1_DATASETS
+              if (described := (report["tasks"].get(f"classification-{d}") or {}).get("describe"))]
     return {
         "id": "table1", "layout": "Table 1", "decimals": 1,
-        "title": "Table 1 layout: chest X-ray classification, fine-tuned on 1 / 10 / 100 % of the training labels, "
-                 "macro AUC (%)",
+        "title": "Table 1 layout: chest X-ray classification, fine-tuned (ours also linear-probed) on 1 / 10 / 100 % "
+                 "of the training labels, macro AUC (%)",
         "columns": [{"key": key, "label": f"{names[t.removeprefix('classification-')]} {fraction_label(f)}"}
                     for key, t, f, _ in columns],
         "rows": rows,
-        "notes": [f"Our rows: protocol {', '.join(protocols) or 'chexclusion'} (evaluation/cxr_protocols.py), the "
-                  "protocol of Table 1's comparison rows. Reported rows: as printed; their splits are not public, "
-                  "ours is a seeded 80/10/10 patient split."],
+        "notes": [
+            f"Our rows (evaluation/cxr_protocols.py): {'; '.join(splits) or 'no dataset read'}. CXP and MIMIC follow "
+            "CheXclusion, the protocol of Table 1's comparison rows (M-FLAG's table); NIH is split by NIH's own "
+            "list files, as Uni-Mlip's split source (its ref. [15]) reads fixed list files. Reported rows: as "
+            "printed; their splits are not public.",
+            "Macro AUC over the labels with both classes in the test split; a label without a positive (or "
+            "without a negative) there has no AUC and is left out of the mean (classification.auc_report).",
+            "Rows marked linear probe (ours): the frozen image tower's embedding of each image, standardised on "
+            "the training subset, one logistic regression per label, C chosen on the validation split by macro "
+            "AUC (evaluation/linear_probe.py); the training subset is the fine-tuning's for the same seed.",
+        ],
     }
 
 
@@ -170,19 +207,34 @@ def medpix_classification_table(report: dict, fractions: Sequence[float]) -> dic
 def table2(report: dict) -> dict:
     names = VQA_DATASET_NAMES
     columns = [(f"{d}/{m}", f"vqa-{d}", None, m) for d in reported.TABLE2_DATASETS for m, _ in VQA_COLUMNS]
-    rows = _ours(report, columns) + [_chance(report, columns, "the training split's most common answer per "
-                                                              "question type (open, closed)")]
+    question_only = [(key, f"vqa-question-only-{task.removeprefix('vqa-')}", fraction, metric)
+                     for key, task, fraction, metric in columns]
+    rows = []
+    for row, blank in zip(_ours(report, columns), _ours(report, question_only), strict=True):
+        blank.update(label=f"{row['label']}: question only", source=f"{row['source']}; image tokens left out")
+        rows += [row, blank]
+    majority = _chance(report, columns, "the training split's most common answer of each question's type (open, "
+                                        "closed): it is told the answer type, which the model is not")
+    rows.append({**majority, "label": "most common answer, told the answer type"})
     for row in reported.TABLE2:
         rows.append({"label": f"{row.method} (reported)", "kind": "reported", "source": row.source,
                      "cells": {key: {"value": reported.table2_value(row, task.removeprefix("vqa-"), metric)}
                                for key, task, _, metric in columns}})
-    notes = []
+    notes = ["Question only: the same fine-tune of the same weights with the image tokens left out of the fusion "
+             "input (evaluation/vqa.py, blank_image): what the model gets from the question alone."]
     rad = report["tasks"].get("vqa-vqa-rad", {}).get("describe")
     if rad:
+        split = report["settings"]["recipes"]["vqa"]["vqa_rad_split"]
         notes.append(f"VQA-RAD: {rad['train']} training and {rad['test']} test questions read ({rad['test_open']} "
                      f"open, {rad['test_closed']} closed; {rad['test_unseen_answers']} test answers never seen in "
-                     "training count as wrong). The paper's copy has 3,515 questions (sec. 4.1); the public release "
-                     "holds fewer training questions, the same 451-question test split.")
+                     "training count as wrong). " + (
+                         "The standard split (MEVF's trainset.json, the paper's 3,515 = 3,064 + 451 questions, sec. "
+                         "4.1), so the reported rows used the same questions: the release's freeform and para "
+                         "questions and every row's question frame, 284 of them frames of test questions (the "
+                         "split's known leak; evaluation/vqa_datasets.py)." if split == "standard" else
+                         "The training set without question frames (vqa_rad_split 'no-frames'): no test question's "
+                         "frame in training, so the reported rows, trained on the standard split with them, are "
+                         "not comparable."))
     notes += [f"{row['label']}: {row['vqa_unsupported']}." for row in report["rows"] if row.get("vqa_unsupported")]
     return {
         "id": "table2", "layout": "Table 2", "decimals": 2,

@@ -144,16 +144,17 @@ def check_medpix_root(parser: argparse.ArgumentParser, data_root: Optional[Path]
 
 def ensure_medpix_data(config: MedpixConfig, progress: bool = False, train_limit: Optional[int] = None) -> ExperimentData:
     """MedPix 2.0 converted into ``config.root`` (resumable: complete shards are reused):
-    ``pretrain/train/`` the official train split without ``VQA_RAD_OVERLAP`` (ours: a model pretrained here
-    can then be evaluated on VQA-RAD without having seen its images), ``eval/val/`` the dev split
+    ``pretrain/train/`` the official train split without the cases of ``VQA_RAD_CASES`` (ours: a model
+    pretrained here can then be evaluated on VQA-RAD without having seen its images, their copies or
+    their neighbouring slices), ``eval/val/`` the dev split
     and ``eval/test/`` the test split, complete; ``train_limit`` keeps only the first train images
     (whole cases, file order: quick runs and tests). Raises ValueError for a folder that is not the release."""
-    from openclip_unimlip.data.medpix import EXCLUDED_NAME, VQA_RAD_OVERLAP, convert_medpix, release_dir
+    from openclip_unimlip.data.medpix import EXCLUDED_NAME, VQA_RAD_CASES, convert_medpix, release_dir
 
     release = release_dir(config.release)
     root = Path(config.root)
     options = dict(shard_size=config.shard_size, image_size=config.image_size, progress=progress)
-    train = convert_medpix(release, root / "pretrain", splits=("train",), exclude_ids=VQA_RAD_OVERLAP,
+    train = convert_medpix(release, root / "pretrain", splits=("train",), exclude_cases=sorted(VQA_RAD_CASES),
                            limit=train_limit, **options)
     evaluation = convert_medpix(release, root / "eval", splits=("dev", "test"), **options)
     for report in (train, evaluation):
@@ -168,9 +169,10 @@ def ensure_medpix_data(config: MedpixConfig, progress: bool = False, train_limit
         val_num_samples=val.num_samples, eval_data=test.shard_pattern, eval_num_samples=test.num_samples,
         eval_split="test",
         description=f"MedPix 2.0 (`{release}`, converted into `{root}` at {config.image_size} px): pretraining on the "
-                    f"official train split, {train.splits['train'].num_samples} images ({excluded} images that "
-                    f"VQA-RAD also holds left out, ours), open_clip_train's val on the {val.num_samples} dev "
-                    f"images, retrieval on the {test.num_samples} test images with their real captions")
+                    f"official train split, {train.splits['train'].num_samples} images ({excluded} images of the "
+                    f"{len(VQA_RAD_CASES)} cases with a VQA-RAD image left out, ours), open_clip_train's val on "
+                    f"the {val.num_samples} dev images, retrieval on the {test.num_samples} test images with their "
+                    "real captions")
 
 
 def num_shards(pattern: str) -> int:

@@ -10,6 +10,13 @@ run settings) and ``<output-dir>/<name>_accuracy.png``. Examples::
     # CPU smoke run
     python scripts/finetune_vqa.py --dataset vqa-rad --data-root /data/vqa-rad --model unimlip-tiny \\
         --image-size 64 --batch-size 8 --max-epochs 1 --limit 32 --workers 0 --output-dir /tmp/vqa
+
+    # the question-only baseline with the CPU preset's settings (ours): frozen, cached question states
+    python scripts/finetune_vqa.py --dataset vqa-rad --data-root /data/vqa-rad --model unimlip-tiny \\
+        --freeze-text --no-augment --blank-image --workers 0 --output-dir /tmp/vqa
+
+VQA-RAD's training set is the standard 3,064 questions by default (``--vqa-rad-split``, see
+``evaluation/vqa_datasets.py``: it holds templates of 284 test questions).
 """
 import argparse
 import json
@@ -21,7 +28,7 @@ import torch
 
 from openclip_unimlip.evaluation import vqa
 from openclip_unimlip.evaluation.finetune import DEFAULT_IMAGE_SIZE, DEFAULT_PATIENCE, PRECISIONS, FitConfig
-from openclip_unimlip.evaluation.vqa_datasets import VQA_DATASETS
+from openclip_unimlip.evaluation.vqa_datasets import DEFAULT_VQA_RAD_SPLIT, VQA_DATASETS, VQA_RAD_SPLITS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,10 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", required=True, choices=VQA_DATASETS)
     parser.add_argument("--data-root", required=True, type=Path, help="the dataset's released folder")
     parser.add_argument("--language", default="en", help="SLAKE question language (q_lang); 'all' keeps every one")
+    parser.add_argument("--vqa-rad-split", default=DEFAULT_VQA_RAD_SPLIT, choices=VQA_RAD_SPLITS,
+                        help="VQA-RAD's training set: 'standard' (3,064 questions, with the frames of 284 test "
+                             "questions) or 'no-frames' (the 1,797 freeform and para questions)")
     parser.add_argument("--model", required=True, help="OpenCLIP model name, e.g. unimlip-rn50")
     parser.add_argument("--pretrained", default=None, help="checkpoint path (open_clip_train checkpoints work)")
     parser.add_argument("--no-map-tokens", action="store_true",
                         help="fuse only the image embedding, not the tokens of the final feature map")
+    parser.add_argument("--freeze-text", action="store_true",
+                        help="ours: freeze the text transformer, cache each question's states and move the "
+                             "learnable tokens to the fusion input (the CPU preset's layout)")
+    parser.add_argument("--blank-image", action="store_true",
+                        help="the question-only baseline: no image tokens in the fusion input")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="train on the test transform (no random crop), each image transformed once")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
     parser.add_argument("--batch-size", type=int, default=vqa.DEFAULT_BATCH_SIZE)
@@ -58,9 +75,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     torch.manual_seed(args.seed)
     language = None if args.language == "all" else args.language
     try:  # every bad input surfaces here, before any training
-        data = vqa.load_vqa_data(args.dataset, args.data_root, language, args.limit)
+        data = vqa.load_vqa_data(args.dataset, args.data_root, language, args.limit, args.vqa_rad_split)
         model, preprocess_cfg, tokenizer = vqa.build_vqa_model(
-            args.model, args.pretrained, len(data.answers), args.image_size, use_map_tokens=not args.no_map_tokens)
+            args.model, args.pretrained, len(data.answers), args.image_size, use_map_tokens=not args.no_map_tokens,
+            freeze_text=args.freeze_text, blank_image=args.blank_image)
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
 
@@ -76,13 +94,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         workers=args.workers,
         device=args.device,
         progress=not args.no_progress,
+        augment=not args.no_augment,
     )
 
     model_tag = args.model.replace("/", "-").replace(":", "-")
-    name = f"{args.dataset}_{model_tag}_seed{args.seed}"
+    name = f"{args.dataset}_{model_tag}_seed{args.seed}" + ("_question-only" if args.blank_image else "")
     summary = {
         "dataset": args.dataset, "model": args.model, "pretrained": args.pretrained, "seed": args.seed,
-        "language": args.language, "image_size": preprocess_cfg["size"], "map_tokens": not args.no_map_tokens,
+        "language": args.language, "vqa_rad_split": args.vqa_rad_split if args.dataset == "vqa-rad" else None,
+        "image_size": preprocess_cfg["size"], "map_tokens": not args.no_map_tokens,
+        "freeze_text": args.freeze_text, "blank_image": args.blank_image, "augment": not args.no_augment,
         "questions": {"train": len(data.train), "valid": len(data.valid) if data.valid is not None else None,
                       "test": len(data.test)},
         "answers": len(data.answers),

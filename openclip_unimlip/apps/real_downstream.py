@@ -2,7 +2,7 @@
 MedPix 2.0's own labels, for several named initialisations, several seeds, 95 % intervals.
 
 * **VQA-RAD (Table 2's layout)**: ``evaluation.vqa.fine_tune_vqa`` on the release's 1,797
-  training questions (``freeform`` + ``para``), open, closed and overall exact-match accuracy on
+  training questions (``freeform`` + ``para``: the ``no-frames`` training set), open, closed and overall exact-match accuracy on
   its 451 test questions (``test_freeform`` + ``test_para``). The answer classes are the
   training split's distinct answers; a test answer never seen in training stays in the test set
   and counts as wrong. No validation split: the last epoch is tested (``vqa.py``).
@@ -31,7 +31,6 @@ import logging
 import math
 import re
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -44,19 +43,23 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from openclip_unimlip.apps.seed_interval import paired_t_interval, t_interval
 from openclip_unimlip.evaluation.finetune import FitConfig, build_image_classifier
+from openclip_unimlip.evaluation.linear_probe import DEFAULT_PROBE_C_GRID, image_features
 from openclip_unimlip.evaluation.medpix_classification import (
-    DEFAULT_PROBE_C_GRID,
     LABELS,
     FineTuneSettings,
     MedpixClassificationData,
     fine_tune_softmax,
-    image_features,
     linear_probe,
     load_medpix_classification,
     stratified_subset,
 )
-from openclip_unimlip.evaluation.vqa import VqaAccuracy, VqaData, build_vqa_model, fine_tune_vqa, load_vqa_data, vqa_accuracy
-from openclip_unimlip.evaluation.vqa_datasets import VqaSample
+from openclip_unimlip.evaluation.vqa import (
+    VqaData,
+    build_vqa_model,
+    fine_tune_vqa,
+    load_vqa_data,
+    majority_answer_accuracy,
+)
 
 TASKS = ("vqa-rad", "medpix")
 MODES = ("finetune", "linear-probe")
@@ -237,20 +240,6 @@ def load_cell(config: DownstreamConfig, cell: Cell) -> Optional[dict]:
     return record if record.get("origin") == cell_origin(config, cell) and "metrics" in record else None
 
 
-# ----------------------------------------------------------------------------- chance levels
-def majority_answer_accuracy(train: Sequence[VqaSample], test: Sequence[VqaSample]) -> VqaAccuracy:
-    """Accuracy on ``test`` of answering every question with the training split's most common
-    answer of its type (closed or open; ties to the alphabetically first answer)."""
-    majority = {}
-    for answer_type in {sample.answer_type for sample in train}:
-        counts = Counter(sample.answer for sample in train if sample.answer_type == answer_type)
-        majority[answer_type] = min(counts, key=lambda answer: (-counts[answer], answer))
-    classes = {answer: j for j, answer in enumerate(sorted({s.answer for s in [*train, *test]}))}
-    predictions = np.array([classes.get(majority.get(s.answer_type), -1) for s in test], dtype=np.int64)
-    targets = np.array([classes[s.answer] for s in test], dtype=np.int64)
-    return vqa_accuracy(predictions, targets, np.array([s.is_closed for s in test]))
-
-
 # ----------------------------------------------------------------------------- running cells
 class Runner:
     """Holds the data read once and the linear probes' features, and runs one cell at a time."""
@@ -323,7 +312,7 @@ class Runner:
             classifier, preprocess_cfg = build_image_classifier(
                 self.config.model, self._pretrained(init, seed), len(data.classes), settings.image_size)
             self._features[key] = {
-                split: image_features(classifier.tower, preprocess_cfg, getattr(data, split),
+                split: image_features(classifier.tower, preprocess_cfg, getattr(data, split).images,
                                       settings.feature_batch_size, self.config.device)
                 for split in ("train", "dev", "test")}
         return self._features[key]
@@ -531,7 +520,7 @@ def load_data(config: DownstreamConfig) -> tuple[Optional[VqaData], Dict[str, Me
     """Every dataset the run needs, read and checked (FileNotFoundError/ValueError before any training)."""
     vqa_data = None
     if "vqa-rad" in config.tasks:
-        vqa_data = load_vqa_data("vqa-rad", config.vqa_rad_root, limit=config.limit)
+        vqa_data = load_vqa_data("vqa-rad", config.vqa_rad_root, limit=config.limit, vqa_rad_split="no-frames")
     medpix = {}
     if "medpix" in config.tasks:
         medpix = {label: load_medpix_classification(config.medpix_root, label, config.limit) for label in config.labels}

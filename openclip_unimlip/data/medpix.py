@@ -17,9 +17,16 @@ Either the ``MedPix-2-0`` folder or the repository root holding it can be given.
 
 The caption is the image's own ``Description.Caption``; ``caption_prefix=True`` (ours) starts it
 with the modality and plane (``"CT - noncontrast, Axial. <caption>"``). ``dev`` is written as
-``val``, the split name every converter here uses. 19 MedPix images are also VQA-RAD images
-(same MedPix ``synpic`` id); ``exclude_vqa_rad`` leaves them out, so that a model pretrained on
-MedPix has not seen the images of a VQA-RAD evaluation, and lists them in ``excluded.csv``.
+``val``, the split name every converter here uses. 21 captions (15 train, 6 dev) are the release
+template's placeholder :data:`PLACEHOLDER_CAPTION`: the converter reports them as empty captions.
+
+Leaving a downstream test set out of pretraining (``exclude_vqa_rad``, ``exclude_like``): 19
+MedPix images are also VQA-RAD images under the same MedPix ``synpic`` id; 9 more are the same
+picture under another id or an adjacent slice (an annotated copy, ``MPX1792_synpic24221`` of
+VQA-RAD's ``synpic24220``; neighbouring slices of a series), found by perceptual hashes
+(``data.near_duplicates``). Ours: every image of a CASE with such a match is left out, since one
+case's images are slices and annotations of one study. The images left out are listed, with the
+match that excluded their case, in ``excluded.csv``.
 """
 from __future__ import annotations
 
@@ -28,9 +35,10 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from openclip_unimlip.data.shards import MALFORMED_ROW, BadRow, ConversionReport, Row, write_dataset
+from openclip_unimlip.data.near_duplicates import hash_images, image_files, near_duplicates
+from openclip_unimlip.data.shards import EMPTY_CAPTION, MALFORMED_ROW, BadRow, ConversionReport, Row, write_dataset
 
 PathLike = Union[str, os.PathLike]
 
@@ -53,6 +61,17 @@ VQA_RAD_OVERLAP = frozenset({
     "MPX1924_synpic19605", "MPX2028_synpic34054", "MPX2315_synpic16520", "MPX2407_synpic48714",
     "MPX2487_synpic35914", "MPX2500_synpic23571", "MPX2584_synpic19853",
 })
+
+# The cases of those 19 images and of the 9 MedPix images that are near-duplicates of a VQA-RAD image
+# under another id (data.near_duplicates on the same two releases; tests/data/test_medpix.py
+# recomputes the set): 20 cases, 82 train, 4 dev and 6 test images. Pretraining leaves them all out.
+VQA_RAD_CASES = frozenset({
+    "MPX1007", "MPX1229", "MPX1264", "MPX1300", "MPX1419", "MPX1429", "MPX1547", "MPX1601", "MPX1754",
+    "MPX1788", "MPX1792", "MPX1844", "MPX1879", "MPX1924", "MPX2028", "MPX2315", "MPX2407", "MPX2487",
+    "MPX2500", "MPX2584",
+})
+# The release template's caption of an image nobody described (21 records of MedPix 2.0).
+PLACEHOLDER_CAPTION = "Replace this - DESCRIPTION OF THE IMAGE OR FINDINGS."
 
 _SYNPIC_ID = re.compile(r"synpic\d+")
 
@@ -141,10 +160,7 @@ def synpic_id(image_id: str) -> Optional[str]:
 
 def vqa_rad_overlap(medpix_root: PathLike, vqa_rad_root: PathLike) -> Set[str]:
     """MedPix image ids (all splits) whose synpic id names an image of the VQA-RAD release."""
-    image_dir = Path(vqa_rad_root) / VQA_RAD_IMAGE_DIR
-    if not image_dir.is_dir():
-        raise ValueError(f"{vqa_rad_root} is not the VQA-RAD release: no {VQA_RAD_IMAGE_DIR}/ folder in it")
-    vqa_rad_ids = {path.stem for path in image_dir.iterdir() if path.is_file()}
+    vqa_rad_ids = set(image_files(vqa_rad_image_dir(vqa_rad_root)))
     release = release_dir(medpix_root)
     return {
         item[1].image_id
@@ -153,12 +169,50 @@ def vqa_rad_overlap(medpix_root: PathLike, vqa_rad_root: PathLike) -> Set[str]:
     }
 
 
+def vqa_rad_image_dir(vqa_rad_root: PathLike) -> Path:
+    image_dir = Path(vqa_rad_root) / VQA_RAD_IMAGE_DIR
+    if not image_dir.is_dir():
+        raise ValueError(f"{vqa_rad_root} is not the VQA-RAD release: no {VQA_RAD_IMAGE_DIR}/ folder in it")
+    return image_dir
+
+
+def _all_images(release: Path) -> List[MedpixImage]:
+    return [item[1] for split in MEDPIX_SPLITS for item in _split_records(release, split)
+            if not isinstance(item, BadRow)]
+
+
+def test_set_matches(medpix_root: PathLike, test_image_dirs: Sequence[PathLike], *, workers: int = 0,
+                     progress: bool = False) -> Dict[str, str]:
+    """MedPix image id -> why it matches an image of ``test_image_dirs`` (folders of a downstream
+    test set's images): the same MedPix ``synpic`` id as a file there, or a perceptual
+    near-duplicate (``data.near_duplicates``)."""
+    release = release_dir(medpix_root)
+    images = _all_images(release)
+    medpix_hashes = None
+    matches: Dict[str, str] = {}
+    for folder in test_image_dirs:
+        files = image_files(folder)
+        if not files:
+            raise ValueError(f"{folder} holds no .png/.jpg image to check MedPix against")
+        for image in images:
+            if synpic_id(image.image_id) in files:
+                matches.setdefault(image.image_id, f"same id as {files[synpic_id(image.image_id)]}")
+        if medpix_hashes is None:
+            medpix_hashes = hash_images({i.image_id: i.image for i in images}, workers, progress, "hashing MedPix")
+        test_hashes = hash_images(files, workers, progress, f"hashing {Path(folder).name}")
+        for match in near_duplicates(medpix_hashes, test_hashes):
+            matches.setdefault(match.kept_id, f"near-duplicate of {files[match.test_id]} (pHash distance "
+                                              f"{match.phash_distance}, dHash {match.dhash_distance})")
+    return matches
+
+
 def read_medpix(root: PathLike, split: str, *, exclude_vqa_rad: Optional[PathLike] = None) -> List[MedpixImage]:
     """The images of one official split (``"train"``, ``"dev"``, ``"test"``), in file order.
 
-    ``exclude_vqa_rad`` (the VQA-RAD release folder) drops the images VQA-RAD also holds. Every
-    record is returned as written: a missing image file or an empty caption is for the caller
-    to handle (:func:`convert_medpix` reports them as bad rows); a malformed line is an error.
+    ``exclude_vqa_rad`` (the VQA-RAD release folder) drops the images VQA-RAD also holds under
+    their own id. Every record is returned as written: a missing image file, an empty or
+    placeholder caption is for the caller to handle (:func:`convert_medpix` reports them as bad
+    rows); a malformed line is an error.
     """
     _check_split(split)
     release = release_dir(root)
@@ -186,15 +240,17 @@ def medpix_rows(
         splits: Sequence[str] = MEDPIX_SPLITS,
         *,
         caption_prefix: bool = False,
-        exclude: Sequence[str] = (),
+        exclude_cases: Optional[Mapping[str, str]] = None,
         limit: Optional[int] = None,
-        excluded_out: Optional[List[MedpixImage]] = None,
+        excluded_out: Optional[List[Tuple[MedpixImage, str]]] = None,
 ) -> Iterator[Union[Row, BadRow]]:
-    """Rows for :func:`~openclip_unimlip.data.shards.write_dataset`, official split kept;
-    ``exclude`` lists image ids to leave out (appended to ``excluded_out`` when given as they are
-    met), ``limit`` keeps the first records of each split."""
+    """Rows for :func:`~openclip_unimlip.data.shards.write_dataset`, official split kept.
+
+    ``exclude_cases`` maps case ids to leave out to the reason (each image left out is appended to
+    ``excluded_out`` with it, as met); ``limit`` keeps the first records of each split. A caption
+    that is the release template's placeholder is a bad row (``empty_caption``)."""
     release = release_dir(root)
-    excluded = set(exclude)
+    exclude_cases = exclude_cases or {}
     for split in splits:
         _check_split(split)
         kept = 0
@@ -206,22 +262,34 @@ def medpix_rows(
                 yield item
                 continue
             source, image, metadata = item
-            if image.image_id in excluded:
+            if image.case_id in exclude_cases:
                 if excluded_out is not None:
-                    excluded_out.append(image)
+                    excluded_out.append((image, exclude_cases[image.case_id]))
                 continue
             kept += 1
+            if image.caption.strip() == PLACEHOLDER_CAPTION:
+                yield BadRow(source, EMPTY_CAPTION, f"the release template's placeholder {PLACEHOLDER_CAPTION!r}")
+                continue
             yield Row(source=source, key=image.image_id, image=image.image,
                       caption=prefixed_caption(image) if caption_prefix else image.caption,
                       metadata=metadata, split=SHARD_SPLITS[split])
 
 
-def _write_excluded(path: Path, excluded: Sequence[MedpixImage]) -> None:
+def _write_excluded(path: Path, excluded: Sequence[Tuple[MedpixImage, str]]) -> None:
     import pandas as pd
 
-    table = pd.DataFrame([(image.image_id, image.case_id, "also a VQA-RAD image") for image in excluded],
+    table = pd.DataFrame([(image.image_id, image.case_id, reason) for image, reason in excluded],
                          columns=["image_id", "case_id", "reason"])
     table.to_csv(path, index=False)
+
+
+def exclusion_by_case(medpix_root: PathLike, matches: Mapping[str, str]) -> Dict[str, str]:
+    """Case id -> reason for every case holding a matched image (``test_set_matches``)."""
+    by_id = {image.image_id: image for image in _all_images(release_dir(medpix_root))}
+    cases: Dict[str, str] = {}
+    for image_id in sorted(matches):
+        cases.setdefault(by_id[image_id].case_id, f"case of {image_id}: {matches[image_id]}")
+    return cases
 
 
 def convert_medpix(
@@ -231,22 +299,29 @@ def convert_medpix(
         splits: Sequence[str] = MEDPIX_SPLITS,
         caption_prefix: bool = False,
         exclude_vqa_rad: Optional[PathLike] = None,
-        exclude_ids: Sequence[str] = (),
+        exclude_like: Sequence[PathLike] = (),
+        exclude_cases: Sequence[str] = (),
         limit: Optional[int] = None,
         **options,
 ) -> ConversionReport:
     """Convert MedPix 2.0; ``options`` are :func:`~openclip_unimlip.data.shards.write_dataset`'s.
-    The images left out (those of the VQA-RAD release at ``exclude_vqa_rad``, and ``exclude_ids``,
-    e.g. ``VQA_RAD_OVERLAP``) are listed in ``out_dir/excluded.csv`` (written on every run, empty
-    without exclusion)."""
+
+    Left out, whole cases: every case with an image that the VQA-RAD release at ``exclude_vqa_rad``
+    or a folder of test images in ``exclude_like`` also holds (same id or a perceptual
+    near-duplicate), and the cases ``exclude_cases`` lists (e.g. ``VQA_RAD_CASES``, for a user
+    without VQA-RAD). The images left out are listed with their reason in ``out_dir/excluded.csv``
+    (written on every run, empty without exclusion)."""
     release = release_dir(root)
     for split in splits:
         _check_split(split)
-    overlap = vqa_rad_overlap(release, exclude_vqa_rad) if exclude_vqa_rad is not None else set()
-    excluded: List[MedpixImage] = []
-    rows = medpix_rows(release, splits, caption_prefix=caption_prefix, exclude=sorted(overlap | set(exclude_ids)),
-                       limit=limit, excluded_out=excluded)
+    test_dirs = [*([vqa_rad_image_dir(exclude_vqa_rad)] if exclude_vqa_rad is not None else []), *exclude_like]
+    matched = test_set_matches(release, test_dirs, workers=options.get("workers", 0),
+                               progress=options.get("progress", False)) if test_dirs else {}
+    cases = {case: "listed case" for case in exclude_cases}
+    cases.update(exclusion_by_case(release, matched))
+    excluded: List[Tuple[MedpixImage, str]] = []
+    rows = medpix_rows(release, splits, caption_prefix=caption_prefix, exclude_cases=cases, limit=limit,
+                       excluded_out=excluded)
     report = write_dataset(rows, out_dir, **options)
     _write_excluded(Path(out_dir) / EXCLUDED_NAME, excluded)
     return report
-

@@ -3,9 +3,10 @@
 Every converter turns its input into :class:`Row` objects (or :class:`BadRow` for input it
 cannot even parse) and hands them to :func:`write_dataset`, which
 
-1. checks every row (caption present, image present and decodable) and drops byte-identical
-   images after their first occurrence, listing every rejected row with its reason in
-   ``bad_rows.csv`` -- nothing is dropped silently;
+1. checks every row with :func:`check_rows` (caption present, image present and decodable) and
+   drops byte-identical images after their first occurrence, listing every rejected row with its
+   reason in ``bad_rows.csv`` -- nothing is dropped silently. The benchmark's retrieval task reads
+   the ROCO and MedPix releases through the same function, so its pairs are the rows a conversion keeps;
 2. orders the kept samples by a hash of ``(seed, key)`` and splits them: rows that carry an
    official split keep it, the others go to ``val`` (the first ``val_fraction``) or ``train``;
 3. writes ``OUT/<split>/00000.tar ...`` with ``sizes.json`` (what ``open_clip_train`` reads for
@@ -115,13 +116,38 @@ class BadRow:
 
 
 @dataclass(frozen=True)
-class _ImageCheck:
+class ImageCheck:
+    """What reading and decoding one image found: ``reason`` (one of ``BAD_ROW_REASONS``) when it
+    is missing or does not decode, else the SHA-1 of its bytes (the duplicate rule's identity),
+    its format and mode."""
     reason: Optional[str] = None
     detail: str = ""
     sha1: str = ""
     image_format: str = ""
     image_mode: str = ""
     transparency: bool = False  # a tRNS colour key (palette or greyscale PNG)
+
+
+@dataclass(frozen=True)
+class CheckedRow:
+    """A row that passed :func:`check_rows`: its caption with whitespace collapsed, its image's check."""
+    row: Row
+    caption: str
+    image: ImageCheck
+
+
+@dataclass(frozen=True)
+class RowCheck:
+    """The outcome of :func:`check_rows`: the rows kept and the rows rejected, each in input order."""
+    kept: List[CheckedRow]
+    bad_rows: List[BadRow]
+    rows_read: int
+
+    @property
+    def left_out(self) -> Dict[str, int]:
+        """Rejected rows per reason, in ``BAD_ROW_REASONS`` order; reasons without any are omitted."""
+        counts = Counter(bad.reason for bad in self.bad_rows)
+        return {reason: counts[reason] for reason in BAD_ROW_REASONS if counts[reason]}
 
 
 @dataclass(frozen=True)
@@ -228,15 +254,15 @@ def _open_zip(path: str, pid: int) -> zipfile.ZipFile:
     return zipfile.ZipFile(path)
 
 
-def _check_image(image: ImageSource) -> _ImageCheck:
+def _check_image(image: ImageSource) -> ImageCheck:
     try:
         data = read_image_bytes(image)
     except FileNotFoundError as exc:
-        return _ImageCheck(MISSING_IMAGE, str(exc))
+        return ImageCheck(MISSING_IMAGE, str(exc))
     except KeyError as exc:  # no such member in the zip
-        return _ImageCheck(MISSING_IMAGE, str(exc.args[0]))
+        return ImageCheck(MISSING_IMAGE, str(exc.args[0]))
     except OSError as exc:
-        return _ImageCheck(UNREADABLE_IMAGE, f"{type(exc).__name__}: {exc}")
+        return ImageCheck(UNREADABLE_IMAGE, f"{type(exc).__name__}: {exc}")
     try:
         with Image.open(io.BytesIO(data)) as img:
             image_format = img.format
@@ -247,14 +273,14 @@ def _check_image(image: ImageSource) -> _ImageCheck:
                 img.draft(img.mode, (1, 1))
             img.load()
     except UnidentifiedImageError:
-        return _ImageCheck(UNREADABLE_IMAGE, "not an image format Pillow can read")
+        return ImageCheck(UNREADABLE_IMAGE, "not an image format Pillow can read")
     except Exception as exc:  # Pillow signals a broken file with many exception types
-        return _ImageCheck(UNREADABLE_IMAGE, f"{type(exc).__name__}: {exc}")
-    return _ImageCheck(sha1=hashlib.sha1(data).hexdigest(), image_format=image_format, image_mode=image_mode,
-                       transparency=transparency)
+        return ImageCheck(UNREADABLE_IMAGE, f"{type(exc).__name__}: {exc}")
+    return ImageCheck(sha1=hashlib.sha1(data).hexdigest(), image_format=image_format, image_mode=image_mode,
+                      transparency=transparency)
 
 
-def _keeps_bytes(check: _ImageCheck, image_size: Optional[int]) -> bool:
+def _keeps_bytes(check: ImageCheck, image_size: Optional[int]) -> bool:
     if image_size is not None or check.image_format not in _STORED_FORMATS:
         return False
     if check.image_format == "JPEG":  # re-encoding would lose quality; convert("RGB") reads L, RGB and CMYK
@@ -288,7 +314,7 @@ def downscale(image: Image.Image, image_size: int) -> Image.Image:
     return F.resize(image, [image_size], interpolation=InterpolationMode.BICUBIC, antialias=True)
 
 
-def _check_images(images: List[ImageSource], workers: int, progress: bool) -> List[_ImageCheck]:
+def _check_images(images: List[ImageSource], workers: int, progress: bool) -> List[ImageCheck]:
     bar = dict(total=len(images), desc="checking images", unit="img", disable=not progress)
     if workers <= 1:
         return [_check_image(image) for image in tqdm(images, **bar)]
@@ -307,9 +333,20 @@ def _unique_key(key: str, taken: set) -> str:
     return candidate
 
 
-def _validate(
-        rows: Iterable[Union[Row, BadRow]], workers: int, progress: bool, image_size: Optional[int] = None,
-) -> Tuple[List[_Entry], List[BadRow], int]:
+def check_rows(rows: Iterable[Union[Row, BadRow]], workers: int = 1, progress: bool = False) -> RowCheck:
+    """The converters' row check, shared with the benchmark's retrieval task. In this order:
+
+    * a :class:`BadRow` from the reader stays as it is (``malformed_row``);
+    * a caption that is empty after collapsing whitespace: ``empty_caption``;
+    * an image that is not there (``missing_image``) or does not decode (``unreadable_image``):
+      every scan of a JPEG is read, so a truncated download is caught;
+    * an image whose bytes (SHA-1) equal those of an earlier kept row's: ``duplicate_pair`` when
+      the caption is the same as that row's, else ``duplicate_image``. The first row of an image
+      is kept (ours): one image twice in a retrieval gallery (or in a training batch, as its own
+      negative) would make one of two identical images a wrong answer.
+
+    ``workers`` > 1 decodes the images in that many processes; ``progress`` shows a bar.
+    """
     bad: List[Tuple[int, BadRow]] = []
     candidates: List[Tuple[int, Row, str]] = []
     rows_read = 0
@@ -326,8 +363,7 @@ def _validate(
 
     checks = _check_images([row.image for _, row, _ in candidates], workers, progress)
     first_seen: Dict[str, Tuple[str, str]] = {}  # image sha1 -> (source, caption) of its first row
-    taken_keys: set = set()
-    entries = []
+    kept = []
     for (index, row, caption), check in zip(candidates, checks):
         if check.reason:
             bad.append((index, BadRow(row.source, check.reason, check.detail)))
@@ -338,13 +374,20 @@ def _validate(
             bad.append((index, BadRow(row.source, reason, f"same image as {first_source}")))
             continue
         first_seen[check.sha1] = (row.source, caption)
-        entries.append(_Entry(
-            key=_unique_key(row.key, taken_keys), source=row.source, image=row.image, caption=caption,
-            metadata=row.metadata, sha1=check.sha1, image_format=check.image_format, split=row.split,
-            keep_bytes=_keeps_bytes(check, image_size), image_size=image_size,
-        ))
+        kept.append(CheckedRow(row, caption, check))
     bad.sort(key=lambda item: item[0])
-    return entries, [row for _, row in bad], rows_read
+    return RowCheck(kept, [row for _, row in bad], rows_read)
+
+
+def _entries(kept: Sequence[CheckedRow], image_size: Optional[int]) -> List[_Entry]:
+    """The kept rows as shard samples: unique webdataset-safe keys, and how each image is stored."""
+    taken_keys: set = set()
+    return [_Entry(
+        key=_unique_key(checked.row.key, taken_keys), source=checked.row.source, image=checked.row.image,
+        caption=checked.caption, metadata=checked.row.metadata, sha1=checked.image.sha1,
+        image_format=checked.image.image_format, split=checked.row.split,
+        keep_bytes=_keeps_bytes(checked.image, image_size), image_size=image_size,
+    ) for checked in kept]
 
 
 def _assign_splits(entries: List[_Entry], seed: int, val_fraction: float) -> Dict[str, List[_Entry]]:
@@ -541,10 +584,10 @@ def write_dataset(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    entries, bad_rows, rows_read = _validate(rows, workers, progress, image_size)
+    checked = check_rows(rows, workers, progress)
     report_path = out_dir / REPORT_NAME
-    _write_report(report_path, bad_rows)
-    splits = _assign_splits(entries, seed, val_fraction)
+    _write_report(report_path, checked.bad_rows)
+    splits = _assign_splits(_entries(checked.kept, image_size), seed, val_fraction)
 
     outputs = {name: SplitOutput(name, len(split)) for name, split in splits.items()}
     written = skipped = 0
@@ -561,7 +604,7 @@ def write_dataset(
         _remove_unlisted_csv_images(csv_dir, splits)
 
     report = ConversionReport(
-        out_dir=out_dir, rows_read=rows_read, bad_rows=Counter(b.reason for b in bad_rows),
+        out_dir=out_dir, rows_read=checked.rows_read, bad_rows=Counter(b.reason for b in checked.bad_rows),
         splits=outputs, shards_written=written, shards_skipped=skipped, report_path=report_path,
     )
     params = dict(shard_size=shard_size, seed=seed, val_fraction=val_fraction, formats=list(formats),

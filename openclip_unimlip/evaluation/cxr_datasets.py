@@ -30,6 +30,17 @@ or blank (not mentioned). Blank becomes 0; uncertain becomes the protocol's targ
 (U-Ones 1, U-Zeros 0; Irvin et al., 2019). MIMIC-CXR studies without a row in the
 CheXpert-labeler file carry no labels and are dropped. NIH ``Finding Labels`` are pipe-separated;
 ``No Finding`` is an all-zero row.
+
+NIH ChestX-ray14 as released (:func:`read_nih`): the labels file is ``Data_Entry_2017_v2020.csv``
+(NIH's current release) or ``Data_Entry_2017.csv`` (the older release and the mirrors made from it,
+e.g. Kaggle's ``nih-chest-xrays/data``); when both are present the current one is read
+(:func:`nih_entry_file`). The older file ends every line with a comma, an extra unnamed column
+that is ignored. Images sit in ``images/`` (NIH's twelve ``images_*.tar.gz`` archives all unpack
+there) or in ``images_001/images/`` ... ``images_012/images/`` (one folder per archive, as the
+widely used mirrors, e.g. Kaggle's, hold them). ``train_val_list.txt`` and ``test_list.txt`` are NIH's own
+patient-disjoint split, read by the ``"official"`` rule.
+
+Images (:func:`load_image`): one rule per kind of file, written there.
 """
 import math
 from dataclasses import dataclass
@@ -44,6 +55,7 @@ from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from torch.utils.data import Dataset
 
+from openclip_unimlip.data.shards import to_rgb
 from openclip_unimlip.evaluation.cxr_protocols import (  # noqa: F401  (re-exported)
     CHEXPERT_COMPETITION_LABELS,
     CHEXPERT_LABELS,
@@ -65,6 +77,9 @@ SPLITS = ("train", "valid", "test")
 DEFAULT_VALID_FRACTION = 0.05
 FRONTAL_VIEWS = ("PA", "AP")
 DICOM_SUFFIXES = (".dcm", ".dicom")
+# NIH ChestX-ray14's labels file: the current release's name first (read when both are present).
+NIH_ENTRY_FILES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
+NIH_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")  # the columns read
 
 PathLike = Union[str, Path]
 UncertainArg = Union[None, str, Mapping[str, float]]
@@ -277,8 +292,32 @@ def read_mimic_cxr(
     return _read_mimic_cxr(Path(root), split, settings, image_suffix, check_files)
 
 
+def nih_entry_file(root: PathLike) -> Path:
+    """NIH ChestX-ray14's labels file under ``root``: ``Data_Entry_2017_v2020.csv`` (the current
+    release) when present, else ``Data_Entry_2017.csv`` (the older one); FileNotFoundError naming
+    both when neither is there."""
+    for name in NIH_ENTRY_FILES:
+        if (Path(root) / name).is_file():
+            return Path(root) / name
+    raise FileNotFoundError(f"missing NIH ChestX-ray14 labels file in {root}: expected {NIH_ENTRY_FILES[0]} "
+                            f"(the current release) or {NIH_ENTRY_FILES[1]} (the older one)")
+
+
+def read_nih_entries(root: PathLike) -> pd.DataFrame:
+    """The rows of NIH's labels file (:func:`nih_entry_file`), with every column as released."""
+    path = nih_entry_file(root)
+    # index_col=False: a line ending in a comma (the older file) must not turn the first column into
+    # the index; the unnamed column that trailing comma makes is dropped.
+    entries = pd.read_csv(path, index_col=False)
+    entries = entries.loc[:, ~entries.columns.str.startswith("Unnamed:")]
+    missing = [column for column in NIH_COLUMNS if column not in entries.columns]
+    if missing:
+        raise ValueError(f"{path} lacks the column(s) {missing}; NIH's file has {list(NIH_COLUMNS)}")
+    return entries
+
+
 def _nih_image_index(root: Path) -> dict[str, Path]:
-    # Images sit in images/ (flattened) or images_001/images/ ... (the official archives).
+    # Images sit in images/ (every archive unpacked into one folder) or images_001/images/ ... (one each).
     return {p.name: p for pattern in ("images/*.png", "images_*/images/*.png") for p in root.glob(pattern)}
 
 
@@ -291,7 +330,7 @@ def _read_nih(
 ) -> CxrSplit:
     _check_split_arguments(split, settings, valid_fraction)
     label_names = _resolve_labels(settings.labels, NIH_LABELS, "NIH ChestX-ray14")
-    entries = _read_csv(root / "Data_Entry_2017.csv")
+    entries = read_nih_entries(root)
     if settings.split_rule == "patients":
         frame = entries[patient_split_mask(entries["Patient ID"], split)]
     else:
@@ -319,7 +358,10 @@ def read_nih(
         check_files: bool = True,
         protocol: str = DEFAULT_PROTOCOL,
 ) -> CxrSplit:
-    """Read NIH ChestX-ray14 from ``root`` (``Data_Entry_2017.csv``, the two list files, images)."""
+    """Read NIH ChestX-ray14 from ``root`` as NIH releases it (module docstring): the labels file
+    (``Data_Entry_2017_v2020.csv``, else ``Data_Entry_2017.csv``), ``train_val_list.txt`` and
+    ``test_list.txt`` (the ``"official"`` rule: test is ``test_list.txt``, train and valid a patient
+    holdout of ``train_val_list.txt``) and the images in ``images/`` or ``images_0NN/images/``."""
     settings = resolve_settings("nih", protocol, labels)
     return _read_nih(Path(root), split, settings, valid_fraction, check_files)
 
@@ -361,14 +403,25 @@ def read_dicom(path: PathLike) -> Image.Image:
 
 
 def load_image(path: PathLike) -> Image.Image:
-    """An RGB image from a PNG/JPEG (8- or 16-bit) or DICOM file."""
+    """An 8-bit RGB image from a DICOM, PNG or JPEG file, one rule per kind:
+
+    * DICOM: :func:`read_dicom` (as displayed, stretched to 0-255 per image).
+    * 16-bit (and 32-bit integer) greyscale, PIL modes ``I;16*`` and ``I``: stretched from the
+      image's own lowest to highest value to 0-255, as DICOMs (ours: radiograph PNGs hold 10 to 16
+      significant bits, so ``data.shards.to_rgb``'s fixed ``v / 257`` would leave a 12-bit image 16
+      grey levels, and ``convert("RGB")`` clips at 255).
+    * Every other mode: ``data.shards.to_rgb``, the pre-training data's rule: alpha (RGBA, LA, PA)
+      and colour-key transparency composited on black (``shards.TRANSPARENT_BACKGROUND``), palettes
+      expanded, RGB and 8-bit grey as ``convert("RGB")``. NIH ChestX-ray14 ships a few RGBA PNGs
+      (the 10 among the 1,605 images of ``../shared/data`` are fully opaque: compositing changes none).
+    """
     path = Path(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
         return read_dicom(path)
     with Image.open(path) as image:
-        if image.mode.startswith("I"):  # 16-bit grey: RGB conversion would clip at 255
+        if image.mode.startswith("I"):
             return Image.fromarray(_to_uint8(np.asarray(image))).convert("RGB")
-        return image.convert("RGB")
+        return to_rgb(image)
 
 
 class CxrDataset(Dataset):

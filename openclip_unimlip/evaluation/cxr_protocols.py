@@ -43,6 +43,28 @@ CheXclusion, per dataset (LalehSeyyed/CheXclusion, commit 278a4af):
 
 CheXclusion's split files themselves are not public; ours is a seeded 80/10/10 patient split of
 the pooled release (:func:`patient_split_mask`, ours).
+
+NIH ChestX-ray14 in the benchmark (``apps/benchmark_tasks.DATASET_PROTOCOLS``) is split by NIH's
+own list files, ``"all14"``'s NIH rule, not by CheXclusion's pooled patient split:
+
+* Uni-Mlip sec. 4.2 takes its splits from ref. [15] ("we follow [15] for dataset splits"), whose
+  NIH evaluation trains, validates and tests on three fixed list files and never pools the release
+  (denizlab/MIMICCXR-MultiModal-SelfSupervision, commit e010eb7,
+  downstream_eval/chestxray14/train.py:52-54, read by read_data.py:37-41). Those files are not in
+  its repository; CheXclusion's NIH split files are not public either (NIH/main.py:14-16 name
+  paths on the authors' cluster; only the test patients are, NIH/testSet_PatientID.csv).
+* NIH's ``train_val_list.txt`` / ``test_list.txt`` is the fixed, patient-disjoint split that
+  anyone with the release reproduces: test is ``test_list.txt``, valid a seeded 5 % patient
+  holdout of ``train_val_list.txt`` (ours, ``cxr_datasets.DEFAULT_VALID_FRACTION``).
+* The label set is the same 14 findings under both (CheXclusion NIH/dataset.py:27-41; [15]
+  train.py:49-51), so Table 1's NIH rows and ours differ in the split only, and every split
+  involved (theirs, ours) is fixed and patient-disjoint.
+
+A finding with a single class in a split (no positive, or no negative) has no ROC AUC: it is
+reported as undefined and left out of that split's macro mean (``classification.auc_report``, as
+[15]'s ``compute_AUCs``, eval_utils.py:59-63). CheXclusion catches the error and divides the sum by 14
+(NIH/predictions.py:183, 200, 220), i.e. counts such a finding as 0. Neither happens on NIH's full
+test list, where each of the 14 findings has positives; it can on a subset or with ``--limit``.
 """
 import math
 from dataclasses import dataclass, field
@@ -181,7 +203,8 @@ ALL14 = Protocol(
             uncertain={},
             frontal_only=False,
             split_rule="official",
-            source="denizlab/MIMICCXR-MultiModal-SelfSupervision downstream_eval/chestxray14/train.py:49-51",
+            source="denizlab/MIMICCXR-MultiModal-SelfSupervision downstream_eval/chestxray14/train.py:49-51 "
+                   "(labels), :52-54 (fixed list files; here NIH's train_val_list.txt and test_list.txt)",
         ),
     },
 )

@@ -22,7 +22,8 @@ labels MedPix 2.0 releases with every image are single-label and multi-class, so
   1 % subset gets optimizer steps, not one step per validation.
 * **linear probing**: the frozen tower's output embedding of each image (eval transform),
   standardised on the training subset, scikit-learn's multinomial ``LogisticRegression``, its
-  ``C`` chosen on dev from a small grid.
+  ``C`` chosen on dev from a small grid (the kit shared with chest X-ray probing,
+  :mod:`openclip_unimlip.evaluation.linear_probe`).
 * **metric**: macro one-vs-rest ROC AUC of the class probabilities: scikit-learn's
   ``roc_auc_score(..., multi_class="ovr", average="macro")`` when every class occurs in the split;
   a class without test images has no AUC and is left out of the mean, as
@@ -47,6 +48,7 @@ from openclip_unimlip.data.medpix import MEDPIX_SPLITS, MedpixImage, read_medpix
 from openclip_unimlip.evaluation.classification import auc_report
 from openclip_unimlip.evaluation.cxr_datasets import load_image
 from openclip_unimlip.evaluation.finetune import FitConfig, ImageClassifier, autocast, fit, image_transform
+from openclip_unimlip.evaluation.linear_probe import DEFAULT_PROBE_C_GRID, MAX_ITER, select_c
 
 # the labels a task can classify, and what each reads
 LABELS: Dict[str, str] = {
@@ -55,7 +57,6 @@ LABELS: Dict[str, str] = {
     "plane": "Description.Plane: Axial (Transverse read as Axial), Coronal or Sagittal; other planes left out",
 }
 PLANE_CLASSES = {"Axial": "Axial", "Transverse": "Axial", "Coronal": "Coronal", "Sagittal": "Sagittal"}
-DEFAULT_PROBE_C_GRID = (0.01, 0.1, 1.0, 10.0)
 
 PathLike = Union[str, Path]
 
@@ -240,16 +241,6 @@ def fine_tune_softmax(
     }
 
 
-@torch.no_grad()
-def image_features(tower: nn.Module, preprocess_cfg: dict, split: LabelledSplit, batch_size: int = 64,
-                   device: Union[str, torch.device] = "cpu", workers: int = 0) -> np.ndarray:
-    """The frozen tower's output embedding of every image of ``split`` (eval transform), ``[N, D]``."""
-    device = torch.device(device)
-    tower.to(device).eval()
-    loader = _loader(split, preprocess_cfg, batch_size, workers, device)
-    return torch.cat([tower(images.to(device)).float().cpu() for images, _ in loader]).numpy()
-
-
 def linear_probe(
         train_features: np.ndarray,
         train_targets: np.ndarray,
@@ -260,21 +251,20 @@ def linear_probe(
         num_classes: int,
         c_grid: Sequence[float] = DEFAULT_PROBE_C_GRID,
 ) -> dict:
-    """Logistic regression on standardised frozen features, ``C`` chosen by dev macro AUC (the
-    smallest ``C`` on a tie); returns the chosen ``C`` and its dev and test macro AUC."""
-    def probabilities(model, features: np.ndarray) -> np.ndarray:
-        # a class the training subset lacks (possible only with --limit) gets probability 0
-        full = np.zeros((len(features), num_classes))
-        full[:, model.classes_] = model.predict_proba(features)
-        return full
-
-    best = None
-    for c in c_grid:
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+    """Logistic regression on standardised frozen features, ``C`` chosen by dev macro AUC
+    (``linear_probe.select_c``: the smallest ``C`` on a tie); returns the chosen ``C`` and its dev
+    and test macro AUC."""
+    def fit(c: float):
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=MAX_ITER))
         model.fit(train_features, train_targets)
-        score = macro_ovr_auc(dev_targets, probabilities(model, dev_features))
-        if best is None or score > best[0] or (math.isnan(best[0]) and not math.isnan(score)):
-            best = (score, c, model)
-    dev_score, c, model = best
+
+        def probabilities(features: np.ndarray) -> np.ndarray:
+            # a class the training subset lacks (possible only with --limit) gets probability 0
+            full = np.zeros((len(features), num_classes))
+            full[:, model.classes_] = model.predict_proba(features)
+            return full
+        return probabilities
+
+    c, dev_score, predict = select_c(fit, dev_features, lambda p: macro_ovr_auc(dev_targets, p), c_grid)
     return {"C": c, "valid_macro_auc": dev_score, "train_images": len(train_targets),
-            "test_macro_auc": macro_ovr_auc(test_targets, probabilities(model, test_features))}
+            "test_macro_auc": macro_ovr_auc(test_targets, predict(test_features))}

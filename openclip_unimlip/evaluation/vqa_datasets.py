@@ -6,13 +6,25 @@ every image exists, so that bad inputs fail before any training starts.
 Split conventions (``"train"``, ``"valid"``, ``"test"``):
 
 * VQA-RAD (``VQA_RAD Dataset Public.json``, images in ``VQA_RAD Image Folder/``): ``test`` is
-  the questions whose ``phrase_type`` is ``test_freeform`` or ``test_para``; ``train`` is every
-  other question. The public release (2018_06_011: 2,248 rows; 315 images, of which the questions
-  use 314) holds 1,797 training questions (``freeform`` 1,206, ``para`` 591; 1,027 closed, 770
-  open, 313 images) and 451 test questions (``test_freeform`` 308, ``test_para`` 143; 272 closed,
-  179 open, 203 images), counted in ``tests/evaluation/test_vqa_rad_release.py``. The paper's
-  VQA-RAD has 3,515 questions (Uni-Mlip sec. 4.1), a processed copy with 3,064 training questions
-  that this release does not hold. VQA-RAD has no validation split, so ``valid`` is refused.
+  the 451 questions whose ``phrase_type`` is ``test_freeform`` (308) or ``test_para`` (143; 272
+  closed, 179 open, 203 images). Two training sets (``vqa_rad_split``):
+
+  - ``"standard"`` (the default): the split of MEVF's ``trainset.json`` (Nguyen et al., MICCAI
+    2019), which the VQA-RAD rows of Uni-Mlip's Table 2 use (its 3,515 questions, sec. 4.1, are
+    3,064 + 451): the 1,797 ``freeform`` and ``para`` questions plus the 1,267 ``question_frame``
+    fields that are not ``"NULL"`` (the release writes a missing frame as that string), each with
+    its row's image, answer and answer type, in the release's order (a row's question, then its
+    frame). Every row's frame is taken, so 284 frames come from test rows (165 ``test_freeform``,
+    119 ``test_para``): the split's known leak, a template of a test question with its test answer
+    in training. It drops the test answers never seen in training from 115 to 47. Built this way
+    it equals MEVF's file on every (image, question, answer) triple and in order (lower-cased,
+    whitespace collapsed; checked against the copy in the public repository longle0702/med-v2qa,
+    ``data_RAD/trainset.json``, commit 727f26a3b05affd9e0e0cea56443a7efce956984).
+  - ``"no-frames"``: the 1,797 ``freeform`` and ``para`` questions only (1,027 closed, 770 open,
+    313 images), no frame of a test question in training.
+
+  Counted against the plain JSON in ``tests/evaluation/test_vqa_rad_release.py``. VQA-RAD has no
+  validation split, so ``valid`` is refused.
 * SLAKE (``train.json``, ``validate.json``, ``test.json``, images under ``imgs/``): the official
   files, ``validate`` being our ``valid``; by default only English questions (``q_lang == "en"``).
 
@@ -37,6 +49,9 @@ ANSWER_TYPES = ("OPEN", "CLOSED")
 VQA_RAD_JSON = "VQA_RAD Dataset Public.json"
 VQA_RAD_IMAGE_DIR = "VQA_RAD Image Folder"
 VQA_RAD_TEST_PHRASE_TYPES = ("test_freeform", "test_para")
+VQA_RAD_SPLITS = ("standard", "no-frames")  # training sets, see the module docstring
+DEFAULT_VQA_RAD_SPLIT = "standard"  # the split of Table 2's VQA-RAD rows
+VQA_RAD_NO_FRAME = "NULL"  # how the release writes a row without a question frame
 SLAKE_FILES = {"train": "train.json", "valid": "validate.json", "test": "test.json"}
 
 PathLike = Union[str, Path]
@@ -83,16 +98,31 @@ def _check_images_exist(samples: Sequence[VqaSample]) -> None:
         raise FileNotFoundError(f"{len(missing)} image file(s) missing, e.g. {', '.join(missing[:5])}")
 
 
-def read_vqa_rad(root: PathLike, split: str, check_files: bool = True) -> list[VqaSample]:
-    """Read a VQA-RAD split (``"train"`` or ``"test"``) from the released folder ``root``."""
+def read_vqa_rad(
+        root: PathLike,
+        split: str,
+        check_files: bool = True,
+        vqa_rad_split: str = DEFAULT_VQA_RAD_SPLIT,
+) -> list[VqaSample]:
+    """Read a VQA-RAD split (``"train"`` or ``"test"``) from the released folder ``root``;
+    ``vqa_rad_split`` chooses the training set (``"standard"`` or ``"no-frames"``; the test split is
+    the same in both)."""
     _check_split(split, ("train", "test"), "VQA-RAD (it has no validation split)")
+    if vqa_rad_split not in VQA_RAD_SPLITS:
+        raise ValueError(f"unknown VQA-RAD split {vqa_rad_split!r}; expected one of {VQA_RAD_SPLITS}")
     root = Path(root)
-    is_test = split == "test"
-    samples = [
-        _sample(root / VQA_RAD_IMAGE_DIR / record["image_name"], record)
-        for record in _read_json(root / VQA_RAD_JSON)
-        if (str(record["phrase_type"]).strip() in VQA_RAD_TEST_PHRASE_TYPES) == is_test
-    ]
+    samples = []
+    for record in _read_json(root / VQA_RAD_JSON):
+        image = root / VQA_RAD_IMAGE_DIR / record["image_name"]
+        is_test = str(record["phrase_type"]).strip() in VQA_RAD_TEST_PHRASE_TYPES
+        if is_test == (split == "test"):
+            samples.append(_sample(image, record))
+        if split == "train" and vqa_rad_split == "standard":
+            if "question_frame" not in record:
+                raise ValueError(f"question {record['question']!r} has no question_frame field: the standard split "
+                                 f"needs the release's JSON (or choose vqa_rad_split='no-frames')")
+            if str(record["question_frame"]).strip() != VQA_RAD_NO_FRAME:
+                samples.append(_sample(image, {**record, "question": record["question_frame"]}))
     if check_files:
         _check_images_exist(samples)
     return samples
@@ -123,10 +153,12 @@ def read_vqa_split(
         split: str,
         language: Optional[str] = "en",
         check_files: bool = True,
+        vqa_rad_split: str = DEFAULT_VQA_RAD_SPLIT,
 ) -> list[VqaSample]:
-    """Read one split of ``dataset`` (``"vqa-rad"`` or ``"slake"``; ``language`` is SLAKE's)."""
+    """Read one split of ``dataset`` (``"vqa-rad"`` or ``"slake"``; ``language`` is SLAKE's,
+    ``vqa_rad_split`` VQA-RAD's training set)."""
     if dataset == "vqa-rad":
-        return read_vqa_rad(root, split, check_files)
+        return read_vqa_rad(root, split, check_files, vqa_rad_split)
     if dataset == "slake":
         return read_slake(root, split, language, check_files)
     raise ValueError(f"unknown VQA dataset {dataset!r}; expected one of {VQA_DATASETS}")
@@ -154,7 +186,12 @@ class AnswerSet:
 
 
 class VqaDataset(Dataset):
-    """(image, question token ids, answer class, is-closed flag) for each sample."""
+    """(image, question token ids, answer class, is-closed flag) for each sample.
+
+    With ``cache_images`` each distinct image is loaded and transformed once, when the dataset is
+    built: for a deterministic ``transform`` only (no augmentation), where it gives the same tensors
+    as transforming on every access (VQA-RAD asks 3,515 questions about 314 images).
+    """
 
     def __init__(
             self,
@@ -162,19 +199,23 @@ class VqaDataset(Dataset):
             answers: AnswerSet,
             transform: Callable[[Image.Image], torch.Tensor],
             tokenizer: Callable[[list[str]], torch.Tensor],
+            cache_images: bool = False,
     ):
         self.samples = samples
         self.answers = answers
         self.transform = transform
         self.tokenizer = tokenizer
+        self.images = ({path: transform(load_image(path)) for path in dict.fromkeys(s.image_path for s in samples)}
+                       if cache_images else None)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         sample = self.samples[index]
+        image = self.images[sample.image_path] if self.images is not None else self.transform(load_image(sample.image_path))
         return (
-            self.transform(load_image(sample.image_path)),
+            image,
             self.tokenizer([sample.question])[0],
             torch.tensor(self.answers.index(sample.answer)),
             torch.tensor(sample.is_closed),

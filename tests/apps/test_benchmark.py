@@ -7,6 +7,7 @@ import gzip
 import importlib
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,12 @@ from scipy import stats
 
 from openclip_unimlip.apps import benchmark, real_downstream
 from openclip_unimlip.apps.benchmark_datasets import DATASETS, find_datasets
-from openclip_unimlip.apps.benchmark_tasks import RetrievalTask
+from openclip_unimlip.apps.benchmark_tasks import ChestXrayTask, RetrievalTask, tasks_for
 from openclip_unimlip.data.medpix import read_medpix
 from openclip_unimlip.data.shards import normalize_caption
+from openclip_unimlip.evaluation.classification import load_classification_data
+from openclip_unimlip.evaluation.finetune import load_clip_model
+from openclip_unimlip.evaluation.linear_probe import probe_chest_xray
 from openclip_unimlip.evaluation.retrieval import evaluate_retrieval
 from paths import REPO
 
@@ -165,10 +169,11 @@ def test_an_interrupted_run_resumes_without_redoing_a_finished_cell(run):
     assert len(first) == 2 and run["after_interruption"]["cells"]["done"] == 2
     assert not set(first) & set(second)
     cells = run["report"]["cells"]
-    # tiny: retrieval, classification, VQA; stock: retrieval, classification (VQA n/a); broken: stopped
-    assert len(first) + len(second) == cells["done"] == len(SEEDS) * 5
+    # tiny: retrieval, classification, VQA, question-only VQA; stock: retrieval, classification (both VQA
+    # tasks n/a); broken: stopped
+    assert len(first) + len(second) == cells["done"] == len(SEEDS) * 6
     assert cells["resumed"] == 2 and cells["run_now"] == len(second) and cells["failed"] == 0
-    assert cells["not_applicable"] == len(SEEDS) and cells["stopped"] == len(SEEDS) * 3
+    assert cells["not_applicable"] == len(SEEDS) * 2 and cells["stopped"] == len(SEEDS) * 4
 
 
 @real_data
@@ -198,7 +203,7 @@ def test_missing_and_bad_datasets_are_listed_and_skipped(run):
     assert report["tasks"]["vqa-slake"]["status"] == "failed"
     assert report["tasks"]["vqa-slake"]["message"].startswith("SLAKE could not be read: JSONDecodeError")
     assert sorted(t for t, s in report["tasks"].items() if s["status"] == "ready") == [
-        "classification-medpix", "retrieval-medpix", "vqa-vqa-rad"]
+        "classification-medpix", "retrieval-medpix", "vqa-question-only-vqa-rad", "vqa-vqa-rad"]
     markdown = (run["out"] / "benchmark.md").read_text()
     assert "| CheXpert | skipped | no folder named" in markdown
     assert "- task vqa-slake: SLAKE could not be read: JSONDecodeError" in markdown
@@ -219,6 +224,8 @@ def test_a_model_that_does_not_load_stops_only_its_own_cells(run):
     assert cells["broken"]["vqa-rad/overall"] == {"status": "failed"}
     assert cells["stock-rn-tiny"]["vqa-rad/overall"] == {"status": "n/a"}  # OpenCLIP's own text tower
     assert cells["tiny"]["vqa-rad/overall"]["n"] == len(SEEDS)
+    assert cells["tiny: question only"]["vqa-rad/overall"]["n"] == len(SEEDS)
+    assert cells["broken: question only"]["vqa-rad/overall"] == {"status": "failed"}
 
 
 @real_data
@@ -235,7 +242,7 @@ def test_plan_lists_the_cells_and_runs_nothing(run, tmp_path, capsys):
         plan = benchmark.main(args + ["--plan"])
         printed = capsys.readouterr().out
         assert not fresh.exists()
-        assert [c["state"] for c in plan["cells"]].count("to run") == len(SEEDS) * 8  # the broken row is only found at load
+        assert [c["state"] for c in plan["cells"]].count("to run") == len(SEEDS) * 10  # the broken row is only found at load
         assert "Estimated time to run:" in printed and "prior for cpu" in printed
         finished = benchmark.main(run["args"] + ["--plan"])  # the finished run's folder: measured rates
     assert {c["state"] for c in finished["cells"] if c["row"] != "broken"} == {"done", "n/a"}
@@ -286,14 +293,16 @@ def test_tables_hold_seed_intervals_chance_and_reported_rows(run):
     table2 = {row["label"]: row for row in tables["table2"]["rows"]}
     assert table2["Uni-Mlip (reported)"]["source"] == "Uni-Mlip (Bawazir & Wu), Table 2, row 'Uni-Mlip (ours)'"
     assert table2["Uni-Mlip (reported)"]["cells"]["vqa-rad/closed"] == {"value": 81.62}
-    # chance on the 32 test questions read: the training split's most common answer per type, counted here
+    # the most-common-answer row on the 32 test questions read, counted here: the standard split's first 32
+    # training questions are the release's non-test rows, each followed by its question frame if it has one
     rows = json.loads((DATA / "vqa-rad" / "VQA_RAD Dataset Public.json").read_text())
-    train = [r for r in rows if not r["phrase_type"].startswith("test")][:32]
+    train = [r for r in rows for question in ([] if r["phrase_type"].startswith("test") else [r["question"]])
+             + ([r["question_frame"]] if r["question_frame"] != "NULL" else [])][:32]
     test = [r for r in rows if r["phrase_type"].startswith("test")][:32]
     closed_answers = [str(r["answer"]).lower().strip() for r in train if r["answer_type"].strip() == "CLOSED"]
     majority = max(sorted(set(closed_answers)), key=closed_answers.count)
     closed_test = [str(r["answer"]).lower().strip() for r in test if r["answer_type"].strip() == "CLOSED"]
-    assert table2["chance"]["cells"]["vqa-rad/closed"]["value"] == pytest.approx(
+    assert table2["most common answer, told the answer type"]["cells"]["vqa-rad/closed"]["value"] == pytest.approx(
         100 * closed_test.count(majority) / len(closed_test))
 
     markdown = (out / "benchmark.md").read_text()
@@ -342,11 +351,12 @@ def test_roco_test_pairs_are_read_from_the_release(tmp_path):
                                     "ROCO_00004\t \n")
     _touch(folder / "dlinks.txt", "ROCO_00005\twget ftp://x/PMC1.tar.gz\tfig.jpg\n")  # a link without a caption
     (folder / "images").mkdir()
-    for name in ("ROCO_00001", "ROCO_00002", "ROCO_00004", "ROCO_00005"):
-        Image.new("RGB", (8, 8)).save(folder / "images" / f"{name}.jpg")
-    data = RetrievalTask("roco").load(tmp_path, benchmark.CI)
+    for shade, name in enumerate(("ROCO_00001", "ROCO_00002", "ROCO_00004", "ROCO_00005")):
+        Image.new("RGB", (8, 8), (60 * shade,) * 3).save(folder / "images" / f"{name}.jpg")  # distinct images
+    data = RetrievalTask("roco").load(tmp_path, benchmark.CI, benchmark.Runtime(progress=False))
     assert [(p.key, p.caption) for p in data.pairs] == [("ROCO_00001", "CT of the head."), ("ROCO_00002", "Chest X-ray")]
-    assert data.left_out == 3  # no image file; an empty caption; no caption at all
+    assert RetrievalTask("roco").describe(data) == {  # an empty caption, no caption at all; no image file
+        "split": "test", "rows_read": 5, "pairs": 2, "left_out": {"empty_caption": 2, "missing_image": 1}}
     chance = RetrievalTask("roco").chance(data, benchmark.CI)
     assert chance["image_to_text_R@1"] == 0.5 and chance["text_to_image_R@10"] == 1.0  # 2 pairs: K / N, at most 1
 
@@ -380,7 +390,8 @@ def test_the_console_command_names_this_main():
 
 # ----------------------------------------------------------------------------- chest X-ray: made-up NIH release
 def _nih_release(root: Path) -> None:
-    """40 images of 20 patients in NIH ChestX-ray14's layout; Effusion images are bright."""
+    """40 images of 20 patients in NIH ChestX-ray14's layout (the last 5 patients' images in
+    test_list.txt); Effusion images are bright."""
     (root / "images").mkdir(parents=True)
     rng = np.random.default_rng(0)
     rows = []
@@ -390,10 +401,12 @@ def _nih_release(root: Path) -> None:
             pixels = np.clip(rng.normal(200 if "Effusion" in findings else 50, 20, (40, 40)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / "images" / name)
             rows.append({"Image Index": name, "Finding Labels": findings, "Patient ID": patient})
-    pd.DataFrame(rows).to_csv(root / "Data_Entry_2017.csv", index=False)
+    pd.DataFrame(rows).to_csv(root / "Data_Entry_2017_v2020.csv", index=False)
+    (root / "train_val_list.txt").write_text("\n".join(row["Image Index"] for row in rows[:30]) + "\n")
+    (root / "test_list.txt").write_text("\n".join(row["Image Index"] for row in rows[30:]) + "\n")
 
 
-@pytest.mark.slow  # ~30 s: two one-epoch fine-tunings of unimlip-tiny
+@pytest.mark.slow  # ~40 s: two one-epoch fine-tunings and a linear probe of unimlip-tiny
 def test_chest_xray_cell_equals_finetune_classification_script_and_fills_table1(tmp_path, one_thread):
     _nih_release(tmp_path / "data" / "ChestX-ray14")
     out = tmp_path / "out"
@@ -402,20 +415,74 @@ def test_chest_xray_cell_equals_finetune_classification_script_and_fills_table1(
     summary = _load_script("finetune_classification").main([
         "--dataset", "nih", "--data-root", str(tmp_path / "data" / "ChestX-ray14"), "--model", "unimlip-tiny",
         "--fraction", "1.0", "--seed", "0", "--image-size", "96", "--batch-size", "16", "--max-epochs", "1",
-        "--limit", "32", "--workers", "0", "--no-progress", "--output-dir", str(tmp_path / "standalone")])
+        "--limit", "32", "--workers", "0", "--no-progress", "--output-dir", str(tmp_path / "standalone"),
+        "--protocol", "all14"])
     record = _record(out, "unimlip-tiny", "classification-nih", "100pct", 0)
-    assert summary["protocol"]["name"] == record["details"]["protocol"]["name"] == "chexclusion"
+    # NIH in the benchmark: NIH's own list files (all14's NIH rule), not CheXclusion's pooled split
+    assert summary["protocol"]["name"] == record["details"]["protocol"]["name"] == "all14"
+    assert record["details"]["protocol"]["split_rule"] == "official"
+    assert record["details"]["images"]["test"] == 10  # test_list.txt's images
     assert record["details"]["test_per_label_auc"] == summary["test_per_label_auc"]
     assert record["metrics"]["macro_auc"] == summary["test_macro_auc"]
+
+    # the linear-probe cell is probe_chest_xray on the same data with the same seed's tower
+    probe = _record(out, "unimlip-tiny", "linear-probe-nih", "100pct", 0)
+    torch.manual_seed(0)
+    data = load_classification_data("nih", tmp_path / "data" / "ChestX-ray14", 1.0, 0, limit=32, protocol="all14")
+    model, preprocess_cfg = load_clip_model("unimlip-tiny", None, None, pretrained_text=False)
+    direct = probe_chest_xray(model.visual, preprocess_cfg, data, batch_size=16)
+    assert {key: probe["details"][key] for key in direct} == json.loads(json.dumps(direct))
+    assert probe["metrics"]["macro_auc"] == direct["test_macro_auc"]
+    assert probe["details"]["C"] in benchmark.PRESETS["ci"].chest_xray.probe_c_grid
 
     (table1,) = [t for t in report["tables"] if t["id"] == "table1"]
     rows = {row["label"]: row["cells"] for row in table1["rows"]}
     assert rows["unimlip-tiny"]["nih@100 %"]["values"] == [100 * summary["test_macro_auc"]]
+    assert rows["unimlip-tiny (linear probe)"]["nih@100 %"]["values"] == [100 * direct["test_macro_auc"]]
+    assert rows["unimlip-tiny (linear probe)"]["chexpert@100 %"] == {"status": "skipped"}
     assert rows["unimlip-tiny"]["mimic@100 %"] == {"status": "skipped"}
     assert rows["unimlip-tiny"]["nih@1 %"] == {"status": "not run"}  # a paper column this run did not ask for
     assert rows["M-FLAG (reported)"]["nih@1 %"] == {"value": 62.2}
     markdown = (out / "benchmark.md").read_text()
     assert "| Uni-Mlip (reported) | reported | 73.2 | 79.1 | 82.0 | 69.1 | 75.3 | 79.8 | 65.6 | 76.4 | 82.9 |" in markdown
+
+
+def test_chest_xray_modes_have_their_own_cells_settings_hash_and_time(tmp_path):
+    """Fine-tuning and linear probing are two tasks: their own cell files, a settings hash that holds
+    the mode and only what shapes that mode's numbers, their own time estimate; both read NIH by its
+    official list files."""
+    _nih_release(tmp_path / "data" / "ChestX-ray14")
+    fine, probe = tasks_for("nih")
+    assert (fine.name, probe.name) == ("classification-nih", "linear-probe-nih")
+    assert tasks_for("chexpert")[1].name == "linear-probe-chexpert"
+    with pytest.raises(ValueError, match="unknown chest X-ray mode 'probe'"):
+        ChestXrayTask("nih", "probe")
+
+    ci = benchmark.PRESETS["ci"]
+    config = benchmark.BenchmarkConfig([benchmark.ModelRow("tiny", "unimlip-tiny")], tmp_path / "data",
+                                       tmp_path / "out", ci, datasets=["nih"])
+    bench = benchmark.Benchmark(config)
+    assert {name: state.describe["split_rule"] for name, state in bench.tasks.items()} == {
+        "classification-nih": "official", "linear-probe-nih": "official"}
+    cells = {cell.task: cell for cell in bench.cells() if cell.fraction == 1.0 and cell.seed == 0}
+    assert bench.cell_path(cells["linear-probe-nih"]).name == "linear-probe-nih__100pct__seed0.json"
+    assert bench.origin(cells["classification-nih"]) != bench.origin(cells["linear-probe-nih"])
+    assert fine.recipe(ci)["mode"] == "fine-tune" and probe.recipe(ci)["mode"] == "linear-probe"
+    assert fine.recipe(ci)["protocol"] == probe.recipe(ci)["protocol"] == "all14"
+
+    def changed(**fields) -> benchmark.Preset:
+        return replace(ci, chest_xray=replace(ci.chest_xray, **fields))
+
+    assert probe.recipe(changed(probe_c_grid=(1.0,))) != probe.recipe(ci)
+    assert fine.recipe(changed(probe_c_grid=(1.0,))) == fine.recipe(ci)
+    assert probe.recipe(changed(max_epochs=5)) == probe.recipe(ci) != probe.recipe(changed(image_size=64))
+    assert fine.recipe(changed(max_epochs=5)) != fine.recipe(ci)
+    assert probe.recipe(changed(dataset_protocols={})) != probe.recipe(ci)  # back to chexclusion's split
+
+    data = bench.tasks["classification-nih"].data
+    images = len(data.full.train) + len(data.full.valid) + len(data.full.test)
+    assert probe.units(data, ci, 1.0) == pytest.approx(images / 3)  # one evaluation pass per image
+    assert fine.units(data, ci, 1.0) > probe.units(data, ci, 1.0)
 
 
 def test_the_console_entry_point_exits_0_after_a_plan(tmp_path):

@@ -73,3 +73,23 @@ def test_demo_pretraining_beats_chance_and_writes_the_report(tmp_path):
     assert both(before, "mean_rank") > 0.8 * chance_mean_rank, before  # untrained: at chance
     report = (out / "report.md").read_text()
     assert "| image-to-text | R@1 |" in report and "simclr" in report  # the second phase ran
+
+
+MEDPIX_RELEASE = REPO.parent / "shared" / "data" / "medpix-2.0"
+
+
+@pytest.mark.skipif(not (MEDPIX_RELEASE / "splitted_dataset").is_dir(),
+                    reason=f"the real MedPix 2.0 release is not at {MEDPIX_RELEASE}")
+def test_each_dataset_gets_its_own_defaults_and_flags_still_win():
+    from openclip_unimlip.apps.demo import CPU_PRETRAIN, MEDPIX_PRETRAIN, parse_args
+
+    embedded = parse_args([])
+    medpix = parse_args(["--dataset", "medpix", "--data-root", str(MEDPIX_RELEASE)])
+    assert (embedded.epochs, embedded.simclr_start_epoch) == (2, 1) == \
+        (CPU_PRETRAIN["epochs"], CPU_PRETRAIN["simclr_start_epoch"])
+    # docs/ablation.md: MedPix's ITC + MLM stage needs about 10 epochs; SimCLR for the last two
+    assert (medpix.epochs, medpix.simclr_start_epoch) == (10, 8) == \
+        (MEDPIX_PRETRAIN["epochs"], MEDPIX_PRETRAIN["simclr_start_epoch"])
+    given = parse_args(["--dataset", "medpix", "--data-root", str(MEDPIX_RELEASE), "--epochs", "3",
+                        "--simclr-start-epoch", "2"])
+    assert (given.epochs, given.simclr_start_epoch) == (3, 2)

@@ -18,14 +18,12 @@ from openclip_unimlip.apps.real_downstream import (
     DownstreamConfig,
     Init,
     Runner,
-    majority_answer_accuracy,
     parse_init,
     plan_cells,
     summarize,
 )
 from openclip_unimlip.apps.seed_interval import paired_t_interval, t_interval
 from openclip_unimlip.evaluation.medpix_classification import macro_ovr_auc, stratified_subset
-from openclip_unimlip.evaluation.vqa_datasets import VqaSample, read_vqa_rad
 from paths import REPO
 
 DATA = REPO.parent / "shared" / "data"
@@ -91,38 +89,6 @@ def test_stratified_subsets_hold_every_class_are_nested_and_seeded():
     assert set(subsets[0.01]) <= set(subsets[0.1]) <= set(subsets[1.0]) == set(range(len(targets)))
     assert np.array_equal(stratified_subset(targets, 0.1, 3), subsets[0.1])
     assert not np.array_equal(stratified_subset(targets, 0.1, 4), subsets[0.1])
-
-
-def test_majority_answer_accuracy_by_hand():
-    def sample(answer, answer_type):
-        return VqaSample(None, "q", answer, answer_type)
-
-    train = [sample("no", "CLOSED")] * 3 + [sample("yes", "CLOSED")] * 2 + [sample("axial", "OPEN")] * 2 \
-        + [sample("brain", "OPEN")] * 2  # open tie: the alphabetically first, "axial"
-    test = [sample("no", "CLOSED"), sample("yes", "CLOSED"), sample("axial", "OPEN"), sample("liver", "OPEN")]
-    accuracy = majority_answer_accuracy(train, test)
-    assert (accuracy.closed, accuracy.open, accuracy.overall) == (0.5, 0.5, 0.5)
-
-
-@needs_data
-def test_majority_answer_accuracy_on_the_release_against_plain_json_counts():
-    rows = json.loads((DATA / "vqa-rad" / "VQA_RAD Dataset Public.json").read_text())
-
-    def norm(answer):
-        return " ".join(str(answer).lower().split()).rstrip(".").strip()
-
-    split = {"train": [r for r in rows if not r["phrase_type"].startswith("test")],
-             "test": [r for r in rows if r["phrase_type"].startswith("test")]}
-    correct = Counter()
-    for kind in ("CLOSED", "OPEN"):
-        counts = Counter(norm(r["answer"]) for r in split["train"] if r["answer_type"].strip() == kind)
-        best = max(counts.values())
-        majority = sorted(a for a, n in counts.items() if n == best)[0]
-        correct[kind] = sum(norm(r["answer"]) == majority for r in split["test"] if r["answer_type"].strip() == kind)
-    accuracy = majority_answer_accuracy(read_vqa_rad(DATA / "vqa-rad", "train"), read_vqa_rad(DATA / "vqa-rad", "test"))
-    assert accuracy.closed == pytest.approx(correct["CLOSED"] / 272)
-    assert accuracy.open == pytest.approx(correct["OPEN"] / 179)
-    assert accuracy.overall == pytest.approx((correct["CLOSED"] + correct["OPEN"]) / 451)
 
 
 def test_summary_means_intervals_and_paired_differences_over_seeds():

@@ -20,10 +20,18 @@ from openclip_unimlip.evaluation.vqa import (
     build_vqa_model,
     fine_tune_vqa,
     load_vqa_data,
+    majority_answer_accuracy,
     parameter_groups,
     vqa_accuracy,
 )
-from openclip_unimlip.evaluation.vqa_datasets import AnswerSet, normalize_answer, read_slake, read_vqa_rad
+from openclip_unimlip.evaluation.vqa_datasets import (
+    AnswerSet,
+    VqaDataset,
+    VqaSample,
+    normalize_answer,
+    read_slake,
+    read_vqa_rad,
+)
 
 MODEL = "unimlip-vqa-test"
 CONTEXT_LENGTH = 16  # question tokens; short to keep CPU tests fast
@@ -76,17 +84,20 @@ def vqa_rad_root(tmp_path: Path) -> Path:
     _write_image(root / "VQA_RAD Image Folder" / "dark.jpg", 40)
     phrase_types = ["freeform", "para", "frame"]
     records = [{"qid": i, "image_name": image, "question": question, "answer": answer, "answer_type": answer_type,
-                "phrase_type": phrase_types[i % 3], "question_type": "PRES", "image_organ": "CHEST"}
+                "phrase_type": phrase_types[i % 3], "question_type": "PRES", "image_organ": "CHEST",
+                "question_frame": "NULL"}
                for i, (image, question, answer, answer_type) in enumerate(QUESTIONS * 2)]
+    records[0]["question_frame"] = "Is/Are the image bright? "  # a training row's frame
     records += [
         {"qid": 100, "image_name": "bright.jpg", "question": "is the image bright?", "answer": "yes",
-         "answer_type": "CLOSED", "phrase_type": "test_freeform"},
+         "answer_type": "CLOSED", "phrase_type": "test_freeform", "question_frame": "NULL"},
         {"qid": 101, "image_name": "dark.jpg", "question": "is the image dark?", "answer": "yes",
-         "answer_type": "CLOSED", "phrase_type": "test_para"},
+         "answer_type": "CLOSED", "phrase_type": "test_para", "question_frame": "NULL"},
         {"qid": 102, "image_name": "dark.jpg", "question": "how many lesions are seen?", "answer": "2",
-         "answer_type": "OPEN", "phrase_type": "test_freeform"},
+         "answer_type": "OPEN", "phrase_type": "test_freeform", "question_frame": "NULL"},
+        # a test row's frame: the standard split trains on it (VQA-RAD's known leak)
         {"qid": 103, "image_name": "bright.jpg", "question": "what is the modality?", "answer": "ct",
-         "answer_type": "OPEN", "phrase_type": "test_para"},
+         "answer_type": "OPEN", "phrase_type": "test_para", "question_frame": "What is the modality?"},
     ]
     (root / "VQA_RAD Dataset Public.json").write_text(json.dumps(records))
     return root
@@ -114,15 +125,33 @@ def slake_root(tmp_path: Path) -> Path:
 
 
 def test_vqa_rad_split_convention_and_answer_normalisation(vqa_rad_root: Path):
-    train = read_vqa_rad(vqa_rad_root, "train")
+    train = read_vqa_rad(vqa_rad_root, "train", vqa_rad_split="no-frames")
     test = read_vqa_rad(vqa_rad_root, "test")
-    assert len(train) == 12 and len(test) == 4  # freeform + para + frame / test_freeform + test_para
+    assert len(train) == 12 and len(test) == 4  # every non-test phrase type / test_freeform + test_para
     assert [s.answer for s in train[:6]] == ["yes", "no", "no", "yes", "left lung", "2"]
     assert [s.answer_type for s in train[:6]] == ["CLOSED"] * 4 + ["OPEN"] * 2  # "OPEN " stripped
     assert train[0].image_path == vqa_rad_root / "VQA_RAD Image Folder" / "bright.jpg"
     assert [s.is_closed for s in test] == [True, True, False, False]
     with pytest.raises(ValueError, match="unknown split 'valid' for VQA-RAD"):
         read_vqa_rad(vqa_rad_root, "valid")
+    with pytest.raises(ValueError, match="unknown VQA-RAD split 'mevf'"):
+        read_vqa_rad(vqa_rad_root, "train", vqa_rad_split="mevf")
+
+
+def test_vqa_rad_standard_split_adds_every_rows_frame_after_its_row(vqa_rad_root: Path):
+    standard = read_vqa_rad(vqa_rad_root, "train")
+    no_frames = read_vqa_rad(vqa_rad_root, "train", vqa_rad_split="no-frames")
+    image = vqa_rad_root / "VQA_RAD Image Folder"
+    # the first row's frame right after it, the test row's frame (same image, answer and type) last
+    assert standard == [no_frames[0], VqaSample(image / "bright.jpg", "Is/Are the image bright?", "yes", "CLOSED"),
+                        *no_frames[1:], VqaSample(image / "bright.jpg", "What is the modality?", "ct", "OPEN")]
+    assert read_vqa_rad(vqa_rad_root, "test") == read_vqa_rad(vqa_rad_root, "test", vqa_rad_split="no-frames")
+    records = json.loads((vqa_rad_root / "VQA_RAD Dataset Public.json").read_text())
+    del records[3]["question_frame"]
+    (vqa_rad_root / "VQA_RAD Dataset Public.json").write_text(json.dumps(records))
+    with pytest.raises(ValueError, match="no question_frame field"):
+        read_vqa_rad(vqa_rad_root, "train")
+    assert len(read_vqa_rad(vqa_rad_root, "train", vqa_rad_split="no-frames")) == 12
 
 
 def test_slake_splits_and_language(slake_root: Path):
@@ -154,9 +183,10 @@ def test_model_layout_and_parameter_groups():
     model, preprocess_cfg, tokenizer = build_vqa_model(MODEL, None, num_answers=5)
     token_ids = tokenizer(["is there a lesion?", "which side?"])
     states, padding = model.encode_question(token_ids)
-    assert states.shape == (2, CONTEXT_LENGTH + NUM_LEARNABLE_TOKENS, 384)
-    assert padding[:, CONTEXT_LENGTH:].logical_not().all()
-    assert padding[:, :CONTEXT_LENGTH].eq(token_ids == 0).all() and padding[:, :CONTEXT_LENGTH].any()
+    longest = int(token_ids.ne(0).sum(1).max())  # padding beyond the longest question is trimmed
+    assert longest < CONTEXT_LENGTH and states.shape == (2, longest + NUM_LEARNABLE_TOKENS, 384)
+    assert padding[:, longest:].logical_not().all()
+    assert padding[:, :longest].eq(token_ids[:, :longest] == 0).all() and padding[:, :longest].any()
     image_tokens = model.encode_image(torch.zeros(2, 3, 64, 64))
     assert image_tokens.shape == (2, 1 + 2 * 2, 384)  # the embedding + a 2x2 layer-4 map at 64 px
     assert model(torch.zeros(2, 3, 64, 64), token_ids).shape == (2, 5)
@@ -172,6 +202,115 @@ def test_model_layout_and_parameter_groups():
 
     pooled_only, _, _ = build_vqa_model(MODEL, None, num_answers=5, use_map_tokens=False)
     assert pooled_only.encode_image(torch.zeros(2, 3, 64, 64)).shape == (2, 1, 384)
+
+
+def _paper_layout_logits(model, images: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """The paper's layout as computed before padding was trimmed: the whole padded question, the
+    learnable tokens after it at the text transformer's default position ids, and the whole fusion
+    layer, of which the head reads the first row."""
+    count = len(token_ids)
+    learnable = model.learnable_tokens.expand(count, -1, -1)
+    padding = torch.cat([token_ids == model.pad_token_id, torch.zeros(learnable.shape[:2], dtype=torch.bool)], 1)
+    words = model.text_transformer.get_input_embeddings()(token_ids)
+    text = model.text_transformer(inputs_embeds=torch.cat([words, learnable], 1),
+                                  attention_mask=(~padding).long()).last_hidden_state
+    image = model.encode_image(images) + model.modality_embedding.weight[0]
+    tokens = torch.cat([model.cls_token.expand(count, -1, -1), image, text + model.modality_embedding.weight[1]], 1)
+    fused = nn.TransformerEncoderLayer.forward(
+        model.fusion, tokens, src_key_padding_mask=torch.cat([padding.new_zeros(count, 1 + image.shape[1]), padding], 1))
+    return model.head(model.fusion_norm(fused[:, 0]))
+
+
+QUESTIONS_OF_THREE_LENGTHS = ["is there a lesion?", "which side of the chest holds the large round opacity?", "mri?"]
+
+
+def test_trimmed_padding_and_the_cls_row_alone_give_the_paper_layouts_logits():
+    torch.manual_seed(0)
+    model, _, tokenizer = build_vqa_model(MODEL, None, num_answers=5)
+    model.eval()
+    token_ids = tokenizer(QUESTIONS_OF_THREE_LENGTHS)
+    assert token_ids[:, -1].eq(model.pad_token_id).all()  # there is padding to trim
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images, token_ids), _paper_layout_logits(model, images, token_ids))
+
+
+def test_frozen_text_layout_trains_no_text_weight_and_fuses_the_learnable_tokens():
+    torch.manual_seed(0)
+    model, _, tokenizer = build_vqa_model(MODEL, None, num_answers=5, freeze_text=True)
+    model.train()
+    assert not model.text_transformer.training and model.fusion.training  # frozen: no dropout in the text tower
+    token_ids = tokenizer(QUESTIONS_OF_THREE_LENGTHS)
+    states, padding = model.encode_question(token_ids)
+    longest = int(token_ids.ne(model.pad_token_id).sum(1).max())
+    assert states.shape == (3, longest + NUM_LEARNABLE_TOKENS, 384)
+    # the learnable tokens join the fusion input as they are, after the question's states
+    assert torch.equal(states[:, longest:], model.learnable_tokens.expand(3, -1, -1))
+    assert padding[:, longest:].logical_not().all() and padding[:, :longest].eq(token_ids[:, :longest] == 0).all()
+
+    model(torch.zeros(3, 3, 64, 64), token_ids).sum().backward()
+    assert all(p.grad is None and not p.requires_grad for p in model.text_transformer.parameters())
+    assert model.learnable_tokens.grad is not None and model.learnable_tokens.grad.abs().sum() > 0
+    encoder, new = parameter_groups(model, DEFAULT_ENCODER_LR, DEFAULT_FUSION_LR)
+    trained = {id(p) for p in [*encoder["params"], *new["params"]]}
+    assert trained == {id(p) for p in model.parameters()} - {id(p) for p in model.text_transformer.parameters()}
+    assert {id(p) for p in encoder["params"]} == {id(p) for p in model.image_tower.parameters()}
+
+
+def test_cached_question_states_give_the_uncached_logits():
+    torch.manual_seed(0)
+    model, _, tokenizer = build_vqa_model(MODEL, None, num_answers=5, freeze_text=True)
+    model.eval()
+    images, token_ids = torch.randn(3, 3, 64, 64), tokenizer(QUESTIONS_OF_THREE_LENGTHS)
+    with torch.no_grad():
+        model(images[:1], token_ids[:1])  # the first question cached alone, the others beside a longer one
+        cached = model(images, token_ids)
+        assert len(model.question_cache) == 3
+        first_key = tuple(token_ids[0][:int(token_ids[0].ne(model.pad_token_id).sum())].tolist())
+        model.question_cache[first_key] = torch.randn_like(model.question_cache[first_key])  # read back, not recomputed:
+        assert not torch.allclose(model(images, token_ids)[0], cached[0])  # a changed entry changes the answer
+        model.question_cache = None
+        uncached = model(images, token_ids)
+    torch.testing.assert_close(cached, uncached)
+
+
+def test_question_only_model_ignores_the_image():
+    torch.manual_seed(0)
+    model, _, tokenizer = build_vqa_model(MODEL, None, num_answers=5, freeze_text=True, blank_image=True)
+    torch.manual_seed(0)
+    full, _, _ = build_vqa_model(MODEL, None, num_answers=5, freeze_text=True)
+    model.eval(), full.eval()
+    token_ids = tokenizer(["is the image bright?", "which organ is shown?"])
+    dark, bright = torch.full((2, 3, 64, 64), -1.5), torch.randn(2, 3, 64, 64) + 1.5
+    with torch.no_grad():
+        assert torch.equal(model(dark, token_ids), model(bright, token_ids))
+        assert not torch.allclose(full(dark, token_ids), full(bright, token_ids))  # the image does reach a full model
+    encoder, new = parameter_groups(model, DEFAULT_ENCODER_LR, DEFAULT_FUSION_LR)
+    trained = {id(p) for p in [*encoder["params"], *new["params"]]}
+    assert not trained & {id(p) for p in model.image_tower.parameters()}  # never run, never trained
+
+
+def test_cached_images_are_the_transformed_images(vqa_rad_root: Path):
+    samples = read_vqa_rad(vqa_rad_root, "train")
+    answers = AnswerSet.from_samples(samples)
+    _, preprocess_cfg, tokenizer = build_vqa_model(MODEL, None, num_answers=len(answers), image_size=32)
+    transform = image_transform(preprocess_cfg, is_train=False)
+    cached = VqaDataset(samples, answers, transform, tokenizer, cache_images=True)
+    assert len(cached.images) == 2  # bright.jpg and dark.jpg, each transformed once
+    for index in range(len(samples)):
+        for fresh, stored in zip(VqaDataset(samples, answers, transform, tokenizer)[index], cached[index], strict=True):
+            assert torch.equal(fresh, stored)
+
+
+def test_majority_answer_accuracy_by_hand():
+    def sample(answer, answer_type):
+        return VqaSample(None, "q", answer, answer_type)
+
+    train = [sample("no", "CLOSED")] * 3 + [sample("yes", "CLOSED")] * 2 + [sample("axial", "OPEN")] * 2 \
+        + [sample("brain", "OPEN")] * 2  # open tie: the alphabetically first, "axial"
+    test = [sample("no", "CLOSED"), sample("yes", "CLOSED"), sample("axial", "OPEN"), sample("liver", "OPEN")]
+    accuracy = majority_answer_accuracy(train, test)
+    assert (accuracy.closed, accuracy.open, accuracy.overall) == (0.5, 0.5, 0.5)
 
 
 def test_fine_tuning_lowers_loss_and_accuracy_matches_predictions(slake_root: Path):
@@ -224,11 +363,18 @@ def test_script_on_vqa_rad_trains_without_validation(vqa_rad_root: Path, slake_r
     summary = script.main(["--dataset", "vqa-rad", "--data-root", str(vqa_rad_root), *common])
     written = json.loads((tmp_path / "out" / f"vqa-rad_{MODEL}_seed0.json").read_text())
     assert written == json.loads(json.dumps(summary))
-    assert written["questions"] == {"train": 12, "valid": None, "test": 4} and written["answers"] == 4
+    assert written["vqa_rad_split"] == "standard"  # the default: the 12 questions and 2 frames
+    assert written["questions"] == {"train": 14, "valid": None, "test": 4} and written["answers"] == 5
+    assert written["test_unseen_answers"] == 0  # "ct" is in training, in a test question's frame
     assert written["best_epoch"] == written["epochs_run"] == 2  # no validation split: the last epoch
-    assert written["test_unseen_answers"] == 1  # "ct" never appears in training
     assert written["test"]["closed_questions"] == 2 and written["test"]["open_questions"] == 2
     assert (tmp_path / "out" / f"vqa-rad_{MODEL}_seed0_accuracy.png").stat().st_size > 0
+
+    script.main(["--dataset", "vqa-rad", "--data-root", str(vqa_rad_root), "--vqa-rad-split", "no-frames",
+                 "--freeze-text", "--no-augment", "--blank-image", *common])
+    written = json.loads((tmp_path / "out" / f"vqa-rad_{MODEL}_seed0_question-only.json").read_text())
+    assert (written["freeze_text"], written["blank_image"], written["augment"]) == (True, True, False)
+    assert written["questions"]["train"] == 12 and written["test_unseen_answers"] == 1  # "ct" never seen
 
     with pytest.raises(SystemExit) as error:
         script.main(["--dataset", "slake", "--data-root", str(slake_root), "--language", "fr", *common])

@@ -1,15 +1,22 @@
-"""``read_vqa_rad`` on the real VQA-RAD release (../shared/data/vqa-rad), counted another way, and a
-short real fine-tune that must learn something an untrained model does not know."""
+"""``read_vqa_rad`` on the real VQA-RAD release (../shared/data/vqa-rad), counted another way (the XML
+file; the JSON read with the json module alone), and a short real fine-tune with the CPU preset's
+layout that must beat the most-common-answer row."""
+import json
 import xml.etree.ElementTree as ElementTree
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
 
+from openclip_unimlip.apps.benchmark_tasks import CPU_VQA
 from openclip_unimlip.evaluation.finetune import FitConfig
-from openclip_unimlip.evaluation.vqa import VqaData, build_vqa_model, fine_tune_vqa, predict_answers
-from openclip_unimlip.evaluation.vqa_datasets import AnswerSet, VqaDataset, normalize_answer, read_vqa_rad
+from openclip_unimlip.evaluation.vqa import (
+    build_vqa_model,
+    fine_tune_vqa,
+    load_vqa_data,
+    majority_answer_accuracy,
+)
+from openclip_unimlip.evaluation.vqa_datasets import normalize_answer, read_vqa_rad
 from paths import REPO
 
 VQA_RAD = REPO.parent / "shared" / "data" / "vqa-rad"
@@ -41,7 +48,7 @@ def test_the_release_holds_2248_rows_in_four_phrase_types(xml_rows):
     ("test", 451, 272, 179, 203),
 ])
 def test_split_counts_match_the_xml_release(xml_rows, split, questions, closed, open_, images):
-    samples = read_vqa_rad(VQA_RAD, split)
+    samples = read_vqa_rad(VQA_RAD, split, vqa_rad_split="no-frames")  # the XML's rows, no frame added
     rows = _xml_split(xml_rows, split)
     xml_closed = sum(row["answer_type"].strip() == "CLOSED" for row in rows)
     assert (len(samples), sum(s.is_closed for s in samples), sum(not s.is_closed for s in samples)) \
@@ -61,10 +68,72 @@ def test_the_questions_use_314_of_the_315_release_images(xml_rows):
     assert on_disk - used == {"synpic35356.jpg"}  # in the folder, asked about by no question
 
 
+@pytest.fixture(scope="module")
+def json_rows() -> list[dict]:
+    """The release's JSON, read with the json module and nothing of the package."""
+    return json.loads((VQA_RAD / "VQA_RAD Dataset Public.json").read_text(encoding="utf-8"))
+
+
+def _norm(answer) -> str:
+    return " ".join(str(answer).lower().split()).rstrip(".").strip()
+
+
+def _plain_splits(rows: list[dict]) -> dict:
+    """(image, question, answer, answer type) of each split, counted from the plain JSON: the standard
+    training set is every non-test row's question and every row's frame that is not "NULL"."""
+    def entry(row, question):
+        return row["image_name"], question.strip(), _norm(row["answer"]), row["answer_type"].strip()
+
+    is_test = [row["phrase_type"] in ("test_freeform", "test_para") for row in rows]
+    no_frames = [entry(row, row["question"]) for row, test in zip(rows, is_test) if not test]
+    frames = [entry(row, row["question_frame"]) for row in rows if row["question_frame"] != "NULL"]
+    return {"no-frames": no_frames, "standard": no_frames + frames,
+            "test": [entry(row, row["question"]) for row, test in zip(rows, is_test) if test]}
+
+
+def _entries(samples) -> Counter:
+    return Counter((s.image_path.name, s.question, s.answer, s.answer_type) for s in samples)
+
+
+def test_standard_split_is_3064_questions_with_284_frames_of_test_questions(json_rows):
+    frames = [row for row in json_rows if row["question_frame"] != "NULL"]
+    assert len(frames) == 1267
+    assert Counter(row["phrase_type"] for row in frames) == {
+        "freeform": 552, "para": 431, "test_freeform": 165, "test_para": 119}  # 284 from test rows: the leak
+    plain = _plain_splits(json_rows)
+    train, test = read_vqa_rad(VQA_RAD, "train"), read_vqa_rad(VQA_RAD, "test")
+    assert (len(train), len(test)) == (len(plain["standard"]), len(plain["test"])) == (3064, 451)
+    assert _entries(train) == Counter(plain["standard"]) and _entries(test) == Counter(plain["test"])
+    assert len(read_vqa_rad(VQA_RAD, "train", vqa_rad_split="no-frames")) == 1797 == 3064 - len(frames)
+
+
+@pytest.mark.parametrize("split, unseen", [("standard", 47), ("no-frames", 115)])
+def test_test_answers_never_seen_in_training(json_rows, split, unseen):
+    plain = _plain_splits(json_rows)
+    trained = {answer for _, _, answer, _ in plain[split]}
+    assert sum(answer not in trained for _, _, answer, _ in plain["test"]) == unseen
+    data = load_vqa_data("vqa-rad", VQA_RAD, vqa_rad_split=split)
+    assert sum(data.answers.index(s.answer) < 0 for s in data.test) == unseen
+
+
+@pytest.mark.parametrize("split", ["standard", "no-frames"])
+def test_majority_answer_accuracy_against_plain_json_counts(json_rows, split):
+    plain = _plain_splits(json_rows)
+    correct = Counter()
+    for kind in ("CLOSED", "OPEN"):
+        counts = Counter(answer for _, _, answer, answer_type in plain[split] if answer_type == kind)
+        majority = sorted(a for a, n in counts.items() if n == max(counts.values()))[0]
+        correct[kind] = sum(answer == majority for _, _, answer, answer_type in plain["test"] if answer_type == kind)
+    data = load_vqa_data("vqa-rad", VQA_RAD, vqa_rad_split=split)
+    accuracy = majority_answer_accuracy(data.train, data.test)
+    assert accuracy.closed == pytest.approx(correct["CLOSED"] / 272)
+    assert accuracy.open == pytest.approx(correct["OPEN"] / 179)
+    assert accuracy.overall == pytest.approx((correct["CLOSED"] + correct["OPEN"]) / 451)
+
+
 # ----------------------------------------------------------------------------- a real fine-tune learns
-TRAIN_QUESTIONS = 384  # the first 384 training questions: 12 steps of 32
-SEEDS = (0, 1)
-MARGIN = 0.25  # closed accuracy, fine-tuned minus untrained, averaged over SEEDS
+SHORT_EPOCHS = 2  # of the CPU preset's 10: on the dev split they reached 33.9 % overall against 23.9 % (seed 0)
+MARGIN = 0.03  # overall accuracy above the most-common-answer row, 451 test questions
 
 
 @pytest.fixture(scope="module")
@@ -75,31 +144,22 @@ def one_thread_module():
     torch.set_num_threads(threads)
 
 
-def _closed_accuracy(model, preprocess_cfg, tokenizer, samples, answers) -> float:
-    from openclip_unimlip.evaluation.finetune import image_transform
-
-    loader = torch.utils.data.DataLoader(
-        VqaDataset(samples, answers, image_transform(preprocess_cfg, is_train=False), tokenizer), batch_size=64)
-    predictions, targets, _ = predict_answers(model, loader, torch.device("cpu"))
-    return float(np.mean((predictions == targets) & (targets >= 0)))
-
-
 @pytest.mark.slow
-def test_a_short_fine_tune_answers_closed_questions_an_untrained_model_cannot(one_thread_module):
-    """12 steps on real training questions, scored on the 272 closed test questions: the answer
-    set has 431 classes, so an untrained head almost never says yes or no, while the fine-tuned
-    one has learned at least that closed questions take a closed answer."""
-    train_all = read_vqa_rad(VQA_RAD, "train")
-    answers = AnswerSet.from_samples(train_all)
-    closed_test = [s for s in read_vqa_rad(VQA_RAD, "test") if s.is_closed]
-    data = VqaData(train_all[:TRAIN_QUESTIONS], None, closed_test, answers)
-    untrained, trained = [], []
-    for seed in SEEDS:
-        torch.manual_seed(seed)
-        model, preprocess_cfg, tokenizer = build_vqa_model("unimlip-tiny", None, len(answers), pretrained_text=False)
-        untrained.append(_closed_accuracy(model, preprocess_cfg, tokenizer, closed_test, answers))
-        result = fine_tune_vqa(model, preprocess_cfg, tokenizer, data, batch_size=32,
-                               fit_config=FitConfig(max_epochs=1, patience=None), seed=seed, progress=False)
-        trained.append(result.test.closed)
-    print(f"closed accuracy on {len(closed_test)} test questions: untrained {untrained}, fine-tuned {trained}")
-    assert np.mean(trained) >= np.mean(untrained) + MARGIN, (untrained, trained)
+def test_a_short_cpu_preset_fine_tune_beats_the_most_common_answer_row(one_thread_module):
+    """Two epochs of the CPU preset (frozen, cached question states; each image transformed once;
+    ~2 min of one core) on the standard split, scored on all 451 test questions: the model, told
+    nothing about answer types, must beat answering each question with its type's most common
+    training answer (31.9 %). With the text transformer trained on every step, one epoch of the
+    old preset ended at or below that row whatever the initialisation."""
+    recipe = CPU_VQA
+    data = load_vqa_data("vqa-rad", VQA_RAD, vqa_rad_split=recipe.vqa_rad_split)
+    majority = majority_answer_accuracy(data.train, data.test).overall
+    torch.manual_seed(0)
+    model, preprocess_cfg, tokenizer = build_vqa_model("unimlip-tiny", None, len(data.answers), recipe.image_size,
+                                                       recipe.map_tokens, freeze_text=recipe.freeze_text)
+    result = fine_tune_vqa(model, preprocess_cfg, tokenizer, data, batch_size=recipe.batch_size,
+                           encoder_lr=recipe.encoder_lr, fusion_lr=recipe.fusion_lr,
+                           fit_config=FitConfig(SHORT_EPOCHS, None), seed=0, progress=False, augment=recipe.augment)
+    print(f"overall accuracy on {len(data.test)} test questions: {result.test.overall:.4f}, most common answer "
+          f"{majority:.4f}")
+    assert result.test.overall >= majority + MARGIN, (result.test, majority)
