@@ -135,6 +135,7 @@ class BenchmarkConfig:
     preset: Preset
     runtime: Runtime = field(default_factory=Runtime)
     datasets: Optional[Sequence[str]] = None  # None: every dataset found
+    tasks: Optional[Sequence[str]] = None  # task kinds (retrieval, classification, linear-probe, vqa); None: all
 
 
 # ----------------------------------------------------------------------------- cells
@@ -177,7 +178,8 @@ class Benchmark:
             if dataset.status != "found":
                 continue
             for task in tasks_for(dataset.name):
-                self.tasks[task.name] = self._load(task, dataset)
+                if config.tasks is None or task_kind(task.name) in config.tasks:
+                    self.tasks[task.name] = self._load(task, dataset)
         self.row_status = {row.label: {"status": "ok", "message": "", "vqa_unsupported": vqa_unsupported_by_config(row)}
                            for row in config.rows}
 
@@ -264,6 +266,14 @@ class Benchmark:
         return {**asdict(cell), "model": row.model, "pretrained": row.pretrained, "preset": self.config.preset.name,
                 "origin": self.origin(cell), "seconds": time.perf_counter() - start, "units": self.units(cell),
                 "device": self.config.runtime.device, **result}
+
+
+TASK_KINDS = ("retrieval", "classification", "linear-probe", "vqa")
+
+
+def task_kind(task_name: str) -> str:
+    """``linear-probe-nih`` -> ``linear-probe``; ``vqa-question-only-vqa-rad`` -> ``vqa``."""
+    return next(kind for kind in TASK_KINDS if task_name.startswith(kind + "-"))
 
 
 def vqa_unsupported_by_config(row: ModelRow) -> Optional[str]:
@@ -483,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder holding the datasets, each in its released layout")
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=None,
                         help="only these datasets (default: every one found)")
+    parser.add_argument("--tasks", nargs="+", choices=TASK_KINDS, default=None,
+                        help="only these kinds of task (default: all; vqa includes its question-only row)")
     parser.add_argument("--out", type=Path, required=True, help="results folder (re-use it to resume)")
     parser.add_argument("--preset", choices=list(PRESETS), default="paper")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the preset's")
@@ -550,7 +562,7 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error("--device cuda: no CUDA device is available")
     runtime = Runtime(device=args.device, precision=args.precision,
                       workers=preset.workers if args.workers is None else args.workers, progress=not args.no_progress)
-    return BenchmarkConfig(rows, args.data_root, args.out, preset, runtime, args.datasets)
+    return BenchmarkConfig(rows, args.data_root, args.out, preset, runtime, args.datasets, args.tasks)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

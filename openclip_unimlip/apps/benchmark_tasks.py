@@ -100,14 +100,6 @@ class VqaRecipe:
     augment: bool = True  # the random crop of finetune.image_transform; off: each image transformed once
 
 
-# Ours, for CPU runs of unimlip-tiny (a `cpu` preset's VQA): the paper's learning rates and batch,
-# with the frozen, cached text tower, no augmentation, 64 px and EPOCHS_CPU epochs, chosen on a dev
-# split carved from VQA-RAD's training questions, never on its test split (docs/real-data.md,
-# "VQA on a CPU").
-CPU_VQA = VqaRecipe(batch_size=32, epochs=10, encoder_lr=5e-5, fusion_lr=5e-4, image_size=64, patience=None,
-                    freeze_text=True, augment=False)
-
-
 @dataclass(frozen=True)
 class Preset:
     name: str

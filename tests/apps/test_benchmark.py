@@ -248,6 +248,10 @@ def test_plan_lists_the_cells_and_runs_nothing(run, tmp_path, capsys):
     assert {c["state"] for c in finished["cells"] if c["row"] != "broken"} == {"done", "n/a"}
     # the broken row's cells, never run, are estimated from the same model's finished cells
     assert "broken classification: measured on finished cells of unimlip-tiny" in capsys.readouterr().out
+    only_retrieval = benchmark.main(args + ["--plan", "--tasks", "retrieval"])
+    tasks_planned = {c["task"] for c in plan["cells"]}
+    assert {c["task"] for c in only_retrieval["cells"]} == {t for t in tasks_planned if t.startswith("retrieval-")}
+    assert {t.split("-")[0] for t in tasks_planned} > {"retrieval"}  # the filter left something out
 
 
 @needs_data

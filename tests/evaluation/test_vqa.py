@@ -228,6 +228,8 @@ def test_trimmed_padding_and_the_cls_row_alone_give_the_paper_layouts_logits():
     torch.manual_seed(0)
     model, _, tokenizer = build_vqa_model(MODEL, None, num_answers=5)
     model.eval()
+    with torch.no_grad():
+        model.cls_token.normal_()  # as after training: a zero CLS token would hide a lost residual
     token_ids = tokenizer(QUESTIONS_OF_THREE_LENGTHS)
     assert token_ids[:, -1].eq(model.pad_token_id).all()  # there is padding to trim
     images = torch.randn(3, 3, 64, 64)

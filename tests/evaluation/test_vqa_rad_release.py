@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from openclip_unimlip.apps.benchmark_tasks import CPU_VQA
+from openclip_unimlip.apps.benchmark import PRESETS
 from openclip_unimlip.evaluation.finetune import FitConfig
 from openclip_unimlip.evaluation.vqa import (
     build_vqa_model,
@@ -151,7 +151,7 @@ def test_a_short_cpu_preset_fine_tune_beats_the_most_common_answer_row(one_threa
     nothing about answer types, must beat answering each question with its type's most common
     training answer (31.9 %). With the text transformer trained on every step, one epoch of the
     old preset ended at or below that row whatever the initialisation."""
-    recipe = CPU_VQA
+    recipe = PRESETS["cpu"].vqa
     data = load_vqa_data("vqa-rad", VQA_RAD, vqa_rad_split=recipe.vqa_rad_split)
     majority = majority_answer_accuracy(data.train, data.test).overall
     torch.manual_seed(0)
