@@ -33,9 +33,9 @@ CPU_PRETRAIN = dict(epochs=2, batch_size=64, lr=1e-3, warmup=10, workers=1, simc
 # Ours, for --dataset medpix: 2 epochs (48 steps) left test R@10 at 7.5 / 9.0 % against 5 % chance.
 # The MedPix ablation's ITC + MLM stage 1 (runs of 2026-12-05, 1,556 train images, batch 64) reached
 # dev R@10 6.3 / 7.3 % after 1 epoch, 15.7 / 17.3 after 5 and 22.0 / 22.0 after 12 (chance 5.2 %),
-# at about 77 s an epoch on the idle machine; SimCLR steps cost about 1.7x. So: a 5-epoch CLIP phase,
-# then SimCLR with frozen BatchNorm statistics for 2 epochs, as the ablation's stage 2 after its
-# stage 1: about 10 minutes on 2 cores (estimated from those rates, not measured as a whole).
+# at 80-105 s an epoch on the idle machine; SimCLR steps cost about 1.7x. So: a 5-epoch CLIP phase
+# (3x chance on dev), then SimCLR with frozen BatchNorm statistics for 2 epochs, as the ablation's
+# stage 2 after its stage 1: about 12-14 minutes on 2 cores (estimated from those rates).
 MEDPIX_PRETRAIN = dict(CPU_PRETRAIN, epochs=7, simclr_start_epoch=5)
 NUM_TEXT_QUERIES = 4
 NUM_IMAGE_QUERIES = 4

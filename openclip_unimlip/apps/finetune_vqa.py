@@ -11,9 +11,10 @@ run settings) and ``<output-dir>/<name>_accuracy.png``. Examples::
     python scripts/finetune_vqa.py --dataset vqa-rad --data-root /data/vqa-rad --model unimlip-tiny \\
         --image-size 64 --batch-size 8 --max-epochs 1 --limit 32 --workers 0 --output-dir /tmp/vqa
 
-    # the question-only baseline with the CPU preset's settings (ours): frozen, cached question states
+    # the benchmark's cpu preset on a CPU (ours: frozen, cached question states, images transformed
+    # once); add --blank-image for its question-only row
     python scripts/finetune_vqa.py --dataset vqa-rad --data-root /data/vqa-rad --model unimlip-tiny \\
-        --freeze-text --no-augment --blank-image --workers 0 --output-dir /tmp/vqa
+        --image-size 64 --max-epochs 10 --freeze-text --no-augment --workers 0 --output-dir /tmp/vqa
 
 VQA-RAD's training set is the standard 3,064 questions by default (``--vqa-rad-split``, see
 ``evaluation/vqa_datasets.py``: it holds templates of 284 test questions).
