@@ -146,6 +146,14 @@ def _split_note(dataset: str, described: dict) -> str:
     return f"protocol {described.get('protocol')}, the release pooled and split 80/10/10 by patient (seeded)"
 
 
+def _described(report: dict, *tasks: str) -> dict:
+    """The first of ``tasks`` the run read a split for (fine-tuning and the probe read the same split)."""
+    for task in tasks:
+        if described := (report["tasks"].get(task) or {}).get("describe"):
+            return described
+    return {}
+
+
 def table1(report: dict, fractions: Sequence[float]) -> dict:
     fractions = sorted(set(fractions) | set(reported.TABLE1_FRACTIONS))
     names = {"mimic": "MIMIC", "chexpert": "CXP", "nih": "NIH"}
@@ -154,19 +162,21 @@ def table1(report: dict, fractions: Sequence[float]) -> dict:
     # The linear probe (ours) fills the same columns in rows of its own: every reported row is fine-tuned.
     probe_columns = [(key, task.replace("classification-", "linear-probe-", 1), f, metric)
                      for key, task, f, metric in columns]
-    rows = _ours(report, columns)
-    if any(task in report["tasks"] for _, task, _, _ in probe_columns):
+    fine_tuned = any(task in report["tasks"] for _, task, _, _ in columns)
+    probed = any(task in report["tasks"] for _, task, _, _ in probe_columns)
+    rows = _ours(report, columns) if fine_tuned else []
+    if probed:
         rows += [{**row, "label": f"{row['label']} (linear probe)",
                   "source": f"{row['source']}; frozen image tower, a logistic regression per label"}
                  for row in _ours(report, probe_columns)]
-    rows.append(_chance(report, columns, "a constant score (AUC 0.5)"))
+    rows.append(_chance(report, columns if fine_tuned else probe_columns, "a constant score (AUC 0.5)"))
     for row in reported.TABLE1:
         rows.append({"label": f"{row.method} (reported)", "kind": "reported", "source": row.source,
                      "cells": {key: ({"value": v} if (v := reported.table1_value(row, task.removeprefix(
                          "classification-"), f)) is not None else {"status": "n/a"})
                                for key, task, f, _ in columns}})
     splits = [f"{names[d]}: {_split_note(d, described)}" for d in reported.TABLE1_DATASETS
-              if (described := (report["tasks"].get(f"classification-{d}") or {}).get("describe"))]
+              if (described := _described(report, f"classification-{d}", f"linear-probe-{d}"))]
     return {
         "id": "table1", "layout": "Table 1", "decimals": 1,
         "title": "Table 1 layout: chest X-ray classification, fine-tuned (ours also linear-probed) on 1 / 10 / 100 % "
@@ -249,7 +259,7 @@ def build_tables(report: dict) -> List[dict]:
     """Every table whose datasets the run found (or tried), in the paper's order."""
     tasks, fractions = report["tasks"], report["settings"]["fractions"]
     tables = [retrieval_table(report, task) for task in ("retrieval-roco", "retrieval-medpix") if task in tasks]
-    if any(f"classification-{d}" in tasks for d in reported.TABLE1_DATASETS):
+    if any(f"{kind}-{d}" in tasks for d in reported.TABLE1_DATASETS for kind in ("classification", "linear-probe")):
         tables.append(table1(report, fractions))
     if "classification-medpix" in tasks:
         tables.append(medpix_classification_table(report, fractions))

@@ -451,6 +451,24 @@ def test_chest_xray_cell_equals_finetune_classification_script_and_fills_table1(
     assert "| Uni-Mlip (reported) | reported | 73.2 | 79.1 | 82.0 | 69.1 | 75.3 | 79.8 | 65.6 | 76.4 | 82.9 |" in markdown
 
 
+def test_a_probe_only_run_prints_table1_with_its_split_and_chance(tmp_path, one_thread):
+    """``--tasks linear-probe`` alone still prints Table 1: the probe rows, the chance row and the
+    split note, with no fine-tuned rows (no fine-tuning ran)."""
+    _nih_release(tmp_path / "data" / "ChestX-ray14")
+    out = tmp_path / "out"
+    report = benchmark.main(["--model", "unimlip-tiny", "--data-root", str(tmp_path / "data"), "--out", str(out),
+                             "--preset", "ci", "--seeds", "0", "--fractions", "1.0", "--tasks", "linear-probe",
+                             "--no-progress"])
+    probe = _record(out, "unimlip-tiny", "linear-probe-nih", "100pct", 0)
+    (table1,) = [t for t in report["tables"] if t["id"] == "table1"]
+    rows = {row["label"]: row["cells"] for row in table1["rows"]}
+    assert "unimlip-tiny" not in rows
+    assert rows["unimlip-tiny (linear probe)"]["nih@100 %"]["values"] == [100 * probe["metrics"]["macro_auc"]]
+    assert rows["chance"]["nih@100 %"] == {"value": 50.0}
+    assert "NIH: protocol all14, NIH's test_list.txt" in table1["notes"][0]
+    assert "## Table 1 layout" in (out / "benchmark.md").read_text()
+
+
 def test_chest_xray_modes_have_their_own_cells_settings_hash_and_time(tmp_path):
     """Fine-tuning and linear probing are two tasks: their own cell files, a settings hash that holds
     the mode and only what shapes that mode's numbers, their own time estimate; both read NIH by its
