@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from openclip_unimlip.apps.seed_interval import t_interval
+from openclip_unimlip.apps.seed_interval import paired_t_interval, t_interval
 from openclip_unimlip.evaluation import reported
 from openclip_unimlip.evaluation.retrieval import DIRECTIONS, RECALL_KS
 
@@ -214,6 +214,21 @@ def medpix_classification_table(report: dict, fractions: Sequence[float]) -> dic
     }
 
 
+def _paired_difference(report: dict, label: str, task: str, reference_task: str, metric: str) -> dict:
+    """``task`` minus ``reference_task`` for row ``label``, taken per seed over the seeds both finished
+    (same seed: same training order), with its t-interval; or why there is none."""
+    result, reference = (_find(report["results"], label, t, None) for t in (task, reference_task))
+    if result is None or reference is None:
+        return {"status": "pending"}
+    by_seed = [dict(zip(r["seeds"], r["metrics"][metric]["values"])) for r in (result, reference)]
+    seeds = [seed for seed in result["seeds"]
+             if by_seed[0].get(seed) is not None and by_seed[1].get(seed) is not None]
+    if not seeds:
+        return {"status": "pending"}
+    values = [by_seed[0][seed] - by_seed[1][seed] for seed in seeds]
+    return {"values": values, **paired_t_interval([by_seed[0][s] for s in seeds], [by_seed[1][s] for s in seeds])}
+
+
 def table2(report: dict) -> dict:
     names = VQA_DATASET_NAMES
     columns = [(f"{d}/{m}", f"vqa-{d}", None, m) for d in reported.TABLE2_DATASETS for m, _ in VQA_COLUMNS]
@@ -222,7 +237,11 @@ def table2(report: dict) -> dict:
     rows = []
     for row, blank in zip(_ours(report, columns), _ours(report, question_only), strict=True):
         blank.update(label=f"{row['label']}: question only", source=f"{row['source']}; image tokens left out")
-        rows += [row, blank]
+        gain = {"label": f"{row['label']}: image minus question only", "kind": "paired",
+                "source": "per seed, then the mean [95 % t-interval] of the differences",
+                "cells": {key: _paired_difference(report, row["label"], task, blank_task, metric)
+                          for (key, task, _, metric), (_, blank_task, _, _) in zip(columns, question_only)}}
+        rows += [row, blank, gain]
     majority = _chance(report, columns, "the training split's most common answer of each question's type (open, "
                                         "closed): it is told the answer type, which the model is not")
     rows.append({**majority, "label": "most common answer, told the answer type"})
@@ -287,8 +306,9 @@ def table_markdown(table: dict) -> List[str]:
              "| method | | " + " | ".join(c["label"] for c in table["columns"]) + " | source |",
              "|---|---|" + "---|" * len(keys) + "---|"]
     for row in table["rows"]:
-        kind = {"ours": "ours", "chance": "chance", "reported": "reported"}[row["kind"]]
-        cells = [format_cell(row["cells"][key], table["decimals"] if row["kind"] != "ours" else 1) for key in keys]
+        kind = {"ours": "ours", "paired": "ours, paired", "chance": "chance", "reported": "reported"}[row["kind"]]
+        decimals = 1 if row["kind"] in ("ours", "paired") else table["decimals"]
+        cells = [format_cell(row["cells"][key], decimals) for key in keys]
         lines.append(f"| {row['label']} | {kind} | " + " | ".join(cells) + f" | {row['source']} |")
     return lines + [""] + [f"- {note}" for note in table["notes"]] + [""]
 

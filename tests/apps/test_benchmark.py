@@ -309,6 +309,17 @@ def test_tables_hold_seed_intervals_chance_and_reported_rows(run):
     assert table2["most common answer, told the answer type"]["cells"]["vqa-rad/closed"]["value"] == pytest.approx(
         100 * closed_test.count(majority) / len(closed_test))
 
+    # what the image adds: per seed, the image model's accuracy minus the question-only model's, then the
+    # t-interval of those differences (scipy on the cells' own numbers)
+    differences = [100 * (_record(out, "tiny", "vqa-vqa-rad", "all", seed)["metrics"]["overall"]
+                          - _record(out, "tiny", "vqa-question-only-vqa-rad", "all", seed)["metrics"]["overall"])
+                   for seed in SEEDS]
+    gain = table2["tiny: image minus question only"]["cells"]["vqa-rad/overall"]
+    assert gain["values"] == pytest.approx(differences)
+    low, high = stats.t.interval(0.95, len(differences) - 1, loc=np.mean(differences), scale=stats.sem(differences))
+    assert (gain["mean"], gain["low"], gain["high"]) == (pytest.approx(np.mean(differences)), pytest.approx(low),
+                                                         pytest.approx(high))
+
     markdown = (out / "benchmark.md").read_text()
     assert "| Uni-Mlip (reported) | reported | 60.43 | 81.62 | 73.17 | 79.38 | 85.82 | 81.90 |" in markdown
     assert f"| tiny | ours | {interval['mean']:.1f} [{interval['low']:.1f}, {interval['high']:.1f}] |" in markdown
