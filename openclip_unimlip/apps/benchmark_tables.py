@@ -143,6 +143,9 @@ def _split_note(dataset: str, described: dict) -> str:
                     "chexpert": "CheXpert's valid.csv as test, valid a seeded patient holdout of train.csv",
                     "mimic": "MIMIC-CXR's official split"}[dataset]
         return f"protocol {described['protocol']}, {official}"
+    if note := described.get("split_note"):  # how test was chosen (cxr_protocols.patient_split)
+        return f"protocol {described.get('protocol')}, the release pooled and split by patient, {note}"
+    # a report written before splits carried their note: the rule of that time
     return f"protocol {described.get('protocol')}, the release pooled and split 80/10/10 by patient (seeded)"
 
 

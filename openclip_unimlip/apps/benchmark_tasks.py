@@ -305,7 +305,8 @@ class ChestXrayTask(Task):
     def describe(self, data: ChestXrayData) -> dict:
         full = data.full
         return {"mode": self.mode, "protocol": full.settings.name if full.settings else None,
-                "split_rule": full.settings.split_rule if full.settings else None, "labels": list(full.label_names),
+                "split_rule": full.settings.split_rule if full.settings else None,
+                "split_note": full.settings.split_note if full.settings else None, "labels": list(full.label_names),
                 "train": len(full.train), "valid": len(full.valid), "test": len(full.test)}
 
     def chance(self, data: ChestXrayData, preset: Preset) -> Dict[str, Optional[float]]:

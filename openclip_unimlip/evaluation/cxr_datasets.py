@@ -19,7 +19,11 @@ Split rules (splits ``"train"``, ``"valid"``, ``"test"``):
   ``valid``). NIH: ``test_list.txt``; ``train``/``valid`` partition ``train_val_list.txt`` as for
   CheXpert.
 * ``"patients"`` (CheXclusion): the whole release pooled (CheXpert ``train.csv`` + ``valid.csv``,
-  every MIMIC-CXR split, every NIH image) and split 80/10/10 by patient, before any view filter.
+  every MIMIC-CXR split, every NIH image) and split by patient, before any view filter: test is
+  the patients in CheXclusion's published test list, valid a seeded 10 % of the patients drawn
+  from the others, train the rest; where none of the listed patients is in the data, a seeded
+  80/10/10 patient split (:func:`cxr_protocols.patient_split`). The split's settings say which
+  (``settings.split_note``).
 
 Holding out whole patients keeps one patient's images out of both sides of a split. The holdout
 seed is fixed (:data:`HOLDOUT_SEED`), so ``valid`` and ``test`` never change between runs; the
@@ -43,7 +47,7 @@ patient-disjoint split, read by the ``"official"`` rule.
 Images (:func:`load_image`): one rule per kind of file, written there.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Union
 
@@ -69,6 +73,7 @@ from openclip_unimlip.evaluation.cxr_protocols import (  # noqa: F401  (re-expor
     CxrSettings,
     check_choice,
     map_uncertain,
+    patient_split,
     patient_split_mask,
     resolve_settings,
 )
@@ -92,7 +97,7 @@ class CxrSplit:
     targets: np.ndarray  # (num_images, num_labels) float32 in {0, 1}
     label_names: tuple[str, ...]
     patient_ids: tuple[str, ...]
-    settings: Optional[CxrSettings] = None  # the protocol (and overrides) it was read with
+    settings: Optional[CxrSettings] = None  # the protocol (and overrides) it was read with, and its split note
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -158,7 +163,7 @@ def _check_split_arguments(split: str, settings: CxrSettings, valid_fraction: Op
     if valid_fraction is not None and settings.split_rule != "official":
         raise ValueError(
             f"valid_fraction applies to the official split rule only; protocol {settings.protocol!r} "
-            f"splits {settings.dataset} 80/10/10 by patient")
+            f"splits {settings.dataset} by patient")
 
 
 def _holdout_mask(patient_ids: pd.Series, fraction: float) -> np.ndarray:
@@ -207,7 +212,8 @@ def _read_chexpert(
     relative = frame["Path"].map(lambda p: Path(*Path(p).parts[1:]))
     frame = frame.assign(path=[root / p for p in relative], patient=[p.parts[1] for p in relative])
     if settings.split_rule == "patients":
-        frame = frame[patient_split_mask(frame["patient"], split)]
+        chosen = patient_split(frame["patient"], split, "chexpert")
+        frame, settings = frame[chosen.mask], replace(settings, split_note=chosen.note)
     if settings.frontal_only:
         frame = frame[frame["Frontal/Lateral"] == "Frontal"]
     if settings.split_rule == "official":
@@ -255,7 +261,8 @@ def _read_mimic_cxr(
     label_names = _resolve_labels(settings.labels, [c for c in chexpert.columns if c in MIMIC_LABELS], "MIMIC-CXR")
     splits = _read_mimic_table(root, "mimic-cxr-2.0.0-split")
     if settings.split_rule == "patients":
-        frame = splits[patient_split_mask(splits["subject_id"], split)]
+        chosen = patient_split(splits["subject_id"], split, "mimic")
+        frame, settings = splits[chosen.mask], replace(settings, split_note=chosen.note)
     else:
         frame = splits[splits["split"] == ("validate" if split == "valid" else split)]
     metadata = _read_mimic_table(root, "mimic-cxr-2.0.0-metadata")
@@ -332,7 +339,8 @@ def _read_nih(
     label_names = _resolve_labels(settings.labels, NIH_LABELS, "NIH ChestX-ray14")
     entries = read_nih_entries(root)
     if settings.split_rule == "patients":
-        frame = entries[patient_split_mask(entries["Patient ID"], split)]
+        chosen = patient_split(entries["Patient ID"], split, "nih")
+        frame, settings = entries[chosen.mask], replace(settings, split_note=chosen.note)
     else:
         list_file = root / ("test_list.txt" if split == "test" else "train_val_list.txt")
         if not list_file.is_file():

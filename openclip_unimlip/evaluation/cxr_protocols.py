@@ -31,18 +31,27 @@ CheXclusion, per dataset (LalehSeyyed/CheXclusion, commit 278a4af):
   value when it is > 0, else 0 (CXP/dataset.py:62-66), so uncertain (-1) and blank are both 0
   (U-Zeros for every label); all views (no view filter anywhere in the code); train.csv and
   valid.csv pooled (22 of the patients in CXP/testSet_SubjID.csv are valid.csv's patient64541+)
-  and split by patient (CXP/testSet_SubjID.csv lists 22,273 test images of 6,530 patients).
+  and split by patient (CXP/testSet_SubjID.csv lists 22,274 test images of 6,530 patients).
 * MIMIC-CXR: the same 14 observations in MIMIC/dataset.py:29-43's order ("Airspace Opacity"
   there is MIMIC-CXR-JPG's "Lung Opacity" column), the same ``> 0`` rule (:62-66), all views,
-  80/10/10 by patient (MIMIC/main.py:12, ``new_split/8-1-1``; MIMIC/testSet_SubjID.csv: 36,420
+  80/10/10 by patient (MIMIC/main.py:12, ``new_split/8-1-1``; MIMIC/testSet_SubjID.csv: 36,421
   test images of 6,476 patients).
 * NIH ChestX-ray14: its 14 findings (NIH/dataset.py:27-41), no uncertain labels, split by patient
-  (NIH/testSet_PatientID.csv: 6,372 test images of 1,835 patients; the fractions are not stated
-  for NIH, ours: 80/10/10 as for MIMIC).
+  (NIH/testSet_PatientID.csv: 6,373 test images of 1,835 patients; the fractions are not stated
+  for NIH, ours: valid 10 % of the patients as for MIMIC).
 * Metric: scikit-learn ROC AUC per label, averaged over the 14 (CXP/predictions.py:157-158, 196).
 
-CheXclusion's split files themselves are not public; ours is a seeded 80/10/10 patient split of
-the pooled release (:func:`patient_split_mask`, ours).
+CheXclusion publishes its test patients ("we have provided the patient ID per test splits",
+README.md, "Reproducing the results"): the three files above, one headerless line per test image
+(the first line is a patient id too: pandas' default ``header=0`` would drop it, leaving 22,273 /
+36,420 / 6,372 rows and, for CheXpert and NIH, one patient fewer). Its train/valid split is not
+published. Ours (:func:`patient_split`): test is the images of the patients of the data read that
+are in that dataset's published list (``chexclusion_test_patients.json``, vendored by
+``tools/chexclusion_test_lists.py``); valid a seeded holdout of the other patients, ``ceil(10%)``
+of all the patients (ours); train the rest. Where none of the list's patients is in the data (a
+private subset, made-up data), the whole split is ours: a seeded 80/10/10 patient split
+(:func:`patient_split_mask`). Which of the two was used is stated with the split
+(:attr:`CxrSettings.split_note`, recorded by ``describe``).
 
 NIH ChestX-ray14 in the benchmark (``apps/benchmark_tasks.DATASET_PROTOCOLS``) is split by NIH's
 own list files, ``"all14"``'s NIH rule, not by CheXclusion's pooled patient split:
@@ -52,7 +61,8 @@ own list files, ``"all14"``'s NIH rule, not by CheXclusion's pooled patient spli
   (denizlab/MIMICCXR-MultiModal-SelfSupervision, commit e010eb7,
   downstream_eval/chestxray14/train.py:52-54, read by read_data.py:37-41). Those files are not in
   its repository; CheXclusion's NIH split files are not public either (NIH/main.py:14-16 name
-  paths on the authors' cluster; only the test patients are, NIH/testSet_PatientID.csv).
+  paths on the authors' cluster; only the test patients are, NIH/testSet_PatientID.csv, which
+  ``"chexclusion"`` tests on).
 * NIH's ``train_val_list.txt`` / ``test_list.txt`` is the fixed, patient-disjoint split that
   anyone with the release reproduces: test is ``test_list.txt``, valid a seeded 5 % patient
   holdout of ``train_val_list.txt`` (ours, ``cxr_datasets.DEFAULT_VALID_FRACTION``).
@@ -66,9 +76,12 @@ reported as undefined and left out of that split's macro mean (``classification.
 (NIH/predictions.py:183, 200, 220), i.e. counts such a finding as 0. Neither happens on NIH's full
 test list, where each of the 14 findings has positives; it can on a subset or with ``--limit``.
 """
+import functools
+import json
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence, Union
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -93,10 +106,16 @@ UNCERTAIN_POLICIES = {"u_ones": 1.0, "u_zeros": 0.0}
 
 # Split rules. "official": the release's own test split (CheXpert: the expert-labelled valid.csv;
 # MIMIC-CXR: mimic-cxr-2.0.0-split; NIH: test_list.txt), validation held out of the rest by patient.
-# "patients": the whole release pooled and split 80/10/10 by patient (CheXclusion).
+# "patients": the whole release pooled and split by patient (CheXclusion): test is CheXclusion's
+# published test patients, valid and train ours (:func:`patient_split`).
 SPLIT_RULES = ("official", "patients")
-PATIENT_HOLDOUT_FRACTION = 0.1  # each of valid and test under "patients" (CheXclusion MIMIC/main.py:12)
+# valid under "patients", and test too where none of CheXclusion's published test patients is in the data
+PATIENT_HOLDOUT_FRACTION = 0.1  # (CheXclusion MIMIC/main.py:12, 8-1-1)
 HOLDOUT_SEED = 0  # ours: fixes valid and test once; a run's seed only draws its training subset
+# CheXclusion's published test patients per dataset (LalehSeyyed/CheXclusion @278a4af,
+# CXP/testSet_SubjID.csv, MIMIC/testSet_SubjID.csv, NIH/testSet_PatientID.csv; unique ids, sorted),
+# written by tools/chexclusion_test_lists.py, which the file names with its commit and paths.
+CHEXCLUSION_TEST_PATIENTS_FILE = Path(__file__).resolve().with_name("chexclusion_test_patients.json")
 
 
 @dataclass(frozen=True)
@@ -123,14 +142,16 @@ def _every(labels: Sequence[str], target: float) -> dict[str, float]:
 CHEXCLUSION = Protocol(
     name="chexclusion",
     summary="Uni-Mlip Table 1's comparison rows (M-FLAG's table, after CheXclusion): all 14 labels, "
-            "uncertain and blank as negative, all views, 80/10/10 by patient",
+            "uncertain and blank as negative, all views, split by patient (test: CheXclusion's published "
+            "test patients)",
     datasets={
         "chexpert": DatasetProtocol(
             labels=CHEXPERT_LABELS,
             uncertain=_every(CHEXPERT_LABELS, UNCERTAIN_POLICIES["u_zeros"]),
             frontal_only=False,
             split_rule="patients",
-            source="LalehSeyyed/CheXclusion CXP/dataset.py:29-43 (labels), :62-66 (value > 0, else 0)",
+            source="LalehSeyyed/CheXclusion CXP/dataset.py:29-43 (labels), :62-66 (value > 0, else 0), "
+                   "CXP/testSet_SubjID.csv (test patients)",
         ),
         "mimic": DatasetProtocol(
             labels=("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Lesion", "Lung Opacity",
@@ -140,14 +161,14 @@ CHEXCLUSION = Protocol(
             frontal_only=False,
             split_rule="patients",
             source="LalehSeyyed/CheXclusion MIMIC/dataset.py:29-43 (labels), :62-66 (value > 0, else 0), "
-                   "MIMIC/main.py:12 (8-1-1 split)",
+                   "MIMIC/main.py:12 (8-1-1 split), MIMIC/testSet_SubjID.csv (test patients)",
         ),
         "nih": DatasetProtocol(
             labels=NIH_LABELS,
             uncertain={},
             frontal_only=False,  # NIH ChestX-ray14 holds frontal (PA/AP) views only
             split_rule="patients",
-            source="LalehSeyyed/CheXclusion NIH/dataset.py:27-41 (labels)",
+            source="LalehSeyyed/CheXclusion NIH/dataset.py:27-41 (labels), NIH/testSet_PatientID.csv (test patients)",
         ),
     },
 )
@@ -224,6 +245,8 @@ class CxrSettings:
     split_rule: str
     source: str
     overrides: tuple[str, ...] = field(default=())  # the protocol's choices replaced by explicit arguments
+    # Set by the reader under "patients": how the data read was split (:func:`patient_split`); None before.
+    split_note: Optional[str] = None
 
     @property
     def name(self) -> str:
@@ -241,6 +264,7 @@ class CxrSettings:
             "uncertain": {label: self.uncertain[label] for label in labels if label in self.uncertain},
             "frontal_only": self.frontal_only,
             "split_rule": self.split_rule,
+            "split_note": self.split_note,
             "source": self.source,
         }
 
@@ -323,12 +347,70 @@ def map_uncertain(values: pd.DataFrame, uncertain: Mapping[str, float]) -> np.nd
 def patient_split_mask(patient_ids: pd.Series, split: str) -> np.ndarray:
     """True for the images of ``split`` under the "patients" rule: a seeded 80/10/10 split of the patients.
 
-    Ours (CheXclusion's split files are not public): the sorted patients are permuted with
-    :data:`HOLDOUT_SEED`; the first ``ceil(10%)`` are the test patients, the next ``ceil(10%)`` the
-    validation patients, the rest train.
+    Ours, and :func:`patient_split`'s rule when none of CheXclusion's published test patients is in
+    the data: the sorted patients are permuted with :data:`HOLDOUT_SEED`; the first ``ceil(10%)``
+    are the test patients, the next ``ceil(10%)`` the validation patients, the rest train.
     """
     patients = np.sort(patient_ids.unique())
     order = np.random.default_rng(HOLDOUT_SEED).permutation(len(patients))
     held_out = math.ceil(PATIENT_HOLDOUT_FRACTION * len(patients))
     chosen = {"test": order[:held_out], "valid": order[held_out:2 * held_out], "train": order[2 * held_out:]}[split]
     return patient_ids.isin(patients[chosen]).to_numpy()
+
+
+@functools.cache
+def _chexclusion_lists() -> dict:
+    return json.loads(CHEXCLUSION_TEST_PATIENTS_FILE.read_text())
+
+
+def chexclusion_test_patients(dataset: str) -> frozenset[int]:
+    """CheXclusion's published test patients of ``dataset`` (ids as :func:`chexclusion_patient_id` writes them)."""
+    check_choice("dataset", dataset, tuple(DATASET_LABELS))
+    return frozenset(_chexclusion_lists()["datasets"][dataset]["patients"])
+
+
+def chexclusion_patient_id(dataset: str, patient: Any) -> Optional[int]:
+    """A reader's patient id as CheXclusion's lists write it, None when it has no such form.
+
+    CheXpert: the ``patientNNNNN`` folder of ``Path`` is NNNNN (CXP/testSet_SubjID.csv's first
+    line is 3, i.e. patient00003); MIMIC-CXR's ``subject_id`` and NIH's ``Patient ID`` are integers
+    in both.
+    """
+    text = str(patient)
+    if dataset == "chexpert":
+        text = text.removeprefix("patient")
+    return int(text) if text.isdigit() else None
+
+
+class PatientSplit(NamedTuple):
+    """One split of the "patients" rule (:func:`patient_split`)."""
+    mask: np.ndarray  # True for the images of the split asked for
+    note: str  # how test was chosen, for CxrSettings.split_note
+
+
+def patient_split(patient_ids: pd.Series, split: str, dataset: str) -> PatientSplit:
+    """The "patients" rule on a pooled release: its ``split`` and a note saying how test was chosen.
+
+    Test holds the patients of ``patient_ids`` in CheXclusion's published list for ``dataset``
+    (:func:`chexclusion_test_patients`). Valid is ours (CheXclusion's train/valid split is not
+    published): the other patients, sorted, permuted with :data:`HOLDOUT_SEED`, the first
+    ``ceil(10%)`` of *all* the patients, so valid is as large as under :func:`patient_split_mask`;
+    train the rest. With none of the listed patients in the data, :func:`patient_split_mask` as is.
+    """
+    listed = chexclusion_test_patients(dataset)
+    patients = np.sort(patient_ids.unique())
+    in_list = np.array([chexclusion_patient_id(dataset, p) in listed for p in patients], dtype=bool)
+    percent = f"{100 * PATIENT_HOLDOUT_FRACTION:g} %"
+    if not in_list.any():
+        return PatientSplit(
+            patient_split_mask(patient_ids, split),
+            f"test: a seeded {percent} patient holdout (none of CheXclusion's published test patients is in "
+            f"this data), valid: another seeded {percent}, train: the rest")
+    others = patients[~in_list]
+    order = np.random.default_rng(HOLDOUT_SEED).permutation(len(others))
+    held_out = math.ceil(PATIENT_HOLDOUT_FRACTION * len(patients))
+    chosen = {"test": patients[in_list], "valid": others[order[:held_out]], "train": others[order[held_out:]]}[split]
+    return PatientSplit(
+        patient_ids.isin(chosen).to_numpy(),
+        f"test: CheXclusion's published test patients ({in_list.sum():,} of the list's {len(listed):,} found in "
+        f"this data), valid: a seeded holdout of the other patients ({percent} of all, ours), train: the rest")

@@ -2,10 +2,13 @@
 
 The expected label sets and uncertainty mappings below are transcribed from the cited files, line
 by line; expected targets and counts are made from the raw CSVs with pandas, not with the readers.
+The "patients" split's test patients are compared with CheXclusion's published lists, read from
+the vendored JSON with the json module (its contents are pinned in test_chexclusion_test_lists.py).
 """
 import csv
 import gzip
 import importlib
+import json
 import math
 from pathlib import Path
 
@@ -13,7 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from openclip_unimlip.apps.benchmark_tables import _split_note
 from openclip_unimlip.evaluation.cxr_datasets import read_chexpert, read_cxr_split, read_mimic_cxr, read_nih
+from openclip_unimlip.evaluation.cxr_protocols import CHEXCLUSION_TEST_PATIENTS_FILE, HOLDOUT_SEED
 
 BLANK = ""
 
@@ -39,6 +44,12 @@ CHEXCLUSION_NIH_LABELS = (
 CHEXCLUSION_TARGET = {"1.0": 1.0, "0.0": 0.0, "-1.0": 0.0, BLANK: 0.0}
 # CheXclusion MIMIC/main.py line 12: ".../new_split/8-1-1/..." (80/10/10 by patient).
 CHEXCLUSION_HELD_OUT_FRACTION = 1 / 10
+# CheXclusion CXP/testSet_SubjID.csv (headerless, one patient number per line): of the chexpert_root
+# fixture's patients (1-20 and valid.csv's 64541-64544) it lists 3, 7, 13, 16 and 18 (grep -x, by hand).
+CHEXCLUSION_LISTED_IN_CHEXPERT_FIXTURE = {"patient00003", "patient00007", "patient00013", "patient00016",
+                                          "patient00018"}
+PUBLISHED = "test: CheXclusion's published test patients"
+FELL_BACK = "none of CheXclusion's published test patients is in this data"
 
 # HKU-MedAI/MGCA @680fe4a, mgca/constants.py lines 51-57 (CHEXPERT_COMPETITION_TASKS).
 MGCA_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
@@ -89,12 +100,10 @@ def _raw(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
-@pytest.fixture(scope="module")
-def chexpert_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("chexpert") / "CheXpert-v1.0-small"
+def _write_chexpert(root: Path, train_patients, valid_patients) -> Path:
     rng = np.random.default_rng(0)
     train_rows, valid_rows = [], []
-    for patient in range(1, 21):
+    for patient in train_patients:
         for study in range(1, 1 + rng.integers(1, 3)):
             views = ["frontal", "lateral"] if rng.random() < 0.6 else ["frontal"]
             for number, view in enumerate(views, start=1):
@@ -102,7 +111,7 @@ def chexpert_root(tmp_path_factory) -> Path:
                 path = f"CheXpert-v1.0-small/train/patient{patient:05d}/study{study}/view{number}_{view}.jpg"
                 train_rows.append((path, "Female", 60, view.capitalize(), "AP" if view == "frontal" else BLANK,
                                    *values))
-    for patient in range(64541, 64545):  # the expert-labelled valid.csv holds 0/1 only
+    for patient in valid_patients:  # the expert-labelled valid.csv holds 0/1 only
         for number, view in enumerate(["frontal", "lateral"], start=1):
             values = rng.choice(["1.0", "0.0"], size=len(CHEXPERT_CSV_LABELS))
             valid_rows.append((f"CheXpert-v1.0-small/valid/patient{patient:05d}/study1/view{number}_{view}.jpg",
@@ -110,6 +119,12 @@ def chexpert_root(tmp_path_factory) -> Path:
     _write_csv(root / "train.csv", CHEXPERT_HEADER, train_rows)
     _write_csv(root / "valid.csv", CHEXPERT_HEADER, valid_rows)
     return root
+
+
+@pytest.fixture(scope="module")
+def chexpert_root(tmp_path_factory) -> Path:
+    return _write_chexpert(tmp_path_factory.mktemp("chexpert") / "CheXpert-v1.0-small", range(1, 21),
+                           range(64541, 64545))
 
 
 def _chexpert_raw(root: Path) -> pd.DataFrame:
@@ -131,15 +146,20 @@ def _expected_targets(raw: pd.DataFrame, split, labels, target) -> np.ndarray:
                     dtype=np.float32).reshape(len(rows), len(labels))
 
 
-def _check_patient_split(splits: dict, raw_patients: pd.Series) -> None:
-    """80/10/10 by patient: disjoint patients, ceil(10%) of them in each of valid and test."""
+def _check_patient_split(splits: dict, raw_patients: pd.Series, listed: frozenset = frozenset()) -> None:
+    """By patient: disjoint patients, ceil(10%) of them in valid; test is ``listed`` (the data's
+    patients in CheXclusion's published list) or, when none is, ceil(10%) of them too."""
     patients = {name: set(split.patient_ids) for name, split in splits.items()}
     assert not (patients["train"] & patients["valid"] or patients["train"] & patients["test"]
                 or patients["valid"] & patients["test"])
     count = raw_patients.astype(str).nunique()
     held_out = math.ceil(CHEXCLUSION_HELD_OUT_FRACTION * count)
-    assert len(patients["valid"]) == len(patients["test"]) == held_out
-    assert len(patients["train"]) == count - 2 * held_out
+    assert len(patients["valid"]) == held_out
+    if listed:
+        assert patients["test"] == set(listed)
+    else:
+        assert len(patients["test"]) == held_out
+    assert len(patients["train"]) == count - held_out - len(patients["test"])
 
 
 def _positives(splits: dict) -> np.ndarray:
@@ -160,10 +180,11 @@ def test_chexpert_default_is_chexclusion_all_labels_u_zeros_all_views_patient_sp
     # every image of train.csv and valid.csv, lateral views included, in exactly one split
     read = [str(p) for split in splits.values() for p in split.image_paths]
     assert sorted(read) == sorted(raw.index) and (raw["Frontal/Lateral"] == "Lateral").any()
-    _check_patient_split(splits, raw["patient"])
+    _check_patient_split(splits, raw["patient"], CHEXCLUSION_LISTED_IN_CHEXPERT_FIXTURE)
     positives = [(raw[label] == "1.0").sum() for label in CHEXCLUSION_CHEXPERT_LABELS]  # U-Zeros: only the 1s
     np.testing.assert_array_equal(_positives(splits), positives)
-    assert splits["test"].settings.describe(CHEXCLUSION_CHEXPERT_LABELS)["name"] == "chexclusion"
+    described = splits["test"].settings.describe(CHEXCLUSION_CHEXPERT_LABELS)
+    assert described["name"] == "chexclusion" and described["split_note"].startswith(PUBLISHED)
 
 
 def test_chexpert_mgca_five_labels_per_label_mapping_frontal_official_test(chexpert_root: Path):
@@ -218,12 +239,10 @@ def test_explicit_arguments_replace_the_protocol_and_are_named(chexpert_root: Pa
 
 # ----- MIMIC-CXR ----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def mimic_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("mimic") / "mimic-cxr-jpg" / "2.0.0"
+def _write_mimic(root: Path, subjects) -> Path:
     rng = np.random.default_rng(1)
     split_rows, metadata_rows, label_rows = [], [], []
-    for subject in range(10000000, 10000020):
+    for subject in subjects:
         official = rng.choice(["train", "train", "validate", "test"])
         for study in range(subject * 10, subject * 10 + rng.integers(1, 3)):
             for image, view in enumerate(rng.choice(["PA", "AP", "LATERAL", BLANK], size=rng.integers(1, 4))):
@@ -241,6 +260,11 @@ def mimic_root(tmp_path_factory) -> Path:
                 "ViewCodeSequence_CodeMeaning", "PatientOrientationCodeSequence_CodeMeaning"), metadata_rows)
     _write_csv(root / "mimic-cxr-2.0.0-chexpert.csv.gz", ("subject_id", "study_id", *MIMIC_CSV_LABELS), label_rows)
     return root
+
+
+@pytest.fixture(scope="module")
+def mimic_root(tmp_path_factory) -> Path:
+    return _write_mimic(tmp_path_factory.mktemp("mimic") / "mimic-cxr-jpg" / "2.0.0", range(10000000, 10000020))
 
 
 def _mimic_raw(root: Path) -> pd.DataFrame:
@@ -264,7 +288,8 @@ def test_mimic_chexclusion_labels_u_zeros_all_views_patient_split(mimic_root: Pa
         np.testing.assert_array_equal(split.targets, expected)
     assert sorted(str(p) for s in splits.values() for p in s.image_paths) == sorted(labelled.index)
     assert set(labelled["ViewPosition"]) >= {"LATERAL", BLANK}  # lateral and unrecorded views are kept
-    _check_patient_split(splits, raw["subject_id"])
+    _check_patient_split(splits, raw["subject_id"])  # no fixture subject is in CheXclusion's list
+    assert FELL_BACK in splits["test"].settings.describe()["split_note"]
     np.testing.assert_array_equal(_positives(splits),
                                   [(labelled[label] == "1.0").sum() for label in CHEXCLUSION_MIMIC_LABELS])
 
@@ -285,12 +310,10 @@ def test_mimic_mgca_five_labels_frontal_official_split(mimic_root: Path):
 
 # ----- NIH ChestX-ray14 ---------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def nih_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("nih")
+def _write_nih(root: Path, patients) -> Path:
     rng = np.random.default_rng(2)
     rows, names = [], []
-    for patient in range(1, 21):
+    for patient in patients:
         for follow_up in range(rng.integers(1, 4)):
             found = rng.choice(CHEXCLUSION_NIH_LABELS, size=rng.integers(0, 3), replace=False)
             name = f"{patient:08d}_{follow_up:03d}.png"
@@ -304,18 +327,120 @@ def nih_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def nih_root(tmp_path_factory) -> Path:
+    return _write_nih(tmp_path_factory.mktemp("nih"), range(1, 21))
+
+
 def test_nih_chexclusion_labels_and_patient_split(nih_root: Path):
     entries = pd.read_csv(nih_root / "Data_Entry_2017.csv")
     splits = _read_all(read_nih, nih_root)
     for split in splits.values():
         assert split.label_names == CHEXCLUSION_NIH_LABELS
     assert sorted(p.name for s in splits.values() for p in s.image_paths) == sorted(entries["Image Index"])
-    _check_patient_split(splits, entries["Patient ID"])
+    _check_patient_split(splits, entries["Patient ID"])  # no fixture patient is in CheXclusion's list
+    assert FELL_BACK in splits["test"].settings.describe()["split_note"]
     positives = [entries["Finding Labels"].str.contains(rf"(?:^|\|){label}(?:\||$)").sum()
                  for label in CHEXCLUSION_NIH_LABELS]
     np.testing.assert_array_equal(_positives(splits), positives)
     official = read_nih(nih_root, "test", check_files=False, protocol="all14")
     assert [p.name for p in official.image_paths] == (nih_root / "test_list.txt").read_text().split()
+
+
+# ----- the "patients" split: CheXclusion's published test patients, or the seeded fallback -------------
+
+READERS = {"chexpert": read_chexpert, "mimic": read_mimic_cxr, "nih": read_nih}
+# Made-up releases whose patients include some of CheXclusion's listed test patients and some others
+# (the listed ones: CXP 3, 7, 13, 16, 18; MIMIC 10002559, 10005858, 10006501; NIH 31, 33, 34, 67; the
+# others are in no list), and releases with none of them.
+MIXED_LAYOUTS = {
+    "chexpert": lambda root: _write_chexpert(root / "CheXpert-v1.0-small", range(1, 21), range(64541, 64545)),
+    "mimic": lambda root: _write_mimic(root, [*range(10000000, 10000012), 10002559, 10005858, 10006501]),
+    "nih": lambda root: _write_nih(root, [*range(1, 16), 31, 33, 34, 67]),
+}
+UNLISTED_LAYOUTS = {
+    "chexpert": lambda root: _write_chexpert(root / "CheXpert-v1.0-small", [1, 2, 4, 5, 6, 8, 9, 10, 11, 12, 14],
+                                             range(64541, 64545)),
+    "mimic": lambda root: _write_mimic(root, range(10000000, 10000020)),
+    "nih": lambda root: _write_nih(root, range(1, 21)),
+}
+
+
+def _listed(dataset: str) -> set:
+    """CheXclusion's published test patients of ``dataset``, read from the vendored file with json."""
+    return set(json.loads(CHEXCLUSION_TEST_PATIENTS_FILE.read_text())["datasets"][dataset]["patients"])
+
+
+def _release(dataset: str, root: Path) -> pd.DataFrame:
+    """Each image the chexclusion reader keeps (path), its patient as the reader names it (patient) and
+    as CheXclusion's lists write it (number: CheXpert's patient00003 is 3), from the raw files."""
+    if dataset == "chexpert":
+        raw = _chexpert_raw(root)
+        return pd.DataFrame({"path": raw.index, "patient": raw["patient"].to_numpy(),
+                             "number": raw["patient"].str.removeprefix("patient").astype(int).to_numpy()})
+    if dataset == "mimic":
+        raw = _mimic_raw(root)
+        raw = raw[raw["_merge"] == "both"]  # studies without labels are dropped
+        return pd.DataFrame({"path": raw.index, "patient": raw["subject_id"].to_numpy(),
+                             "number": raw["subject_id"].astype(int).to_numpy()})
+    entries = pd.read_csv(root / "Data_Entry_2017.csv", dtype=str)
+    return pd.DataFrame({"path": [str(root / "images" / name) for name in entries["Image Index"]],
+                         "patient": entries["Patient ID"], "number": entries["Patient ID"].astype(int)})
+
+
+def _patients(splits: dict) -> dict:
+    return {name: set(split.patient_ids) for name, split in splits.items()}
+
+
+def _seeded_split(release: pd.DataFrame) -> dict:
+    """The "patients" rule before the published lists, written out: the patients sorted (by number),
+    permuted with HOLDOUT_SEED; the first ceil(10%) test, the next ceil(10%) valid, the rest train."""
+    patients = release.drop_duplicates("number").sort_values("number")["patient"].tolist()
+    order = np.random.default_rng(HOLDOUT_SEED).permutation(len(patients))
+    held_out = math.ceil(CHEXCLUSION_HELD_OUT_FRACTION * len(patients))
+    parts = {"test": order[:held_out], "valid": order[held_out:2 * held_out], "train": order[2 * held_out:]}
+    return {name: {patients[i] for i in part} for name, part in parts.items()}
+
+
+@pytest.mark.parametrize("dataset", sorted(MIXED_LAYOUTS))
+def test_patient_split_tests_on_chexclusions_published_test_patients(dataset: str, tmp_path: Path):
+    root = MIXED_LAYOUTS[dataset](tmp_path)
+    release, listed = _release(dataset, root), _listed(dataset)
+    in_list = release["number"].isin(listed)
+    assert in_list.any() and not in_list.all()  # the layout holds listed and unlisted patients
+    splits = _read_all(READERS[dataset], root)
+    patients = _patients(splits)
+    assert patients["test"] == set(release.loc[in_list, "patient"])
+    assert sorted(str(p) for p in splits["test"].image_paths) == sorted(release.loc[in_list, "path"])
+    # valid (ours): ceil(10%) of all the patients, drawn from the others (sorted) with HOLDOUT_SEED
+    others = release.loc[~in_list].drop_duplicates("number").sort_values("number")["patient"].tolist()
+    held_out = math.ceil(CHEXCLUSION_HELD_OUT_FRACTION * release["number"].nunique())
+    order = np.random.default_rng(HOLDOUT_SEED).permutation(len(others))
+    assert patients["valid"] == {others[i] for i in order[:held_out]}
+    assert patients["train"] == set(others) - patients["valid"]
+    assert not (patients["train"] & patients["valid"] or (patients["train"] | patients["valid"]) & patients["test"])
+    read = [str(p) for split in splits.values() for p in split.image_paths]
+    assert sorted(read) == sorted(release["path"])  # every image in exactly one split
+    found = release.loc[in_list, "number"].nunique()
+    notes = {split.settings.describe()["split_note"] for split in splits.values()}
+    assert len(notes) == 1
+    note = notes.pop()
+    assert note.startswith(f"{PUBLISHED} ({found:,} of the list's {len(listed):,} found in this data)")
+    assert note in _split_note(dataset, splits["test"].settings.describe())  # Table 1's note
+
+
+@pytest.mark.parametrize("dataset", sorted(UNLISTED_LAYOUTS))
+def test_patient_split_without_listed_patients_is_the_seeded_80_10_10_split(dataset: str, tmp_path: Path):
+    root = UNLISTED_LAYOUTS[dataset](tmp_path)
+    release = _release(dataset, root)
+    assert not release["number"].isin(_listed(dataset)).any()
+    splits = _read_all(READERS[dataset], root)
+    assert _patients(splits) == _seeded_split(release)
+    assert sorted(str(p) for split in splits.values() for p in split.image_paths) == sorted(release["path"])
+    described = splits["test"].settings.describe()
+    assert described["split_note"].startswith("test: a seeded 10 % patient holdout") and FELL_BACK in described[
+        "split_note"]
+    assert described["split_note"] in _split_note(dataset, described)
 
 
 # ----- bad combinations ---------------------------------------------------------------------------
