@@ -10,7 +10,7 @@ paper's layout (Fig. 2, Table 1, Table 2), with the paper's reported numbers bes
   (``open_clip_train`` checkpoints work) or an OpenCLIP tag; ``{seed}`` in the path gives downstream
   seed k the weights of pretraining seed k (e.g. the MedPix ablation's ``checkpoints/all_five-seed{seed}.pt``).
 * **Datasets**: every dataset found under ``--data-root`` in its released layout
-  (``benchmark_datasets``: ROCO, MedPix 2.0, CheXpert, MIMIC-CXR-JPG, NIH ChestX-ray14, VQA-RAD,
+  (``data.releases``: ROCO, MedPix 2.0, CheXpert, MIMIC-CXR-JPG, NIH ChestX-ray14, VQA-RAD,
   SLAKE). A missing one is listed as skipped; one whose folder does not hold its release is bad.
 * **Tasks** (``benchmark_tasks``, each wrapping the single-task evaluation): retrieval on ROCO and
   MedPix 2.0 test pairs; classification fine-tuning and linear probing on the chest X-ray sets
@@ -48,7 +48,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from openclip_unimlip.apps import benchmark_tables
-from openclip_unimlip.apps.benchmark_datasets import DATASETS, DatasetStatus, find_datasets
+from openclip_unimlip.data.releases import DATASETS, DatasetStatus, find_datasets
 from openclip_unimlip.apps.benchmark_tasks import (
     ChestXrayRecipe,
     MedpixRecipe,

@@ -241,7 +241,7 @@ def table2(report: dict) -> dict:
                          "The standard split (MEVF's trainset.json, the paper's 3,515 = 3,064 + 451 questions, sec. "
                          "4.1), so the reported rows used the same questions: the release's freeform and para "
                          "questions and every row's question frame, 284 of them frames of test questions (the "
-                         "split's known leak; evaluation/vqa_datasets.py)." if split == "standard" else
+                         "split's known leak; data/vqa_releases.py)." if split == "standard" else
                          "The training set without question frames (vqa_rad_split 'no-frames'): no test question's "
                          "frame in training, so the reported rows, trained on the standard split with them, are "
                          "not comparable."))

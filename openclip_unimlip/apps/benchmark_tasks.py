@@ -29,7 +29,7 @@ from openclip_unimlip.data.medpix import medpix_rows
 from openclip_unimlip.data.roco import roco_rows
 from openclip_unimlip.data.shards import RowCheck, check_rows
 from openclip_unimlip.evaluation.classification import fine_tune_classifier, load_classification_data
-from openclip_unimlip.evaluation.datasets import ImageSource, ImageTextPair, sample_pairs
+from openclip_unimlip.evaluation.datasets import StoredImage, ImageTextPair, sample_pairs
 from openclip_unimlip.evaluation.finetune import FitConfig, autocast, build_image_classifier, load_clip_model
 from openclip_unimlip.evaluation.linear_probe import DEFAULT_PROBE_C_GRID, probe_chest_xray
 from openclip_unimlip.evaluation.medpix_classification import (
@@ -40,7 +40,7 @@ from openclip_unimlip.evaluation.medpix_classification import (
 )
 from openclip_unimlip.evaluation.retrieval import DIRECTIONS, RECALL_KS, encode_pairs, retrieval_metrics
 from openclip_unimlip.evaluation.vqa import build_vqa_model, fine_tune_vqa, load_vqa_data, majority_answer_accuracy
-from openclip_unimlip.evaluation.vqa_datasets import DEFAULT_VQA_RAD_SPLIT
+from openclip_unimlip.data.vqa_releases import DEFAULT_VQA_RAD_SPLIT
 
 RETRIEVAL_METRICS = tuple(f"{d}_R@{k}" for d in DIRECTIONS for k in RECALL_KS)
 VQA_METRICS = ("open", "closed", "overall")
@@ -95,7 +95,7 @@ class VqaRecipe:
     patience: Optional[int]  # SLAKE's validation; VQA-RAD has none
     map_tokens: bool = True
     language: str = "en"  # SLAKE's questions
-    vqa_rad_split: str = DEFAULT_VQA_RAD_SPLIT  # VQA-RAD's training set (evaluation/vqa_datasets.py)
+    vqa_rad_split: str = DEFAULT_VQA_RAD_SPLIT  # VQA-RAD's training set (data/vqa_releases.py)
     freeze_text: bool = False  # ours, for CPU runs: frozen text tower, cached question states (evaluation/vqa.py)
     augment: bool = True  # the random crop of finetune.image_transform; off: each image transformed once
 
@@ -217,7 +217,7 @@ class RetrievalTask(Task):
             raise ValueError(f"no retrieval reader for {self.dataset!r}")
         # Decoding every image (~6,000 for ROCO) takes seconds: the runtime's workers share it.
         checked = check_rows(rows, runtime.workers, runtime.progress)
-        pairs = [ImageTextPair(kept.row.key, ImageSource.from_file(str(kept.row.image)), kept.caption)
+        pairs = [ImageTextPair(kept.row.key, StoredImage.from_file(str(kept.row.image)), kept.caption)
                  for kept in checked.kept]
         if not pairs:
             raise ValueError(f"no test image with a caption and a readable image under {root}")

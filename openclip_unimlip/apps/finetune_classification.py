@@ -26,7 +26,7 @@ import torch
 
 from openclip_unimlip.evaluation import classification as cls
 from openclip_unimlip.evaluation import finetune
-from openclip_unimlip.evaluation.cxr_datasets import DATASET_LABELS, DEFAULT_PROTOCOL, PROTOCOLS, UNCERTAIN_POLICIES
+from openclip_unimlip.data.chest_xray import DATASET_LABELS, DEFAULT_PROTOCOL, PROTOCOLS, UNCERTAIN_POLICIES
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ run settings) and ``<output-dir>/<name>_accuracy.png``. Examples::
         --image-size 64 --max-epochs 10 --freeze-text --no-augment --workers 0 --output-dir /tmp/vqa
 
 VQA-RAD's training set is the standard 3,064 questions by default (``--vqa-rad-split``, see
-``evaluation/vqa_datasets.py``: it holds templates of 284 test questions).
+``data/vqa_releases.py``: it holds templates of 284 test questions).
 """
 import argparse
 import json
@@ -29,7 +29,7 @@ import torch
 
 from openclip_unimlip.evaluation import vqa
 from openclip_unimlip.evaluation.finetune import DEFAULT_IMAGE_SIZE, DEFAULT_PATIENCE, PRECISIONS, FitConfig
-from openclip_unimlip.evaluation.vqa_datasets import DEFAULT_VQA_RAD_SPLIT, VQA_DATASETS, VQA_RAD_SPLITS
+from openclip_unimlip.data.vqa_releases import DEFAULT_VQA_RAD_SPLIT, VQA_DATASETS, VQA_RAD_SPLITS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,7 +55,7 @@ own list files, ``"all14"``'s NIH rule, not by CheXclusion's pooled patient spli
   paths on the authors' cluster; only the test patients are, NIH/testSet_PatientID.csv).
 * NIH's ``train_val_list.txt`` / ``test_list.txt`` is the fixed, patient-disjoint split that
   anyone with the release reproduces: test is ``test_list.txt``, valid a seeded 5 % patient
-  holdout of ``train_val_list.txt`` (ours, ``cxr_datasets.DEFAULT_VALID_FRACTION``).
+  holdout of ``train_val_list.txt`` (ours, ``data.chest_xray.DEFAULT_VALID_FRACTION``).
 * The label set is the same 14 findings under both (CheXclusion NIH/dataset.py:27-41; [15]
   train.py:49-51), so Table 1's NIH rows and ours differ in the split only, and every split
   involved (theirs, ours) is fixed and patient-disjoint.

@@ -19,7 +19,7 @@ from PIL import Image
 from scipy import stats
 
 from openclip_unimlip.apps import benchmark, real_downstream
-from openclip_unimlip.apps.benchmark_datasets import DATASETS, find_datasets
+from openclip_unimlip.data.releases import DATASETS, find_datasets
 from openclip_unimlip.apps.benchmark_tasks import ChestXrayTask, RetrievalTask, tasks_for
 from openclip_unimlip.data.medpix import read_medpix
 from openclip_unimlip.data.shards import normalize_caption

@@ -15,7 +15,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from openclip_unimlip.evaluation.classification import auc_report, fine_tune_classifier, load_classification_data
-from openclip_unimlip.evaluation.cxr_datasets import load_image, read_cxr_split
+from openclip_unimlip.data.chest_xray import read_cxr_split
+from openclip_unimlip.data.images import load_image
 from openclip_unimlip.evaluation.finetune import FitConfig, build_image_classifier, fit, image_transform
 
 MODEL = "unimlip-cls-test"

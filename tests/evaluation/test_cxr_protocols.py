@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from openclip_unimlip.evaluation.cxr_datasets import read_chexpert, read_cxr_split, read_mimic_cxr, read_nih
+from openclip_unimlip.data.chest_xray import read_chexpert, read_cxr_split, read_mimic_cxr, read_nih
 
 BLANK = ""
 

@@ -12,7 +12,7 @@ from PIL import Image
 from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
-from openclip_unimlip.evaluation.datasets import ImageSource, LabelledImages, sample_indices, sample_pairs
+from openclip_unimlip.evaluation.datasets import LabelledImages, StoredImage, sample_indices, sample_pairs
 from openclip_unimlip.evaluation.retrieval import positive_ranks, retrieval_metrics
 from openclip_unimlip.evaluation.vqa import vqa_accuracy
 from openclip_unimlip.evaluation.zero_shot import run_zero_shot, zero_shot_metrics
@@ -112,7 +112,7 @@ def test_zero_shot_scores_clip_benchmarks_logits(tmp_path):
     levels = [40 + 80 * c + 9 * i for c in range(3) for i in range(6)]
     labels = [c for c in range(3) for _ in range(6)]
     paths = _write_images(tmp_path / "images", levels)
-    dataset = LabelledImages([ImageSource.from_file(p) for p in paths], labels, classnames)
+    dataset = LabelledImages([StoredImage.from_file(p) for p in paths], labels, classnames)
     ours = run_zero_shot(model, preprocess, tokenizer, dataset, templates=templates, classnames=classnames,
                          batch_size=8)["metrics"]
 

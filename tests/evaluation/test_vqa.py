@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from openclip_unimlip.evaluation.finetune import FitConfig, image_transform
-from openclip_unimlip.evaluation.cxr_datasets import load_image
+from openclip_unimlip.data.images import load_image
 from openclip_unimlip.evaluation.vqa import (
     DEFAULT_ENCODER_LR,
     DEFAULT_FUSION_LR,
@@ -24,7 +24,7 @@ from openclip_unimlip.evaluation.vqa import (
     parameter_groups,
     vqa_accuracy,
 )
-from openclip_unimlip.evaluation.vqa_datasets import (
+from openclip_unimlip.data.vqa_releases import (
     AnswerSet,
     VqaDataset,
     VqaSample,

@@ -23,7 +23,7 @@ Split conventions (``"train"``, ``"valid"``, ``"test"``):
   - ``"no-frames"``: the 1,797 ``freeform`` and ``para`` questions only (1,027 closed, 770 open,
     313 images), no frame of a test question in training.
 
-  Counted against the plain JSON in ``tests/evaluation/test_vqa_rad_release.py``. VQA-RAD has no
+  Counted against the plain JSON in ``tests/data/test_vqa_rad_release.py``. VQA-RAD has no
   validation split, so ``valid`` is refused.
 * SLAKE (``train.json``, ``validate.json``, ``test.json``, images under ``imgs/``): the official
   files, ``validate`` being our ``valid``; by default only English questions (``q_lang == "en"``).
@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from openclip_unimlip.evaluation.cxr_datasets import load_image
+from openclip_unimlip.data.images import load_image
 
 VQA_DATASETS = ("vqa-rad", "slake")
 SPLITS = ("train", "valid", "test")

@@ -40,7 +40,7 @@ there) or in ``images_001/images/`` ... ``images_012/images/`` (one folder per a
 widely used mirrors, e.g. Kaggle's, hold them). ``train_val_list.txt`` and ``test_list.txt`` are NIH's own
 patient-disjoint split, read by the ``"official"`` rule.
 
-Images (:func:`load_image`): one rule per kind of file, written there.
+Images are decoded by :func:`openclip_unimlip.data.images.load_image` (one rule per kind of file).
 """
 import math
 from dataclasses import dataclass
@@ -49,13 +49,11 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
-import pydicom
 import torch
 from PIL import Image
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from torch.utils.data import Dataset
 
-from openclip_unimlip.data.shards import to_rgb
+from openclip_unimlip.data.images import load_image
 from openclip_unimlip.evaluation.cxr_protocols import (  # noqa: F401  (re-exported)
     CHEXPERT_COMPETITION_LABELS,
     CHEXPERT_LABELS,
@@ -76,7 +74,6 @@ from openclip_unimlip.evaluation.cxr_protocols import (  # noqa: F401  (re-expor
 SPLITS = ("train", "valid", "test")
 DEFAULT_VALID_FRACTION = 0.05
 FRONTAL_VIEWS = ("PA", "AP")
-DICOM_SUFFIXES = (".dcm", ".dicom")
 # NIH ChestX-ray14's labels file: the current release's name first (read when both are present).
 NIH_ENTRY_FILES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 NIH_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")  # the columns read
@@ -380,48 +377,6 @@ def read_cxr_split(
     settings = resolve_settings(dataset, protocol, labels, uncertain, frontal_only)
     reader = {"chexpert": _read_chexpert, "mimic": _read_mimic_cxr, "nih": _read_nih}[dataset]
     return reader(Path(root), split, settings, check_files=check_files)
-
-
-def _to_uint8(pixels: np.ndarray) -> np.ndarray:
-    pixels = pixels.astype(np.float64)
-    low, high = pixels.min(), pixels.max()
-    scaled = (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
-    return np.round(scaled * 255.0).astype(np.uint8)
-
-
-def read_dicom(path: PathLike) -> Image.Image:
-    """A grey-level DICOM as displayed: modality LUT (rescale), VOI LUT / window, MONOCHROME1 inverted.
-
-    The displayed range is stretched to 0-255 per image, since DICOM bit depths vary by scanner.
-    """
-    dataset = pydicom.dcmread(path)
-    pixels = apply_voi_lut(apply_modality_lut(dataset.pixel_array, dataset), dataset)
-    pixels = _to_uint8(pixels)
-    if dataset.PhotometricInterpretation == "MONOCHROME1":  # low values are white
-        pixels = 255 - pixels
-    return Image.fromarray(pixels).convert("RGB")
-
-
-def load_image(path: PathLike) -> Image.Image:
-    """An 8-bit RGB image from a DICOM, PNG or JPEG file, one rule per kind:
-
-    * DICOM: :func:`read_dicom` (as displayed, stretched to 0-255 per image).
-    * 16-bit (and 32-bit integer) greyscale, PIL modes ``I;16*`` and ``I``: stretched from the
-      image's own lowest to highest value to 0-255, as DICOMs (ours: radiograph PNGs hold 10 to 16
-      significant bits, so ``data.shards.to_rgb``'s fixed ``v / 257`` would leave a 12-bit image 16
-      grey levels, and ``convert("RGB")`` clips at 255).
-    * Every other mode: ``data.shards.to_rgb``, the pre-training data's rule: alpha (RGBA, LA, PA)
-      and colour-key transparency composited on black (``shards.TRANSPARENT_BACKGROUND``), palettes
-      expanded, RGB and 8-bit grey as ``convert("RGB")``. NIH ChestX-ray14 ships a few RGBA PNGs
-      (the 10 among the 1,605 images of ``../shared/data`` are fully opaque: compositing changes none).
-    """
-    path = Path(path)
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return read_dicom(path)
-    with Image.open(path) as image:
-        if image.mode.startswith("I"):
-            return Image.fromarray(_to_uint8(np.asarray(image))).convert("RGB")
-        return to_rgb(image)
 
 
 class CxrDataset(Dataset):

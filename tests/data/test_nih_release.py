@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from openclip_unimlip.apps.benchmark_datasets import find_datasets
-from openclip_unimlip.evaluation.cxr_datasets import nih_entry_file, read_nih
+from openclip_unimlip.data.releases import find_datasets
+from openclip_unimlip.data.chest_xray import nih_entry_file, read_nih
 from paths import REPO
 
 DATA = REPO.parent / "shared" / "data"

@@ -5,24 +5,31 @@ Every dataset has folder names it is looked for under (compared case-insensitive
 and a layout check taken from its reader. A dataset with no such folder is *skipped*; a folder
 with the right name but the wrong contents is *bad*, with one message saying what is missing.
 
-| dataset | folders looked for | layout (reader) |
-|---|---|---|
-| ROCO | ``roco``, ``roco-dataset`` | ``[data/]test/radiology/captions.txt`` (``data.roco``) |
-| MedPix 2.0 | ``medpix-2.0``, ``MedPix-2-0``, ``medpix`` | ``splitted_dataset/descriptions_*.jsonl`` + ``images/``, itself or in ``MedPix-2-0/`` (``data.medpix.release_dir``) |
-| CheXpert | ``CheXpert-v1.0-small``, ``CheXpert-v1.0``, ``chexpert`` | ``train.csv``, ``valid.csv`` (``evaluation.cxr_datasets``) |
-| MIMIC-CXR-JPG | ``mimic-cxr-jpg``, ``mimic-cxr``, ``mimic`` (or a version folder such as ``2.0.0`` in it) | ``mimic-cxr-2.0.0-{chexpert,split,metadata}.csv[.gz]`` + ``files/`` |
-| NIH ChestX-ray14 | ``ChestX-ray14``, ``nih-chestxray14``, ``nih``, ``CXR8``, ``ChestX-ray8`` | ``Data_Entry_2017_v2020.csv`` (current release; read when both are there) or ``Data_Entry_2017.csv`` (older), ``train_val_list.txt``, ``test_list.txt`` (checked when read), ``images/`` or ``images_0NN/images/`` (``evaluation.cxr_datasets.read_nih``) |
-| VQA-RAD | ``vqa-rad``, ``VQA_RAD`` | ``VQA_RAD Dataset Public.json`` + ``VQA_RAD Image Folder/`` (``evaluation.vqa_datasets``) |
-| SLAKE | ``slake``, ``Slake1.0`` | ``train.json``, ``validate.json``, ``test.json``, ``imgs/`` |
+Per dataset, the folders looked for and the layout checked (and the reader it comes from):
+
+* ROCO: ``roco``, ``roco-dataset``; ``[data/]test/radiology/captions.txt`` (``data.roco``).
+* MedPix 2.0: ``medpix-2.0``, ``MedPix-2-0``, ``medpix``; ``splitted_dataset/descriptions_*.jsonl`` +
+  ``images/``, itself or in ``MedPix-2-0/`` (``data.medpix.release_dir``).
+* CheXpert: ``CheXpert-v1.0-small``, ``CheXpert-v1.0``, ``chexpert``; ``train.csv``, ``valid.csv``
+  (``data.chest_xray``).
+* MIMIC-CXR-JPG: ``mimic-cxr-jpg``, ``mimic-cxr``, ``mimic`` (or a version folder such as ``2.0.0`` in
+  it); ``mimic-cxr-2.0.0-{chexpert,split,metadata}.csv[.gz]`` + ``files/``.
+* NIH ChestX-ray14: ``ChestX-ray14``, ``nih-chestxray14``, ``nih``, ``CXR8``, ``ChestX-ray8``;
+  ``Data_Entry_2017_v2020.csv`` (current release; read when both are there) or ``Data_Entry_2017.csv``
+  (older), ``train_val_list.txt``, ``test_list.txt`` (checked when read), ``images/`` or
+  ``images_0NN/images/`` (``data.chest_xray.read_nih``).
+* VQA-RAD: ``vqa-rad``, ``VQA_RAD``; ``VQA_RAD Dataset Public.json`` + ``VQA_RAD Image Folder/``
+  (``data.vqa_releases``).
+* SLAKE: ``slake``, ``Slake1.0``; ``train.json``, ``validate.json``, ``test.json``, ``imgs/``.
 """
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from openclip_unimlip.data.chest_xray import nih_entry_file
 from openclip_unimlip.data.medpix import release_dir
-from openclip_unimlip.evaluation.cxr_datasets import nih_entry_file
-from openclip_unimlip.evaluation.vqa_datasets import SLAKE_FILES, VQA_RAD_IMAGE_DIR, VQA_RAD_JSON
+from openclip_unimlip.data.vqa_releases import SLAKE_FILES, VQA_RAD_IMAGE_DIR, VQA_RAD_JSON
 
 
 def _need(folder: Path, relative: Sequence[str], what: str) -> None:

@@ -16,7 +16,7 @@ from openclip_unimlip.evaluation.vqa import (
     load_vqa_data,
     majority_answer_accuracy,
 )
-from openclip_unimlip.evaluation.vqa_datasets import normalize_answer, read_vqa_rad
+from openclip_unimlip.data.vqa_releases import normalize_answer, read_vqa_rad
 from paths import REPO
 
 VQA_RAD = REPO.parent / "shared" / "data" / "vqa-rad"
