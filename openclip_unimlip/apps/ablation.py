@@ -19,7 +19,7 @@ baseline row is PMC-CLIP continued the same way (secs. 4.2, 5.2). Here:
 Every run is scored on the same val pairs as trained (the paper's way) and with the image
 tower's BatchNorm statistics re-estimated on clean train images (precise BN), and every row is
 compared with the baseline by a paired bootstrap over val pairs and seeds
-(``paired_bootstrap.py``). ``from_scratch`` keeps the earlier one-stage protocol (every row
+(``studies/statistics.py``). ``from_scratch`` keeps the earlier one-stage protocol (every row
 from random weights, the views from ``simclr_start_epoch``) for comparison.
 
 Two rows beyond the paper's (ours): ``untrained``, the model before any training (random image
@@ -58,7 +58,7 @@ from openclip_unimlip.evaluation.retrieval import positive_ranks
 from openclip_unimlip.apps.experiment import (DATASETS, DataConfig, ExperimentData, MedpixConfig, PretrainConfig,
                                               check_medpix_root,
                                               RetrievalResult, ensure_data, evaluate_checkpoint, run_pretraining)
-from openclip_unimlip.apps.paired_bootstrap import paired_difference
+from openclip_unimlip.studies.statistics import paired_difference
 
 _OFF = {"image_perturbed_itc": "--unimlip-image-perturbed-itc-weight", "text_perturbed_itc":
         "--unimlip-text-perturbed-itc-weight", "simclr": "--unimlip-simclr-weight", "mlm": "--unimlip-mlm-weight"}

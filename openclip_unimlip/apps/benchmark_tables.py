@@ -1,7 +1,7 @@
 """The benchmark's tables in the paper's layout (Fig. 2, Table 1, Table 2), as JSON, Markdown and plots.
 
 Our rows: per model, the mean over seeds and a 95 % Student t-interval over seeds
-(``apps/seed_interval.t_interval``; ours), in percent. Beside them: chance levels (from the data
+(``studies/statistics.t_interval``; ours), in percent. Beside them: chance levels (from the data
 each task read) and, where the dataset is one of the paper's, the paper's reported rows
 (``evaluation/reported.py``), each labelled ``reported`` with its table and row.
 
@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from openclip_unimlip.apps.seed_interval import t_interval
+from openclip_unimlip.studies.statistics import t_interval
 from openclip_unimlip.evaluation import reported
 from openclip_unimlip.evaluation.retrieval import DIRECTIONS, RECALL_KS
 

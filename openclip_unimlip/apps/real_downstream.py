@@ -22,7 +22,7 @@ differences to a ``--reference`` initialisation are paired by seed.
 Every (task, mode, fraction, initialisation, seed) is one cell, written to ``<out>/cells/`` as
 soon as it finishes, with a hash of everything that shaped it: a re-run skips finished cells
 and re-runs stale ones. ``<out>/downstream.json`` and ``<out>/downstream.md`` are rewritten
-after every cell. Intervals: a 95 % Student t-interval over seeds (ours, ``seed_interval.py``).
+after every cell. Intervals: a 95 % Student t-interval over seeds (ours, ``studies/statistics.py``).
 """
 import argparse
 import hashlib
@@ -41,7 +41,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from openclip_unimlip.apps.seed_interval import paired_t_interval, t_interval
+from openclip_unimlip.studies.statistics import paired_t_interval, t_interval
 from openclip_unimlip.evaluation.finetune import FitConfig, build_image_classifier
 from openclip_unimlip.evaluation.linear_probe import DEFAULT_PROBE_C_GRID, image_features
 from openclip_unimlip.evaluation.medpix_classification import (

@@ -16,7 +16,7 @@ import torch
 from openclip_unimlip.apps import ablation
 from openclip_unimlip.recipes.unimlip import flags as unimlip_flags
 from openclip_unimlip.apps.ablation import BASELINE, ROWS, TABLE3, TABLE4, format_tables, summarize
-from openclip_unimlip.apps.paired_bootstrap import paired_difference
+from openclip_unimlip.studies.statistics import paired_difference
 
 from paths import REPO  # noqa: E402
 

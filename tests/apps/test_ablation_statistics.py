@@ -10,7 +10,7 @@ from scipy.special import gammaln
 from scipy.stats import binom
 
 from openclip_unimlip.apps import ablation
-from openclip_unimlip.apps.paired_bootstrap import paired_difference
+from openclip_unimlip.studies.statistics import paired_difference
 
 QUANTILE_TOLERANCE = 0.5  # R@1 points: 1.5 steps of the replicates' grid (100/300); Monte Carlo error ~0.1
 

@@ -22,7 +22,7 @@ from openclip_unimlip.apps.real_downstream import (
     plan_cells,
     summarize,
 )
-from openclip_unimlip.apps.seed_interval import paired_t_interval, t_interval
+from openclip_unimlip.studies.statistics import paired_t_interval, t_interval
 from openclip_unimlip.evaluation.medpix_classification import macro_ovr_auc, stratified_subset
 from paths import REPO
 
