@@ -64,7 +64,8 @@ def _mimic(folder: Path) -> Path:
         if all((candidate / f"{t}.csv.gz").is_file() or (candidate / f"{t}.csv").is_file() for t in MIMIC_TABLES) \
                 and (candidate / "files").is_dir():
             return candidate
-    raise ValueError(f"{folder} is not the MIMIC-CXR-JPG release: expected {', '.join(t + '.csv.gz' for t in MIMIC_TABLES)}"
+    tables = ", ".join(t + ".csv.gz" for t in MIMIC_TABLES)
+    raise ValueError(f"{folder} is not the MIMIC-CXR-JPG release: expected {tables}"
                      " and files/ in it or in a version folder such as 2.0.0/")
 
 

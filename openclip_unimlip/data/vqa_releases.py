@@ -213,7 +213,8 @@ class VqaDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         sample = self.samples[index]
-        image = self.images[sample.image_path] if self.images is not None else self.transform(load_image(sample.image_path))
+        image = (self.images[sample.image_path] if self.images is not None
+                 else self.transform(load_image(sample.image_path)))
         return (
             image,
             self.tokenizer([sample.question])[0],

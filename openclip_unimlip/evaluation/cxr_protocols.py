@@ -44,7 +44,7 @@ CheXclusion, per dataset (LalehSeyyed/CheXclusion, commit 278a4af):
 CheXclusion's split files themselves are not public; ours is a seeded 80/10/10 patient split of
 the pooled release (:func:`patient_split_mask`, ours).
 
-NIH ChestX-ray14 in the benchmark (``apps/benchmark_tasks.DATASET_PROTOCOLS``) is split by NIH's
+NIH ChestX-ray14 in the benchmark (``studies/benchmark/tasks.DATASET_PROTOCOLS``) is split by NIH's
 own list files, ``"all14"``'s NIH rule, not by CheXclusion's pooled patient split:
 
 * Uni-Mlip sec. 4.2 takes its splits from ref. [15] ("we follow [15] for dataset splits"), whose

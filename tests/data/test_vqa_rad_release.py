@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from openclip_unimlip.apps.benchmark import PRESETS
+from openclip_unimlip.studies.benchmark.engine import PRESETS
 from openclip_unimlip.evaluation.finetune import FitConfig
 from openclip_unimlip.evaluation.vqa import (
     build_vqa_model,

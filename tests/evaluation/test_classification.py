@@ -162,7 +162,7 @@ def test_bad_inputs_fail_before_training(nih_root: Path, tmp_path: Path):
 
 def _load_script(name: str):
     """The CLI module behind ``scripts/<name>.py`` (a shim over it, as the console command)."""
-    return importlib.import_module(f"openclip_unimlip.apps.{name}")
+    return importlib.import_module(f"openclip_unimlip.commands.{name}")
 
 
 def test_script_writes_results_and_rejects_bad_input(nih_root: Path, tmp_path: Path, capsys):

@@ -338,7 +338,7 @@ def test_bad_combinations_stop_with_one_message(chexpert_root: Path, nih_root: P
 
 def _load_script():
     """The CLI module behind ``scripts/finetune_classification.py``."""
-    return importlib.import_module("openclip_unimlip.apps.finetune_classification")
+    return importlib.import_module("openclip_unimlip.commands.finetune_classification")
 
 
 def test_script_refuses_bad_combinations_before_training(nih_root: Path, tmp_path: Path, capsys):

@@ -10,7 +10,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from openclip_unimlip.apps import eval_retrieval, export_clip_benchmark
+from openclip_unimlip.commands import eval_retrieval, export_clip_benchmark
 from openclip_unimlip.evaluation.clip_benchmark_export import clip_benchmark_eval_args, from_clip_benchmark_metrics
 from openclip_unimlip.evaluation.datasets import load_pairs, sample_indices, sample_pairs
 from openclip_unimlip.evaluation.retrieval import (

@@ -141,7 +141,7 @@ def _chance_by_enumeration(num_candidates: int, k: int) -> float:
 def test_chance_recall_is_that_of_a_random_ranking(tmp_path):
     """The demo's and the ablation's chance line (experiment.evaluate_checkpoint) is R@K of a random
     ranking of the N evaluated pairs: K/N, and 1 once K >= N (7 pairs: R@10 is certain)."""
-    from openclip_unimlip.apps.experiment import evaluate_checkpoint
+    from openclip_unimlip.studies.experiment import evaluate_checkpoint
 
     num_pairs = 7
     paths = _write_images(tmp_path / "images", [30 * i for i in range(num_pairs)])

@@ -355,7 +355,7 @@ def test_bad_inputs_fail_before_training(vqa_rad_root: Path, slake_root: Path):
 
 def _load_script(name: str):
     """The CLI module behind ``scripts/<name>.py`` (a shim over it, as the console command)."""
-    return importlib.import_module(f"openclip_unimlip.apps.{name}")
+    return importlib.import_module(f"openclip_unimlip.commands.{name}")
 
 
 def test_script_on_vqa_rad_trains_without_validation(vqa_rad_root: Path, slake_root: Path, tmp_path: Path, capsys):
