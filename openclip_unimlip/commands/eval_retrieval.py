@@ -11,11 +11,12 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Optional, Sequence
 
 from openclip_unimlip.evaluation.retrieval import evaluate_retrieval, format_retrieval_table
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="OpenCLIP model name, e.g. unimlip-rn50")
     parser.add_argument("--pretrained", default=None,
@@ -33,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> dict:
+def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if args.model_config:

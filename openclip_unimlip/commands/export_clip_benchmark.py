@@ -9,12 +9,13 @@ exactly the pairs we do:
 """
 import argparse
 import shlex
+from typing import Optional, Sequence
 
 from openclip_unimlip.evaluation.clip_benchmark_export import clip_benchmark_eval_args, export_clip_benchmark_retrieval
 from openclip_unimlip.evaluation.datasets import load_pairs, sample_pairs
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True,
                         help="webdataset shards (brace pattern or folder of .tar) or a CSV (filepath, title)")
@@ -28,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     pairs = sample_pairs(load_pairs(args.data), args.num_samples or None, args.seed)
     split_dir = export_clip_benchmark_retrieval(pairs, args.output_dir, split=args.split, max_count=args.max_count)
