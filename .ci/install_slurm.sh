@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A throw-away Slurm cluster on this one machine, for tests/apps/test_slurm.py (CPU only, loopback only):
+# A throw-away Slurm cluster on this one machine, for tests/studies/pretraining/test_slurm.py (CPU only, loopback only):
 # munge, one slurmctld and two slurmd emulating the nodes n1 and n2 (Debian's slurmd runs several per
 # host: `slurmd -N n1`). Needs root. Idempotent: installs Debian's slurm-wlm and munge when missing,
 # (re)writes the configuration, starts whatever is not running, waits until both nodes are idle.

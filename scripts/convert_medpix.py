@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Convert MedPix 2.0 to webdataset shards and/or OpenCLIP CSV, official case splits kept
-(``unimlip-convert-medpix``; see ``openclip_unimlip/apps/convert_medpix.py``)."""
-from openclip_unimlip.apps.convert_medpix import cli
+(``unimlip-convert-medpix``; see ``openclip_unimlip/commands/convert_medpix.py``)."""
+from openclip_unimlip.commands.convert_medpix import cli
 
 if __name__ == "__main__":
     cli()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fine-tune a pre-trained model for medical VQA on VQA-RAD or SLAKE (Uni-Mlip Table 2)
-(``unimlip-finetune-vqa``; see ``openclip_unimlip/apps/finetune_vqa.py``)."""
-from openclip_unimlip.apps.finetune_vqa import cli
+(``unimlip-finetune-vqa``; see ``openclip_unimlip/commands/finetune_vqa.py``)."""
+from openclip_unimlip.commands.finetune_vqa import cli
 
 if __name__ == "__main__":
     cli()

@@ -10,9 +10,9 @@ import open_clip
 import pytest
 import torch
 
-from openclip_unimlip.recipes import RECIPES
 from openclip_unimlip import export
-
+from openclip_unimlip.commands import export as export_command
+from openclip_unimlip.recipes import RECIPES
 
 
 def test_params_txt_reads_back_the_values_open_clip_train_wrote(tmp_path):
@@ -131,8 +131,8 @@ def test_a_knowledge_file_travels_under_its_own_name(tmp_path):
 def test_export_script_hands_every_option_to_the_exporter(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(export, "export_checkpoint", lambda *args, **kwargs: calls.append((args, kwargs)) or tmp_path)
-    export.main(["run/checkpoints/epoch_4.pt", "--output-dir", "out", "--model", "unimlip-tiny", "--params", "p.txt",
-          "--retrieval", "r.json", "--repo-id", "org/name", "--license", "mit"])
+    export_command.main(["run/checkpoints/epoch_4.pt", "--output-dir", "out", "--model", "unimlip-tiny",
+                         "--params", "p.txt", "--retrieval", "r.json", "--repo-id", "org/name", "--license", "mit"])
     ((args, kwargs),) = calls
     given = dict(zip(("checkpoint", "output_dir"), args), **kwargs)
     expected = {"checkpoint": "run/checkpoints/epoch_4.pt", "output_dir": "out", "model_name": "unimlip-tiny",

@@ -161,13 +161,14 @@ def test_push_folder_without_private_leaves_visibility_to_the_hub(hub_client, tm
 
 def test_an_upload_error_is_one_message_and_the_export_stays(checkpoint, hub_client, tmp_path):
     from openclip_unimlip import export as hub_module
+    from openclip_unimlip.commands import export as export_command
 
     folder = tmp_path / "export"
     with stand_in_hub(refuse_create=True) as hub:
         hub_client(hub)
         with pytest.raises(SystemExit) as stopped:
-            hub_module.main([str(checkpoint), "--model", "mlip-liu-tiny", "--output-dir", str(folder),
-                            "--repo-id", "our-org/liu-tiny", "--push"])
+            export_command.main([str(checkpoint), "--model", "mlip-liu-tiny", "--output-dir", str(folder),
+                                 "--repo-id", "our-org/liu-tiny", "--push"])
     message = str(stopped.value)
     assert "\n" not in message and message.startswith(f"error: Uploading {folder} to the Hugging Face repo our-org")
     assert REFUSAL in message and f"`hf upload our-org/liu-tiny {folder}`" in message

@@ -77,3 +77,31 @@ def test_the_package_never_imports_the_tools():
                 continue
             offenders += [f"{path.relative_to(REPO)}:{node.lineno} {m}" for m in modules if m.split(".")[0] == "tools"]
     assert not offenders
+
+
+def test_each_console_command_is_a_module_of_commands_and_nothing_else_imports_them():
+    """Issue 35's layout: every ``[project.scripts]`` entry is ``cli`` of its own module of
+    ``openclip_unimlip.commands`` (and every module there is one's), and commands import the studies and
+    libraries, never the reverse: no module outside ``commands/`` names ``openclip_unimlip.commands``."""
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    modules = [target.split(":")[0] for target in scripts.values()]
+    assert all(target.endswith(":cli") for target in scripts.values())
+    assert sorted(modules) == sorted(set(modules)) == sorted(
+        f"openclip_unimlip.commands.{path.stem}" for path in (PACKAGE / "commands").glob("*.py")
+        if path.stem != "__init__")
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.parent == PACKAGE / "commands":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] if node.level == 0 else []
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names = [node.value]
+            else:
+                continue
+            offenders += [f"{path.relative_to(REPO)}:{node.lineno} {n}" for n in names
+                          if n.startswith("openclip_unimlip.commands")]
+    assert not offenders

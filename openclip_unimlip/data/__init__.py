@@ -1,8 +1,17 @@
-"""Data preparation: webdataset shards and OpenCLIP CSV from PMC-OA, ROCO or the embedded dataset.
+"""Every dataset: the pre-training data converted to webdataset shards and OpenCLIP CSV, and the
+downstream releases read in their own layouts.
 
-``write_dataset`` (in ``shards``) is the resumable writer every converter shares; ``pmcoa``,
-``roco`` and ``embedded`` turn their sources into rows for it. Names below are imported
-lazily, so importing this package costs nothing until one is used.
+- `shards`: the resumable writer every converter shares (``write_dataset``), its row checks.
+- `pmcoa`, `roco`, `medpix`: PMC-OA, ROCO and MedPix 2.0 turned into rows for it (``medpix`` also
+  reads the release for downstream tasks).
+- `embedded`: the embedded demo dataset, built offline from a seed.
+- `near_duplicates`: perceptual near-duplicates between a pre-training set and a test set.
+- `chest_xray`: CheXpert, MIMIC-CXR(-JPG) and NIH ChestX-ray14 readers (splits, labels).
+- `vqa_releases`: VQA-RAD and SLAKE readers, the answer set and the VQA dataset.
+- `releases`: finding each downstream release under one data root.
+- `images`: decoding the releases' image files (DICOM, 16-bit greyscale, alpha) to 8-bit RGB.
+
+Names below are imported lazily, so importing this package costs nothing until one is used.
 """
 import importlib
 

@@ -48,7 +48,7 @@ RELEASE_FOLDER = "MedPix-2-0"  # the release's folder inside the CHILab1/MedPix-
 SPLIT_FILE = "splitted_dataset/descriptions_{split}.jsonl"
 IMAGE_DIR = "images"
 IMAGE_SUFFIX = ".png"
-VQA_RAD_IMAGE_DIR = "VQA_RAD Image Folder"  # as openclip_unimlip.evaluation.vqa_datasets (which imports torch)
+VQA_RAD_IMAGE_DIR = "VQA_RAD Image Folder"  # as openclip_unimlip.data.vqa_releases (which imports torch)
 EXCLUDED_NAME = "excluded.csv"
 # The MedPix 2.0 images that the VQA-RAD release also holds (17 train, 1 dev, 1 test), as
 # vqa_rad_overlap finds them in the two releases named in ../shared/data/README.md (MedPix 2.0 at

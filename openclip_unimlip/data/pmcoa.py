@@ -20,8 +20,15 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from openclip_unimlip.data.shards import MALFORMED_ROW, BadRow, ConversionReport, ImageSource, Row, ZipMember, write_dataset
-
+from openclip_unimlip.data.shards import (
+    MALFORMED_ROW,
+    BadRow,
+    ConversionReport,
+    Row,
+    RowImage,
+    ZipMember,
+    write_dataset,
+)
 
 PathLike = Union[str, os.PathLike]
 # the first release's caption files and the split each one is
@@ -50,8 +57,8 @@ def pmcoa_caption_files(jsonl: Union[PathLike, Sequence[PathLike]]) -> List[Tupl
     return [(p, OFFICIAL_SPLIT_FILES.get(p.name)) for p in paths]
 
 
-def _zip_index(archive: Path) -> Dict[str, ImageSource]:
-    index: Dict[str, ImageSource] = {}
+def _zip_index(archive: Path) -> Dict[str, RowImage]:
+    index: Dict[str, RowImage] = {}
     with zipfile.ZipFile(archive) as zf:
         for name in zf.namelist():
             if not name.endswith("/"):
@@ -59,8 +66,8 @@ def _zip_index(archive: Path) -> Dict[str, ImageSource]:
     return index
 
 
-def _folder_index(folder: Path) -> Dict[str, ImageSource]:
-    index: Dict[str, ImageSource] = {}
+def _folder_index(folder: Path) -> Dict[str, RowImage]:
+    index: Dict[str, RowImage] = {}
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()  # first match in a fixed order, whatever the file system lists first
         for name in sorted(filenames):

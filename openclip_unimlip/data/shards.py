@@ -88,7 +88,11 @@ class ZipMember:
     name: str
 
 
-ImageSource = Union[bytes, str, os.PathLike, ZipMember]
+# A converter's image as it found it: bytes in memory, a file path or a member of a zip archive
+# (``read_image_bytes`` reads each kind). Not ``evaluation.datasets.StoredImage``: that one points
+# into a dataset already written (a whole file or a byte range of an uncompressed tar) and is
+# decoded lazily, while a RowImage is read once, here, to be checked and copied into the shards.
+RowImage = Union[bytes, str, os.PathLike, ZipMember]
 
 
 @dataclass
@@ -101,7 +105,7 @@ class Row:
     """
     source: str
     key: str
-    image: ImageSource
+    image: RowImage
     caption: Optional[str]
     metadata: dict = field(default_factory=dict)
     split: Optional[str] = None
@@ -154,7 +158,7 @@ class RowCheck:
 class _Entry:
     key: str
     source: str
-    image: ImageSource
+    image: RowImage
     caption: str
     metadata: dict
     sha1: str
@@ -238,7 +242,7 @@ def normalize_caption(caption: Optional[str]) -> str:
     return " ".join(caption.split()) if isinstance(caption, str) else ""
 
 
-def read_image_bytes(image: ImageSource) -> bytes:
+def read_image_bytes(image: RowImage) -> bytes:
     """The encoded bytes of an image given as bytes, a file path or a zip member."""
     if isinstance(image, (bytes, bytearray)):
         return bytes(image)
@@ -254,7 +258,7 @@ def _open_zip(path: str, pid: int) -> zipfile.ZipFile:
     return zipfile.ZipFile(path)
 
 
-def _check_image(image: ImageSource) -> ImageCheck:
+def _check_image(image: RowImage) -> ImageCheck:
     try:
         data = read_image_bytes(image)
     except FileNotFoundError as exc:
@@ -314,7 +318,7 @@ def downscale(image: Image.Image, image_size: int) -> Image.Image:
     return F.resize(image, [image_size], interpolation=InterpolationMode.BICUBIC, antialias=True)
 
 
-def _check_images(images: List[ImageSource], workers: int, progress: bool) -> List[ImageCheck]:
+def _check_images(images: List[RowImage], workers: int, progress: bool) -> List[ImageCheck]:
     bar = dict(total=len(images), desc="checking images", unit="img", disable=not progress)
     if workers <= 1:
         return [_check_image(image) for image in tqdm(images, **bar)]

@@ -36,7 +36,7 @@ from sklearn.metrics import RocCurveDisplay, roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader
 
-from openclip_unimlip.evaluation.cxr_datasets import (
+from openclip_unimlip.data.chest_xray import (
     DEFAULT_PROTOCOL,
     SPLITS,
     CxrDataset,

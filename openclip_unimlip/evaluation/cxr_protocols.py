@@ -53,7 +53,7 @@ private subset, made-up data), the whole split is ours: a seeded 80/10/10 patien
 (:func:`patient_split_mask`). Which of the two was used is stated with the split
 (:attr:`CxrSettings.split_note`, recorded by ``describe``).
 
-NIH ChestX-ray14 in the benchmark (``apps/benchmark_tasks.DATASET_PROTOCOLS``) is split by NIH's
+NIH ChestX-ray14 in the benchmark (``studies/benchmark/tasks.DATASET_PROTOCOLS``) is split by NIH's
 own list files, ``"all14"``'s NIH rule, not by CheXclusion's pooled patient split:
 
 * Uni-Mlip sec. 4.2 takes its splits from ref. [15] ("we follow [15] for dataset splits"), whose
@@ -65,7 +65,7 @@ own list files, ``"all14"``'s NIH rule, not by CheXclusion's pooled patient spli
   ``"chexclusion"`` tests on).
 * NIH's ``train_val_list.txt`` / ``test_list.txt`` is the fixed, patient-disjoint split that
   anyone with the release reproduces: test is ``test_list.txt``, valid a seeded 5 % patient
-  holdout of ``train_val_list.txt`` (ours, ``cxr_datasets.DEFAULT_VALID_FRACTION``).
+  holdout of ``train_val_list.txt`` (ours, ``data.chest_xray.DEFAULT_VALID_FRACTION``).
 * The label set is the same 14 findings under both (CheXclusion NIH/dataset.py:27-41; [15]
   train.py:49-51), so Table 1's NIH rows and ours differ in the split only, and every split
   involved (theirs, ours) is fixed and patient-disjoint.

@@ -1,6 +1,6 @@
 """Evaluation inputs: image-caption pairs (webdataset shards or CSV), labelled images, sampling.
 
-Images are not decoded here. Each one is an `ImageSource` (a file, or a byte range inside an
+Images are not decoded here. Each one is a `StoredImage` (a file, or a byte range inside an
 uncompressed tar), so a whole test split can be indexed cheaply and only the sampled images
 are ever read.
 """
@@ -24,15 +24,21 @@ CSV_SUFFIXES = (".csv", ".tsv")
 
 
 @dataclass(frozen=True)
-class ImageSource:
-    """An encoded image: a whole file, or `size` bytes at `offset` inside an uncompressed tar."""
+class StoredImage:
+    """An encoded image: a whole file, or `size` bytes at `offset` inside an uncompressed tar.
+
+    Not `data.shards.RowImage`, a converter's input (bytes in memory, a path or a zip member) that
+    is read once to be checked and written: a StoredImage points into a dataset already written
+    (webdataset shards, a CSV's files, an image folder), is hashable and cheap, and is decoded only
+    when `open` is called, so a whole test split can be indexed without reading its images.
+    """
     path: str
     extension: str  # lower case, no dot: how the bytes are encoded
     offset: int = 0
     size: Optional[int] = None
 
     @classmethod
-    def from_file(cls, path: str) -> "ImageSource":
+    def from_file(cls, path: str) -> "StoredImage":
         return cls(str(path), Path(path).suffix.lstrip(".").lower())
 
     def read_bytes(self) -> bytes:
@@ -49,7 +55,7 @@ class ImageSource:
 @dataclass(frozen=True)
 class ImageTextPair:
     key: str
-    image: ImageSource
+    image: StoredImage
     caption: str
 
 
@@ -92,7 +98,7 @@ def _read_shard(path: str) -> List[ImageTextPair]:
             extension = extension.lower()
             keys[key] = None
             if extension in IMAGE_EXTENSIONS:
-                images[key] = ImageSource(path, extension, member.offset_data, member.size)
+                images[key] = StoredImage(path, extension, member.offset_data, member.size)
             elif extension == "txt":
                 captions[key] = tar.extractfile(member).read().decode("utf-8").strip()
     complete = [k for k in keys if k in images and captions.get(k)]
@@ -120,7 +126,7 @@ def load_pairs(
         frame = pd.read_csv(data, sep=csv_separator, keep_default_na=False, dtype=str)
         csv_dir = Path(data).parent
         pairs = [
-            ImageTextPair(str(row), ImageSource.from_file(_resolve_csv_path(path, csv_dir)), caption.strip())
+            ImageTextPair(str(row), StoredImage.from_file(_resolve_csv_path(path, csv_dir)), caption.strip())
             for row, (path, caption) in enumerate(zip(frame[csv_img_key], frame[csv_caption_key]))
         ]
         complete = [p for p in pairs if p.caption]
@@ -163,7 +169,7 @@ def sample_pairs(
 
 @dataclass(frozen=True)
 class LabelledImages:
-    images: List[ImageSource]
+    images: List[StoredImage]
     labels: List[int]
     classnames: List[str]  # index -> the label as found in the data
 
@@ -184,10 +190,10 @@ def load_labelled_images(
         names = list(frame[csv_label_key])
         classnames = sorted(set(names))
         index = {name: i for i, name in enumerate(classnames)}
-        images = [ImageSource.from_file(_resolve_csv_path(p, csv_dir)) for p in frame[csv_img_key]]
+        images = [StoredImage.from_file(_resolve_csv_path(p, csv_dir)) for p in frame[csv_img_key]]
         return LabelledImages(images, [index[n] for n in names], classnames)
     from torchvision.datasets import ImageFolder  # here: only folders need torchvision (and torch)
 
-    folder = ImageFolder(data)  # lists files only; images are read later through ImageSource
-    images = [ImageSource.from_file(path) for path, _ in folder.samples]
+    folder = ImageFolder(data)  # lists files only; images are read later through StoredImage
+    images = [StoredImage.from_file(path) for path, _ in folder.samples]
     return LabelledImages(images, [label for _, label in folder.samples], list(folder.classes))

@@ -6,11 +6,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from openclip_unimlip.evaluation.datasets import ImageSource
+from openclip_unimlip.evaluation.datasets import StoredImage
 
 
 class _ImageDataset(Dataset):
-    def __init__(self, images: Sequence[ImageSource], preprocess: Callable):
+    def __init__(self, images: Sequence[StoredImage], preprocess: Callable):
         self.images = images
         self.preprocess = preprocess
 
@@ -37,7 +37,7 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 def encode_images(
         model: torch.nn.Module,
         preprocess: Callable,
-        images: Sequence[ImageSource],
+        images: Sequence[StoredImage],
         batch_size: int = 64,
         device: Union[str, torch.device] = "cpu",
         num_workers: int = 0,
@@ -98,7 +98,7 @@ class _PooledMoments:
 def reestimate_batchnorm_statistics(
         image_tower: torch.nn.Module,
         preprocess: Callable,
-        images: Sequence[ImageSource],
+        images: Sequence[StoredImage],
         batch_size: int = 64,
         device: Union[str, torch.device] = "cpu",
 ) -> None:

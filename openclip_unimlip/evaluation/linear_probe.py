@@ -25,8 +25,8 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from openclip_unimlip.data.images import load_image
 from openclip_unimlip.evaluation.classification import ClassificationData, auc_report
-from openclip_unimlip.evaluation.cxr_datasets import load_image
 from openclip_unimlip.evaluation.finetune import autocast, image_transform
 
 DEFAULT_PROBE_C_GRID = (0.01, 0.1, 1.0, 10.0)  # ours: powers of ten around scikit-learn's default C = 1

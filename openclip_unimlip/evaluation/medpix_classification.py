@@ -44,9 +44,9 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from openclip_unimlip.data.images import load_image
 from openclip_unimlip.data.medpix import MEDPIX_SPLITS, MedpixImage, read_medpix
 from openclip_unimlip.evaluation.classification import auc_report
-from openclip_unimlip.evaluation.cxr_datasets import load_image
 from openclip_unimlip.evaluation.finetune import FitConfig, ImageClassifier, autocast, fit, image_transform
 from openclip_unimlip.evaluation.linear_probe import DEFAULT_PROBE_C_GRID, MAX_ITER, select_c
 

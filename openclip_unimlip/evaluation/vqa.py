@@ -50,6 +50,13 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import DataLoader
 
+from openclip_unimlip.data.vqa_releases import (
+    DEFAULT_VQA_RAD_SPLIT,
+    AnswerSet,
+    VqaDataset,
+    VqaSample,
+    read_vqa_split,
+)
 from openclip_unimlip.evaluation.finetune import (
     FitConfig,
     FitHistory,
@@ -58,13 +65,6 @@ from openclip_unimlip.evaluation.finetune import (
     image_transform,
     load_clip_model,
     probe_image_tower,
-)
-from openclip_unimlip.evaluation.vqa_datasets import (
-    DEFAULT_VQA_RAD_SPLIT,
-    AnswerSet,
-    VqaDataset,
-    VqaSample,
-    read_vqa_split,
 )
 
 NUM_LEARNABLE_TOKENS = 20
@@ -363,7 +363,7 @@ def load_vqa_data(
         vqa_rad_split: str = DEFAULT_VQA_RAD_SPLIT,
 ) -> VqaData:
     """Read and check the splits and build the answer set; ``limit`` keeps the first questions of
-    each; ``vqa_rad_split`` is VQA-RAD's training set (``evaluation.vqa_datasets``)."""
+    each; ``vqa_rad_split`` is VQA-RAD's training set (``data.vqa_releases``)."""
     def read(split: str) -> list[VqaSample]:
         samples = read_vqa_split(dataset, root, split, language, vqa_rad_split=vqa_rad_split)[:limit]
         if not samples:

@@ -1,4 +1,7 @@
-"""All cross-rank communication of the losses, in one place.
+"""All cross-rank communication of the losses, in one place: ``gather_batch`` (one collective for
+every tensor a loss term contrasts), ``all_reduce_sum``, ``GatheringLoss`` (the MLIP losses' base,
+with the same global-batch semantics as the Uni-Mlip loss), ``terms_or_total`` (OpenCLIP's loss
+contract), ``distributed_flags`` (the settings from OpenCLIP's args) and the ``--local-loss`` refusal.
 
 Every feature a loss term contrasts is gathered in a single collective: the tensors are
 packed side by side ([B, D1 + D2 + ...]), gathered once and split again, instead of one
@@ -7,10 +10,10 @@ all_gather per tensor as in OpenCLIP's ``gather_features``. Semantics follow it:
 features); otherwise the gathered copy carries no gradient, except this rank's own slice,
 which sits in slot ``rank`` of the gathered batch.
 
-``global_gradient`` (used by the Uni-Mlip loss, see ``unimlip/loss.py``) makes the no-gradient
-gather exact for a loss that every rank computes over the *whole* gathered batch: each rank
-then holds only ``dL/dx`` for its own rows, while DDP divides the summed parameter gradient
-by the world size, so the own slice's gradient is multiplied by ``world_size`` (value
+``global_gradient`` (used by the Uni-Mlip loss, see ``unimlip/loss.py``, and by ``GatheringLoss``)
+makes the no-gradient gather exact for a loss that every rank computes over the *whole* gathered
+batch: each rank then holds only ``dL/dx`` for its own rows, while DDP divides the summed parameter
+gradient by the world size, so the own slice's gradient is multiplied by ``world_size`` (value
 unchanged). DDP's average then equals the gradient of the loss on the global batch, as
 ``with_grad`` gives it (there every rank's copy of ``dL/dx`` is summed by the backward
 all_gather).

@@ -1,5 +1,9 @@
-"""Tensor operations the recipes share (today the two MLIP recipes use them): patch masking, ViT passes over a patch
-subset, sentence pooling, entropic transport plans and SwAV codes.
+"""Tensor operations the recipes share: patch masking and MAE pixel targets (``random_patch_mask``,
+``keep_mask``, ``gather_tokens``, ``patchify``, ``normalize_patches``), ViT passes over a patch subset
+(``vit_tokens``, ``project_tokens``), sentence pooling (``sentence_boundaries``, ``sentence_segments``,
+``pool_sentences``), entropic transport plans (``sinkhorn_plan``), SwAV codes (``swav_codes``) and
+contrastive logits (``info_nce``; ``paired_logits``, which the Uni-Mlip loss uses too). The two MLIP
+recipes use the rest.
 
 See docs/methods/mlip-liu.md and mlip-li.md for which of these the papers state and which are ours.
 """

@@ -2,10 +2,10 @@
 
 Loading needs no API of ours: ``patches.py`` makes OpenCLIP's factory build the recipe's class
 for any config carrying a recipe key (``build_custom_text_model``), whatever the name's schema.
-An exported config (``openclip_unimlip.export``) names text towers by their hub id, never by a
-path of the exporting machine; at load time they are resolved to local copies exactly as for the
-built-in names (``text_models.resolve_text_model``), and a file a recipe keeps beside its config
-(``Recipe.portable_files``) is fetched from beside it.
+An exported config (``openclip_unimlip.export``, the ``unimlip-export`` command) names text towers by
+their hub id, never by a path of the exporting machine; at load time they are resolved to local
+copies exactly as for the built-in names (``text_models.resolve_text_model``), and a file a recipe
+keeps beside its config (``Recipe.portable_files``) is fetched from beside it.
 """
 import inspect
 from pathlib import Path
@@ -123,8 +123,8 @@ def weights_mismatch_message(model, checkpoint_path: str) -> str:
                      + ")")
     return (f"The weights in {checkpoint_path} do not fit the {type(model).__name__} model its config describes: "
             f"{'; '.join(parts) or 'they differ'}. They were saved from another model config (e.g. trained with "
-            "other recipe flags): export the run's checkpoint again with scripts/export_hf.py, which reads "
-            "the flags from its params.txt.")
+            "other recipe flags): export the run's checkpoint again with unimlip-export (scripts/export_hf.py), "
+            "which reads the flags from its params.txt.")
 
 
 def resolving_hf_tokenizer(tokenizer_name, *args, **kwargs):

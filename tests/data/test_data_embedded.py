@@ -127,7 +127,7 @@ import json, sys, tarfile
 from pathlib import Path
 for name in ("pytest", "_pytest", "clip_benchmark", "requests"):  # the [test] extra
     sys.modules[name] = None  # import raises ImportError, as when not installed
-import openclip_unimlip.apps.ablation, openclip_unimlip.apps.demo
+import openclip_unimlip.commands.ablation, openclip_unimlip.commands.demo
 from openclip_unimlip.data.embedded import ensure_embedded_dataset
 built = ensure_embedded_dataset(sys.argv[1], num_samples=60, image_size=32, shard_size=30, formats="webdataset")
 tars = [tarfile.open(shard) for shard in sorted(Path(sys.argv[1]).glob("*/*.tar"))]

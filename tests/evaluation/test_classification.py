@@ -15,7 +15,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from openclip_unimlip.evaluation.classification import auc_report, fine_tune_classifier, load_classification_data
-from openclip_unimlip.evaluation.cxr_datasets import load_image, read_cxr_split
+from openclip_unimlip.data.chest_xray import read_cxr_split
+from openclip_unimlip.data.images import load_image
 from openclip_unimlip.evaluation.finetune import FitConfig, build_image_classifier, fit, image_transform
 
 MODEL = "unimlip-cls-test"
@@ -161,7 +162,7 @@ def test_bad_inputs_fail_before_training(nih_root: Path, tmp_path: Path):
 
 def _load_script(name: str):
     """The CLI module behind ``scripts/<name>.py`` (a shim over it, as the console command)."""
-    return importlib.import_module(f"openclip_unimlip.apps.{name}")
+    return importlib.import_module(f"openclip_unimlip.commands.{name}")
 
 
 def test_script_writes_results_and_rejects_bad_input(nih_root: Path, tmp_path: Path, capsys):

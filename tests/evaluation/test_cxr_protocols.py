@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from openclip_unimlip.apps.benchmark_tables import _split_note
-from openclip_unimlip.evaluation.cxr_datasets import read_chexpert, read_cxr_split, read_mimic_cxr, read_nih
+from openclip_unimlip.data.chest_xray import read_chexpert, read_cxr_split, read_mimic_cxr, read_nih
 from openclip_unimlip.evaluation.cxr_protocols import CHEXCLUSION_TEST_PATIENTS_FILE, HOLDOUT_SEED
+from openclip_unimlip.studies.benchmark.tables import _split_note
 
 BLANK = ""
 
@@ -463,7 +463,7 @@ def test_bad_combinations_stop_with_one_message(chexpert_root: Path, nih_root: P
 
 def _load_script():
     """The CLI module behind ``scripts/finetune_classification.py``."""
-    return importlib.import_module("openclip_unimlip.apps.finetune_classification")
+    return importlib.import_module("openclip_unimlip.commands.finetune_classification")
 
 
 def test_script_refuses_bad_combinations_before_training(nih_root: Path, tmp_path: Path, capsys):

@@ -10,7 +10,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from openclip_unimlip.apps import eval_retrieval, export_clip_benchmark
+from openclip_unimlip.commands import eval_retrieval, export_clip_benchmark
 from openclip_unimlip.evaluation.clip_benchmark_export import clip_benchmark_eval_args, from_clip_benchmark_metrics
 from openclip_unimlip.evaluation.datasets import load_pairs, sample_indices, sample_pairs
 from openclip_unimlip.evaluation.retrieval import (
@@ -283,7 +283,7 @@ def test_clip_benchmark_cli_agrees(tiny_model, pair_data, sampled_features, tmp_
 def test_batchnorm_statistics_reestimated_on_clean_images(tmp_path):
     """Precise BN: every BatchNorm's running mean becomes the exact mean of its inputs over the
     given images (two equal batches), and the weights are untouched."""
-    from openclip_unimlip.evaluation.datasets import ImageSource
+    from openclip_unimlip.evaluation.datasets import StoredImage
     from openclip_unimlip.evaluation.features import reestimate_batchnorm_statistics
 
     rng = np.random.default_rng(0)
@@ -291,7 +291,7 @@ def test_batchnorm_statistics_reestimated_on_clean_images(tmp_path):
     for i in range(8):
         path = tmp_path / f"{i}.png"
         Image.fromarray(rng.integers(0, 255, (120, 100, 3), dtype=np.uint8)).save(path)
-        sources.append(ImageSource.from_file(str(path)))
+        sources.append(StoredImage.from_file(str(path)))
     torch.manual_seed(0)
     tiny_model = open_clip.create_model("unimlip-tiny")
     preprocess = open_clip.image_transform(96, is_train=False)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from openclip_unimlip.evaluation import classification, vqa
 from openclip_unimlip.evaluation.finetune import FitConfig, fit
-from openclip_unimlip.evaluation.vqa_datasets import AnswerSet, VqaSample
+from openclip_unimlip.data.vqa_releases import AnswerSet, VqaSample
 
 CPU = torch.device("cpu")
 MODEL = "unimlip-vqa-pin"

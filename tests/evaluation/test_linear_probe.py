@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from openclip_unimlip.evaluation.classification import ClassificationData
-from openclip_unimlip.evaluation.cxr_datasets import CxrSplit
+from openclip_unimlip.data.chest_xray import CxrSplit
 from openclip_unimlip.evaluation.finetune import image_transform
 from openclip_unimlip.evaluation.linear_probe import (
     DEFAULT_PROBE_C_GRID,

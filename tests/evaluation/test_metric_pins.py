@@ -12,7 +12,7 @@ from PIL import Image
 from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
-from openclip_unimlip.evaluation.datasets import ImageSource, LabelledImages, sample_indices, sample_pairs
+from openclip_unimlip.evaluation.datasets import LabelledImages, StoredImage, sample_indices, sample_pairs
 from openclip_unimlip.evaluation.retrieval import positive_ranks, retrieval_metrics
 from openclip_unimlip.evaluation.vqa import vqa_accuracy
 from openclip_unimlip.evaluation.zero_shot import run_zero_shot, zero_shot_metrics
@@ -112,7 +112,7 @@ def test_zero_shot_scores_clip_benchmarks_logits(tmp_path):
     levels = [40 + 80 * c + 9 * i for c in range(3) for i in range(6)]
     labels = [c for c in range(3) for _ in range(6)]
     paths = _write_images(tmp_path / "images", levels)
-    dataset = LabelledImages([ImageSource.from_file(p) for p in paths], labels, classnames)
+    dataset = LabelledImages([StoredImage.from_file(p) for p in paths], labels, classnames)
     ours = run_zero_shot(model, preprocess, tokenizer, dataset, templates=templates, classnames=classnames,
                          batch_size=8)["metrics"]
 
@@ -141,7 +141,7 @@ def _chance_by_enumeration(num_candidates: int, k: int) -> float:
 def test_chance_recall_is_that_of_a_random_ranking(tmp_path):
     """The demo's and the ablation's chance line (experiment.evaluate_checkpoint) is R@K of a random
     ranking of the N evaluated pairs: K/N, and 1 once K >= N (7 pairs: R@10 is certain)."""
-    from openclip_unimlip.apps.experiment import evaluate_checkpoint
+    from openclip_unimlip.studies.experiment import evaluate_checkpoint
 
     num_pairs = 7
     paths = _write_images(tmp_path / "images", [30 * i for i in range(num_pairs)])

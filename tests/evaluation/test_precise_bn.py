@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from openclip_unimlip.evaluation.datasets import ImageSource
+from openclip_unimlip.evaluation.datasets import StoredImage
 from openclip_unimlip.evaluation.features import reestimate_batchnorm_statistics
 
 NUM_IMAGES, BATCH_SIZE = 14, 6  # batches of 6, 6 and 2: a short last batch
@@ -30,7 +30,7 @@ def setup(tmp_path_factory):
         # images of different brightness: the batches' means differ, so the between-batch variance matters
         pixels = rng.integers(0, 256, (120, 100, 3)) * (0.3 + 0.7 * i / NUM_IMAGES)
         Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
-        sources.append(ImageSource.from_file(str(folder / f"{i}.png")))
+        sources.append(StoredImage.from_file(str(folder / f"{i}.png")))
     preprocess = open_clip.image_transform(96, is_train=False)
     torch.manual_seed(0)
     tower = open_clip.create_model("unimlip-tiny").visual

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from openclip_unimlip.evaluation.finetune import FitConfig, image_transform
-from openclip_unimlip.evaluation.cxr_datasets import load_image
+from openclip_unimlip.data.images import load_image
 from openclip_unimlip.evaluation.vqa import (
     DEFAULT_ENCODER_LR,
     DEFAULT_FUSION_LR,
@@ -24,7 +24,7 @@ from openclip_unimlip.evaluation.vqa import (
     parameter_groups,
     vqa_accuracy,
 )
-from openclip_unimlip.evaluation.vqa_datasets import (
+from openclip_unimlip.data.vqa_releases import (
     AnswerSet,
     VqaDataset,
     VqaSample,
@@ -355,7 +355,7 @@ def test_bad_inputs_fail_before_training(vqa_rad_root: Path, slake_root: Path):
 
 def _load_script(name: str):
     """The CLI module behind ``scripts/<name>.py`` (a shim over it, as the console command)."""
-    return importlib.import_module(f"openclip_unimlip.apps.{name}")
+    return importlib.import_module(f"openclip_unimlip.commands.{name}")
 
 
 def test_script_on_vqa_rad_trains_without_validation(vqa_rad_root: Path, slake_root: Path, tmp_path: Path, capsys):

@@ -23,8 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
+from openclip_unimlip.commands.export import main as export_main
 from openclip_unimlip.export import export_checkpoint
-from openclip_unimlip.export import main as export_main
 from openclip_unimlip.seam.hub import UnknownRecipe, WeightsDoNotFit
 
 from paths import TESTS  # noqa: E402

@@ -160,7 +160,7 @@ def _slurm_flags(monkeypatch):
     """--local-loss / --gather-with-grad as the SLURM launchers pass them, parsed by OpenCLIP."""
     from open_clip_train.params import parse_args
 
-    from openclip_unimlip.apps import slurm
+    from openclip_unimlip.studies.pretraining import slurm
     from openclip_unimlip.seam import patches
 
     monkeypatch.setattr(patches, "_training_run", None)  # parsing records options process-wide
