@@ -7,7 +7,6 @@ classes below are imported lazily so ``import openclip_unimlip`` stays cheap.
 - `seam`: the only code that touches OpenCLIP (autoload, patches, ``hf-hub:``/``local-dir:`` loading).
 - `recipes`: the recipe registry, the three recipes (``unimlip``, ``mlip_liu``, ``mlip_li``) and what
   they share.
-- `train`: ``python -m openclip_unimlip.train``, open_clip_train with the plugin active.
 - `data`: every dataset: converters and the shard writer, the embedded demo dataset, the downstream
   releases and their images.
 - `evaluation`: protocols, downstream models and metrics.

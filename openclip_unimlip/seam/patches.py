@@ -311,7 +311,7 @@ def patch_train(train) -> None:
 
 
 def install_all() -> None:
-    """Patch every target now (for ``python -m openclip_unimlip.train`` or when the .pth is disabled)."""
+    """Patch every target now (for ``python -m openclip_unimlip.commands.train`` or when the .pth is disabled)."""
     check_openclip_version()
     import open_clip
     import open_clip_train.params
@@ -323,4 +323,4 @@ def install_all() -> None:
     main = sys.modules.get("open_clip_train.main")
     if main is not None and not hasattr(main.create_loss, "__wrapped__"):
         raise RuntimeError("open_clip_train.main was imported before the openclip-unimlip patches: it holds the stock "
-                           "factories. Import openclip_unimlip (or run python -m openclip_unimlip.train) first.")
+                           "factories. Import openclip_unimlip (or run python -m openclip_unimlip.commands.train) first.")

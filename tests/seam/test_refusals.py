@@ -60,14 +60,14 @@ def test_simclr_mlp_head_with_a_late_start_stops_before_the_run_folder(tmp_path)
 def test_patches_imported_too_late_stop_before_the_trainer(tmp_path):
     logs = tmp_path / "logs"
     program = ("import sys, open_clip_train.main\n"
-               "from openclip_unimlip.train import main\n"
+               "from openclip_unimlip.commands.train import main\n"
                f"main({trainer_args(logs, 'late-import')!r})\n")
     # with the .pth opted out, OpenCLIP's trainer binds its stock factories before the patches exist
     result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True,
                             env={**ENV, "OPENCLIP_UNIMLIP_DISABLE": "1"}, timeout=600)
     assert result.returncode != 0
     assert ("RuntimeError: open_clip_train.main was imported before the openclip-unimlip patches: it holds the stock "
-            "factories. Import openclip_unimlip (or run python -m openclip_unimlip.train) first.") in result.stderr
+            "factories. Import openclip_unimlip (or run python -m openclip_unimlip.commands.train) first.") in result.stderr
     assert not logs.exists()  # nothing started
 
 

@@ -167,7 +167,7 @@ def test_csv_and_synthetic_through_the_explicit_entry_point(tmp_path):
     for kind, data in (("csv", ["--train-data", str(table), "--csv-img-key", "filepath"]),
                        ("synthetic", ["--train-num-samples", "16"])):
         # one epoch from scratch has no room for the warm-up before frozen statistics: keep them updating
-        result = run([sys.executable, "-m", "openclip_unimlip.train", "--dataset-type", kind, *data,
+        result = run([sys.executable, "-m", "openclip_unimlip.commands.train", "--dataset-type", kind, *data,
                       *common_args(tmp_path / "logs", kind, epochs=1), "--workers", "0", "--unimlip-no-bn-freeze"],
                      tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]

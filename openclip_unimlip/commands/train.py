@@ -1,5 +1,6 @@
-"""``python -m openclip_unimlip.train <open_clip_train args>``: the explicit equivalent of
-``python -m open_clip_train.main`` with the plugin active (also when its .pth is disabled)."""
+"""``unimlip-train <open_clip_train args>`` (or ``python -m openclip_unimlip.commands.train``): the
+explicit equivalent of ``python -m open_clip_train.main`` with the plugin active (also when its .pth
+is disabled)."""
 import sys
 from typing import Optional, Sequence
 
@@ -13,5 +14,9 @@ def main(argv: Optional[Sequence[str]] = None):
     return openclip_main(list(sys.argv[1:] if argv is None else argv))
 
 
-if __name__ == "__main__":
+def cli() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()
