@@ -2,8 +2,9 @@
 downstream releases read in their own layouts.
 
 - `shards`: the resumable writer every converter shares (``write_dataset``), its row checks.
-- `pmcoa`, `roco`, `medpix`: PMC-OA, ROCO and MedPix 2.0 turned into rows for it (``medpix`` also
-  reads the release for downstream tasks).
+- `pmcoa`: PMC-OA (both releases' layouts) turned into rows for it.
+- `roco`: ROCO's release layout turned into rows for it.
+- `medpix`: MedPix 2.0 turned into rows for it, and its release read for downstream tasks.
 - `embedded`: the embedded demo dataset, built offline from a seed.
 - `near_duplicates`: perceptual near-duplicates between a pre-training set and a test set.
 - `chest_xray`: CheXpert, MIMIC-CXR(-JPG) and NIH ChestX-ray14 readers (splits, labels).
