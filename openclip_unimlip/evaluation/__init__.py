@@ -9,7 +9,6 @@ Names are imported on first use, so importing this package costs nothing (no tor
 - `datasets`: loading image-caption pairs or labelled images (shards, CSV, folders), sampling.
 - `features`: batched, L2-normalised image and text embeddings.
 - `finetune`: the fine-tuning kit the downstream tasks share (model loading, transforms, head, loop).
-- `cxr_protocols`: named chest X-ray protocols (labels, uncertainty mapping, views, split).
 - `classification`: chest X-ray fine-tuning and macro AUC (Table 1).
 - `linear_probe`: logistic regression on a frozen image tower's embeddings.
 - `medpix_classification`: MedPix 2.0's own labels, fine-tuned and probed (a Table 1 stand-in).
