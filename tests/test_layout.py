@@ -1,4 +1,4 @@
-"""The package's shape (README, "Development"): every module imports, each recipe is a peer
+"""The package's shape (README, "Layout"; docs/development.md): every module imports, each recipe is a peer
 sub-package of ``recipes/`` holding its own model class and loss factory, the public names
 users import resolve to the recipe's modules, and the developer tooling (``tools/``) stays out
 of the installed package."""

@@ -6,7 +6,7 @@ numbers (issue 26):
   continues, and OpenCLIP's own ``RN50.json`` (the modified ResNet-50), built here by OpenCLIP;
 - ``mlip-liu-vitb16``: MaCo (SZUHvern/MaCo 7f64d95) and OpenCLIP's ``ViT-B-16.json``;
 - ``mlip-li-vitb16``: MGCA (HKU-MedAI/MGCA 680fe4a) and OpenCLIP's ``ViT-B-16.json``;
-- the tiny configs: the README's and docs' model tables, which are their only source.
+- the tiny configs: the model tables of docs/methods/, which are their only source.
 
 The source values are transcribed below with their file and line. The large text towers are not
 downloaded: a random BERT-base stands in for them (their names are compared as strings); the
@@ -201,7 +201,7 @@ def test_mlip_li_section_defaults_are_mgcas_and_the_docs():
         float(documented[k]) for k in ("divergence_temperature", "divergence_image_keep", "sinkhorn_tolerance"))
 
 
-# ----- the tiny configs: the README's and docs' model tables ----------------------------------------
+# ----- the tiny configs: the model tables of docs/methods/ ------------------------------------------
 def _table_row(path: Path, name: str) -> str:
     (row,) = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith(f"| `{name}` |")]
     return row
@@ -211,8 +211,8 @@ def _numbers(text: str) -> list:
     return [int(n) for n in re.findall(r"\d+", text)]
 
 
-def test_unimlip_tiny_is_the_readme_row():
-    row = _table_row(REPO / "README.md", "unimlip-tiny")
+def test_unimlip_tiny_is_the_docs_row():
+    row = _table_row(REPO / "docs" / "methods" / "unimlip.md", "unimlip-tiny")
     # "ModifiedResNet [1,1,1,1] width 16, 96 px, embed 256 | all-MiniLM-L6-v2 (shipped on PyPI) | ... DropBlock 1×1 ..."
     image, text, use = row.split("|")[2:5]
     stages, width, size, embed = _numbers(image)[:4], *_numbers(image)[4:7]

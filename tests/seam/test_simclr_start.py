@@ -145,7 +145,7 @@ def _first_launch(trainer, tmp_path, *argv):
 def test_a_resumed_run_keeps_the_start_of_its_first_launch(trainer, tmp_path):
     assert _first_launch(trainer, tmp_path).unimlip_simclr_start_epoch == 2
     run = ["--logs", str(tmp_path), "--name", "run"]
-    # a longer run (README: "--epochs 8 --resume latest") would derive 4: the first launch's 2 stays
+    # a longer run (docs/training.md: "--epochs 8 --resume latest") would derive 4: the first launch's 2 stays
     assert _parse(trainer, *run, "--epochs", "8", "--resume", "latest").unimlip_simclr_start_epoch == 2
     assert _parse(trainer, *run, "--epochs", "8").unimlip_simclr_start_epoch == 4  # a new run derives afresh
     by_path = str(tmp_path / "run" / "checkpoints" / "epoch_3.pt")  # OpenCLIP's layout; the file need not exist
