@@ -5,12 +5,14 @@ of the installed package."""
 import ast
 import importlib
 import pkgutil
+
 import tomllib
 
 import openclip_unimlip
 from openclip_unimlip.recipes import RECIPES
 
 from paths import REPO  # noqa: E402
+
 PACKAGE = REPO / "openclip_unimlip"
 TOOLS = ("mutation", "bench", "bench_data", "gpu_check",  # the harness, the two benchmarks, the GPU check,
          "chexclusion_test_lists")  # the generator of a vendored data file

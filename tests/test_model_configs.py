@@ -40,7 +40,8 @@ PMC_CLIP_RN50_FUSION4 = {"embed_dim": 768, "image_size": 224, "layers": [3, 4, 6
                          "context_length": 77, "text_width": 768, "heads": 8, "fusion_layers": 4,
                          "bert_model_name": "microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract-fulltext"}
 PMC_CLIP_HEAD_WIDTH = 64  # src/pmc_clip/model/config.py CLIPVisionCfg.head_width (l.11), not set by the JSON
-PMC_CLIP_MLP_RATIO = 4.0  # src/pmc_clip/model/blocks.py Transformer(mlp_ratio=4.0) l.369, not set by pmc_clip.py l.115-119
+# src/pmc_clip/model/blocks.py Transformer(mlp_ratio=4.0) l.369, not set by pmc_clip.py l.115-119
+PMC_CLIP_MLP_RATIO = 4.0
 
 
 def _config(name: str) -> dict:
@@ -154,7 +155,8 @@ def test_mlip_liu_vitb16_is_macos_run_on_openclips_vit_b16(bert_base_dir):
 
 def test_mlip_liu_section_defaults_are_macos():
     cfg = LiuCfg()
-    assert {k: getattr(cfg, k) for k in MACO if k != "temperature"} == {k: v for k, v in MACO.items() if k != "temperature"}
+    maco_without_temperature = {k: v for k, v in MACO.items() if k != "temperature"}
+    assert {k: getattr(cfg, k) for k in maco_without_temperature} == maco_without_temperature
     assert cfg == LiuCfg.from_dict(_config("mlip-liu-vitb16")["mlip_liu_cfg"])  # the JSON spells the defaults out
 
 
@@ -194,8 +196,8 @@ def test_mlip_li_section_defaults_are_mgcas_and_the_docs():
         MGCA["sinkhorn_iterations"], MGCA["freeze_prototypes_epochs"], MGCA["attention_percentiles"])
     # ours, docs/methods/mlip-li.md's hyper-parameter table: divergence at 0.1 over half the patches
     table = (REPO / "docs" / "methods" / "mlip-li.md").read_text(encoding="utf-8")
-    documented = dict(re.findall(r"^\| `(divergence_temperature|divergence_image_keep|sinkhorn_tolerance)` \| ([0-9.]+)",
-                                 table, flags=re.M))
+    documented = dict(re.findall(
+        r"^\| `(divergence_temperature|divergence_image_keep|sinkhorn_tolerance)` \| ([0-9.]+)", table, flags=re.M))
     assert documented == {"divergence_temperature": "0.1", "divergence_image_keep": "0.5", "sinkhorn_tolerance": "0"}
     assert (cfg.divergence_temperature, cfg.divergence_image_keep, cfg.sinkhorn_tolerance) == tuple(
         float(documented[k]) for k in ("divergence_temperature", "divergence_image_keep", "sinkhorn_tolerance"))

@@ -57,7 +57,6 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from openclip_unimlip.data.images import load_image
 from openclip_unimlip.data.cxr_protocols import (  # noqa: F401  (re-exported)
     CHEXPERT_COMPETITION_LABELS,
     CHEXPERT_LABELS,
@@ -75,6 +74,7 @@ from openclip_unimlip.data.cxr_protocols import (  # noqa: F401  (re-exported)
     patient_split_mask,
     resolve_settings,
 )
+from openclip_unimlip.data.images import load_image
 
 SPLITS = ("train", "valid", "test")
 DEFAULT_VALID_FRACTION = 0.05

@@ -59,7 +59,8 @@ TABLE1 = (
 )
 
 
-def _table2(method: str, row: str, vqa_rad: Tuple[float, float, float], slake: Tuple[float, float, float]) -> ReportedRow:
+def _table2(method: str, row: str, vqa_rad: Tuple[float, float, float],
+            slake: Tuple[float, float, float]) -> ReportedRow:
     return ReportedRow(method, "Table 2", row, {"vqa-rad": vqa_rad, "slake": slake})
 
 

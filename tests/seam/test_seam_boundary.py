@@ -50,7 +50,8 @@ def test_no_seam_module_names_a_recipe():
         tree = ast.parse(path.read_text())
         code = [n for n in ast.walk(tree) if isinstance(n, (ast.Constant, ast.Name, ast.Attribute))]
         for node in code:
-            text = node.value if isinstance(node, ast.Constant) else node.id if isinstance(node, ast.Name) else node.attr
+            text = (node.value if isinstance(node, ast.Constant) else node.id if isinstance(node, ast.Name)
+                    else node.attr)
             if isinstance(text, str) and not _is_docstring(tree, node):
                 assert not any(name in text for name in names), (path.name, text)
 
