@@ -4,15 +4,15 @@ Installing the package registers the ``unimlip-*`` model configs in OpenCLIP and
 ``open_clip_train`` (see ``openclip_unimlip.seam.patches``); nothing needs importing. The public
 classes below are imported lazily so ``import openclip_unimlip`` stays cheap.
 
-- `seam`: the only code that touches OpenCLIP (autoload, patches, ``hf-hub:``/``local-dir:`` loading).
-- `recipes`: the recipe registry, the three recipes (``unimlip``, ``mlip_liu``, ``mlip_li``) and what
+- `seam/`: the only code that touches OpenCLIP (autoload, patches, ``hf-hub:``/``local-dir:`` loading).
+- `recipes/`: the recipe registry, the three recipes (``unimlip``, ``mlip_liu``, ``mlip_li``) and what
   they share.
-- `data`: every dataset: converters and the shard writer, the embedded demo dataset, the downstream
+- `data/`: every dataset: converters and the shard writer, the embedded demo dataset, the downstream
   releases and their images.
-- `evaluation`: protocols, downstream models and metrics.
-- `studies`: the experiments (benchmark, ablation, demo, real-data downstream, pre-training runs and
+- `evaluation/`: protocols, downstream models and metrics.
+- `studies/`: the experiments (benchmark, ablation, demo, real-data downstream, pre-training runs and
   the Slurm launcher) and their statistics.
-- `commands`: the ``unimlip-*`` console commands, one thin module each.
+- `commands/`: the ``unimlip-*`` console commands, one thin module each.
 - `export`: a checkpoint exported the way OpenCLIP shares models.
 """
 import importlib

@@ -120,7 +120,7 @@ def model_card(recipe: Recipe, config: dict, name: str, params: Dict[str, Any], 
         f"model, preprocess = open_clip.create_model_from_pretrained('{reference}')\n"
         f"tokenizer = open_clip.get_tokenizer('{reference}')\n```\n\n"
         f"The text tower `{text_tower}` is loaded from the Hugging Face cache or a local copy "
-        "(see the openclip-unimlip README, \"Text tower offline\").\n")
+        "(see openclip-unimlip's docs/training.md, \"Text towers offline\").\n")
     return {
         "tags": ("clip", "openclip-unimlip", recipe.config_key.removesuffix("_cfg").replace("_", "-"), "medical"),
         "license": license,

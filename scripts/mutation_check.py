@@ -23,7 +23,8 @@ from tools import mutation  # noqa: E402
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mutations", type=Path, default=ROOT / "tests" / "mutations",
-                        help="a TOML list of breaks, or a folder of them (default: tests/mutations/, one file per area)")
+                        help="a TOML list of breaks, or a folder of them "
+                             "(default: tests/mutations/, one file per area)")
     parser.add_argument("--root", type=Path, default=ROOT, help="source tree to copy (default: this checkout)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="check only these breaks")
     parser.add_argument("--sanity", action="store_true", help="only run the unmutated copy on the breaks' tests")

@@ -6,8 +6,8 @@ The model is the RN50 image tower with a randomly initialised BERT-base of Biome
 import pytest
 import torch
 
-from openclip_unimlip.recipes.unimlip.loss import UniMlipLoss
 from openclip_unimlip.recipes.unimlip.config import TERMS
+from openclip_unimlip.recipes.unimlip.loss import UniMlipLoss
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

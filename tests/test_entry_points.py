@@ -8,9 +8,9 @@ import importlib
 import inspect
 import runpy
 import sys
-import tomllib
 
 import pytest
+import tomllib
 
 from paths import REPO  # noqa: E402
 

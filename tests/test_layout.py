@@ -1,16 +1,18 @@
-"""The package's shape (README, "Development"): every module imports, each recipe is a peer
+"""The package's shape (README, "Layout"; docs/development.md): every module imports, each recipe is a peer
 sub-package of ``recipes/`` holding its own model class and loss factory, the public names
 users import resolve to the recipe's modules, and the developer tooling (``tools/``) stays out
 of the installed package."""
 import ast
 import importlib
 import pkgutil
+
 import tomllib
 
 import openclip_unimlip
 from openclip_unimlip.recipes import RECIPES
 
 from paths import REPO  # noqa: E402
+
 PACKAGE = REPO / "openclip_unimlip"
 TOOLS = ("mutation", "bench", "bench_data", "gpu_check",  # the harness, the two benchmarks, the GPU check,
          "chexclusion_test_lists")  # the generator of a vendored data file

@@ -6,7 +6,7 @@ numbers (issue 26):
   continues, and OpenCLIP's own ``RN50.json`` (the modified ResNet-50), built here by OpenCLIP;
 - ``mlip-liu-vitb16``: MaCo (SZUHvern/MaCo 7f64d95) and OpenCLIP's ``ViT-B-16.json``;
 - ``mlip-li-vitb16``: MGCA (HKU-MedAI/MGCA 680fe4a) and OpenCLIP's ``ViT-B-16.json``;
-- the tiny configs: the README's and docs' model tables, which are their only source.
+- the tiny configs: the model tables of docs/methods/, which are their only source.
 
 The source values are transcribed below with their file and line. The large text towers are not
 downloaded: a random BERT-base stands in for them (their names are compared as strings); the
@@ -40,7 +40,8 @@ PMC_CLIP_RN50_FUSION4 = {"embed_dim": 768, "image_size": 224, "layers": [3, 4, 6
                          "context_length": 77, "text_width": 768, "heads": 8, "fusion_layers": 4,
                          "bert_model_name": "microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract-fulltext"}
 PMC_CLIP_HEAD_WIDTH = 64  # src/pmc_clip/model/config.py CLIPVisionCfg.head_width (l.11), not set by the JSON
-PMC_CLIP_MLP_RATIO = 4.0  # src/pmc_clip/model/blocks.py Transformer(mlp_ratio=4.0) l.369, not set by pmc_clip.py l.115-119
+# src/pmc_clip/model/blocks.py Transformer(mlp_ratio=4.0) l.369, not set by pmc_clip.py l.115-119
+PMC_CLIP_MLP_RATIO = 4.0
 
 
 def _config(name: str) -> dict:
@@ -154,7 +155,8 @@ def test_mlip_liu_vitb16_is_macos_run_on_openclips_vit_b16(bert_base_dir):
 
 def test_mlip_liu_section_defaults_are_macos():
     cfg = LiuCfg()
-    assert {k: getattr(cfg, k) for k in MACO if k != "temperature"} == {k: v for k, v in MACO.items() if k != "temperature"}
+    maco_without_temperature = {k: v for k, v in MACO.items() if k != "temperature"}
+    assert {k: getattr(cfg, k) for k in maco_without_temperature} == maco_without_temperature
     assert cfg == LiuCfg.from_dict(_config("mlip-liu-vitb16")["mlip_liu_cfg"])  # the JSON spells the defaults out
 
 
@@ -194,14 +196,14 @@ def test_mlip_li_section_defaults_are_mgcas_and_the_docs():
         MGCA["sinkhorn_iterations"], MGCA["freeze_prototypes_epochs"], MGCA["attention_percentiles"])
     # ours, docs/methods/mlip-li.md's hyper-parameter table: divergence at 0.1 over half the patches
     table = (REPO / "docs" / "methods" / "mlip-li.md").read_text(encoding="utf-8")
-    documented = dict(re.findall(r"^\| `(divergence_temperature|divergence_image_keep|sinkhorn_tolerance)` \| ([0-9.]+)",
-                                 table, flags=re.M))
+    documented = dict(re.findall(
+        r"^\| `(divergence_temperature|divergence_image_keep|sinkhorn_tolerance)` \| ([0-9.]+)", table, flags=re.M))
     assert documented == {"divergence_temperature": "0.1", "divergence_image_keep": "0.5", "sinkhorn_tolerance": "0"}
     assert (cfg.divergence_temperature, cfg.divergence_image_keep, cfg.sinkhorn_tolerance) == tuple(
         float(documented[k]) for k in ("divergence_temperature", "divergence_image_keep", "sinkhorn_tolerance"))
 
 
-# ----- the tiny configs: the README's and docs' model tables ----------------------------------------
+# ----- the tiny configs: the model tables of docs/methods/ ------------------------------------------
 def _table_row(path: Path, name: str) -> str:
     (row,) = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith(f"| `{name}` |")]
     return row
@@ -211,8 +213,8 @@ def _numbers(text: str) -> list:
     return [int(n) for n in re.findall(r"\d+", text)]
 
 
-def test_unimlip_tiny_is_the_readme_row():
-    row = _table_row(REPO / "README.md", "unimlip-tiny")
+def test_unimlip_tiny_is_the_docs_row():
+    row = _table_row(REPO / "docs" / "methods" / "unimlip.md", "unimlip-tiny")
     # "ModifiedResNet [1,1,1,1] width 16, 96 px, embed 256 | all-MiniLM-L6-v2 (shipped on PyPI) | ... DropBlock 1×1 ..."
     image, text, use = row.split("|")[2:5]
     stages, width, size, embed = _numbers(image)[:4], *_numbers(image)[4:7]

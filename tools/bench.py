@@ -30,9 +30,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from openclip_unimlip.recipes.unimlip.config import TERMS
 from openclip_unimlip.recipes.unimlip.loss import PAPER_WEIGHTS, UniMlipLoss
 from openclip_unimlip.recipes.unimlip.model import UniMlip
-from openclip_unimlip.recipes.unimlip.config import TERMS
 
 EXTRA_TERMS = tuple(t for t in TERMS if t != "itc")
 VARIANTS: Tuple[str, ...] = ("clip", "unimlip", *(f"+{t}" for t in EXTRA_TERMS))
@@ -103,7 +103,8 @@ class StepReport:
                 "flop_ratio": flop_ratio,
                 "efficiency": flop_ratio / time_ratio,
                 # the same without the optimizer, whose cost grows with the parameters a term adds
-                "model_efficiency": flop_ratio / (statistics.median(m.model_seconds) / statistics.median(base.model_seconds)),
+                "model_efficiency": flop_ratio / (statistics.median(m.model_seconds)
+                                                  / statistics.median(base.model_seconds)),
                 "peak_memory_mib": m.peak_memory_mib,
             })
         return rows
@@ -117,7 +118,8 @@ class StepReport:
         lines = [
             f"{self.model} ({self.text_tower}), {self.device} {self.precision}, batch {self.batch_size} "
             f"at {self.image_size}px; peak memory = {self.memory_kind}",
-            f"{'variant':<22}{'step ms':>9}{'spread':>8}{'GFLOP':>9}{'time x':>8}{'FLOP x':>8}{'effic.':>8}{'fw+bw ef.':>10}{'mem MiB':>9}",
+            f"{'variant':<22}{'step ms':>9}{'spread':>8}{'GFLOP':>9}{'time x':>8}{'FLOP x':>8}{'effic.':>8}"
+            f"{'fw+bw ef.':>10}{'mem MiB':>9}",
         ]
         for r in self.rows():
             lines.append(
@@ -138,6 +140,7 @@ def build_model(size: str, device: str = "cpu") -> Tuple[UniMlip, Callable, str]
     tower. Returns the model, its tokenizer and a description of the text tower."""
     import open_clip
     from open_clip.tokenizer import HFTokenizer
+
     from openclip_unimlip.recipes.text_models import resolve_text_model
 
     name = SIZES[size]
@@ -151,7 +154,8 @@ def build_model(size: str, device: str = "cpu") -> Tuple[UniMlip, Callable, str]
         text_tower = "random BERT-base stand-in for BiomedBERT, MiniLM tokenizer"
     model = open_clip.create_model(name, device=device, output_dict=True, **overrides)
     # configs name tokenizers by hub id; the local copy is resolved as the factory resolves it
-    tokenizer = HFTokenizer(resolve_text_model(text_cfg["hf_tokenizer_name"]), context_length=text_cfg["context_length"])
+    tokenizer = HFTokenizer(resolve_text_model(text_cfg["hf_tokenizer_name"]),
+                            context_length=text_cfg["context_length"])
     return model, tokenizer, text_tower
 
 

@@ -1,4 +1,4 @@
-"""Regenerate ``openclip_unimlip/evaluation/chexclusion_test_patients.json`` from a CheXclusion checkout.
+"""Regenerate ``openclip_unimlip/data/chexclusion_test_patients.json`` from a CheXclusion checkout.
 
     python -m tools.chexclusion_test_lists /path/to/CheXclusion      # from the repository root
 
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 REPOSITORY = "LalehSeyyed/CheXclusion"
-OUTPUT = Path(__file__).resolve().parents[1] / "openclip_unimlip" / "evaluation" / "chexclusion_test_patients.json"
+OUTPUT = Path(__file__).resolve().parents[1] / "openclip_unimlip" / "data" / "chexclusion_test_patients.json"
 # dataset -> (file in the CheXclusion checkout, what one id is, in that dataset's own terms)
 SOURCES = {
     "chexpert": ("CXP/testSet_SubjID.csv", "CheXpert patient number: Path's patient00003 is 3"),

@@ -51,7 +51,8 @@ class Mutation:
 @dataclass
 class Outcome:
     mutation: Mutation
-    status: str  # caught, survived, timeout (counts as caught), error (the mutation is broken); baseline: passed, failed
+    # caught, survived, timeout (counts as caught), error (the mutation is broken); baseline: passed, failed
+    status: str
     seconds: float
     detail: str = ""
     module: str = ""  # where the snippet was found

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=slurm.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"Variables (default; source):\n{variables}\n  and TRAIN_DATA (required), PRETRAINED, VAL_DATA, "
-               "GPUS_PER_NODE, NNODES, WORKERS, LOGS, NAME, ...: README, section SLURM")
+               "GPUS_PER_NODE, NNODES, WORKERS, LOGS, NAME, ...: docs/slurm.md")
     parser.add_argument("mode", choices=MODES, help="one node (torchrun --standalone) or several (c10d rendezvous)")
     parser.add_argument("train_args", nargs="*", metavar="OPEN_CLIP_TRAIN_ARG",
                         help="passed on to open_clip_train after the launcher's own (the recipe is set by variables)")

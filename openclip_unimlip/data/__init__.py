@@ -2,11 +2,14 @@
 downstream releases read in their own layouts.
 
 - `shards`: the resumable writer every converter shares (``write_dataset``), its row checks.
-- `pmcoa`, `roco`, `medpix`: PMC-OA, ROCO and MedPix 2.0 turned into rows for it (``medpix`` also
-  reads the release for downstream tasks).
+- `pmcoa`: PMC-OA (both releases' layouts) turned into rows for it.
+- `roco`: ROCO's release layout turned into rows for it.
+- `medpix`: MedPix 2.0 turned into rows for it, and its release read for downstream tasks.
 - `embedded`: the embedded demo dataset, built offline from a seed.
 - `near_duplicates`: perceptual near-duplicates between a pre-training set and a test set.
 - `chest_xray`: CheXpert, MIMIC-CXR(-JPG) and NIH ChestX-ray14 readers (splits, labels).
+- `cxr_protocols`: the named chest X-ray protocols the readers follow (labels, uncertainty mapping,
+  views, split; CheXclusion's vendored test patients).
 - `vqa_releases`: VQA-RAD and SLAKE readers, the answer set and the VQA dataset.
 - `releases`: finding each downstream release under one data root.
 - `images`: decoding the releases' image files (DICOM, 16-bit greyscale, alpha) to 8-bit RGB.

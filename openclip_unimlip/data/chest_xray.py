@@ -4,7 +4,7 @@ Every reader returns one split as a :class:`CxrSplit` (image paths + a multi-hot
 the settings that produced it) and checks that every image exists, so that bad inputs fail
 before any training starts.
 
-What is read follows a named protocol of :mod:`openclip_unimlip.evaluation.cxr_protocols` (label
+What is read follows a named protocol of :mod:`openclip_unimlip.data.cxr_protocols` (label
 set, per-label uncertainty mapping, views, split rule), by default ``"chexclusion"``, the one
 the comparison rows of Uni-Mlip's Table 1 follow; ``"mgca"`` and ``"all14"`` (this package's
 earlier default) are the others. ``labels``, ``uncertain`` and ``frontal_only`` given explicitly
@@ -57,8 +57,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from openclip_unimlip.data.images import load_image
-from openclip_unimlip.evaluation.cxr_protocols import (  # noqa: F401  (re-exported)
+from openclip_unimlip.data.cxr_protocols import (  # noqa: F401  (re-exported)
     CHEXPERT_COMPETITION_LABELS,
     CHEXPERT_LABELS,
     DATASET_LABELS,
@@ -75,6 +74,7 @@ from openclip_unimlip.evaluation.cxr_protocols import (  # noqa: F401  (re-expor
     patient_split_mask,
     resolve_settings,
 )
+from openclip_unimlip.data.images import load_image
 
 SPLITS = ("train", "valid", "test")
 DEFAULT_VALID_FRACTION = 0.05

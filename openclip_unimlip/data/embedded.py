@@ -53,7 +53,8 @@ _EDGE_PX = 1.0  # width of the soft lesion border
 
 # (phrase at the start of a caption, phrase inside a sentence)
 _MODALITY_PHRASES = {
-    "CT": (("CT slice", "a CT slice"), ("Axial CT image", "an axial CT image"), ("Non-contrast CT", "a non-contrast CT")),
+    "CT": (("CT slice", "a CT slice"), ("Axial CT image", "an axial CT image"),
+           ("Non-contrast CT", "a non-contrast CT")),
     "radiograph": (("Radiograph", "a radiograph"), ("X-ray", "an X-ray")),
     "MR": (("MR image", "an MR image"), ("MRI slice", "an MRI slice")),
     "ultrasound": (("Ultrasound image", "an ultrasound image"), ("Sonogram", "a sonogram")),
@@ -271,7 +272,8 @@ def _draw_findings(view: np.ndarray, modality: str, rng: np.random.Generator) ->
 
 def _caption(source: _Source, findings: List[dict], rng: np.random.Generator) -> str:
     title, inline = _MODALITY_PHRASES[source.modality][rng.integers(len(_MODALITY_PHRASES[source.modality]))]
-    phrases = [f"a {f['size']} {f['shape']} {f['intensity_word']} lesion in the {f['location']} region" for f in findings]
+    phrases = [f"a {f['size']} {f['shape']} {f['intensity_word']} lesion in the {f['location']} region"
+               for f in findings]
     templates = _WITH_FINDINGS if findings else _WITHOUT_FINDINGS
     text = " and ".join(phrases)
     return templates[rng.integers(len(templates))].format(

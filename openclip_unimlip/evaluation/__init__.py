@@ -6,9 +6,9 @@ Names are imported on first use, so importing this package costs nothing (no tor
 - `retrieval`: R@1/5/10 and ranks both ways on 2000 sampled pairs (Uni-Mlip sec. 4.2).
 - `zero_shot`: prompt-template classifiers, accuracy, mean per-class recall, macro AUC.
 - `clip_benchmark_export`: the same pairs in clip_benchmark's layout, to cross-check with its CLI.
-- `datasets`, `features`: loading pairs or labelled images (shards, CSV, folders), batched embeddings.
+- `datasets`: loading image-caption pairs or labelled images (shards, CSV, folders), sampling.
+- `features`: batched, L2-normalised image and text embeddings.
 - `finetune`: the fine-tuning kit the downstream tasks share (model loading, transforms, head, loop).
-- `cxr_protocols`: named chest X-ray protocols (labels, uncertainty mapping, views, split).
 - `classification`: chest X-ray fine-tuning and macro AUC (Table 1).
 - `linear_probe`: logistic regression on a frozen image tower's embeddings.
 - `medpix_classification`: MedPix 2.0's own labels, fine-tuned and probed (a Table 1 stand-in).

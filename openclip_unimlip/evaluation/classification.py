@@ -9,7 +9,7 @@ stopping criterion (validation macro AUC, patience 10 epochs; the best epoch's w
 restored for testing) and the augmentation (OpenCLIP's random-resized-crop, no flips).
 
 Data: the label set, the uncertainty mapping per label, the views and the split follow a named
-protocol (:mod:`openclip_unimlip.evaluation.cxr_protocols`), by default ``"chexclusion"``, the
+protocol (:mod:`openclip_unimlip.data.cxr_protocols`), by default ``"chexclusion"``, the
 protocol of the rows Uni-Mlip's Table 1 compares with; results state the protocol they were
 produced under (:attr:`ClassificationResult.protocol`).
 

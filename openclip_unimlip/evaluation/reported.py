@@ -7,7 +7,7 @@ as printed. Method names are the rows' own; the citation brackets, garbled in th
 
 * **Table 1** (classification, macro AUC, fine-tuning on 1 / 10 / 100 % of the training labels):
   MIMIC, CXP (CheXpert), NIH. Its comparison rows follow CheXclusion's protocol
-  (``evaluation/cxr_protocols.py`` says why), the benchmark's default.
+  (``data/cxr_protocols.py`` says why), the benchmark's default.
 * **Table 2** (VQA accuracy): VQA-RAD and Slake, open, closed, overall.
 * **Fig. 2** (ROCO retrieval, R@1/5/10 both ways): a bar chart whose values the text does not
   print, so no absolute value is transcribed. The text states four differences, kept in
@@ -59,7 +59,8 @@ TABLE1 = (
 )
 
 
-def _table2(method: str, row: str, vqa_rad: Tuple[float, float, float], slake: Tuple[float, float, float]) -> ReportedRow:
+def _table2(method: str, row: str, vqa_rad: Tuple[float, float, float],
+            slake: Tuple[float, float, float]) -> ReportedRow:
     return ReportedRow(method, "Table 2", row, {"vqa-rad": vqa_rad, "slake": slake})
 
 

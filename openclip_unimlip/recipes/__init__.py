@@ -8,12 +8,22 @@ flags, their validation and the config overrides they make) and an epoch hook
 seam (``openclip_unimlip.seam``) reaches a recipe only through these fields: it imports no recipe
 module and names no recipe.
 
-Each recipe is a peer sub-package (``unimlip/``, ``mlip_liu/``, ``mlip_li/``: model, loss, the
-recipe's config section or flags, its own pieces); the modules beside them are what recipes
-share: this registry, the base model class (``base_model``), cross-rank gathering
-(``distributed``), text-tower resolution (``text_models``), config-section checks (``config``),
-the trainer-flag base (``flag_group``) and ViT / HF-text operations (``ops``, ``towers``). Adding
+Each recipe is a peer sub-package (model, loss, the recipe's config section or flags, its own
+pieces); the modules beside them are what recipes share, and this module is the registry. Adding
 a recipe means one folder, one model JSON in ``model_configs/`` and one line in ``RECIPES``.
+
+- `unimlip/`: Uni-Mlip (Bawazir & Wu), five losses.
+- `mlip_liu/`: MLIP (Liu et al., ISBI 2024), masked local representation learning.
+- `mlip_li/`: MLIP (Li et al., CVPR 2024), divergence encoder and knowledge-guided contrast.
+- `base_model`: the model class every recipe's model builds on (a CLIP in eval mode, training branches).
+- `config`: reading a recipe's section of the model JSON (keys, term names, loss weights, bounds).
+- `distributed`: all cross-rank communication of the losses (``gather_batch``, ``GatheringLoss``).
+- `flag_group`: a recipe's own ``open_clip_train`` flags (``FlagGroup``), as the seam sees them.
+- `run_params`: an ``open_clip_train`` run folder: its ``params.txt``, a checkpoint's run.
+- `text_models`: where the configs' text towers come from (hub id, local copy) and their checks.
+- `ops`: tensor operations the recipes share (patch masking, ViT passes, sentence pooling, transport
+  plans, contrastive logits).
+- `towers`: what the recipes' models need from OpenCLIP's towers beyond their ``forward``.
 """
 import contextlib
 import importlib

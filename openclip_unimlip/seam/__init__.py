@@ -1,7 +1,9 @@
 """The seam with OpenCLIP: the only code that touches ``open_clip`` / ``open_clip_train`` internals.
-
-``autoload`` is what ``openclip_unimlip.pth`` runs at interpreter start (post-import hooks only);
-``patches`` adapts the factory, the loss, the trainer's arguments and its epoch loop for our
-models, version-guarded; ``hub`` reads and writes ``hf-hub:`` / ``local-dir:`` models. Kept free
+It reaches the recipes only through the registry's hooks (``openclip_unimlip.recipes``). Kept free
 of imports so the start-up hook stays cheap. An OpenCLIP upgrade breaks here or nowhere.
+
+- `autoload`: what ``openclip_unimlip.pth`` runs at interpreter start (post-import hooks only).
+- `patches`: adapts the factory, the loss, the trainer's arguments and its epoch loop for our models,
+  version-guarded.
+- `hub`: loading our models by built-in name, ``hf-hub:`` and ``local-dir:``.
 """

@@ -116,8 +116,8 @@ def _explaining_load_checkpoint(original):
     # torch's strict-load error for one of our models becomes one message saying what does not fit
     @functools.wraps(original)
     def load_checkpoint(model, checkpoint_path, *args, **kwargs):
-        from openclip_unimlip.seam.hub import WeightsDoNotFit, weights_mismatch_message
         from openclip_unimlip.recipes.base_model import RecipeCLIP
+        from openclip_unimlip.seam.hub import WeightsDoNotFit, weights_mismatch_message
 
         try:
             return original(model, checkpoint_path, *args, **kwargs)
@@ -298,9 +298,11 @@ def _wrap_train_one_epoch(original):
         inner = unwrap_model(model)
         recipe = recipe_for_model(inner)
         if recipe is None:
-            return original(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=tb_writer)
+            return original(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args,
+                            tb_writer=tb_writer)
         with recipe.training_epoch(inner, epoch, optimizer, args):
-            return original(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=tb_writer)
+            return original(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args,
+                            tb_writer=tb_writer)
 
     return train_one_epoch
 
@@ -322,5 +324,6 @@ def install_all() -> None:
     patch_train(open_clip_train.train)
     main = sys.modules.get("open_clip_train.main")
     if main is not None and not hasattr(main.create_loss, "__wrapped__"):
-        raise RuntimeError("open_clip_train.main was imported before the openclip-unimlip patches: it holds the stock "
-                           "factories. Import openclip_unimlip (or run python -m openclip_unimlip.commands.train) first.")
+        raise RuntimeError("open_clip_train.main was imported before the openclip-unimlip patches: it holds the "
+                           "stock factories. Import openclip_unimlip (or run "
+                           "python -m openclip_unimlip.commands.train) first.")

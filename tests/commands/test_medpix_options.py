@@ -80,7 +80,8 @@ def _record(row, seed, ranks, checkpoint=None):
 
 
 def test_reference_rows_are_tabled_against_the_baseline():
-    records = [_record("itc_mlm", 0, [1, 2, 3, 4]), _record("untrained", 0, [3, 4, 4, 4]), _record("clip", 0, [1, 1, 3, 4])]
+    records = [_record("itc_mlm", 0, [1, 2, 3, 4]), _record("untrained", 0, [3, 4, 4, 4]),
+               _record("clip", 0, [1, 1, 3, 4])]
     summary = ablation.summarize(records, ["itc_mlm", "untrained", "clip"], num_resamples=500)
     table = ablation.format_tables(summary)
     assert table.count("**Reference rows**") == 2  # as trained, and with precise BN

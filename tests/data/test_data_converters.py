@@ -16,6 +16,7 @@ from openclip_unimlip.data.pmcoa import convert_pmcoa
 from openclip_unimlip.data.roco import convert_roco
 
 from paths import REPO  # noqa: E402
+
 ZIP_SUBFOLDER = "caption_T060_filtered_top4_sep_v0_subfigures"
 
 
@@ -184,7 +185,8 @@ def test_roco_release_layout(tmp_path):
     assert {name: s.num_samples for name, s in report.splits.items()} == {"train": 4, "val": 4, "test": 4}
     contents = shard_contents(tmp_path / "out")
     for split, official in (("train", "train"), ("val", "validation"), ("test", "test")):
-        keys = sorted(k.split("/")[1].split(".")[0] for k in contents if k.startswith(f"{split}/") and k.endswith(".txt"))
+        keys = sorted(k.split("/")[1].split(".")[0] for k in contents
+                      if k.startswith(f"{split}/") and k.endswith(".txt"))
         assert keys == expected_ids[official]
     assert contents["train/ROCO_00001.txt"] == b"Axial CT number 1 of the radiology set."
     assert json.loads(contents["train/ROCO_00001.json"])["pmc_id"] == "PMC5001"

@@ -34,7 +34,8 @@ def samples(root: Path):
 
 def file_digests(root: Path):
     return {p.relative_to(root).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.suffix in (".tar", ".png", ".json") and p.name != "manifest.json"}
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and p.suffix in (".tar", ".png", ".json") and p.name != "manifest.json"}
 
 
 def test_layout_and_counts(built):
@@ -93,7 +94,8 @@ def test_lesion_pixels_are_above_or_below_the_background(built):
         for finding, d in zip(meta["findings"], distance):
             r = finding["radius"]
             core = pixels[d < 0.5 * r]
-            clear_of_lesions = np.all([other > 1.7 * f["radius"] + 1.5 for other, f in zip(distance, meta["findings"])], 0)
+            clear_of_lesions = np.all([other > 1.7 * f["radius"] + 1.5
+                                       for other, f in zip(distance, meta["findings"])], 0)
             ring = pixels[(d < 2.6 * r + 3) & clear_of_lesions]
             low, high = (255 * v for v in TISSUE_RANGE)
             if finding["intensity"] == "hyper":  # above the whole tissue range, on the absolute scale
@@ -107,8 +109,8 @@ def test_lesion_pixels_are_above_or_below_the_background(built):
 
 def test_open_clip_train_reads_the_embedded_shards(built):
     import torch
-    from torchvision import transforms
     from open_clip_train.data import get_wds_dataset
+    from torchvision import transforms
 
     torch.set_num_threads(1)
     args = Namespace(train_data=built.train_data, val_data=built.val_data, train_num_samples=None,

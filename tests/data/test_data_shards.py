@@ -179,8 +179,8 @@ def openclip_args(**overrides):
 
 def test_open_clip_train_reads_the_shards(tmp_path):
     import torch
-    from torchvision import transforms
     from open_clip_train.data import CsvDataset, get_wds_dataset
+    from torchvision import transforms
 
     torch.set_num_threads(1)
     rows, _ = make_rows(tmp_path)

@@ -13,11 +13,19 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from openclip_unimlip.data.medpix import (MEDPIX_SPLITS, PLACEHOLDER_CAPTION, VQA_RAD_CASES, VQA_RAD_OVERLAP,
-                                          MedpixImage, convert_medpix, medpix_rows, read_medpix,
-                                          vqa_rad_overlap)
-from openclip_unimlip.data.shards import BadRow
+from openclip_unimlip.data.medpix import (
+    MEDPIX_SPLITS,
+    PLACEHOLDER_CAPTION,
+    VQA_RAD_CASES,
+    VQA_RAD_OVERLAP,
+    MedpixImage,
+    convert_medpix,
+    medpix_rows,
+    read_medpix,
+    vqa_rad_overlap,
+)
 from openclip_unimlip.data.near_duplicates import MAX_DISTANCE
+from openclip_unimlip.data.shards import BadRow
 
 from paths import REPO  # noqa: E402
 
@@ -238,7 +246,8 @@ def test_a_malformed_line_is_a_bad_row_for_the_converter_and_an_error_for_the_re
     train_file.write_text(train_file.read_text() + '{"Type": "CT", "U_id": "MPX1"}\n')  # no image, no Description
     report = convert_medpix(tmp_path, tmp_path / "out", splits=("train",))
     bad = pd.read_csv(report.report_path)
-    assert bad.reason.tolist() == ["malformed_row"] and bad.source.tolist() == ["splitted_dataset/descriptions_train.jsonl:4"]
+    assert bad.reason.tolist() == ["malformed_row"]
+    assert bad.source.tolist() == ["splitted_dataset/descriptions_train.jsonl:4"]
     assert report.splits["train"].num_samples == 3
     with pytest.raises(ValueError, match="malformed MedPix record at splitted_dataset/descriptions_train.jsonl:4"):
         read_medpix(tmp_path, "train")

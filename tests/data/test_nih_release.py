@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from openclip_unimlip.data.releases import find_datasets
 from openclip_unimlip.data.chest_xray import nih_entry_file, read_nih
+from openclip_unimlip.data.releases import find_datasets
+
 from paths import REPO
 
 DATA = REPO.parent / "shared" / "data"
@@ -145,7 +146,8 @@ def test_the_current_file_wins_over_the_older_one_and_neither_is_one_clear_error
     root = tmp_path / "nih"
     _write_release(root, "Data_Entry_2017.csv", OLDER_HEADER, ",", archives=False)
     # the current file says otherwise about one image: its labels must be the ones read
-    current = (root / "Data_Entry_2017.csv").read_text().replace("Hernia", "Edema").replace(OLDER_HEADER, CURRENT_HEADER)
+    current = (root / "Data_Entry_2017.csv").read_text().replace("Hernia", "Edema")
+    current = current.replace(OLDER_HEADER, CURRENT_HEADER)
     (root / "Data_Entry_2017_v2020.csv").write_text(current.replace(",\n", "\n"))
     assert nih_entry_file(root) == root / "Data_Entry_2017_v2020.csv"
     train = read_nih(root, "train", valid_fraction=0.0, protocol="all14")

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from openclip_unimlip.studies.benchmark.engine import PRESETS
+from openclip_unimlip.data.vqa_releases import normalize_answer, read_vqa_rad
 from openclip_unimlip.evaluation.finetune import FitConfig
 from openclip_unimlip.evaluation.vqa import (
     build_vqa_model,
@@ -16,7 +16,8 @@ from openclip_unimlip.evaluation.vqa import (
     load_vqa_data,
     majority_answer_accuracy,
 )
-from openclip_unimlip.data.vqa_releases import normalize_answer, read_vqa_rad
+from openclip_unimlip.studies.benchmark.engine import PRESETS
+
 from paths import REPO
 
 VQA_RAD = REPO.parent / "shared" / "data" / "vqa-rad"

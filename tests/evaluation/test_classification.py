@@ -14,9 +14,9 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from openclip_unimlip.evaluation.classification import auc_report, fine_tune_classifier, load_classification_data
 from openclip_unimlip.data.chest_xray import read_cxr_split
 from openclip_unimlip.data.images import load_image
+from openclip_unimlip.evaluation.classification import auc_report, fine_tune_classifier, load_classification_data
 from openclip_unimlip.evaluation.finetune import FitConfig, build_image_classifier, fit, image_transform
 
 MODEL = "unimlip-cls-test"

@@ -14,7 +14,13 @@ from openclip_unimlip.commands import eval_retrieval, export_clip_benchmark
 from openclip_unimlip.evaluation.clip_benchmark_export import clip_benchmark_eval_args, from_clip_benchmark_metrics
 from openclip_unimlip.evaluation.datasets import load_pairs, sample_indices, sample_pairs
 from openclip_unimlip.evaluation.retrieval import (
-    encode_pairs, evaluate_retrieval, format_retrieval_table, positive_ranks, retrieval_metrics, retrieve_top_k)
+    encode_pairs,
+    evaluate_retrieval,
+    format_retrieval_table,
+    positive_ranks,
+    retrieval_metrics,
+    retrieve_top_k,
+)
 
 torch.set_num_threads(1)
 

@@ -11,8 +11,13 @@ from PIL import Image
 from openclip_unimlip.commands import eval_zero_shot
 from openclip_unimlip.evaluation.datasets import load_labelled_images
 from openclip_unimlip.evaluation.zero_shot import (
-    CHEST_XRAY_CLASSNAMES, CHEST_XRAY_TEMPLATES, MEDICAL_IMAGE_TEMPLATES, build_classifier, evaluate_zero_shot,
-    zero_shot_metrics)
+    CHEST_XRAY_CLASSNAMES,
+    CHEST_XRAY_TEMPLATES,
+    MEDICAL_IMAGE_TEMPLATES,
+    build_classifier,
+    evaluate_zero_shot,
+    zero_shot_metrics,
+)
 
 torch.set_num_threads(1)
 

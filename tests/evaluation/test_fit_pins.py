@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from openclip_unimlip.data.vqa_releases import AnswerSet, VqaSample
 from openclip_unimlip.evaluation import classification, vqa
 from openclip_unimlip.evaluation.finetune import FitConfig, fit
-from openclip_unimlip.data.vqa_releases import AnswerSet, VqaSample
 
 CPU = torch.device("cpu")
 MODEL = "unimlip-vqa-pin"
@@ -68,7 +68,8 @@ def test_defaults_are_the_papers_and_the_documented_choices():
     doc = classification.__doc__
     documented_patience = int(re.search(r"patience (\d+) epochs", doc).group(1))
     documented_lr = float(re.search(r"the learning rate \(([0-9.e-]+)", doc).group(1))
-    assert (FitConfig().max_epochs, FitConfig().patience, classification.DEFAULT_LR) == (64, documented_patience, documented_lr)
+    assert (FitConfig().max_epochs, FitConfig().patience, classification.DEFAULT_LR) == (
+        64, documented_patience, documented_lr)
     # and the default schedule stops after that many epochs without a gain
     model = nn.Linear(1, 1)
     loader = DataLoader(TensorDataset(torch.zeros(2, 1), torch.zeros(2, 1)), batch_size=2)
@@ -82,8 +83,8 @@ def test_training_stops_after_patience_epochs_without_gain(patience):
     scores = iter([0.2, 0.6, 0.5, 0.6, 0.4, 0.3, 0.1, 0.0])  # best at epoch 2, never beaten
     model = nn.Linear(1, 1)
     loader = DataLoader(TensorDataset(torch.zeros(2, 1), torch.zeros(2, 1)), batch_size=2)
-    history = fit(model, torch.optim.SGD(model.parameters(), lr=0.0), loader, _mse, FitConfig(max_epochs=8, patience=patience),
-                  CPU, validate=lambda m: next(scores), progress=False)
+    history = fit(model, torch.optim.SGD(model.parameters(), lr=0.0), loader, _mse,
+                  FitConfig(max_epochs=8, patience=patience), CPU, validate=lambda m: next(scores), progress=False)
     assert len(history.epochs) == 2 + patience and history.best_epoch == 2
 
 
@@ -111,7 +112,8 @@ def _what_fine_tuning_would_run(monkeypatch, vqa_model, with_valid: bool):
 
     monkeypatch.setattr(vqa, "fit", capture)
     # never read: the loaders are built, not iterated
-    samples = [VqaSample(Path(f"img{i}.jpg"), "is it bright?", answer, "CLOSED") for i, answer in enumerate(["yes", "no"])]
+    samples = [VqaSample(Path(f"img{i}.jpg"), "is it bright?", answer, "CLOSED")
+               for i, answer in enumerate(["yes", "no"])]
     data = vqa.VqaData(train=samples, valid=samples if with_valid else None, test=samples,
                        answers=AnswerSet.from_samples(samples))
     model, preprocess_cfg, tokenizer = vqa_model

@@ -11,8 +11,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from openclip_unimlip.evaluation.classification import ClassificationData
 from openclip_unimlip.data.chest_xray import CxrSplit
+from openclip_unimlip.evaluation.classification import ClassificationData
 from openclip_unimlip.evaluation.finetune import image_transform
 from openclip_unimlip.evaluation.linear_probe import (
     DEFAULT_PROBE_C_GRID,
@@ -126,8 +126,11 @@ def test_features_are_the_frozen_towers_on_the_eval_transform_and_probe_chest_xr
     assert tower.scale.grad is None
 
     targets = np.array(targets, dtype=np.float32)
-    split = lambda rows: CxrSplit(tuple(paths[i] for i in rows), targets[list(rows)], ("bright", "dark"),
-                                  tuple(str(i) for i in rows))
+
+    def split(rows):
+        return CxrSplit(tuple(paths[i] for i in rows), targets[list(rows)], ("bright", "dark"),
+                        tuple(str(i) for i in rows))
+
     data = ClassificationData(split(range(0, 12)), split(range(12, 18)), split(range(18, 24)))
     result = probe_chest_xray(tower, cfg, data, batch_size=7)
     direct = multilabel_probe(features[:12], targets[:12], features[12:18], targets[12:18], features[18:],

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from openclip_unimlip.evaluation import reported
+
 from paths import REPO
 
 PAPER_TEXT = REPO.parent / "shared" / "papers" / "uni-mlip.txt"

@@ -11,8 +11,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from openclip_unimlip.evaluation.finetune import FitConfig, image_transform
 from openclip_unimlip.data.images import load_image
+from openclip_unimlip.data.vqa_releases import (
+    AnswerSet,
+    VqaDataset,
+    VqaSample,
+    normalize_answer,
+    read_slake,
+    read_vqa_rad,
+)
+from openclip_unimlip.evaluation.finetune import FitConfig, image_transform
 from openclip_unimlip.evaluation.vqa import (
     DEFAULT_ENCODER_LR,
     DEFAULT_FUSION_LR,
@@ -23,14 +31,6 @@ from openclip_unimlip.evaluation.vqa import (
     majority_answer_accuracy,
     parameter_groups,
     vqa_accuracy,
-)
-from openclip_unimlip.data.vqa_releases import (
-    AnswerSet,
-    VqaDataset,
-    VqaSample,
-    normalize_answer,
-    read_slake,
-    read_vqa_rad,
 )
 
 MODEL = "unimlip-vqa-test"
@@ -217,7 +217,8 @@ def _paper_layout_logits(model, images: torch.Tensor, token_ids: torch.Tensor) -
     image = model.encode_image(images) + model.modality_embedding.weight[0]
     tokens = torch.cat([model.cls_token.expand(count, -1, -1), image, text + model.modality_embedding.weight[1]], 1)
     fused = nn.TransformerEncoderLayer.forward(
-        model.fusion, tokens, src_key_padding_mask=torch.cat([padding.new_zeros(count, 1 + image.shape[1]), padding], 1))
+        model.fusion, tokens,
+        src_key_padding_mask=torch.cat([padding.new_zeros(count, 1 + image.shape[1]), padding], 1))
     return model.head(model.fusion_norm(fused[:, 0]))
 
 
@@ -269,7 +270,8 @@ def test_cached_question_states_give_the_uncached_logits():
         cached = model(images, token_ids)
         assert len(model.question_cache) == 3
         first_key = tuple(token_ids[0][:int(token_ids[0].ne(model.pad_token_id).sum())].tolist())
-        model.question_cache[first_key] = torch.randn_like(model.question_cache[first_key])  # read back, not recomputed:
+        # read back, not recomputed:
+        model.question_cache[first_key] = torch.randn_like(model.question_cache[first_key])
         assert not torch.allclose(model(images, token_ids)[0], cached[0])  # a changed entry changes the answer
         model.question_cache = None
         uncached = model(images, token_ids)

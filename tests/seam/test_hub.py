@@ -18,16 +18,16 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 from safetensors.torch import load_file, save_file
-
-from open_clip.transform import PreprocessCfg, image_transform_v2
 
 from openclip_unimlip.commands.export import main as export_main
 from openclip_unimlip.export import export_checkpoint
 from openclip_unimlip.seam.hub import UnknownRecipe, WeightsDoNotFit
 
 from paths import TESTS  # noqa: E402
+
 SCRIPTS = TESTS.parent / "scripts"
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 RECIPE_CLASSES = {"unimlip-tiny": "openclip_unimlip.recipes.unimlip.model.UniMlip",
@@ -305,7 +305,10 @@ def test_each_recipe_round_trips_by_local_dir_and_hf_hub(exports):
 @pytest.mark.slow
 def test_clip_benchmark_cli_evaluates_an_export_by_name(exports, tmp_path):
     from openclip_unimlip.evaluation.clip_benchmark_export import (
-        clip_benchmark_eval_args, export_clip_benchmark_retrieval, from_clip_benchmark_metrics)
+        clip_benchmark_eval_args,
+        export_clip_benchmark_retrieval,
+        from_clip_benchmark_metrics,
+    )
     from openclip_unimlip.evaluation.datasets import load_pairs
     from openclip_unimlip.evaluation.retrieval import encode_pairs, retrieval_metrics
 

@@ -26,7 +26,8 @@ def trainer_args(logs: Path, name: str, *extra: str) -> list:
 
 @pytest.mark.parametrize("extra, message", [
     (["--siglip"], "--siglip is not supported with Uni-Mlip models (the ITC terms are CLIP's softmax loss)"),
-    (["--distill-model", "RN50", "--distill-pretrained", "openai"], "distillation is not supported with Uni-Mlip models"),
+    (["--distill-model", "RN50", "--distill-pretrained", "openai"],
+     "distillation is not supported with Uni-Mlip models"),
     (["--horovod"], "horovod is not supported with Uni-Mlip models; use torchrun"),
 ], ids=["siglip", "distill", "horovod"])
 def test_unsupported_trainer_flags_stop_before_the_run_folder(tmp_path, monkeypatch, extra, message):
@@ -67,7 +68,8 @@ def test_patches_imported_too_late_stop_before_the_trainer(tmp_path):
                             env={**ENV, "OPENCLIP_UNIMLIP_DISABLE": "1"}, timeout=600)
     assert result.returncode != 0
     assert ("RuntimeError: open_clip_train.main was imported before the openclip-unimlip patches: it holds the stock "
-            "factories. Import openclip_unimlip (or run python -m openclip_unimlip.commands.train) first.") in result.stderr
+            "factories. Import openclip_unimlip (or run python -m openclip_unimlip.commands.train) first."
+            ) in result.stderr
     assert not logs.exists()  # nothing started
 
 

@@ -1,6 +1,6 @@
 """The seam reaches recipes only through the registry (issue 28): no module of ``seam/`` imports a
 recipe's sub-package or names a recipe, read from the source itself; and a fourth recipe, added
-the way the README's "Layout" says (a model class, a loss factory, one model JSON, one registry
+the way docs/recipes.md, "Adding a recipe", says (a model class, a loss factory, one model JSON, one registry
 line), is built by ``open_clip.create_model``, gets its loss from ``open_clip.create_loss`` and its
 epoch hook from ``open_clip_train``'s ``train_one_epoch``, with no change to the seam."""
 import argparse
@@ -50,7 +50,8 @@ def test_no_seam_module_names_a_recipe():
         tree = ast.parse(path.read_text())
         code = [n for n in ast.walk(tree) if isinstance(n, (ast.Constant, ast.Name, ast.Attribute))]
         for node in code:
-            text = node.value if isinstance(node, ast.Constant) else node.id if isinstance(node, ast.Name) else node.attr
+            text = (node.value if isinstance(node, ast.Constant) else node.id if isinstance(node, ast.Name)
+                    else node.attr)
             if isinstance(text, str) and not _is_docstring(tree, node):
                 assert not any(name in text for name in names), (path.name, text)
 
@@ -63,7 +64,7 @@ def _is_docstring(tree, node) -> bool:
     return False
 
 
-# ----- a fourth recipe, added as the README says ---------------------------------------------------
+# ----- a fourth recipe, added as docs/recipes.md says ----------------------------------------------
 class ToyRecipe(RecipeCLIP):
     """A CustomTextCLIP whose training output adds one batch-first tensor."""
 

@@ -16,6 +16,7 @@ import sys
 import open_clip
 import pytest
 import torch
+
 from train_data import InMemoryData
 
 ENV_ARGS = ["--model", "unimlip-tiny", "--dataset-type", "synthetic", "--precision", "fp32"]
@@ -64,13 +65,15 @@ def _train_epoch(trainer, args, model, loss, epoch, captions):
     hook = model.register_forward_hook(lambda m, i, out: seen.append(set(out)))
     batch = (torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(epoch)), captions[:2])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    main.train_one_epoch(model, {"train": InMemoryData([batch])}, loss, epoch, optimizer, None, lambda step: None, None, args)
+    main.train_one_epoch(model, {"train": InMemoryData([batch])}, loss, epoch, optimizer, None, lambda step: None, None,
+                         args)
     hook.remove()
     return seen[-1], _statistics(model.state_dict())
 
 
 def _statistics(state_dict):
-    return {k: v.clone() for k, v in state_dict.items() if k.startswith("visual.") and k.endswith(("running_mean", "running_var"))}
+    return {k: v.clone() for k, v in state_dict.items()
+            if k.startswith("visual.") and k.endswith(("running_mean", "running_var"))}
 
 
 def _equal(a, b):
@@ -145,7 +148,7 @@ def _first_launch(trainer, tmp_path, *argv):
 def test_a_resumed_run_keeps_the_start_of_its_first_launch(trainer, tmp_path):
     assert _first_launch(trainer, tmp_path).unimlip_simclr_start_epoch == 2
     run = ["--logs", str(tmp_path), "--name", "run"]
-    # a longer run (README: "--epochs 8 --resume latest") would derive 4: the first launch's 2 stays
+    # a longer run (docs/training.md: "--epochs 8 --resume latest") would derive 4: the first launch's 2 stays
     assert _parse(trainer, *run, "--epochs", "8", "--resume", "latest").unimlip_simclr_start_epoch == 2
     assert _parse(trainer, *run, "--epochs", "8").unimlip_simclr_start_epoch == 4  # a new run derives afresh
     by_path = str(tmp_path / "run" / "checkpoints" / "epoch_3.pt")  # OpenCLIP's layout; the file need not exist

@@ -13,6 +13,7 @@ import torch
 import webdataset as wds
 
 from openclip_unimlip.recipes.unimlip.views import StrongViews
+
 from shards import write_shards
 from train_data import InMemoryData
 

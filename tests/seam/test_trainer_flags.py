@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from openclip_unimlip.recipes.unimlip.views import VIEW_AUGMENTATIONS
+
 from train_data import InMemoryData
 
 FLAGS = {  # flag -> value, each different from its default
@@ -76,7 +77,8 @@ def test_zero_weights_head_and_feed_views_reach_the_built_loss_and_model(trainer
     assert not any(p.requires_grad for p in model.fusion.parameters())
     assert model.simclr_head is not None and model.cfg.feed_views_without_simclr
     # defaults where no flag was given: the paper's
-    assert (model.image_perturbation.drop_prob, model.text_perturbation.p, model.masker.probability) == (0.5, 0.75, 0.15)
+    assert (model.image_perturbation.drop_prob, model.text_perturbation.p, model.masker.probability) == (
+        0.5, 0.75, 0.15)
     assert model.strong_views.augmentation == VIEW_AUGMENTATIONS["simclr"] and model.image_perturbation.per_channel
 
 
@@ -91,7 +93,8 @@ def test_simclr_phase_starts_exactly_at_its_epoch(trainer, captions):
     batch = (torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0)), captions[:2])
     for epoch in (1, 2):
         before = model.visual.bn1.running_mean.clone()
-        main.train_one_epoch(model, {"train": InMemoryData([batch])}, loss, epoch, optimizer, None, lambda step: None, None, args)
+        main.train_one_epoch(model, {"train": InMemoryData([batch])}, loss, epoch, optimizer, None, lambda step: None,
+                             None, args)
         keys, bn_training = seen[-1]
         changed = not torch.equal(model.visual.bn1.running_mean, before)
         if epoch == 1:

@@ -8,6 +8,7 @@ import pytest
 from tools import mutation
 
 from paths import REPO, TESTS  # noqa: E402
+
 MUTATIONS = TESTS / "mutations"  # one TOML file per area
 
 

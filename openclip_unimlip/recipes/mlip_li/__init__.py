@@ -1,3 +1,8 @@
-"""MLIP (Li et al., CVPR 2024), divergence encoder and knowledge-guided contrast: ``model``,
-``loss``, the ``mlip_li_cfg`` section (``config``) and the shipped knowledge files
-(``knowledge``); see docs/methods/mlip-li.md."""
+"""MLIP (Li et al., CVPR 2024), divergence encoder and knowledge-guided contrast; see
+docs/methods/mlip-li.md.
+
+- `config`: the ``mlip_li_cfg`` section of the model JSON, validated.
+- `model`: the model: global contrast with a divergence encoder, token-patch alignment, prototypes.
+- `loss`: the loss and its factory.
+- `knowledge`: the knowledge file (JSON Lines of medical entities) and the builder of the shipped ones.
+"""

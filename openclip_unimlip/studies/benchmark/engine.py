@@ -48,9 +48,9 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from openclip_unimlip.data.cxr_protocols import DEFAULT_PROTOCOL
 from openclip_unimlip.data.releases import DatasetStatus, find_datasets
 from openclip_unimlip.evaluation import classification, finetune, reported, vqa
-from openclip_unimlip.evaluation.cxr_protocols import DEFAULT_PROTOCOL
 from openclip_unimlip.evaluation.medpix_classification import FineTuneSettings
 from openclip_unimlip.studies.benchmark import tables
 from openclip_unimlip.studies.benchmark.tasks import (

@@ -188,7 +188,7 @@ def table1(report: dict, fractions: Sequence[float]) -> dict:
                     for key, t, f, _ in columns],
         "rows": rows,
         "notes": [
-            f"Our rows (evaluation/cxr_protocols.py): {'; '.join(splits) or 'no dataset read'}. CXP and MIMIC follow "
+            f"Our rows (data/cxr_protocols.py): {'; '.join(splits) or 'no dataset read'}. CXP and MIMIC follow "
             "CheXclusion, the protocol of Table 1's comparison rows (M-FLAG's table); NIH is split by NIH's own "
             "list files, as Uni-Mlip's split source (its ref. [15]) reads fixed list files. Reported rows: as "
             "printed; their splits are not public.",

@@ -64,7 +64,7 @@ class RetrievalRecipe:
 
 # Per dataset, the protocol that replaces ChestXrayRecipe.protocol: NIH ChestX-ray14 is split by NIH's
 # own list files ("all14"'s NIH rule), not pooled and re-split by patient as under CheXclusion; why
-# (Uni-Mlip sec. 4.2 and its ref. [15]): evaluation/cxr_protocols.py's docstring.
+# (Uni-Mlip sec. 4.2 and its ref. [15]): data/cxr_protocols.py's docstring.
 DATASET_PROTOCOLS = {"nih": "all14"}
 CXR_MODES = ("fine-tune", "linear-probe")
 

@@ -1,4 +1,4 @@
-"""CheXclusion's published test patients as vendored (``openclip_unimlip/evaluation/chexclusion_test_patients.json``).
+"""CheXclusion's published test patients as vendored (``openclip_unimlip/data/chexclusion_test_patients.json``).
 
 Against the source files where a copy of LalehSeyyed/CheXclusion is at hand (a bare mirror or a
 checkout, ``CHEXCLUSION_REPO``; counted here with the csv module), and everywhere against counts
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from openclip_unimlip.evaluation.cxr_protocols import CHEXCLUSION_TEST_PATIENTS_FILE, chexclusion_test_patients
+from openclip_unimlip.data.cxr_protocols import CHEXCLUSION_TEST_PATIENTS_FILE, chexclusion_test_patients
 from tools import chexclusion_test_lists
 
 REPO = Path(os.environ.get("CHEXCLUSION_REPO", "/work/.mirror/LalehSeyyed+CheXclusion/repo"))

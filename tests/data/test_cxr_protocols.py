@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from openclip_unimlip.data.chest_xray import read_chexpert, read_cxr_split, read_mimic_cxr, read_nih
-from openclip_unimlip.evaluation.cxr_protocols import CHEXCLUSION_TEST_PATIENTS_FILE, HOLDOUT_SEED
+from openclip_unimlip.data.cxr_protocols import CHEXCLUSION_TEST_PATIENTS_FILE, HOLDOUT_SEED
 from openclip_unimlip.studies.benchmark.tables import _split_note
 
 BLANK = ""
