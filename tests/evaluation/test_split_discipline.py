@@ -89,7 +89,8 @@ def _fine_tune_cxr(data: ClassificationData):
 
 
 def test_chest_xray_fine_tune_selects_its_epoch_without_the_test_split(tmp_path):
-    train, valid = _cxr_split(tmp_path / "train", _cxr_targets(24), 1), _cxr_split(tmp_path / "valid", _cxr_targets(8), 2)
+    train = _cxr_split(tmp_path / "train", _cxr_targets(24), 1)
+    valid = _cxr_split(tmp_path / "valid", _cxr_targets(8), 2)
     test = _cxr_split(tmp_path / "test", _cxr_targets(12), 3)
     scrambled_targets = test.targets[np.random.default_rng(4).permutation(len(test))]
     other_test = _cxr_split(tmp_path / "other", scrambled_targets, 5, levels=np.full(len(test), 128))
