@@ -2,6 +2,7 @@
 downstream releases read in their own layouts.
 
 - `shards`: the resumable writer every converter shares (``write_dataset``), its row checks.
+- `atomic`: writing a file so that a reader never sees half of it (shards, manifests, the studies' records).
 - `pmcoa`, `roco`, `medpix`: PMC-OA, ROCO and MedPix 2.0 turned into rows for it (``medpix`` also
   reads the release for downstream tasks).
 - `embedded`: the embedded demo dataset, built offline from a seed.
