@@ -34,10 +34,11 @@ MedPix the baseline and all five terms, every seed) are kept as plain state dict
 ``<out>/checkpoints/`` and listed in ``ablation.json``: the downstream experiments start from them.
 
 The ITC weight is the paper's 0.5/3 in every row, so rows differ only by the terms they add.
-Finished runs are recorded one JSON file each, so an interrupted grid resumes where it stopped.
+Every (row, seed) run is a cell of the studies' grid (``studies/grid.py``): its record is one JSON
+file written as it finishes, so an interrupted grid resumes where it stopped, and a run that fails
+stops only itself, with one line under the tables.
 """
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -51,9 +52,9 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from openclip_unimlip.data.atomic import write_json_atomic
 from openclip_unimlip.evaluation.retrieval import positive_ranks
 from openclip_unimlip.studies.experiment import (
     DataConfig,
@@ -65,6 +66,7 @@ from openclip_unimlip.studies.experiment import (
     evaluate_checkpoint,
     run_pretraining,
 )
+from openclip_unimlip.studies.grid import Grid, GridRun, read_record, settings_hash
 from openclip_unimlip.studies.statistics import paired_difference
 
 _OFF = {"image_perturbed_itc": "--unimlip-image-perturbed-itc-weight", "text_perturbed_itc":
@@ -179,8 +181,8 @@ def stage1_settings(config: AblationConfig) -> dict:
 def stage1_dir(config: AblationConfig) -> Path:
     """``<out>/stage1-<hash>``: the hash covers the data and every training setting of stage 1,
     so a changed setting trains a new baseline and never reuses a stale one."""
-    digest = hashlib.sha256(json.dumps(stage1_settings(config), sort_keys=True).encode()).hexdigest()[:12]
-    return Path(config.out) / f"stage1-{digest}"
+    # 12 characters, as the stage-1 folders of the grids measured so far are named
+    return Path(config.out) / f"stage1-{settings_hash(stage1_settings(config))[:12]}"
 
 
 def val_curve(val_metrics: Sequence[Dict[str, float]]) -> List[Dict[str, float]]:
@@ -239,9 +241,53 @@ def ensure_stage1(config: AblationConfig, data: ExperimentData) -> dict:
 
 
 # ----- stage 2 (or the one-stage grid) ---------------------------------------------------------
+@dataclass(frozen=True)
+class AblationRun:
+    """One cell of the grid: a row trained (stage 2) and scored under one seed."""
+    row: str
+    seed: int
+
+
+class AblationGrid(Grid[AblationRun]):
+    """The (row, seed) runs on the studies' grid (``studies.grid``): each run's record is
+    ``<out>/runs/<row>-seed<seed>.json``; a record of other settings (``run_settings``) is stale."""
+    progress_label = "ablation runs"
+
+    def __init__(self, config: AblationConfig, data: ExperimentData, stage1: Optional[dict]):
+        self.config, self.data, self.stage1 = config, data, stage1
+
+    def cell_path(self, run: AblationRun) -> Path:
+        return Path(self.config.out) / "runs" / f"{run_name(run.row, run.seed)}.json"
+
+    def settings(self, run: AblationRun) -> dict:
+        return run_settings(self.config)  # the row and the seed are the record's name
+
+    def run_cell(self, run: AblationRun) -> dict:
+        return run_one(self.config, self.data, run.row, run.seed, self.stage1)
+
+    def is_complete(self, run: AblationRun, record: dict) -> bool:
+        """Scored, with its kept weights when the row's are to be kept."""
+        if "evaluations" not in record:
+            return False
+        keeps = run.row in self.config.keep_rows and ROWS[run.row].trains
+        return not keeps or Path(record.get("checkpoint") or "").is_file()
+
+    def describe(self, run: AblationRun) -> str:
+        return run_name(run.row, run.seed)
+
+    def summarize(self, record: dict) -> str:
+        metrics = record["evaluations"]["as_trained"]["metrics"]
+        return (f"I2T R@1 {100 * metrics['image_to_text_R@1']:.1f}%, T2I R@1 {100 * metrics['text_to_image_R@1']:.1f}%"
+                f", trained {record['train_seconds']:.0f} s")
+
+    def after_cell(self, run: GridRun) -> None:
+        write_outputs(self.config, self.data.description, run.failures)
+
+
 def run_grid(config: AblationConfig) -> dict:
     """Stage 1 if needed, then train and evaluate every (seed, row), seed-major so that a grid
-    cut short still holds complete seeds; the outputs are rewritten after every run. Returns the summary."""
+    cut short still holds complete seeds; the outputs are rewritten after every run. A run that
+    fails stops only itself (one line in the tables' Problems). Returns the summary."""
     unknown = [r for r in (*config.rows, *config.keep_rows) if r not in ROWS]
     if unknown:
         raise ValueError(f"unknown rows {unknown}; known: {list(ROWS)}")
@@ -250,49 +296,19 @@ def run_grid(config: AblationConfig) -> dict:
     data = ensure_data(config.data, progress=True)
     with logging_redirect_tqdm():
         stage1 = ensure_stage1(config, data) if config.two_stage else None
-        origin = _origin(config)
-        grid = [(seed, key, out / "runs" / f"{run_name(key, seed)}.json")
-                for seed in config.seeds for key in config.rows]
-        todo = [(seed, key, record) for seed, key, record in grid if not _is_done(config, key, record, origin)]
-        # the grid's bar (runs done / all) above the current run's bar (its steps, from its out.log)
-        with tqdm(total=len(grid), initial=len(grid) - len(todo), desc="ablation runs", unit="run",
-                  dynamic_ncols=True) as runs:
-            for seed, key, record in todo:
-                runs.set_postfix_str(f"now {run_name(key, seed)}")
-                result = run_one(config, data, key, seed, stage1)
-                record.write_text(json.dumps(result, indent=2))
-                metrics = result["evaluations"]["as_trained"]["metrics"]
-                logging.info("%s: I2T R@1 %.1f%%, T2I R@1 %.1f%% (%.0f s)", run_name(key, seed),
-                             100 * metrics["image_to_text_R@1"], 100 * metrics["text_to_image_R@1"],
-                             result["train_seconds"])
-                write_outputs(config, data.description)
-                runs.update(1)
-    return write_outputs(config, data.description)
+    # the grid's bar (runs done / all) above the current run's bar (its steps, from its out.log)
+    grid = AblationGrid(config, data, stage1)
+    run = grid.run(grid.start([AblationRun(key, seed) for seed in config.seeds for key in config.rows]))
+    return write_outputs(config, data.description, run.failures)
 
 
-def _origin(config: AblationConfig) -> str:
-    """What a run starts from and how it trains and is scored, recorded with it: a record of
-    another origin is stale (it is retrained, and left out of the tables)."""
-    settings = {"start": stage1_dir(config).name if config.two_stage else "scratch",
-                "pretrain": asdict(config.pretrain),
-                "simclr_start_epoch": 0 if config.two_stage else config.simclr_start_epoch,
-                "eval_num_samples": config.eval_num_samples}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _is_done(config: AblationConfig, key: str, path: Path, origin: str) -> bool:
-    """A current record, with its kept weights when the row's are to be kept."""
-    record = _load_record(path, origin)
-    if record is None:
-        return False
-    return key not in config.keep_rows or not ROWS[key].trains or Path(record.get("checkpoint") or "").is_file()
-
-
-def _load_record(path: Path, origin: str) -> Optional[dict]:
-    if not path.is_file():
-        return None
-    record = json.loads(path.read_text())
-    return record if record.get("origin") == origin and "evaluations" in record else None
+def run_settings(config: AblationConfig) -> dict:
+    """What a run starts from and how it trains and is scored, hashed into its record: a record of
+    other settings is stale (it is retrained, and left out of the tables)."""
+    return {"start": stage1_dir(config).name if config.two_stage else "scratch",
+            "pretrain": asdict(config.pretrain),
+            "simclr_start_epoch": 0 if config.two_stage else config.simclr_start_epoch,
+            "eval_num_samples": config.eval_num_samples}
 
 
 def _scored(result: RetrievalResult) -> dict:
@@ -311,7 +327,7 @@ def _evaluations(config: AblationConfig, data: ExperimentData, checkpoint: Optio
 def run_untrained(config: AblationConfig, data: ExperimentData, seed: int) -> dict:
     """The ``untrained`` row: the initial weights open_clip_train would draw under ``seed``."""
     evaluations = _evaluations(config, data, None, init_seed=seed)
-    return {"row": "untrained", "seed": seed, "origin": _origin(config), "flags": [], "evaluations": evaluations,
+    return {"row": "untrained", "seed": seed, "flags": [], "evaluations": evaluations,
             "num_pairs": len(evaluations["as_trained"]["ranks"]["image_to_text"]), "train_seconds": 0.0,
             "num_steps": 0, "final_losses": {}}
 
@@ -345,7 +361,7 @@ def run_one(config: AblationConfig, data: ExperimentData, key: str, seed: int, s
     if not config.keep_checkpoints:
         run.checkpoint.unlink()
     last = run.steps[-1]
-    return {"row": key, "seed": seed, "origin": _origin(config), "flags": pretrain.unimlip_flags + pretrain.extra_flags,
+    return {"row": key, "seed": seed, "flags": pretrain.unimlip_flags + pretrain.extra_flags,
             "evaluations": evaluations, "num_pairs": len(evaluations["as_trained"]["ranks"]["image_to_text"]),
             "train_seconds": run.seconds, "num_steps": len(run.steps),
             "final_losses": {k: v for k, v in last.items() if k.endswith("loss")},
@@ -353,9 +369,10 @@ def run_one(config: AblationConfig, data: ExperimentData, key: str, seed: int, s
 
 
 def _load_records(config: AblationConfig) -> List[dict]:
-    origin = _origin(config)
-    records = [_load_record(p, origin) for p in sorted((Path(config.out) / "runs").glob("*.json"))]
-    return [r for r in records if r is not None]
+    """Every current record under ``<out>/runs``, of the grid's rows and seeds or of earlier ones."""
+    origin = settings_hash(run_settings(config))
+    records = [read_record(p, origin) for p in sorted((Path(config.out) / "runs").glob("*.json"))]
+    return [r for r in records if r is not None and "evaluations" in r]
 
 
 # ----- statistics and tables ---------------------------------------------------------------
@@ -530,9 +547,11 @@ def plot_summary(summary: Dict[str, dict], path: Path) -> Path:
     return path
 
 
-def write_outputs(config: AblationConfig, data_description: Optional[str] = None) -> dict:
-    """``ablation.json`` (settings, stage 1, summary, kept weights, every run), ``ablation.md`` (the
-    tables, under a line on the data when ``data_description`` is given) and ``ablation.png``."""
+def write_outputs(config: AblationConfig, data_description: Optional[str] = None,
+                  failures: Sequence[dict] = ()) -> dict:
+    """``ablation.json`` (settings, stage 1, summary, kept weights, every run, the runs that failed),
+    ``ablation.md`` (the tables, under a line on the data when ``data_description`` is given, then
+    one line per failed run) and ``ablation.png``."""
     out = Path(config.out)
     records = _load_records(config)
     summary = summarize(records, config.rows)
@@ -549,10 +568,12 @@ def write_outputs(config: AblationConfig, data_description: Optional[str] = None
     for record in records:
         if record.get("checkpoint"):
             checkpoints.setdefault(record["row"], {})[record["seed"]] = record["checkpoint"]
-    (out / "ablation.json").write_text(json.dumps({"settings": settings, "stage1": stage1, "summary": summary,
-                                                   "checkpoints": checkpoints, "runs": records}, indent=2))
+    write_json_atomic(out / "ablation.json", {"settings": settings, "stage1": stage1, "summary": summary,
+                                              "checkpoints": checkpoints, "runs": records, "failures": list(failures)})
     header = f"Data: {data_description}.\n\n" if data_description else ""
-    (out / "ablation.md").write_text(header + format_tables(summary, stage1))
+    problems = "".join(f"- {f['row']} seed {f['seed']}: {f['message']}\n" for f in failures)
+    (out / "ablation.md").write_text(header + format_tables(summary, stage1)
+                                     + (f"\n**Problems** (each stopped only its own run)\n\n{problems}" if problems else ""))
     if summary:
         plot_summary(summary, out / "ablation.png")
     return summary

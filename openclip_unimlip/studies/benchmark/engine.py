@@ -24,35 +24,32 @@ layout (Fig. 2, Table 1, Table 2), with the paper's reported numbers beside. The
   epochs with early stopping; VQA at the paper's learning rates with ``vqa.py``'s schedule), ``cpu``
   (ours: every real dataset on a 2-core machine with ``unimlip-tiny``, see :data:`CPU`) and ``ci``
   (tiny sizes, ours: a minute on a CPU for small models).
-* **Cells**: one (model, task, fraction, seed) each, written to ``<out>/cells/<row>/`` as soon as it
-  finishes, with a hash of everything that shaped it; a re-run skips finished cells and re-runs
-  stale ones. A bad dataset or a model that does not load stops only its own cells; a cell that
-  fails stops the rest of its (model, task) with one message in the report.
+* **Cells**: one (model, task, fraction, seed) each, on the studies' grid (``studies/grid.py``):
+  written to ``<out>/cells/<row>/`` as soon as it finishes, with a hash of everything that shaped
+  it; a re-run skips finished cells and re-runs stale ones. A bad dataset or a model that does not
+  load stops only its own cells; a cell that fails stops the rest of its (model, task) with one
+  message in the report.
 * **Outputs**: ``<out>/benchmark.md`` and ``benchmark.json`` (rewritten after every cell),
   ``<out>/plots/`` (retrieval recall bars, VQA accuracy by question type).
 * ``--plan`` reads the datasets, lists the cells with an estimate of their time and runs nothing.
 """
-import hashlib
 import json
 import logging
 import math
-import os
 import re
-import time
-import traceback
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
+from openclip_unimlip.data.atomic import write_json_atomic
 from openclip_unimlip.data.releases import DatasetStatus, find_datasets
 from openclip_unimlip.evaluation import classification, finetune, reported, vqa
 from openclip_unimlip.evaluation.cxr_protocols import DEFAULT_PROTOCOL
 from openclip_unimlip.evaluation.medpix_classification import FineTuneSettings
 from openclip_unimlip.studies.benchmark import tables
+from openclip_unimlip.studies.grid import Grid, GridRun, one_line
 from openclip_unimlip.studies.benchmark.tasks import (
     ChestXrayRecipe,
     MedpixRecipe,
@@ -166,11 +163,14 @@ class TaskState:
     chance: Optional[dict] = None
 
 
-class Benchmark:
-    """The datasets read, the rows checked and the cells planned for one configuration."""
+class Benchmark(Grid[Cell]):
+    """The datasets read, the rows checked and the cells planned for one configuration; its cells
+    run on the studies' grid (``studies.grid``)."""
+    progress_label = "benchmark cells"
 
     def __init__(self, config: BenchmarkConfig):
         self.config = config
+        self.progress = config.runtime.progress
         self.datasets = find_datasets(config.data_root, config.datasets)
         self.tasks: Dict[str, TaskState] = {}
         for dataset in self.datasets:
@@ -189,7 +189,7 @@ class Benchmark:
             state.describe = task.describe(state.data)
             state.chance = task.chance(state.data, self.config.preset)
         except Exception as error:  # noqa: BLE001 - a bad dataset stops only its own cells
-            state.status, state.message = "failed", f"{dataset.title} could not be read: {_one_line(error)}"
+            state.status, state.message = "failed", f"{dataset.title} could not be read: {one_line(error)}"
             _logger.error("%s", state.message)
         return state
 
@@ -203,7 +203,7 @@ class Benchmark:
                 weights = row.for_seed(self.config.preset.seeds[0]).pretrained
                 model = open_clip.create_model(row.model, pretrained=weights)
             except Exception as error:  # noqa: BLE001 - a failed model stops only its own cells
-                status.update(status="failed", message=f"the model could not be loaded: {_one_line(error)}")
+                status.update(status="failed", message=f"the model could not be loaded: {one_line(error)}")
                 _logger.error("%s: %s", row.label, status["message"])
                 continue
             status["vqa_unsupported"] = vqa_unsupported_reason(model)
@@ -221,27 +221,16 @@ class Benchmark:
     def row(self, label: str) -> ModelRow:
         return next(row for row in self.config.rows if row.label == label)
 
-    def origin(self, cell: Cell) -> str:
-        """A hash of everything that shapes the cell's numbers (not the device, the workers nor the
-        output folder)."""
+    def settings(self, cell: Cell) -> dict:
+        """Everything that shapes the cell's numbers (not the device, the workers nor the output folder)."""
         state = self.tasks[cell.task]
-        settings = {"row": self.row(cell.row).for_seed(cell.seed).identity(), "task": cell.task,
-                    "recipe": state.task.recipe(self.config.preset), "data": str(Path(state.dataset.path).resolve()),
-                    "read": state.describe,  # what was read: a changed reader or release re-runs the cells
-                    "limit": self.config.preset.limit, "precision": self.config.runtime.precision}
-        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return {"row": self.row(cell.row).for_seed(cell.seed).identity(), "task": cell.task,
+                "recipe": state.task.recipe(self.config.preset), "data": str(Path(state.dataset.path).resolve()),
+                "read": state.describe,  # what was read: a changed reader or release re-runs the cells
+                "limit": self.config.preset.limit, "precision": self.config.runtime.precision}
 
     def cell_path(self, cell: Cell) -> Path:
         return self.config.out / "cells" / row_folder(cell.row) / f"{cell.key}.json"
-
-    def finished(self, cell: Cell) -> Optional[dict]:
-        """The cell's record when it finished with the current settings (a stale or damaged file is not)."""
-        path = self.cell_path(cell)
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        return record if record.get("origin") == self.origin(cell) and "metrics" in record else None
 
     def blocked(self, cell: Cell) -> Optional[str]:
         """Why the cell cannot run (its row failed to load, VQA does not apply), or None."""
@@ -252,18 +241,38 @@ class Benchmark:
             return "n/a"
         return None
 
+    def failure_group(self, cell: Cell) -> tuple:
+        return cell.row, cell.task  # a failing cell stops the rest of its (model, task)
+
     def units(self, cell: Cell) -> float:
         state = self.tasks[cell.task]
         return state.task.units(state.data, self.config.preset, cell.fraction)
+
+    def rate_keys(self, cell: Cell) -> Sequence[tuple]:
+        """The row's own finished cells of the same task kind, else those of the same model name
+        (same architecture)."""
+        kind, model = cell.task.split("-", 1)[0], self.row(cell.row).model
+        return [(("row", cell.row, kind), "measured on its finished cells"),
+                (("model", model, kind), f"measured on finished cells of {model}")]
+
+    def describe(self, cell: Cell) -> str:
+        return f"{cell.row} / {cell.key}"
+
+    def summarize(self, record: dict) -> str:
+        return ", ".join(f"{k} {100 * v:.1f}" if v is not None and not math.isnan(v) else f"{k} n/a"
+                         for k, v in record["metrics"].items())
+
+    def after_cell(self, run: GridRun) -> None:
+        if self.config.runtime.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        write_report(self, run)
 
     # ------------------------------------------------------------------------- running
     def run_cell(self, cell: Cell) -> dict:
         state = self.tasks[cell.task]
         row = self.row(cell.row).for_seed(cell.seed)
-        start = time.perf_counter()
         result = state.task.run(row, state.data, self.config.preset, cell.fraction, cell.seed, self.config.runtime)
         return {**asdict(cell), "model": row.model, "pretrained": row.pretrained, "preset": self.config.preset.name,
-                "origin": self.origin(cell), "seconds": time.perf_counter() - start, "units": self.units(cell),
                 "device": self.config.runtime.device, **result}
 
 
@@ -286,17 +295,6 @@ def vqa_unsupported_by_config(row: ModelRow) -> Optional[str]:
         return None
     return ("not applicable: the paper's VQA recipe appends learnable tokens to a Hugging Face text transformer; "
             "this model's text tower is OpenCLIP's own transformer")
-
-
-def _one_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {' '.join(str(error).split())}"
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(partial, path)  # a kill mid-write leaves the old file or none, never half of one
 
 
 # ----------------------------------------------------------------------------- report
@@ -324,12 +322,21 @@ def build_report(bench: Benchmark, records: Sequence[dict], failures: Sequence[d
     return report
 
 
-def write_report(bench: Benchmark, records: Sequence[dict], failures: Sequence[dict], counts: dict,
-                 plots: bool = False) -> dict:
-    report = build_report(bench, records, failures, counts)
+def cell_counts(run: GridRun) -> dict:
+    """The report's cell counts: a cell is stopped when its row did not load or an earlier cell of its
+    (model, task) failed, not applicable when VQA does not apply to its model."""
+    counts = run.counts()
+    blocked = counts.pop("blocked")
+    counts["stopped"] = blocked.get("stopped", 0) + counts.pop("stopped_after_failure")
+    counts["not_applicable"] = blocked.get("n/a", 0)
+    return counts
+
+
+def write_report(bench: Benchmark, run: GridRun, plots: bool = False) -> dict:
+    report = build_report(bench, run.done(), run.failures, cell_counts(run))
     out = bench.config.out
     written = tables.write_plots(report, out / "plots") if plots else {}
-    _write_json_atomic(out / "benchmark.json", report)
+    write_json_atomic(out / "benchmark.json", report)
     (out / "benchmark.md").write_text(tables.format_markdown(report, written))
     return report
 
@@ -340,98 +347,23 @@ def run_benchmark(config: BenchmarkConfig) -> dict:
     config.out.mkdir(parents=True, exist_ok=True)
     bench = Benchmark(config)
     bench.check_rows()
-    cells = bench.cells()
-    records = {cell: bench.finished(cell) for cell in cells}
-    runnable = [cell for cell in cells if bench.blocked(cell) is None]
-    todo = [cell for cell in runnable if records[cell] is None]
-    failures: List[dict] = []
-    stopped_tasks: Dict[tuple, str] = {}  # (row, task) -> the failure that stopped it
-    progress = {"run_now": 0, "stopped_after_failure": 0}
-
-    def counts() -> dict:
-        done = [r for r in records.values() if r is not None]
-        return {"planned": len(cells), "done": len(done), "run_now": progress["run_now"],
-                "resumed": len(done) - progress["run_now"], "failed": len(failures),
-                "stopped": sum(bench.blocked(c) == "stopped" for c in cells) + progress["stopped_after_failure"],
-                "not_applicable": sum(bench.blocked(c) == "n/a" for c in cells),
-                "seconds": sum(r["seconds"] for r in done)}
-
-    def report(plots: bool = False) -> dict:
-        return write_report(bench, [r for r in records.values() if r is not None], failures, counts(), plots)
-
-    report()
-    runtime = config.runtime
+    run = bench.start(bench.cells())
+    write_report(bench, run)
     try:
-        with logging_redirect_tqdm(), tqdm(total=len(runnable), initial=len(runnable) - len(todo), unit="cell",
-                                           desc="benchmark cells", dynamic_ncols=True,
-                                           disable=not runtime.progress) as bar:
-            for cell in todo:
-                if (cell.row, cell.task) in stopped_tasks:
-                    progress["stopped_after_failure"] += 1
-                    bar.update(1)
-                    continue
-                bar.set_postfix_str(f"{cell.row} {cell.key}")
-                try:
-                    record = bench.run_cell(cell)
-                except Exception as error:  # noqa: BLE001 - a failing cell stops its (model, task) only
-                    message = _one_line(error)
-                    failures.append({**asdict(cell), "message": message, "traceback": traceback.format_exc()})
-                    stopped_tasks[(cell.row, cell.task)] = message
-                    _logger.error("%s / %s seed %d failed, its remaining cells are stopped: %s", cell.row, cell.task,
-                                  cell.seed, message)
-                else:
-                    _write_json_atomic(bench.cell_path(cell), record)
-                    records[cell] = record
-                    progress["run_now"] += 1
-                    _logger.info("%s / %s: %s (%.0f s)", cell.row, cell.key, ", ".join(
-                        f"{k} {100 * v:.1f}" if v is not None and not math.isnan(v) else f"{k} n/a"
-                        for k, v in record["metrics"].items()), record["seconds"])
-                finally:
-                    if runtime.device.startswith("cuda"):
-                        torch.cuda.empty_cache()
-                report()
-                bar.update(1)
+        bench.run(run)
     finally:
-        final = report(plots=True)
+        final = write_report(bench, run, plots=True)
     return final
-
-
-def estimate_seconds(bench: Benchmark, cells: Sequence[Cell], records: Dict[Cell, Optional[dict]]) -> tuple:
-    """(seconds for ``cells``, how the rate was found per (row, task kind)). The rate is seconds per
-    work unit measured on the finished cells of the same row and task kind, else of the same model
-    name and task kind (same architecture), else the device's prior."""
-    device = "cuda" if bench.config.runtime.device.startswith("cuda") else "cpu"
-    by_row: Dict[tuple, List[float]] = {}
-    by_model: Dict[tuple, List[float]] = {}
-    for record in records.values():
-        if record is not None and record.get("units"):
-            kind = record["task"].split("-", 1)[0]
-            for totals, key in ((by_row, (record["row"], kind)), (by_model, (record["model"], kind))):
-                entry = totals.setdefault(key, [0.0, 0.0])
-                entry[0] += record["seconds"]
-                entry[1] += record["units"]
-    total, sources = 0.0, {}
-    for cell in cells:
-        kind = cell.task.split("-", 1)[0]
-        model = bench.row(cell.row).model
-        if (cell.row, kind) in by_row:
-            (seconds, units), source = by_row[(cell.row, kind)], "measured on its finished cells"
-        elif (model, kind) in by_model:
-            (seconds, units), source = by_model[(model, kind)], f"measured on finished cells of {model}"
-        else:
-            (seconds, units), source = (PRIOR_SECONDS_PER_UNIT[device], 1.0), f"prior for {device} (rough, ours)"
-        sources[(cell.row, kind)] = source
-        total += seconds / units * bench.units(cell)
-    return total, sources
 
 
 def plan(config: BenchmarkConfig) -> dict:
     """The cells, their state and an estimate of the time left; reads the datasets, runs nothing."""
     bench = Benchmark(config)
-    cells = bench.cells()
-    records = {cell: bench.finished(cell) for cell in cells}
-    todo = [cell for cell in cells if records[cell] is None and bench.blocked(cell) is None]
-    seconds, sources = estimate_seconds(bench, todo, records)
+    run = bench.start(bench.cells())
+    cells, records, todo = run.cells, run.records, run.todo()
+    device = "cuda" if config.runtime.device.startswith("cuda") else "cpu"
+    seconds, sources = bench.estimate_seconds(run, todo, (PRIOR_SECONDS_PER_UNIT[device],
+                                                          f"prior for {device} (rough, ours)"))
     lines = [f"Benchmark plan: preset {config.preset.name}, {len(config.rows)} model(s), seeds "
              f"{', '.join(map(str, config.preset.seeds))}, data root {config.data_root}", "", "Datasets:"]
     for dataset in bench.datasets:
@@ -452,7 +384,7 @@ def plan(config: BenchmarkConfig) -> dict:
                   f"{sum(bench.blocked(c) == 'n/a' for c in cells)} not applicable.",
               f"Estimated time to run: {seconds / 3600:.1f} h ({seconds / 60:.0f} min) on {config.runtime.device}; "
               "fine-tuning counted at its maximum epochs (early stopping only shortens it). Rates: "
-              + ("; ".join(f"{row} {kind}: {source}" for (row, kind), source in sorted(sources.items()))
+              + ("; ".join(f"{row} {kind}: {source}" for (_, row, kind), source in sorted(sources.items()))
                  or "none needed")]
     print("\n".join(lines))
     return {"cells": [{**asdict(c), "state": "done" if records[c] is not None else bench.blocked(c) or "to run"}
