@@ -8,6 +8,7 @@
 - `experiment`: one experiment end to end (data, an ``open_clip_train`` run, retrieval), shared by the
   demo and the ablation.
 - `pretraining`: pre-training runs: their progress and the Slurm launcher (sub-package).
+- `report`: the report writer every study shares: Markdown tables, the JSON beside them, bar charts.
 - `real_downstream`: VQA-RAD and MedPix 2.0 downstream per initialisation, seeds and t-intervals.
 - `statistics`: intervals over training seeds (t-intervals) and the paired bootstrap.
 """

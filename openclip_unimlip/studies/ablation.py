@@ -50,11 +50,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from openclip_unimlip.data.atomic import write_json_atomic
 from openclip_unimlip.evaluation.retrieval import positive_ranks
 from openclip_unimlip.studies.experiment import (
     DataConfig,
@@ -67,6 +64,7 @@ from openclip_unimlip.studies.experiment import (
     run_pretraining,
 )
 from openclip_unimlip.studies.grid import Grid, GridRun, read_record, settings_hash
+from openclip_unimlip.studies.report import BarSeries, bar_chart, difference_text, markdown_table, save_report
 from openclip_unimlip.studies.statistics import paired_difference
 
 _OFF = {"image_perturbed_itc": "--unimlip-image-perturbed-itc-weight", "text_perturbed_itc":
@@ -436,8 +434,7 @@ def _difference(entry: dict, evaluation: str, short: str) -> str:
     if "difference" not in entry:
         return "–"
     d = entry["difference"][evaluation][short]
-    text = f"{d['estimate']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
-    return f"**{text}**" if d["excludes_zero"] else text
+    return difference_text(d["estimate"], d["low"], d["high"], d["excludes_zero"])
 
 
 def _paper(key: str) -> str:
@@ -451,13 +448,22 @@ def _mark(flag: bool) -> str:
 def format_stage1(stage1: dict) -> str:
     lines = [f"**Stage 1** (ITC + MLM from scratch, {len(stage1['curve'])} epochs, {stage1['num_steps']} steps, "
              f"{stage1['train_seconds'] / 60:.1f} min; val retrieval per epoch from open_clip_train; plateaued: "
-             f"{'yes' if stage1['plateaued'] else 'NO'})", "",
-             "| epoch | I2T R@1 | T2I R@1 | I2T R@10 | T2I R@10 | I2T mean rank | T2I mean rank |",
-             "|---|---|---|---|---|---|---|"]
-    for p in stage1["curve"]:
-        lines.append(f"| {p['epoch']} | {p['i2t_r1']:.1f} | {p['t2i_r1']:.1f} | {p['i2t_r10']:.1f} | "
-                     f"{p['t2i_r10']:.1f} | {p['i2t_mean_rank']:.1f} | {p['t2i_mean_rank']:.1f} |")
+             f"{'yes' if stage1['plateaued'] else 'NO'})", ""]
+    lines += markdown_table(
+        ["epoch", "I2T R@1", "T2I R@1", "I2T R@10", "T2I R@10", "I2T mean rank", "T2I mean rank"],
+        [[str(p["epoch"]), *(f"{p[short]:.1f}" for short in ("i2t_r1", "t2i_r1", "i2t_r10", "t2i_r10",
+                                                            "i2t_mean_rank", "t2i_mean_rank"))]
+         for p in stage1["curve"]])
     return "\n".join(lines)
+
+
+def _scores(entry: dict, evaluation: str) -> List[str]:
+    """R@1, R@10 and mean rank (I2T / T2I), the R@1 differences to the baseline."""
+    return [_pair(entry, evaluation, "r1"), _pair(entry, evaluation, "r10"), _pair(entry, evaluation, "mean_rank"),
+            _difference(entry, evaluation, "i2t_r1"), _difference(entry, evaluation, "t2i_r1")]
+
+
+SCORE_COLUMNS = ["R@1 I2T / T2I", "R@10 I2T / T2I", "mean rank I2T / T2I", "Δ I2T R@1 [95 %]", "Δ T2I R@1 [95 %]"]
 
 
 def format_tables(summary: Dict[str, dict], stage1: Optional[dict] = None) -> str:
@@ -468,83 +474,54 @@ def format_tables(summary: Dict[str, dict], stage1: Optional[dict] = None) -> st
     for evaluation, title in (
             ("as_trained", "as trained (the paper's evaluation)"),
             ("bn_reestimated", "BatchNorm statistics re-estimated on clean train images (precise BN)")):
-        lines += [f"**Table 3** (freezing BatchNorm statistics with SimCLR), {title}", "",
-                  "| Vision encoder input | Training objectives | Freeze BN | R@1 I2T / T2I | R@10 I2T / T2I | "
-                  "mean rank I2T / T2I | Δ I2T R@1 [95 %] | Δ T2I R@1 [95 %] | seeds | paper R@1 I2T / T2I |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for key in TABLE3:
-            if key not in summary:
-                continue
-            row, entry = ROWS[key], summary[key]
+        table3 = []
+        for key in (k for k in TABLE3 if k in summary):
+            row = ROWS[key]
             objectives = ", ".join(t.upper() if t != "simclr" else "I2I (SimCLR)" for t in row.terms)
-            lines.append(f"| {'V, Va, Vb' if row.views_fed else 'V'} | {objectives} | {_mark(row.freeze_bn)} | "
-                         f"{_pair(entry, evaluation, 'r1')} | {_pair(entry, evaluation, 'r10')} | "
-                         f"{_pair(entry, evaluation, 'mean_rank')} | {_difference(entry, evaluation, 'i2t_r1')} | "
-                         f"{_difference(entry, evaluation, 't2i_r1')} | {len(entry['seeds'])} | {_paper(key)} |")
+            table3.append(["V, Va, Vb" if row.views_fed else "V", objectives, _mark(row.freeze_bn),
+                           *_scores(summary[key], evaluation), str(len(summary[key]["seeds"])), _paper(key)])
+        lines += [f"**Table 3** (freezing BatchNorm statistics with SimCLR), {title}", "",
+                  *markdown_table(["Vision encoder input", "Training objectives", "Freeze BN", *SCORE_COLUMNS,
+                                   "seeds", "paper R@1 I2T / T2I"], table3)]
+        table4 = [[*(_mark(t in ROWS[key].terms)
+                     for t in ("itc", "mlm", "text_perturbed_itc", "image_perturbed_itc", "simclr")),
+                   *_scores(summary[key], evaluation), str(len(summary[key]["seeds"])), _paper(key)]
+                  for key in TABLE4 if key in summary]
         lines += ["", f"**Table 4** (the training objectives), {title}", "",
-                  "| ITC | MLM | text-perturbed ITC | image-perturbed ITC | I2I (SimCLR, BN frozen) | R@1 I2T / T2I | "
-                  "R@10 I2T / T2I | mean rank I2T / T2I | Δ I2T R@1 [95 %] | Δ T2I R@1 [95 %] | seeds | "
-                  "paper R@1 I2T / T2I |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for key in TABLE4:
-            if key not in summary:
-                continue
-            row, entry = ROWS[key], summary[key]
-            marks = " | ".join(_mark(t in row.terms)
-                               for t in ("itc", "mlm", "text_perturbed_itc", "image_perturbed_itc", "simclr"))
-            lines.append(f"| {marks} | {_pair(entry, evaluation, 'r1')} | {_pair(entry, evaluation, 'r10')} | "
-                         f"{_pair(entry, evaluation, 'mean_rank')} | {_difference(entry, evaluation, 'i2t_r1')} | "
-                         f"{_difference(entry, evaluation, 't2i_r1')} | {len(entry['seeds'])} | {_paper(key)} |")
-        lines.append("")
+                  *markdown_table(["ITC", "MLM", "text-perturbed ITC", "image-perturbed ITC", "I2I (SimCLR, BN frozen)",
+                                   *SCORE_COLUMNS, "seeds", "paper R@1 I2T / T2I"], table4), ""]
         references = [key for key in REFERENCE_ROWS if key in summary and (key != BASELINE or len(summary) > 1)]
         if any(key != BASELINE for key in references):
+            rows = [[ROWS[key].label, *_scores(summary[key], evaluation),
+                     _difference(summary[key], evaluation, "i2t_mean_rank"),
+                     _difference(summary[key], evaluation, "t2i_mean_rank"), str(len(summary[key]["seeds"]))]
+                    for key in references]
             lines += [f"**Reference rows** (ours: before any training, and plain CLIP continued from stage 1), {title}",
-                      "", "| row | R@1 I2T / T2I | R@10 I2T / T2I | mean rank I2T / T2I | Δ I2T R@1 [95 %] | "
-                      "Δ T2I R@1 [95 %] | Δ I2T mean rank [95 %] | Δ T2I mean rank [95 %] | seeds |",
-                      "|---|---|---|---|---|---|---|---|---|"]
-            for key in references:
-                entry = summary[key]
-                lines.append(f"| {ROWS[key].label} | {_pair(entry, evaluation, 'r1')} | "
-                             f"{_pair(entry, evaluation, 'r10')} | "
-                             f"{_pair(entry, evaluation, 'mean_rank')} | {_difference(entry, evaluation, 'i2t_r1')} | "
-                             f"{_difference(entry, evaluation, 't2i_r1')} | "
-                             f"{_difference(entry, evaluation, 'i2t_mean_rank')} | "
-                             f"{_difference(entry, evaluation, 't2i_mean_rank')} | {len(entry['seeds'])} |")
-            lines.append("")
+                      "", *markdown_table(["row", *SCORE_COLUMNS, "Δ I2T mean rank [95 %]", "Δ T2I mean rank [95 %]",
+                                           "seeds"], rows), ""]
     compared = [key for key in summary if "difference" in summary[key]]
     if compared:
         lines += ["**Row − baseline, every metric**: paired difference over the common seeds and the val "
                   "pairs, 95 % bootstrap interval (pairs and seeds resampled); **bold**: the interval excludes 0. "
-                  "R@K in points of %, mean rank in ranks (negative is better).", "",
-                  "| row | evaluation | "
-                  + " | ".join(f"Δ {'I2T' if d == 'image_to_text' else 'T2I'} {m.replace('_', ' ')}"
-                               for _, d, m in METRICS) + " |",
-                  "|---|---|" + "---|" * len(METRICS)]
-        for key in compared:
-            for evaluation in EVALUATIONS:
-                cells = " | ".join(_difference(summary[key], evaluation, s) for s, _, _ in METRICS)
-                lines.append(f"| {ROWS[key].label} | {evaluation.replace('_', ' ')} | {cells} |")
+                  "R@K in points of %, mean rank in ranks (negative is better).", ""]
+        lines += markdown_table(
+            ["row", "evaluation", *(f"Δ {'I2T' if d == 'image_to_text' else 'T2I'} {m.replace('_', ' ')}"
+                                    for _, d, m in METRICS)],
+            [[ROWS[key].label, evaluation.replace("_", " "),
+              *(_difference(summary[key], evaluation, s) for s, _, _ in METRICS)]
+             for key in compared for evaluation in EVALUATIONS])
     return "\n".join(lines).rstrip() + "\n"
 
 
 def plot_summary(summary: Dict[str, dict], path: Path) -> Path:
+    """R@1 as trained per row and direction: mean ± std over seeds, each seed a dot."""
     keys = list(summary)
-    figure = Figure(figsize=(1.3 * len(keys) + 2, 3.8))
-    axis = figure.add_subplot(1, 1, 1)
-    x = np.arange(len(keys))
-    for offset, short, label in ((-0.2, "i2t_r1", "I2T R@1"), (0.2, "t2i_r1", "T2I R@1")):
+    series = []
+    for short, label in (("i2t_r1", "I2T R@1"), ("t2i_r1", "T2I R@1")):
         values = [summary[k]["as_trained"][short] for k in keys]
-        axis.bar(x + offset, [v["mean"] for v in values], 0.4, yerr=[np.nan_to_num(v["std"]) for v in values],
-                 capsize=3, label=label)
-        for position, value in zip(x + offset, values):  # the seeds themselves: few, so show them
-            axis.scatter([position] * len(value["values"]), value["values"], s=8, color="black", zorder=3)
-    axis.set_xticks(x, [ROWS[k].label.replace(", ", ",\n") for k in keys], fontsize=7, rotation=20, ha="right")
-    axis.set_ylabel("R@1 (%) as trained, mean ± std over seeds")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+        stds = [float(np.nan_to_num(v["std"])) for v in values]
+        series.append(BarSeries(label, [v["mean"] for v in values], (stds, stds), [v["values"] for v in values]))
+    return bar_chart(path, [ROWS[k].label for k in keys], series, "R@1 (%) as trained, mean ± std over seeds")
 
 
 def write_outputs(config: AblationConfig, data_description: Optional[str] = None,
@@ -568,12 +545,12 @@ def write_outputs(config: AblationConfig, data_description: Optional[str] = None
     for record in records:
         if record.get("checkpoint"):
             checkpoints.setdefault(record["row"], {})[record["seed"]] = record["checkpoint"]
-    write_json_atomic(out / "ablation.json", {"settings": settings, "stage1": stage1, "summary": summary,
-                                              "checkpoints": checkpoints, "runs": records, "failures": list(failures)})
     header = f"Data: {data_description}.\n\n" if data_description else ""
     problems = "".join(f"- {f['row']} seed {f['seed']}: {f['message']}\n" for f in failures)
-    (out / "ablation.md").write_text(header + format_tables(summary, stage1)
-                                     + (f"\n**Problems** (each stopped only its own run)\n\n{problems}" if problems else ""))
+    markdown = header + format_tables(summary, stage1) + (
+        f"\n**Problems** (each stopped only its own run)\n\n{problems}" if problems else "")
+    save_report(out, "ablation", {"settings": settings, "stage1": stage1, "summary": summary,
+                                  "checkpoints": checkpoints, "runs": records, "failures": list(failures)}, markdown)
     if summary:
         plot_summary(summary, out / "ablation.png")
     return summary

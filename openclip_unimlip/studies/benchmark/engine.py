@@ -43,13 +43,13 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from openclip_unimlip.data.atomic import write_json_atomic
 from openclip_unimlip.data.releases import DatasetStatus, find_datasets
 from openclip_unimlip.evaluation import classification, finetune, reported, vqa
 from openclip_unimlip.evaluation.cxr_protocols import DEFAULT_PROTOCOL
 from openclip_unimlip.evaluation.medpix_classification import FineTuneSettings
 from openclip_unimlip.studies.benchmark import tables
 from openclip_unimlip.studies.grid import Grid, GridRun, one_line
+from openclip_unimlip.studies.report import save_report
 from openclip_unimlip.studies.benchmark.tasks import (
     ChestXrayRecipe,
     MedpixRecipe,
@@ -336,8 +336,7 @@ def write_report(bench: Benchmark, run: GridRun, plots: bool = False) -> dict:
     report = build_report(bench, run.done(), run.failures, cell_counts(run))
     out = bench.config.out
     written = tables.write_plots(report, out / "plots") if plots else {}
-    write_json_atomic(out / "benchmark.json", report)
-    (out / "benchmark.md").write_text(tables.format_markdown(report, written))
+    save_report(out, "benchmark", report, tables.format_markdown(report, written))
     return report
 
 

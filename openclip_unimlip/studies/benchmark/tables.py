@@ -15,12 +15,9 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from openclip_unimlip.evaluation import reported
 from openclip_unimlip.evaluation.retrieval import DIRECTIONS, RECALL_KS
+from openclip_unimlip.studies.report import BarSeries, bar_chart, interval_text, markdown_table
 from openclip_unimlip.studies.statistics import paired_t_interval, t_interval
 
 RETRIEVAL_COLUMNS = [(f"{d}_R@{k}", f"{'I2T' if d == 'image_to_text' else 'T2I'} R@{k}")
@@ -298,22 +295,19 @@ def format_cell(cell: dict, decimals: int) -> str:
         return f"{cell['value']:.{decimals}f}"
     if not cell.get("n"):
         return "undefined"
-    if cell.get("low") is None:
-        return f"{cell['mean']:.1f}"
-    return f"{cell['mean']:.1f} [{cell['low']:.1f}, {cell['high']:.1f}]"
+    return interval_text(cell["mean"], cell.get("low"), cell.get("high"))
 
 
 def table_markdown(table: dict) -> List[str]:
     keys = [c["key"] for c in table["columns"]]
-    lines = [f"## {table['title']}", "",
-             "| method | | " + " | ".join(c["label"] for c in table["columns"]) + " | source |",
-             "|---|---|" + "---|" * len(keys) + "---|"]
+    rows = []
     for row in table["rows"]:
         kind = {"ours": "ours", "paired": "ours, paired", "chance": "chance", "reported": "reported"}[row["kind"]]
         decimals = 1 if row["kind"] in ("ours", "paired") else table["decimals"]
-        cells = [format_cell(row["cells"][key], decimals) for key in keys]
-        lines.append(f"| {row['label']} | {kind} | " + " | ".join(cells) + f" | {row['source']} |")
-    return lines + [""] + [f"- {note}" for note in table["notes"]] + [""]
+        rows.append([row["label"], kind, *(format_cell(row["cells"][key], decimals) for key in keys), row["source"]])
+    return ([f"## {table['title']}", ""]
+            + markdown_table(["method", "", *(c["label"] for c in table["columns"]), "source"], rows)
+            + [""] + [f"- {note}" for note in table["notes"]] + [""])
 
 
 def format_markdown(report: dict, plots: Dict[str, List[str]]) -> str:
@@ -323,16 +317,16 @@ def format_markdown(report: dict, plots: Dict[str, List[str]]) -> str:
         f"Preset `{settings['preset']}`, seeds {', '.join(map(str, settings['seeds']))}, device "
         f"`{settings['device']}`, precision `{settings['precision']}`, data root `{settings['data_root']}`. "
         f"{INTERVAL_NOTE}; chance and reported rows as labelled.", "",
-        "## Datasets", "", "| dataset | status | where / why |", "|---|---|---|",
+        "## Datasets", "",
+        *markdown_table(["dataset", "status", "where / why"],
+                        [[d["title"], d["status"], d["message"] or d["path"] or ""] for d in report["datasets"]]),
+        "", "## Models", "",
+        *markdown_table(["row", "model", "pretrained", "status"],
+                        [[row["label"], f"`{row['model']}`", row["pretrained"] or "(none)",
+                          row["status"] if row["status"] == "ok" else f"{row['status']}: {row['message']}"]
+                         for row in report["rows"]]),
+        "",
     ]
-    for dataset in report["datasets"]:
-        where = dataset["path"] or ""
-        lines.append(f"| {dataset['title']} | {dataset['status']} | {dataset['message'] or where} |")
-    lines += ["", "## Models", "", "| row | model | pretrained | status |", "|---|---|---|---|"]
-    for row in report["rows"]:
-        status = row["status"] if row["status"] == "ok" else f"{row['status']}: {row['message']}"
-        lines.append(f"| {row['label']} | `{row['model']}` | {row['pretrained'] or '(none)'} | {status} |")
-    lines.append("")
     for table in report["tables"]:
         lines += table_markdown(table)
         lines += [f"![{Path(path).stem}]({path})" for path in plots.get(table["id"], [])]
@@ -357,36 +351,21 @@ def _bars(table: dict, keys: Sequence[str], labels: Sequence[str], path: Path, t
           with_reported: bool) -> None:
     rows = [r for r in table["rows"] if (r["kind"] == "ours" and any("mean" in r["cells"][k] for k in keys))
             or (with_reported and r["kind"] == "reported")]
-    figure = Figure(figsize=(max(6.0, 1.4 * len(keys) + 0.4 * len(rows)), 4.5))
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    width = 0.8 / max(1, len(rows))
-    positions = np.arange(len(keys))
-    for i, row in enumerate(rows):
-        heights, errors = [], [[], []]
-        for key in keys:
-            cell = row["cells"][key]
-            value = cell.get("mean", cell.get("value"))
-            heights.append(value if value is not None else 0.0)
-            low, high = cell.get("low"), cell.get("high")
+    series = []
+    for row in rows:
+        values = [row["cells"][key].get("mean", row["cells"][key].get("value")) for key in keys]
+        heights = [value if value is not None else 0.0 for value in values]
+        errors = None
+        if row["kind"] == "ours":
             # drawn inside the metric's range: a t-interval over two or three seeds can overshoot 0 or 100
-            errors[0].append(value - max(low, 0.0) if low is not None else 0.0)
-            errors[1].append(min(high, 100.0) - value if high is not None else 0.0)
-        axes.bar(positions + (i - (len(rows) - 1) / 2) * width, heights, width, label=row["label"],
-                 yerr=errors if row["kind"] == "ours" else None, capsize=2,
-                 hatch="//" if row["kind"] == "reported" else None, alpha=0.6 if row["kind"] == "reported" else 1.0)
+            cells = [row["cells"][key] for key in keys]
+            errors = ([value - max(c["low"], 0.0) if c.get("low") is not None else 0.0
+                       for c, value in zip(cells, values)],
+                      [min(c["high"], 100.0) - value if c.get("high") is not None else 0.0
+                       for c, value in zip(cells, values)])
+        series.append(BarSeries(row["label"], heights, errors, hatched=row["kind"] == "reported"))
     chance = next(r for r in table["rows"] if r["kind"] == "chance")
-    for position, key in zip(positions, keys):
-        value = chance["cells"][key].get("value")
-        if value is not None:
-            axes.hlines(value, position - 0.45, position + 0.45, colors="black", linestyles=":",
-                        label="chance" if position == 0 else None)
-    axes.set_xticks(positions, labels)
-    axes.set_ylim(bottom=0)
-    axes.set_ylabel("%")
-    axes.set_title(title, fontsize="medium")
-    axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    figure.savefig(path, dpi=110, bbox_inches="tight")
+    bar_chart(path, labels, series, "%", title, reference=[chance["cells"][key].get("value") for key in keys])
 
 
 def write_plots(report: dict, folder: Path) -> Dict[str, List[str]]:
