@@ -8,22 +8,28 @@ layout (Fig. 2, Table 1, Table 2), with the paper's reported numbers beside. The
 * **Models**: ``--model NAME [--pretrained CKPT] [--label TEXT]``, repeatable; each is one row of
   every table. ``NAME`` is anything OpenCLIP's factory takes (``hf-hub:...``, ``local-dir:...``,
   stock names, our configs; ``--model-config`` registers more); ``--pretrained`` a checkpoint path
-  (``open_clip_train`` checkpoints work) or an OpenCLIP tag; ``{seed}`` in the path gives downstream
-  seed k the weights of pretraining seed k (e.g. the MedPix ablation's
-  ``checkpoints/all_five-seed{seed}.pt``).
+  (``open_clip_train`` checkpoints and plain state dicts work), an OpenCLIP tag, or ``random``
+  (every weight drawn from the cell's seed, the text tower's too; without ``--pretrained`` a
+  Hugging Face text tower starts from its base weights, where pretraining starts); ``{seed}`` in
+  the path gives downstream seed k the weights of pretraining seed k (e.g. the MedPix ablation's
+  ``checkpoints/all_five-seed{seed}.pt``), so the intervals cover the pretraining's seeds too.
+* **Reference**: ``--reference LABEL`` adds to every table each other row's paired per-seed
+  differences to that row, with t-intervals (``studies/statistics.py``): the same seed gives every
+  row the same training subset, data order and new-layer initialisation.
 * **Datasets**: every dataset found under ``--data-root`` in its released layout
   (``data.releases``: ROCO, MedPix 2.0, CheXpert, MIMIC-CXR-JPG, NIH ChestX-ray14, VQA-RAD,
   SLAKE). A missing one is listed as skipped; one whose folder does not hold its release is bad.
 * **Tasks** (``tasks``, each wrapping the single-task evaluation): retrieval on ROCO and
   MedPix 2.0 test pairs; classification fine-tuning and linear probing on the chest X-ray sets
-  (Table 1; NIH split by its own list files, ``tasks.DATASET_PROTOCOLS``) and fine-tuning on MedPix
-  2.0's location labels (a stand-in in Table 1's layout); VQA fine-tuning on VQA-RAD and
-  SLAKE (Table 2).
+  (Table 1; NIH split by its own list files, ``tasks.DATASET_PROTOCOLS``) and on MedPix 2.0's
+  location labels (a stand-in in Table 1's layout; ``--set medpix.label=...`` picks another label);
+  VQA fine-tuning on VQA-RAD and SLAKE (Table 2).
 * **Presets**: ``paper`` (2000 drawn retrieval pairs, sec. 4.2; classification fine-tuning at
   1/10/100 % under the default ``chexclusion`` protocol, 224 px, the paper's batch sizes, up to 64
   epochs with early stopping; VQA at the paper's learning rates with ``vqa.py``'s schedule), ``cpu``
   (ours: every real dataset on a 2-core machine with ``unimlip-tiny``, see :data:`CPU`) and ``ci``
-  (tiny sizes, ours: a minute on a CPU for small models).
+  (tiny sizes, ours: a minute on a CPU for small models). ``--set FIELD=VALUE`` changes one
+  setting of the preset (:func:`preset_with`), e.g. ``vqa.epochs=1``.
 * **Cells**: one (model, task, fraction, seed) each, on the studies' grid (``studies/grid.py``):
   written to ``<out>/cells/<row>/`` as soon as it finishes, with a hash of everything that shaped
   it; a re-run skips finished cells and re-runs stale ones. A bad dataset or a model that does not
@@ -37,6 +43,7 @@ import json
 import logging
 import math
 import re
+import typing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -77,8 +84,8 @@ PAPER = Preset(
         max_epochs=finetune.DEFAULT_MAX_EPOCHS,  # "up to 64 epochs with early stopping"
         patience=finetune.DEFAULT_PATIENCE,  # ours
         protocol=DEFAULT_PROTOCOL),  # chexclusion: the protocol of Table 1's comparison rows
-    # studies/real_downstream.py's "full" preset (batch 150, 64 epochs, patience 10, at least 1,500
-    # images an epoch), at the paper's 224 px
+    # ours: batches of 150, up to 64 epochs with patience 10, at least 1,500 images an epoch (the
+    # settings of the retired real-data downstream command's "full" preset), at the paper's 224 px
     medpix=MedpixRecipe(FineTuneSettings(batch_size=150, lr=1e-4, max_epochs=64, patience=10, min_epoch_images=1500),
                         image_size=224),
     vqa=VqaRecipe(batch_size=vqa.DEFAULT_BATCH_SIZE, epochs=vqa.DEFAULT_EPOCHS,  # ours (vqa.py): 32, 50
@@ -102,7 +109,7 @@ CI = Preset(
 # beyond its chance or prior row. Retrieval keeps the paper's 2,000-pair draw. Chest X-ray: 2
 # epochs of batches of 32, no early stopping (NIH's fine-tune and probe at 1/10/100 %: about 8 min
 # a model and seed on the loaded machine, helper-measured 2026-12-05). MedPix classification:
-# studies/real_downstream.py's "cpu" fine-tune. VQA: the frozen text tower with cached question
+# batches of 32, up to 4 epochs with patience 2, at least 320 images an epoch (docs/real-data.md). VQA: the frozen text tower with cached question
 # states and images transformed once at 64 px (evaluation/vqa.py's CPU options), 10 epochs on the
 # standard 3,064-question split: a random-init unimlip-tiny reached 50.6 % overall on the 451 test
 # questions against 41.9 % for the same model with the image blanked (seed 0, 2026-12-05).
@@ -132,6 +139,52 @@ class BenchmarkConfig:
     runtime: Runtime = field(default_factory=Runtime)
     datasets: Optional[Sequence[str]] = None  # None: every dataset found
     tasks: Optional[Sequence[str]] = None  # task kinds (retrieval, classification, linear-probe, vqa); None: all
+    reference: Optional[str] = None  # a row's label: every other row's paired per-seed differences to it
+    pretraining_note: str = ""  # what the rows' weights were pretrained on, for the report's header
+
+
+def preset_with(preset: Preset, assignments: Sequence[str]) -> Preset:
+    """``preset`` with ``FIELD=VALUE`` assignments (``--set``), a dotted path into the preset, e.g.
+    ``vqa.epochs=1``, ``medpix.finetune.max_epochs=2``, ``vqa.image_size=none``. A value is read as
+    its field's type: a number, ``true``/``false``, ``none`` where the field may be None, a
+    comma-separated tuple of numbers. Raises ValueError naming the bad assignment."""
+    for assignment in assignments:
+        path, sep, text = assignment.partition("=")
+        if not sep:
+            raise ValueError(f"--set {assignment!r}: expected FIELD=VALUE")
+        preset = _assigned(preset, path.split("."), text, assignment)
+    return preset
+
+
+def _assigned(obj, path: List[str], text: str, assignment: str):
+    hints = typing.get_type_hints(type(obj))
+    if path[0] not in hints:
+        raise ValueError(f"--set {assignment!r}: {type(obj).__name__} has no field {path[0]!r} "
+                         f"(fields: {', '.join(hints)})")
+    if len(path) > 1:
+        value = _assigned(getattr(obj, path[0]), path[1:], text, assignment)
+    else:
+        value = _parsed(hints[path[0]], text, assignment)
+    return replace(obj, **{path[0]: value})
+
+
+def _parsed(hint, text: str, assignment: str):
+    options = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+    if text.lower() == "none" and type(None) in options:
+        return None
+    kind = next(option for option in options if option is not type(None))
+    if kind is bool:
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"--set {assignment!r}: expected true or false")
+        return text.lower() == "true"
+    if kind in (int, float, str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"--set {assignment!r}: expected {kind.__name__}") from None
+    if kind is tuple:
+        return tuple(float(item) for item in text.split(","))
+    raise ValueError(f"--set {assignment!r}: this field cannot be set from the command line")
 
 
 # ----------------------------------------------------------------------------- cells
@@ -181,6 +234,9 @@ class Benchmark(Grid[Cell]):
                     self.tasks[task.name] = self._load(task, dataset)
         self.row_status = {row.label: {"status": "ok", "message": "", "vqa_unsupported": vqa_unsupported_by_config(row)}
                            for row in config.rows}
+        found = {dataset.name: dataset.path for dataset in self.datasets if dataset.status == "found"}
+        self.overlap = vqa_rad_overlap_note(found["medpix"], found["vqa-rad"]) if {"medpix", "vqa-rad"} <= set(
+            found) else ""
 
     def _load(self, task: Task, dataset: DatasetStatus) -> TaskState:
         state = TaskState(task, dataset)
@@ -200,8 +256,9 @@ class Benchmark(Grid[Cell]):
         for row in self.config.rows:
             status = self.row_status[row.label]
             try:
-                weights = row.for_seed(self.config.preset.seeds[0]).pretrained
-                model = open_clip.create_model(row.model, pretrained=weights)
+                first = row.for_seed(self.config.preset.seeds[0])
+                model = open_clip.create_model(row.model, pretrained=first.weights,
+                                               pretrained_text=first.pretrained_text)
             except Exception as error:  # noqa: BLE001 - a failed model stops only its own cells
                 status.update(status="failed", message=f"the model could not be loaded: {one_line(error)}")
                 _logger.error("%s: %s", row.label, status["message"])
@@ -297,6 +354,19 @@ def vqa_unsupported_by_config(row: ModelRow) -> Optional[str]:
             "this model's text tower is OpenCLIP's own transformer")
 
 
+def vqa_rad_overlap_note(medpix_root: Path, vqa_rad_root: Path) -> str:
+    """What the two releases share, for the report (the images both hold, per MedPix split)."""
+    from openclip_unimlip.data.medpix import MEDPIX_SPLITS, read_medpix, vqa_rad_overlap
+
+    overlap = vqa_rad_overlap(medpix_root, vqa_rad_root)
+    per_split = {split: sum(image.image_id in overlap for image in read_medpix(medpix_root, split))
+                 for split in MEDPIX_SPLITS}
+    return (f"{len(overlap)} MedPix 2.0 images are also VQA-RAD images ("
+            + ", ".join(f"{n} {split}" for split, n in per_split.items())
+            + "): a checkpoint evaluated on VQA-RAD should come from pretraining that leaves them out "
+            "(`VQA_RAD_OVERLAP`, `--exclude-vqa-rad`); this report cannot check what a checkpoint was trained on.")
+
+
 # ----------------------------------------------------------------------------- report
 def build_report(bench: Benchmark, records: Sequence[dict], failures: Sequence[dict], counts: dict) -> dict:
     config = bench.config
@@ -304,7 +374,9 @@ def build_report(bench: Benchmark, records: Sequence[dict], failures: Sequence[d
         "settings": {"preset": config.preset.name, "seeds": list(config.preset.seeds),
                      "fractions": list(config.preset.fractions), "data_root": str(config.data_root),
                      "device": config.runtime.device, "precision": config.runtime.precision,
-                     "recipes": asdict(config.preset), "interval": tables.INTERVAL_NOTE},
+                     "recipes": asdict(config.preset), "interval": tables.INTERVAL_NOTE,
+                     "reference": config.reference, "pretraining_note": config.pretraining_note},
+        "overlap": bench.overlap,
         "datasets": [{"name": d.name, "title": d.title, "status": d.status, "path": str(d.path) if d.path else None,
                       "message": d.message, "tasks": [t.name for t in tasks_for(d.name)]} for d in bench.datasets],
         "tasks": {name: {"status": s.status, "message": s.message, "describe": s.describe, "chance": s.chance,
