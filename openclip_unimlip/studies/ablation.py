@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from openclip_unimlip.data.atomic import write_json_atomic
 from openclip_unimlip.evaluation.retrieval import positive_ranks
 from openclip_unimlip.studies.experiment import (
     DataConfig,
@@ -231,7 +232,7 @@ def ensure_stage1(config: AblationConfig, data: ExperimentData) -> dict:
     curve = val_curve(run.val_metrics)
     record = {"checkpoint": str(checkpoint.resolve()), "settings": stage1_settings(config), "curve": curve,
               "plateaued": has_plateaued(curve), "train_seconds": run.seconds, "num_steps": len(run.steps)}
-    record_path.write_text(json.dumps(record, indent=2))
+    write_json_atomic(record_path, record)  # whole or absent: its presence marks stage 1 as done
     if not record["plateaued"]:
         logging.warning("stage 1: val mean rank still fell by %d%% or more over its last %d epochs; "
                         "raise --stage1-epochs for a converged baseline", 100 * PLATEAU_TOLERANCE, PLATEAU_EPOCHS)
