@@ -109,8 +109,9 @@ CI = Preset(
 # beyond its chance or prior row. Retrieval keeps the paper's 2,000-pair draw. Chest X-ray: 2
 # epochs of batches of 32, no early stopping (NIH's fine-tune and probe at 1/10/100 %: about 8 min
 # a model and seed on the loaded machine, helper-measured 2026-12-05). MedPix classification:
-# batches of 32, up to 4 epochs with patience 2, at least 320 images an epoch (docs/real-data.md). VQA: the frozen text tower with cached question
-# states and images transformed once at 64 px (evaluation/vqa.py's CPU options), 10 epochs on the
+# batches of 32, up to 4 epochs with patience 2, at least 320 images an epoch (docs/real-data.md).
+# VQA: the frozen text tower with cached question states and images transformed once at 64 px
+# (evaluation/vqa.py's CPU options), 10 epochs on the
 # standard 3,064-question split: a random-init unimlip-tiny reached 50.6 % overall on the 451 test
 # questions against 41.9 % for the same model with the image blanked (seed 0, 2026-12-05).
 CPU = Preset(
