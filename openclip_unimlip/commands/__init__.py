@@ -17,7 +17,6 @@ point, which the thin ``scripts/*.py`` shims call too. Nothing outside this pack
 - `export_clip_benchmark`: ``unimlip-export-clip-benchmark``, retrieval pairs in clip_benchmark's layout.
 - `finetune_classification`: ``unimlip-finetune-classification``, chest X-ray fine-tuning (Table 1).
 - `finetune_vqa`: ``unimlip-finetune-vqa``, VQA-RAD / SLAKE fine-tuning (Table 2).
-- `real_downstream`: ``unimlip-real-downstream``, VQA-RAD and MedPix downstream per initialisation.
 - `slurm`: ``unimlip-slurm``, pre-training from inside a Slurm job (``studies.pretraining.slurm``).
 - `train`: ``unimlip-train``, ``open_clip_train.main`` with the plugin's patches installed first.
 """

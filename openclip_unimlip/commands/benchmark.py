@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", action=_RowOption, dest="rows", metavar="NAME",
                         help="a row: an OpenCLIP model name (repeatable; hf-hub:..., local-dir:..., stock or ours)")
     parser.add_argument("--pretrained", action=_RowOption, dest="rows", metavar="CKPT",
-                        help="weights of the --model before it: a checkpoint path or an OpenCLIP tag")
+                        help="weights of the --model before it: a checkpoint path ({seed} in it: downstream seed k "
+                             "takes pretraining seed k's file), an OpenCLIP tag, or 'random' (every weight random, "
+                             "the text tower's too; without --pretrained a Hugging Face text tower starts from its "
+                             "base weights)")
     parser.add_argument("--label", action=_RowOption, dest="rows", metavar="TEXT",
                         help="the row's name in the tables (default: the model name, and the checkpoint's)")
     parser.add_argument("--model-config", action="append", default=[], metavar="PATH",
@@ -60,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fractions", nargs="+", type=float, default=None,
                         help="labelled training fractions for classification (default: the preset's)")
     parser.add_argument("--limit", type=int, default=None, help="keep the first N images/questions of each split")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="assignments",
+                        help="change one setting of the preset (repeatable), a dotted path into it, e.g. "
+                             "vqa.epochs=1, vqa.vqa_rad_split=no-frames, medpix.label=plane, vqa.image_size=none")
+    parser.add_argument("--reference", default=None, metavar="LABEL",
+                        help="a row's label: every table adds each other row's paired per-seed differences to it, "
+                             "with 95 %% t-intervals")
+    parser.add_argument("--pretraining-note", default="",
+                        help="what the rows' weights were pretrained on, for the report's header")
     parser.add_argument("--workers", type=int, default=None, help="data-loader workers (default: the preset's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=finetune.PRECISIONS, default="fp32")
@@ -118,11 +129,18 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             parser.error(f"--{name} must be at least {1 if name == 'limit' else 0}")
     if args.limit is not None:
         preset = replace(preset, limit=args.limit)
+    try:
+        preset = engine.preset_with(preset, args.assignments)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.reference is not None and args.reference not in labels:
+        parser.error(f"--reference {args.reference!r} is not the label of a row ({', '.join(labels)})")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     runtime = Runtime(device=args.device, precision=args.precision,
                       workers=preset.workers if args.workers is None else args.workers, progress=not args.no_progress)
-    return BenchmarkConfig(rows, args.data_root, args.out, preset, runtime, args.datasets, args.tasks)
+    return BenchmarkConfig(rows, args.data_root, args.out, preset, runtime, args.datasets, args.tasks, args.reference,
+                           args.pretraining_note)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

@@ -2,6 +2,7 @@
 downstream releases read in their own layouts.
 
 - `shards`: the resumable writer every converter shares (``write_dataset``), its row checks.
+- `atomic`: writing a file so that a reader never sees half of it (shards, manifests, the studies' records).
 - `pmcoa`: PMC-OA (both releases' layouts) turned into rows for it.
 - `roco`: ROCO's release layout turned into rows for it.
 - `medpix`: MedPix 2.0 turned into rows for it, and its release read for downstream tasks.

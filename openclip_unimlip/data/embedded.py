@@ -33,7 +33,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from openclip_unimlip.data.shards import Row, brace_pattern, normalize_formats, write_dataset, write_json_atomic
+from openclip_unimlip.data.atomic import write_json_atomic
+from openclip_unimlip.data.shards import Row, brace_pattern, normalize_formats, write_dataset
 
 EMBEDDED_VERSION = 1  # bump whenever the generated samples change
 MANIFEST_NAME = "manifest.json"

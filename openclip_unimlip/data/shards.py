@@ -48,6 +48,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from openclip_unimlip.data.atomic import TMP_SUFFIX, atomic_path, write_bytes_atomic, write_json_atomic
+
 _logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # part of every shard digest: bump when the sample layout changes (2: to_rgb)
@@ -435,22 +437,6 @@ def _shard_digest(entries: Sequence[_Entry]) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(path: Union[str, os.PathLike], obj) -> None:
-    """Write JSON so that readers see either the old file or the complete new one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    # No fsync per image: it would dominate the run time of small images, and the rename alone
-    # already guarantees that an interrupted process never leaves a partial file under the name.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _write_shard(path: Path, entries: Sequence[_Entry]) -> None:
     # webdataset's TarWriter rather than its ShardWriter: ShardWriter decides shard boundaries
     # as it goes and writes straight to the final names, so an interrupted run leaves a
@@ -459,8 +445,7 @@ def _write_shard(path: Path, entries: Sequence[_Entry]) -> None:
     # file and the rename publishes it only when complete. Imported lazily: webdataset imports torch.
     from webdataset import TarWriter
 
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         # encoder=False: the bytes are stored as given; a fixed mtime makes re-runs byte-identical.
         with TarWriter(f, encoder=False, mtime=0.0) as sink:
             for entry in entries:
@@ -472,7 +457,6 @@ def _write_shard(path: Path, entries: Sequence[_Entry]) -> None:
                 })
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict:
@@ -497,7 +481,7 @@ def _write_webdataset_split(
         (split_dir / SIZES_NAME).unlink(missing_ok=True)
     for path in split_dir.iterdir():
         stale_shard = _SHARD_NAME.fullmatch(path.name) and path.name not in complete
-        if stale_shard or path.name.endswith(".tmp"):
+        if stale_shard or path.name.endswith(TMP_SUFFIX):
             path.unlink()
     write_json_atomic(split_dir / PLAN_NAME, {"format_version": FORMAT_VERSION, "shards": digests})
 
@@ -524,12 +508,11 @@ def _write_csv_split(csv_dir: Path, name: str, entries: List[_Entry], progress: 
     for entry in tqdm(entries, desc=f"writing {name} csv images", unit="img", disable=not progress):
         path = image_dir / _csv_image_name(entry)
         if not path.is_file():
-            _write_bytes_atomic(path, _image_payload(entry))
+            write_bytes_atomic(path, _image_payload(entry))
         paths.append(str(path.resolve()))  # OpenCLIP opens the paths as given, from any cwd
     table = csv_dir / f"{name}.csv"
-    tmp = table.with_name(table.name + ".tmp")
-    pd.DataFrame({"filepath": paths, "title": [e.caption for e in entries]}).to_csv(tmp, sep="\t", index=False)
-    os.replace(tmp, table)
+    with atomic_path(table) as tmp:
+        pd.DataFrame({"filepath": paths, "title": [e.caption for e in entries]}).to_csv(tmp, sep="\t", index=False)
     return table
 
 
@@ -544,9 +527,8 @@ def _write_report(path: Path, bad_rows: List[BadRow]) -> None:
     import pandas as pd
 
     table = pd.DataFrame([(b.reason, b.source, b.detail) for b in bad_rows], columns=["reason", "source", "detail"])
-    tmp = path.with_name(path.name + ".tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
 
 
 def normalize_formats(formats: Union[str, Sequence[str]]) -> Tuple[str, ...]:

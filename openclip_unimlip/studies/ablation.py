@@ -34,10 +34,11 @@ MedPix the baseline and all five terms, every seed) are kept as plain state dict
 ``<out>/checkpoints/`` and listed in ``ablation.json``: the downstream experiments start from them.
 
 The ITC weight is the paper's 0.5/3 in every row, so rows differ only by the terms they add.
-Finished runs are recorded one JSON file each, so an interrupted grid resumes where it stopped.
+Every (row, seed) run is a cell of the studies' grid (``studies/grid.py``): its record is one JSON
+file written as it finishes, so an interrupted grid resumes where it stopped, and a run that fails
+stops only itself, with one line under the tables.
 """
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -49,11 +50,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from openclip_unimlip.data.atomic import write_json_atomic
 from openclip_unimlip.evaluation.retrieval import positive_ranks
 from openclip_unimlip.studies.experiment import (
     DataConfig,
@@ -65,6 +64,8 @@ from openclip_unimlip.studies.experiment import (
     evaluate_checkpoint,
     run_pretraining,
 )
+from openclip_unimlip.studies.grid import Grid, GridRun, read_record, settings_hash
+from openclip_unimlip.studies.report import BarSeries, bar_chart, difference_text, markdown_table, save_report
 from openclip_unimlip.studies.statistics import paired_difference
 
 _OFF = {"image_perturbed_itc": "--unimlip-image-perturbed-itc-weight", "text_perturbed_itc":
@@ -179,8 +180,8 @@ def stage1_settings(config: AblationConfig) -> dict:
 def stage1_dir(config: AblationConfig) -> Path:
     """``<out>/stage1-<hash>``: the hash covers the data and every training setting of stage 1,
     so a changed setting trains a new baseline and never reuses a stale one."""
-    digest = hashlib.sha256(json.dumps(stage1_settings(config), sort_keys=True).encode()).hexdigest()[:12]
-    return Path(config.out) / f"stage1-{digest}"
+    # 12 characters, as the stage-1 folders of the grids measured so far are named
+    return Path(config.out) / f"stage1-{settings_hash(stage1_settings(config))[:12]}"
 
 
 def val_curve(val_metrics: Sequence[Dict[str, float]]) -> List[Dict[str, float]]:
@@ -231,7 +232,7 @@ def ensure_stage1(config: AblationConfig, data: ExperimentData) -> dict:
     curve = val_curve(run.val_metrics)
     record = {"checkpoint": str(checkpoint.resolve()), "settings": stage1_settings(config), "curve": curve,
               "plateaued": has_plateaued(curve), "train_seconds": run.seconds, "num_steps": len(run.steps)}
-    record_path.write_text(json.dumps(record, indent=2))
+    write_json_atomic(record_path, record)  # whole or absent: its presence marks stage 1 as done
     if not record["plateaued"]:
         logging.warning("stage 1: val mean rank still fell by %d%% or more over its last %d epochs; "
                         "raise --stage1-epochs for a converged baseline", 100 * PLATEAU_TOLERANCE, PLATEAU_EPOCHS)
@@ -239,9 +240,53 @@ def ensure_stage1(config: AblationConfig, data: ExperimentData) -> dict:
 
 
 # ----- stage 2 (or the one-stage grid) ---------------------------------------------------------
+@dataclass(frozen=True)
+class AblationRun:
+    """One cell of the grid: a row trained (stage 2) and scored under one seed."""
+    row: str
+    seed: int
+
+
+class AblationGrid(Grid[AblationRun]):
+    """The (row, seed) runs on the studies' grid (``studies.grid``): each run's record is
+    ``<out>/runs/<row>-seed<seed>.json``; a record of other settings (``run_settings``) is stale."""
+    progress_label = "ablation runs"
+
+    def __init__(self, config: AblationConfig, data: ExperimentData, stage1: Optional[dict]):
+        self.config, self.data, self.stage1 = config, data, stage1
+
+    def cell_path(self, run: AblationRun) -> Path:
+        return Path(self.config.out) / "runs" / f"{run_name(run.row, run.seed)}.json"
+
+    def settings(self, run: AblationRun) -> dict:
+        return run_settings(self.config)  # the row and the seed are the record's name
+
+    def run_cell(self, run: AblationRun) -> dict:
+        return run_one(self.config, self.data, run.row, run.seed, self.stage1)
+
+    def is_complete(self, run: AblationRun, record: dict) -> bool:
+        """Scored, with its kept weights when the row's are to be kept."""
+        if "evaluations" not in record:
+            return False
+        keeps = run.row in self.config.keep_rows and ROWS[run.row].trains
+        return not keeps or Path(record.get("checkpoint") or "").is_file()
+
+    def describe(self, run: AblationRun) -> str:
+        return run_name(run.row, run.seed)
+
+    def summarize(self, record: dict) -> str:
+        metrics = record["evaluations"]["as_trained"]["metrics"]
+        return (f"I2T R@1 {100 * metrics['image_to_text_R@1']:.1f}%, T2I R@1 {100 * metrics['text_to_image_R@1']:.1f}%"
+                f", trained {record['train_seconds']:.0f} s")
+
+    def after_cell(self, run: GridRun) -> None:
+        write_outputs(self.config, self.data.description, run.failures)
+
+
 def run_grid(config: AblationConfig) -> dict:
     """Stage 1 if needed, then train and evaluate every (seed, row), seed-major so that a grid
-    cut short still holds complete seeds; the outputs are rewritten after every run. Returns the summary."""
+    cut short still holds complete seeds; the outputs are rewritten after every run. A run that
+    fails stops only itself (one line in the tables' Problems). Returns the summary."""
     unknown = [r for r in (*config.rows, *config.keep_rows) if r not in ROWS]
     if unknown:
         raise ValueError(f"unknown rows {unknown}; known: {list(ROWS)}")
@@ -250,49 +295,19 @@ def run_grid(config: AblationConfig) -> dict:
     data = ensure_data(config.data, progress=True)
     with logging_redirect_tqdm():
         stage1 = ensure_stage1(config, data) if config.two_stage else None
-        origin = _origin(config)
-        grid = [(seed, key, out / "runs" / f"{run_name(key, seed)}.json")
-                for seed in config.seeds for key in config.rows]
-        todo = [(seed, key, record) for seed, key, record in grid if not _is_done(config, key, record, origin)]
-        # the grid's bar (runs done / all) above the current run's bar (its steps, from its out.log)
-        with tqdm(total=len(grid), initial=len(grid) - len(todo), desc="ablation runs", unit="run",
-                  dynamic_ncols=True) as runs:
-            for seed, key, record in todo:
-                runs.set_postfix_str(f"now {run_name(key, seed)}")
-                result = run_one(config, data, key, seed, stage1)
-                record.write_text(json.dumps(result, indent=2))
-                metrics = result["evaluations"]["as_trained"]["metrics"]
-                logging.info("%s: I2T R@1 %.1f%%, T2I R@1 %.1f%% (%.0f s)", run_name(key, seed),
-                             100 * metrics["image_to_text_R@1"], 100 * metrics["text_to_image_R@1"],
-                             result["train_seconds"])
-                write_outputs(config, data.description)
-                runs.update(1)
-    return write_outputs(config, data.description)
+    # the grid's bar (runs done / all) above the current run's bar (its steps, from its out.log)
+    grid = AblationGrid(config, data, stage1)
+    run = grid.run(grid.start([AblationRun(key, seed) for seed in config.seeds for key in config.rows]))
+    return write_outputs(config, data.description, run.failures)
 
 
-def _origin(config: AblationConfig) -> str:
-    """What a run starts from and how it trains and is scored, recorded with it: a record of
-    another origin is stale (it is retrained, and left out of the tables)."""
-    settings = {"start": stage1_dir(config).name if config.two_stage else "scratch",
-                "pretrain": asdict(config.pretrain),
-                "simclr_start_epoch": 0 if config.two_stage else config.simclr_start_epoch,
-                "eval_num_samples": config.eval_num_samples}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _is_done(config: AblationConfig, key: str, path: Path, origin: str) -> bool:
-    """A current record, with its kept weights when the row's are to be kept."""
-    record = _load_record(path, origin)
-    if record is None:
-        return False
-    return key not in config.keep_rows or not ROWS[key].trains or Path(record.get("checkpoint") or "").is_file()
-
-
-def _load_record(path: Path, origin: str) -> Optional[dict]:
-    if not path.is_file():
-        return None
-    record = json.loads(path.read_text())
-    return record if record.get("origin") == origin and "evaluations" in record else None
+def run_settings(config: AblationConfig) -> dict:
+    """What a run starts from and how it trains and is scored, hashed into its record: a record of
+    other settings is stale (it is retrained, and left out of the tables)."""
+    return {"start": stage1_dir(config).name if config.two_stage else "scratch",
+            "pretrain": asdict(config.pretrain),
+            "simclr_start_epoch": 0 if config.two_stage else config.simclr_start_epoch,
+            "eval_num_samples": config.eval_num_samples}
 
 
 def _scored(result: RetrievalResult) -> dict:
@@ -311,7 +326,7 @@ def _evaluations(config: AblationConfig, data: ExperimentData, checkpoint: Optio
 def run_untrained(config: AblationConfig, data: ExperimentData, seed: int) -> dict:
     """The ``untrained`` row: the initial weights open_clip_train would draw under ``seed``."""
     evaluations = _evaluations(config, data, None, init_seed=seed)
-    return {"row": "untrained", "seed": seed, "origin": _origin(config), "flags": [], "evaluations": evaluations,
+    return {"row": "untrained", "seed": seed, "flags": [], "evaluations": evaluations,
             "num_pairs": len(evaluations["as_trained"]["ranks"]["image_to_text"]), "train_seconds": 0.0,
             "num_steps": 0, "final_losses": {}}
 
@@ -345,7 +360,7 @@ def run_one(config: AblationConfig, data: ExperimentData, key: str, seed: int, s
     if not config.keep_checkpoints:
         run.checkpoint.unlink()
     last = run.steps[-1]
-    return {"row": key, "seed": seed, "origin": _origin(config), "flags": pretrain.unimlip_flags + pretrain.extra_flags,
+    return {"row": key, "seed": seed, "flags": pretrain.unimlip_flags + pretrain.extra_flags,
             "evaluations": evaluations, "num_pairs": len(evaluations["as_trained"]["ranks"]["image_to_text"]),
             "train_seconds": run.seconds, "num_steps": len(run.steps),
             "final_losses": {k: v for k, v in last.items() if k.endswith("loss")},
@@ -353,9 +368,10 @@ def run_one(config: AblationConfig, data: ExperimentData, key: str, seed: int, s
 
 
 def _load_records(config: AblationConfig) -> List[dict]:
-    origin = _origin(config)
-    records = [_load_record(p, origin) for p in sorted((Path(config.out) / "runs").glob("*.json"))]
-    return [r for r in records if r is not None]
+    """Every current record under ``<out>/runs``, of the grid's rows and seeds or of earlier ones."""
+    origin = settings_hash(run_settings(config))
+    records = [read_record(p, origin) for p in sorted((Path(config.out) / "runs").glob("*.json"))]
+    return [r for r in records if r is not None and "evaluations" in r]
 
 
 # ----- statistics and tables ---------------------------------------------------------------
@@ -419,8 +435,7 @@ def _difference(entry: dict, evaluation: str, short: str) -> str:
     if "difference" not in entry:
         return "–"
     d = entry["difference"][evaluation][short]
-    text = f"{d['estimate']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
-    return f"**{text}**" if d["excludes_zero"] else text
+    return difference_text(d["estimate"], d["low"], d["high"], d["excludes_zero"])
 
 
 def _paper(key: str) -> str:
@@ -434,13 +449,22 @@ def _mark(flag: bool) -> str:
 def format_stage1(stage1: dict) -> str:
     lines = [f"**Stage 1** (ITC + MLM from scratch, {len(stage1['curve'])} epochs, {stage1['num_steps']} steps, "
              f"{stage1['train_seconds'] / 60:.1f} min; val retrieval per epoch from open_clip_train; plateaued: "
-             f"{'yes' if stage1['plateaued'] else 'NO'})", "",
-             "| epoch | I2T R@1 | T2I R@1 | I2T R@10 | T2I R@10 | I2T mean rank | T2I mean rank |",
-             "|---|---|---|---|---|---|---|"]
-    for p in stage1["curve"]:
-        lines.append(f"| {p['epoch']} | {p['i2t_r1']:.1f} | {p['t2i_r1']:.1f} | {p['i2t_r10']:.1f} | "
-                     f"{p['t2i_r10']:.1f} | {p['i2t_mean_rank']:.1f} | {p['t2i_mean_rank']:.1f} |")
+             f"{'yes' if stage1['plateaued'] else 'NO'})", ""]
+    lines += markdown_table(
+        ["epoch", "I2T R@1", "T2I R@1", "I2T R@10", "T2I R@10", "I2T mean rank", "T2I mean rank"],
+        [[str(p["epoch"]), *(f"{p[short]:.1f}" for short in ("i2t_r1", "t2i_r1", "i2t_r10", "t2i_r10",
+                                                            "i2t_mean_rank", "t2i_mean_rank"))]
+         for p in stage1["curve"]])
     return "\n".join(lines)
+
+
+def _scores(entry: dict, evaluation: str) -> List[str]:
+    """R@1, R@10 and mean rank (I2T / T2I), the R@1 differences to the baseline."""
+    return [_pair(entry, evaluation, "r1"), _pair(entry, evaluation, "r10"), _pair(entry, evaluation, "mean_rank"),
+            _difference(entry, evaluation, "i2t_r1"), _difference(entry, evaluation, "t2i_r1")]
+
+
+SCORE_COLUMNS = ["R@1 I2T / T2I", "R@10 I2T / T2I", "mean rank I2T / T2I", "Δ I2T R@1 [95 %]", "Δ T2I R@1 [95 %]"]
 
 
 def format_tables(summary: Dict[str, dict], stage1: Optional[dict] = None) -> str:
@@ -451,88 +475,61 @@ def format_tables(summary: Dict[str, dict], stage1: Optional[dict] = None) -> st
     for evaluation, title in (
             ("as_trained", "as trained (the paper's evaluation)"),
             ("bn_reestimated", "BatchNorm statistics re-estimated on clean train images (precise BN)")):
-        lines += [f"**Table 3** (freezing BatchNorm statistics with SimCLR), {title}", "",
-                  "| Vision encoder input | Training objectives | Freeze BN | R@1 I2T / T2I | R@10 I2T / T2I | "
-                  "mean rank I2T / T2I | Δ I2T R@1 [95 %] | Δ T2I R@1 [95 %] | seeds | paper R@1 I2T / T2I |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for key in TABLE3:
-            if key not in summary:
-                continue
-            row, entry = ROWS[key], summary[key]
+        table3 = []
+        for key in (k for k in TABLE3 if k in summary):
+            row = ROWS[key]
             objectives = ", ".join(t.upper() if t != "simclr" else "I2I (SimCLR)" for t in row.terms)
-            lines.append(f"| {'V, Va, Vb' if row.views_fed else 'V'} | {objectives} | {_mark(row.freeze_bn)} | "
-                         f"{_pair(entry, evaluation, 'r1')} | {_pair(entry, evaluation, 'r10')} | "
-                         f"{_pair(entry, evaluation, 'mean_rank')} | {_difference(entry, evaluation, 'i2t_r1')} | "
-                         f"{_difference(entry, evaluation, 't2i_r1')} | {len(entry['seeds'])} | {_paper(key)} |")
+            table3.append(["V, Va, Vb" if row.views_fed else "V", objectives, _mark(row.freeze_bn),
+                           *_scores(summary[key], evaluation), str(len(summary[key]["seeds"])), _paper(key)])
+        lines += [f"**Table 3** (freezing BatchNorm statistics with SimCLR), {title}", "",
+                  *markdown_table(["Vision encoder input", "Training objectives", "Freeze BN", *SCORE_COLUMNS,
+                                   "seeds", "paper R@1 I2T / T2I"], table3)]
+        table4 = [[*(_mark(t in ROWS[key].terms)
+                     for t in ("itc", "mlm", "text_perturbed_itc", "image_perturbed_itc", "simclr")),
+                   *_scores(summary[key], evaluation), str(len(summary[key]["seeds"])), _paper(key)]
+                  for key in TABLE4 if key in summary]
         lines += ["", f"**Table 4** (the training objectives), {title}", "",
-                  "| ITC | MLM | text-perturbed ITC | image-perturbed ITC | I2I (SimCLR, BN frozen) | R@1 I2T / T2I | "
-                  "R@10 I2T / T2I | mean rank I2T / T2I | Δ I2T R@1 [95 %] | Δ T2I R@1 [95 %] | seeds | "
-                  "paper R@1 I2T / T2I |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for key in TABLE4:
-            if key not in summary:
-                continue
-            row, entry = ROWS[key], summary[key]
-            marks = " | ".join(_mark(t in row.terms)
-                               for t in ("itc", "mlm", "text_perturbed_itc", "image_perturbed_itc", "simclr"))
-            lines.append(f"| {marks} | {_pair(entry, evaluation, 'r1')} | {_pair(entry, evaluation, 'r10')} | "
-                         f"{_pair(entry, evaluation, 'mean_rank')} | {_difference(entry, evaluation, 'i2t_r1')} | "
-                         f"{_difference(entry, evaluation, 't2i_r1')} | {len(entry['seeds'])} | {_paper(key)} |")
-        lines.append("")
+                  *markdown_table(["ITC", "MLM", "text-perturbed ITC", "image-perturbed ITC", "I2I (SimCLR, BN frozen)",
+                                   *SCORE_COLUMNS, "seeds", "paper R@1 I2T / T2I"], table4), ""]
         references = [key for key in REFERENCE_ROWS if key in summary and (key != BASELINE or len(summary) > 1)]
         if any(key != BASELINE for key in references):
+            rows = [[ROWS[key].label, *_scores(summary[key], evaluation),
+                     _difference(summary[key], evaluation, "i2t_mean_rank"),
+                     _difference(summary[key], evaluation, "t2i_mean_rank"), str(len(summary[key]["seeds"]))]
+                    for key in references]
             lines += [f"**Reference rows** (ours: before any training, and plain CLIP continued from stage 1), {title}",
-                      "", "| row | R@1 I2T / T2I | R@10 I2T / T2I | mean rank I2T / T2I | Δ I2T R@1 [95 %] | "
-                      "Δ T2I R@1 [95 %] | Δ I2T mean rank [95 %] | Δ T2I mean rank [95 %] | seeds |",
-                      "|---|---|---|---|---|---|---|---|---|"]
-            for key in references:
-                entry = summary[key]
-                lines.append(f"| {ROWS[key].label} | {_pair(entry, evaluation, 'r1')} | "
-                             f"{_pair(entry, evaluation, 'r10')} | "
-                             f"{_pair(entry, evaluation, 'mean_rank')} | {_difference(entry, evaluation, 'i2t_r1')} | "
-                             f"{_difference(entry, evaluation, 't2i_r1')} | "
-                             f"{_difference(entry, evaluation, 'i2t_mean_rank')} | "
-                             f"{_difference(entry, evaluation, 't2i_mean_rank')} | {len(entry['seeds'])} |")
-            lines.append("")
+                      "", *markdown_table(["row", *SCORE_COLUMNS, "Δ I2T mean rank [95 %]", "Δ T2I mean rank [95 %]",
+                                           "seeds"], rows), ""]
     compared = [key for key in summary if "difference" in summary[key]]
     if compared:
         lines += ["**Row − baseline, every metric**: paired difference over the common seeds and the val "
                   "pairs, 95 % bootstrap interval (pairs and seeds resampled); **bold**: the interval excludes 0. "
-                  "R@K in points of %, mean rank in ranks (negative is better).", "",
-                  "| row | evaluation | "
-                  + " | ".join(f"Δ {'I2T' if d == 'image_to_text' else 'T2I'} {m.replace('_', ' ')}"
-                               for _, d, m in METRICS) + " |",
-                  "|---|---|" + "---|" * len(METRICS)]
-        for key in compared:
-            for evaluation in EVALUATIONS:
-                cells = " | ".join(_difference(summary[key], evaluation, s) for s, _, _ in METRICS)
-                lines.append(f"| {ROWS[key].label} | {evaluation.replace('_', ' ')} | {cells} |")
+                  "R@K in points of %, mean rank in ranks (negative is better).", ""]
+        lines += markdown_table(
+            ["row", "evaluation", *(f"Δ {'I2T' if d == 'image_to_text' else 'T2I'} {m.replace('_', ' ')}"
+                                    for _, d, m in METRICS)],
+            [[ROWS[key].label, evaluation.replace("_", " "),
+              *(_difference(summary[key], evaluation, s) for s, _, _ in METRICS)]
+             for key in compared for evaluation in EVALUATIONS])
     return "\n".join(lines).rstrip() + "\n"
 
 
 def plot_summary(summary: Dict[str, dict], path: Path) -> Path:
+    """R@1 as trained per row and direction: mean ± std over seeds, each seed a dot."""
     keys = list(summary)
-    figure = Figure(figsize=(1.3 * len(keys) + 2, 3.8))
-    axis = figure.add_subplot(1, 1, 1)
-    x = np.arange(len(keys))
-    for offset, short, label in ((-0.2, "i2t_r1", "I2T R@1"), (0.2, "t2i_r1", "T2I R@1")):
+    series = []
+    for short, label in (("i2t_r1", "I2T R@1"), ("t2i_r1", "T2I R@1")):
         values = [summary[k]["as_trained"][short] for k in keys]
-        axis.bar(x + offset, [v["mean"] for v in values], 0.4, yerr=[np.nan_to_num(v["std"]) for v in values],
-                 capsize=3, label=label)
-        for position, value in zip(x + offset, values):  # the seeds themselves: few, so show them
-            axis.scatter([position] * len(value["values"]), value["values"], s=8, color="black", zorder=3)
-    axis.set_xticks(x, [ROWS[k].label.replace(", ", ",\n") for k in keys], fontsize=7, rotation=20, ha="right")
-    axis.set_ylabel("R@1 (%) as trained, mean ± std over seeds")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+        stds = [float(np.nan_to_num(v["std"])) for v in values]
+        series.append(BarSeries(label, [v["mean"] for v in values], (stds, stds), [v["values"] for v in values]))
+    return bar_chart(path, [ROWS[k].label for k in keys], series, "R@1 (%) as trained, mean ± std over seeds")
 
 
-def write_outputs(config: AblationConfig, data_description: Optional[str] = None) -> dict:
-    """``ablation.json`` (settings, stage 1, summary, kept weights, every run), ``ablation.md`` (the
-    tables, under a line on the data when ``data_description`` is given) and ``ablation.png``."""
+def write_outputs(config: AblationConfig, data_description: Optional[str] = None,
+                  failures: Sequence[dict] = ()) -> dict:
+    """``ablation.json`` (settings, stage 1, summary, kept weights, every run, the runs that failed),
+    ``ablation.md`` (the tables, under a line on the data when ``data_description`` is given, then
+    one line per failed run) and ``ablation.png``."""
     out = Path(config.out)
     records = _load_records(config)
     summary = summarize(records, config.rows)
@@ -549,10 +546,12 @@ def write_outputs(config: AblationConfig, data_description: Optional[str] = None
     for record in records:
         if record.get("checkpoint"):
             checkpoints.setdefault(record["row"], {})[record["seed"]] = record["checkpoint"]
-    (out / "ablation.json").write_text(json.dumps({"settings": settings, "stage1": stage1, "summary": summary,
-                                                   "checkpoints": checkpoints, "runs": records}, indent=2))
     header = f"Data: {data_description}.\n\n" if data_description else ""
-    (out / "ablation.md").write_text(header + format_tables(summary, stage1))
+    problems = "".join(f"- {f['row']} seed {f['seed']}: {f['message']}\n" for f in failures)
+    markdown = header + format_tables(summary, stage1) + (
+        f"\n**Problems** (each stopped only its own run)\n\n{problems}" if problems else "")
+    save_report(out, "ablation", {"settings": settings, "stage1": stage1, "summary": summary,
+                                  "checkpoints": checkpoints, "runs": records, "failures": list(failures)}, markdown)
     if summary:
         plot_summary(summary, out / "ablation.png")
     return summary

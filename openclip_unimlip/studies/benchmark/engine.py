@@ -8,51 +8,55 @@ layout (Fig. 2, Table 1, Table 2), with the paper's reported numbers beside. The
 * **Models**: ``--model NAME [--pretrained CKPT] [--label TEXT]``, repeatable; each is one row of
   every table. ``NAME`` is anything OpenCLIP's factory takes (``hf-hub:...``, ``local-dir:...``,
   stock names, our configs; ``--model-config`` registers more); ``--pretrained`` a checkpoint path
-  (``open_clip_train`` checkpoints work) or an OpenCLIP tag; ``{seed}`` in the path gives downstream
-  seed k the weights of pretraining seed k (e.g. the MedPix ablation's
-  ``checkpoints/all_five-seed{seed}.pt``).
+  (``open_clip_train`` checkpoints and plain state dicts work), an OpenCLIP tag, or ``random``
+  (every weight drawn from the cell's seed, the text tower's too; without ``--pretrained`` a
+  Hugging Face text tower starts from its base weights, where pretraining starts); ``{seed}`` in
+  the path gives downstream seed k the weights of pretraining seed k (e.g. the MedPix ablation's
+  ``checkpoints/all_five-seed{seed}.pt``), so the intervals cover the pretraining's seeds too.
+* **Reference**: ``--reference LABEL`` adds to every table each other row's paired per-seed
+  differences to that row, with t-intervals (``studies/statistics.py``): the same seed gives every
+  row the same training subset, data order and new-layer initialisation.
 * **Datasets**: every dataset found under ``--data-root`` in its released layout
   (``data.releases``: ROCO, MedPix 2.0, CheXpert, MIMIC-CXR-JPG, NIH ChestX-ray14, VQA-RAD,
   SLAKE). A missing one is listed as skipped; one whose folder does not hold its release is bad.
 * **Tasks** (``tasks``, each wrapping the single-task evaluation): retrieval on ROCO and
   MedPix 2.0 test pairs; classification fine-tuning and linear probing on the chest X-ray sets
-  (Table 1; NIH split by its own list files, ``tasks.DATASET_PROTOCOLS``) and fine-tuning on MedPix
-  2.0's location labels (a stand-in in Table 1's layout); VQA fine-tuning on VQA-RAD and
-  SLAKE (Table 2).
+  (Table 1; NIH split by its own list files, ``tasks.DATASET_PROTOCOLS``) and on MedPix 2.0's
+  location labels (a stand-in in Table 1's layout; ``--set medpix.label=...`` picks another label);
+  VQA fine-tuning on VQA-RAD and SLAKE (Table 2).
 * **Presets**: ``paper`` (2000 drawn retrieval pairs, sec. 4.2; classification fine-tuning at
   1/10/100 % under the default ``chexclusion`` protocol, 224 px, the paper's batch sizes, up to 64
   epochs with early stopping; VQA at the paper's learning rates with ``vqa.py``'s schedule), ``cpu``
   (ours: every real dataset on a 2-core machine with ``unimlip-tiny``, see :data:`CPU`) and ``ci``
-  (tiny sizes, ours: a minute on a CPU for small models).
-* **Cells**: one (model, task, fraction, seed) each, written to ``<out>/cells/<row>/`` as soon as it
-  finishes, with a hash of everything that shaped it; a re-run skips finished cells and re-runs
-  stale ones. A bad dataset or a model that does not load stops only its own cells; a cell that
-  fails stops the rest of its (model, task) with one message in the report.
+  (tiny sizes, ours: a minute on a CPU for small models). ``--set FIELD=VALUE`` changes one
+  setting of the preset (:func:`preset_with`), e.g. ``vqa.epochs=1``.
+* **Cells**: one (model, task, fraction, seed) each, on the studies' grid (``studies/grid.py``):
+  written to ``<out>/cells/<row>/`` as soon as it finishes, with a hash of everything that shaped
+  it; a re-run skips finished cells and re-runs stale ones. A bad dataset or a model that does not
+  load stops only its own cells; a cell that fails stops the rest of its (model, task) with one
+  message in the report.
 * **Outputs**: ``<out>/benchmark.md`` and ``benchmark.json`` (rewritten after every cell),
   ``<out>/plots/`` (retrieval recall bars, VQA accuracy by question type).
 * ``--plan`` reads the datasets, lists the cells with an estimate of their time and runs nothing.
 """
-import hashlib
 import json
 import logging
 import math
-import os
 import re
-import time
-import traceback
+import typing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from openclip_unimlip.data.cxr_protocols import DEFAULT_PROTOCOL
 from openclip_unimlip.data.releases import DatasetStatus, find_datasets
 from openclip_unimlip.evaluation import classification, finetune, reported, vqa
 from openclip_unimlip.evaluation.medpix_classification import FineTuneSettings
 from openclip_unimlip.studies.benchmark import tables
+from openclip_unimlip.studies.grid import Grid, GridRun, one_line
+from openclip_unimlip.studies.report import save_report
 from openclip_unimlip.studies.benchmark.tasks import (
     ChestXrayRecipe,
     MedpixRecipe,
@@ -80,8 +84,8 @@ PAPER = Preset(
         max_epochs=finetune.DEFAULT_MAX_EPOCHS,  # "up to 64 epochs with early stopping"
         patience=finetune.DEFAULT_PATIENCE,  # ours
         protocol=DEFAULT_PROTOCOL),  # chexclusion: the protocol of Table 1's comparison rows
-    # studies/real_downstream.py's "full" preset (batch 150, 64 epochs, patience 10, at least 1,500
-    # images an epoch), at the paper's 224 px
+    # ours: batches of 150, up to 64 epochs with patience 10, at least 1,500 images an epoch (the
+    # settings of the retired real-data downstream command's "full" preset), at the paper's 224 px
     medpix=MedpixRecipe(FineTuneSettings(batch_size=150, lr=1e-4, max_epochs=64, patience=10, min_epoch_images=1500),
                         image_size=224),
     vqa=VqaRecipe(batch_size=vqa.DEFAULT_BATCH_SIZE, epochs=vqa.DEFAULT_EPOCHS,  # ours (vqa.py): 32, 50
@@ -105,8 +109,9 @@ CI = Preset(
 # beyond its chance or prior row. Retrieval keeps the paper's 2,000-pair draw. Chest X-ray: 2
 # epochs of batches of 32, no early stopping (NIH's fine-tune and probe at 1/10/100 %: about 8 min
 # a model and seed on the loaded machine, helper-measured 2026-12-05). MedPix classification:
-# studies/real_downstream.py's "cpu" fine-tune. VQA: the frozen text tower with cached question
-# states and images transformed once at 64 px (evaluation/vqa.py's CPU options), 10 epochs on the
+# batches of 32, up to 4 epochs with patience 2, at least 320 images an epoch (docs/real-data.md).
+# VQA: the frozen text tower with cached question states and images transformed once at 64 px
+# (evaluation/vqa.py's CPU options), 10 epochs on the
 # standard 3,064-question split: a random-init unimlip-tiny reached 50.6 % overall on the 451 test
 # questions against 41.9 % for the same model with the image blanked (seed 0, 2026-12-05).
 CPU = Preset(
@@ -135,6 +140,52 @@ class BenchmarkConfig:
     runtime: Runtime = field(default_factory=Runtime)
     datasets: Optional[Sequence[str]] = None  # None: every dataset found
     tasks: Optional[Sequence[str]] = None  # task kinds (retrieval, classification, linear-probe, vqa); None: all
+    reference: Optional[str] = None  # a row's label: every other row's paired per-seed differences to it
+    pretraining_note: str = ""  # what the rows' weights were pretrained on, for the report's header
+
+
+def preset_with(preset: Preset, assignments: Sequence[str]) -> Preset:
+    """``preset`` with ``FIELD=VALUE`` assignments (``--set``), a dotted path into the preset, e.g.
+    ``vqa.epochs=1``, ``medpix.finetune.max_epochs=2``, ``vqa.image_size=none``. A value is read as
+    its field's type: a number, ``true``/``false``, ``none`` where the field may be None, a
+    comma-separated tuple of numbers. Raises ValueError naming the bad assignment."""
+    for assignment in assignments:
+        path, sep, text = assignment.partition("=")
+        if not sep:
+            raise ValueError(f"--set {assignment!r}: expected FIELD=VALUE")
+        preset = _assigned(preset, path.split("."), text, assignment)
+    return preset
+
+
+def _assigned(obj, path: List[str], text: str, assignment: str):
+    hints = typing.get_type_hints(type(obj))
+    if path[0] not in hints:
+        raise ValueError(f"--set {assignment!r}: {type(obj).__name__} has no field {path[0]!r} "
+                         f"(fields: {', '.join(hints)})")
+    if len(path) > 1:
+        value = _assigned(getattr(obj, path[0]), path[1:], text, assignment)
+    else:
+        value = _parsed(hints[path[0]], text, assignment)
+    return replace(obj, **{path[0]: value})
+
+
+def _parsed(hint, text: str, assignment: str):
+    options = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+    if text.lower() == "none" and type(None) in options:
+        return None
+    kind = next(option for option in options if option is not type(None))
+    if kind is bool:
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"--set {assignment!r}: expected true or false")
+        return text.lower() == "true"
+    if kind in (int, float, str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"--set {assignment!r}: expected {kind.__name__}") from None
+    if kind is tuple:
+        return tuple(float(item) for item in text.split(","))
+    raise ValueError(f"--set {assignment!r}: this field cannot be set from the command line")
 
 
 # ----------------------------------------------------------------------------- cells
@@ -166,11 +217,14 @@ class TaskState:
     chance: Optional[dict] = None
 
 
-class Benchmark:
-    """The datasets read, the rows checked and the cells planned for one configuration."""
+class Benchmark(Grid[Cell]):
+    """The datasets read, the rows checked and the cells planned for one configuration; its cells
+    run on the studies' grid (``studies.grid``)."""
+    progress_label = "benchmark cells"
 
     def __init__(self, config: BenchmarkConfig):
         self.config = config
+        self.progress = config.runtime.progress
         self.datasets = find_datasets(config.data_root, config.datasets)
         self.tasks: Dict[str, TaskState] = {}
         for dataset in self.datasets:
@@ -181,6 +235,9 @@ class Benchmark:
                     self.tasks[task.name] = self._load(task, dataset)
         self.row_status = {row.label: {"status": "ok", "message": "", "vqa_unsupported": vqa_unsupported_by_config(row)}
                            for row in config.rows}
+        found = {dataset.name: dataset.path for dataset in self.datasets if dataset.status == "found"}
+        self.overlap = vqa_rad_overlap_note(found["medpix"], found["vqa-rad"]) if {"medpix", "vqa-rad"} <= set(
+            found) else ""
 
     def _load(self, task: Task, dataset: DatasetStatus) -> TaskState:
         state = TaskState(task, dataset)
@@ -189,7 +246,7 @@ class Benchmark:
             state.describe = task.describe(state.data)
             state.chance = task.chance(state.data, self.config.preset)
         except Exception as error:  # noqa: BLE001 - a bad dataset stops only its own cells
-            state.status, state.message = "failed", f"{dataset.title} could not be read: {_one_line(error)}"
+            state.status, state.message = "failed", f"{dataset.title} could not be read: {one_line(error)}"
             _logger.error("%s", state.message)
         return state
 
@@ -200,10 +257,11 @@ class Benchmark:
         for row in self.config.rows:
             status = self.row_status[row.label]
             try:
-                weights = row.for_seed(self.config.preset.seeds[0]).pretrained
-                model = open_clip.create_model(row.model, pretrained=weights)
+                first = row.for_seed(self.config.preset.seeds[0])
+                model = open_clip.create_model(row.model, pretrained=first.weights,
+                                               pretrained_text=first.pretrained_text)
             except Exception as error:  # noqa: BLE001 - a failed model stops only its own cells
-                status.update(status="failed", message=f"the model could not be loaded: {_one_line(error)}")
+                status.update(status="failed", message=f"the model could not be loaded: {one_line(error)}")
                 _logger.error("%s: %s", row.label, status["message"])
                 continue
             status["vqa_unsupported"] = vqa_unsupported_reason(model)
@@ -221,27 +279,16 @@ class Benchmark:
     def row(self, label: str) -> ModelRow:
         return next(row for row in self.config.rows if row.label == label)
 
-    def origin(self, cell: Cell) -> str:
-        """A hash of everything that shapes the cell's numbers (not the device, the workers nor the
-        output folder)."""
+    def settings(self, cell: Cell) -> dict:
+        """Everything that shapes the cell's numbers (not the device, the workers nor the output folder)."""
         state = self.tasks[cell.task]
-        settings = {"row": self.row(cell.row).for_seed(cell.seed).identity(), "task": cell.task,
-                    "recipe": state.task.recipe(self.config.preset), "data": str(Path(state.dataset.path).resolve()),
-                    "read": state.describe,  # what was read: a changed reader or release re-runs the cells
-                    "limit": self.config.preset.limit, "precision": self.config.runtime.precision}
-        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return {"row": self.row(cell.row).for_seed(cell.seed).identity(), "task": cell.task,
+                "recipe": state.task.recipe(self.config.preset), "data": str(Path(state.dataset.path).resolve()),
+                "read": state.describe,  # what was read: a changed reader or release re-runs the cells
+                "limit": self.config.preset.limit, "precision": self.config.runtime.precision}
 
     def cell_path(self, cell: Cell) -> Path:
         return self.config.out / "cells" / row_folder(cell.row) / f"{cell.key}.json"
-
-    def finished(self, cell: Cell) -> Optional[dict]:
-        """The cell's record when it finished with the current settings (a stale or damaged file is not)."""
-        path = self.cell_path(cell)
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        return record if record.get("origin") == self.origin(cell) and "metrics" in record else None
 
     def blocked(self, cell: Cell) -> Optional[str]:
         """Why the cell cannot run (its row failed to load, VQA does not apply), or None."""
@@ -252,18 +299,38 @@ class Benchmark:
             return "n/a"
         return None
 
+    def failure_group(self, cell: Cell) -> tuple:
+        return cell.row, cell.task  # a failing cell stops the rest of its (model, task)
+
     def units(self, cell: Cell) -> float:
         state = self.tasks[cell.task]
         return state.task.units(state.data, self.config.preset, cell.fraction)
+
+    def rate_keys(self, cell: Cell) -> Sequence[tuple]:
+        """The row's own finished cells of the same task kind, else those of the same model name
+        (same architecture)."""
+        kind, model = cell.task.split("-", 1)[0], self.row(cell.row).model
+        return [(("row", cell.row, kind), "measured on its finished cells"),
+                (("model", model, kind), f"measured on finished cells of {model}")]
+
+    def describe(self, cell: Cell) -> str:
+        return f"{cell.row} / {cell.key}"
+
+    def summarize(self, record: dict) -> str:
+        return ", ".join(f"{k} {100 * v:.1f}" if v is not None and not math.isnan(v) else f"{k} n/a"
+                         for k, v in record["metrics"].items())
+
+    def after_cell(self, run: GridRun) -> None:
+        if self.config.runtime.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        write_report(self, run)
 
     # ------------------------------------------------------------------------- running
     def run_cell(self, cell: Cell) -> dict:
         state = self.tasks[cell.task]
         row = self.row(cell.row).for_seed(cell.seed)
-        start = time.perf_counter()
         result = state.task.run(row, state.data, self.config.preset, cell.fraction, cell.seed, self.config.runtime)
         return {**asdict(cell), "model": row.model, "pretrained": row.pretrained, "preset": self.config.preset.name,
-                "origin": self.origin(cell), "seconds": time.perf_counter() - start, "units": self.units(cell),
                 "device": self.config.runtime.device, **result}
 
 
@@ -288,15 +355,17 @@ def vqa_unsupported_by_config(row: ModelRow) -> Optional[str]:
             "this model's text tower is OpenCLIP's own transformer")
 
 
-def _one_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+def vqa_rad_overlap_note(medpix_root: Path, vqa_rad_root: Path) -> str:
+    """What the two releases share, for the report (the images both hold, per MedPix split)."""
+    from openclip_unimlip.data.medpix import MEDPIX_SPLITS, read_medpix, vqa_rad_overlap
 
-
-def _write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(partial, path)  # a kill mid-write leaves the old file or none, never half of one
+    overlap = vqa_rad_overlap(medpix_root, vqa_rad_root)
+    per_split = {split: sum(image.image_id in overlap for image in read_medpix(medpix_root, split))
+                 for split in MEDPIX_SPLITS}
+    return (f"{len(overlap)} MedPix 2.0 images are also VQA-RAD images ("
+            + ", ".join(f"{n} {split}" for split, n in per_split.items())
+            + "): a checkpoint evaluated on VQA-RAD should come from pretraining that leaves them out "
+            "(`VQA_RAD_OVERLAP`, `--exclude-vqa-rad`); this report cannot check what a checkpoint was trained on.")
 
 
 # ----------------------------------------------------------------------------- report
@@ -306,7 +375,9 @@ def build_report(bench: Benchmark, records: Sequence[dict], failures: Sequence[d
         "settings": {"preset": config.preset.name, "seeds": list(config.preset.seeds),
                      "fractions": list(config.preset.fractions), "data_root": str(config.data_root),
                      "device": config.runtime.device, "precision": config.runtime.precision,
-                     "recipes": asdict(config.preset), "interval": tables.INTERVAL_NOTE},
+                     "recipes": asdict(config.preset), "interval": tables.INTERVAL_NOTE,
+                     "reference": config.reference, "pretraining_note": config.pretraining_note},
+        "overlap": bench.overlap,
         "datasets": [{"name": d.name, "title": d.title, "status": d.status, "path": str(d.path) if d.path else None,
                       "message": d.message, "tasks": [t.name for t in tasks_for(d.name)]} for d in bench.datasets],
         "tasks": {name: {"status": s.status, "message": s.message, "describe": s.describe, "chance": s.chance,
@@ -324,13 +395,21 @@ def build_report(bench: Benchmark, records: Sequence[dict], failures: Sequence[d
     return report
 
 
-def write_report(bench: Benchmark, records: Sequence[dict], failures: Sequence[dict], counts: dict,
-                 plots: bool = False) -> dict:
-    report = build_report(bench, records, failures, counts)
+def cell_counts(run: GridRun) -> dict:
+    """The report's cell counts: a cell is stopped when its row did not load or an earlier cell of its
+    (model, task) failed, not applicable when VQA does not apply to its model."""
+    counts = run.counts()
+    blocked = counts.pop("blocked")
+    counts["stopped"] = blocked.get("stopped", 0) + counts.pop("stopped_after_failure")
+    counts["not_applicable"] = blocked.get("n/a", 0)
+    return counts
+
+
+def write_report(bench: Benchmark, run: GridRun, plots: bool = False) -> dict:
+    report = build_report(bench, run.done(), run.failures, cell_counts(run))
     out = bench.config.out
     written = tables.write_plots(report, out / "plots") if plots else {}
-    _write_json_atomic(out / "benchmark.json", report)
-    (out / "benchmark.md").write_text(tables.format_markdown(report, written))
+    save_report(out, "benchmark", report, tables.format_markdown(report, written))
     return report
 
 
@@ -340,98 +419,23 @@ def run_benchmark(config: BenchmarkConfig) -> dict:
     config.out.mkdir(parents=True, exist_ok=True)
     bench = Benchmark(config)
     bench.check_rows()
-    cells = bench.cells()
-    records = {cell: bench.finished(cell) for cell in cells}
-    runnable = [cell for cell in cells if bench.blocked(cell) is None]
-    todo = [cell for cell in runnable if records[cell] is None]
-    failures: List[dict] = []
-    stopped_tasks: Dict[tuple, str] = {}  # (row, task) -> the failure that stopped it
-    progress = {"run_now": 0, "stopped_after_failure": 0}
-
-    def counts() -> dict:
-        done = [r for r in records.values() if r is not None]
-        return {"planned": len(cells), "done": len(done), "run_now": progress["run_now"],
-                "resumed": len(done) - progress["run_now"], "failed": len(failures),
-                "stopped": sum(bench.blocked(c) == "stopped" for c in cells) + progress["stopped_after_failure"],
-                "not_applicable": sum(bench.blocked(c) == "n/a" for c in cells),
-                "seconds": sum(r["seconds"] for r in done)}
-
-    def report(plots: bool = False) -> dict:
-        return write_report(bench, [r for r in records.values() if r is not None], failures, counts(), plots)
-
-    report()
-    runtime = config.runtime
+    run = bench.start(bench.cells())
+    write_report(bench, run)
     try:
-        with logging_redirect_tqdm(), tqdm(total=len(runnable), initial=len(runnable) - len(todo), unit="cell",
-                                           desc="benchmark cells", dynamic_ncols=True,
-                                           disable=not runtime.progress) as bar:
-            for cell in todo:
-                if (cell.row, cell.task) in stopped_tasks:
-                    progress["stopped_after_failure"] += 1
-                    bar.update(1)
-                    continue
-                bar.set_postfix_str(f"{cell.row} {cell.key}")
-                try:
-                    record = bench.run_cell(cell)
-                except Exception as error:  # noqa: BLE001 - a failing cell stops its (model, task) only
-                    message = _one_line(error)
-                    failures.append({**asdict(cell), "message": message, "traceback": traceback.format_exc()})
-                    stopped_tasks[(cell.row, cell.task)] = message
-                    _logger.error("%s / %s seed %d failed, its remaining cells are stopped: %s", cell.row, cell.task,
-                                  cell.seed, message)
-                else:
-                    _write_json_atomic(bench.cell_path(cell), record)
-                    records[cell] = record
-                    progress["run_now"] += 1
-                    _logger.info("%s / %s: %s (%.0f s)", cell.row, cell.key, ", ".join(
-                        f"{k} {100 * v:.1f}" if v is not None and not math.isnan(v) else f"{k} n/a"
-                        for k, v in record["metrics"].items()), record["seconds"])
-                finally:
-                    if runtime.device.startswith("cuda"):
-                        torch.cuda.empty_cache()
-                report()
-                bar.update(1)
+        bench.run(run)
     finally:
-        final = report(plots=True)
+        final = write_report(bench, run, plots=True)
     return final
-
-
-def estimate_seconds(bench: Benchmark, cells: Sequence[Cell], records: Dict[Cell, Optional[dict]]) -> tuple:
-    """(seconds for ``cells``, how the rate was found per (row, task kind)). The rate is seconds per
-    work unit measured on the finished cells of the same row and task kind, else of the same model
-    name and task kind (same architecture), else the device's prior."""
-    device = "cuda" if bench.config.runtime.device.startswith("cuda") else "cpu"
-    by_row: Dict[tuple, List[float]] = {}
-    by_model: Dict[tuple, List[float]] = {}
-    for record in records.values():
-        if record is not None and record.get("units"):
-            kind = record["task"].split("-", 1)[0]
-            for totals, key in ((by_row, (record["row"], kind)), (by_model, (record["model"], kind))):
-                entry = totals.setdefault(key, [0.0, 0.0])
-                entry[0] += record["seconds"]
-                entry[1] += record["units"]
-    total, sources = 0.0, {}
-    for cell in cells:
-        kind = cell.task.split("-", 1)[0]
-        model = bench.row(cell.row).model
-        if (cell.row, kind) in by_row:
-            (seconds, units), source = by_row[(cell.row, kind)], "measured on its finished cells"
-        elif (model, kind) in by_model:
-            (seconds, units), source = by_model[(model, kind)], f"measured on finished cells of {model}"
-        else:
-            (seconds, units), source = (PRIOR_SECONDS_PER_UNIT[device], 1.0), f"prior for {device} (rough, ours)"
-        sources[(cell.row, kind)] = source
-        total += seconds / units * bench.units(cell)
-    return total, sources
 
 
 def plan(config: BenchmarkConfig) -> dict:
     """The cells, their state and an estimate of the time left; reads the datasets, runs nothing."""
     bench = Benchmark(config)
-    cells = bench.cells()
-    records = {cell: bench.finished(cell) for cell in cells}
-    todo = [cell for cell in cells if records[cell] is None and bench.blocked(cell) is None]
-    seconds, sources = estimate_seconds(bench, todo, records)
+    run = bench.start(bench.cells())
+    cells, records, todo = run.cells, run.records, run.todo()
+    device = "cuda" if config.runtime.device.startswith("cuda") else "cpu"
+    seconds, sources = bench.estimate_seconds(run, todo, (PRIOR_SECONDS_PER_UNIT[device],
+                                                          f"prior for {device} (rough, ours)"))
     lines = [f"Benchmark plan: preset {config.preset.name}, {len(config.rows)} model(s), seeds "
              f"{', '.join(map(str, config.preset.seeds))}, data root {config.data_root}", "", "Datasets:"]
     for dataset in bench.datasets:
@@ -452,7 +456,7 @@ def plan(config: BenchmarkConfig) -> dict:
                   f"{sum(bench.blocked(c) == 'n/a' for c in cells)} not applicable.",
               f"Estimated time to run: {seconds / 3600:.1f} h ({seconds / 60:.0f} min) on {config.runtime.device}; "
               "fine-tuning counted at its maximum epochs (early stopping only shortens it). Rates: "
-              + ("; ".join(f"{row} {kind}: {source}" for (row, kind), source in sorted(sources.items()))
+              + ("; ".join(f"{row} {kind}: {source}" for (_, row, kind), source in sorted(sources.items()))
                  or "none needed")]
     print("\n".join(lines))
     return {"cells": [{**asdict(c), "state": "done" if records[c] is not None else bench.blocked(c) or "to run"}

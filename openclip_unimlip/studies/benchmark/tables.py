@@ -15,12 +15,9 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from openclip_unimlip.evaluation import reported
 from openclip_unimlip.evaluation.retrieval import DIRECTIONS, RECALL_KS
+from openclip_unimlip.studies.report import BarSeries, bar_chart, difference_text, interval_text, markdown_table
 from openclip_unimlip.studies.statistics import paired_t_interval, t_interval
 
 RETRIEVAL_COLUMNS = [(f"{d}_R@{k}", f"{'I2T' if d == 'image_to_text' else 'T2I'} R@{k}")
@@ -132,7 +129,8 @@ def retrieval_table(report: dict, task: str) -> dict:
         "id": f"figure2-{dataset}", "layout": "Fig. 2", "decimals": 1,
         "title": f"Fig. 2 layout: image-text retrieval on {title}, Recall@K (%)",
         "columns": [{"key": key, "label": label} for key, label in RETRIEVAL_COLUMNS],
-        "rows": _ours(report, columns) + [_chance(report, columns, "a random ranking: K / pairs")],
+        "rows": _ours(report, columns) + _reference_rows(report, columns)
+        + [_chance(report, columns, "a random ranking: K / pairs")],
         "notes": notes,
     }
 
@@ -167,11 +165,12 @@ def table1(report: dict, fractions: Sequence[float]) -> dict:
                      for key, task, f, metric in columns]
     fine_tuned = any(task in report["tasks"] for _, task, _, _ in columns)
     probed = any(task in report["tasks"] for _, task, _, _ in probe_columns)
-    rows = _ours(report, columns) if fine_tuned else []
+    rows = _ours(report, columns) + _reference_rows(report, columns) if fine_tuned else []
     if probed:
         rows += [{**row, "label": f"{row['label']} (linear probe)",
                   "source": f"{row['source']}; frozen image tower, a logistic regression per label"}
                  for row in _ours(report, probe_columns)]
+        rows += _reference_rows(report, probe_columns, " (linear probe)")
     rows.append(_chance(report, columns if fine_tuned else probe_columns, "a constant score (AUC 0.5)"))
     for row in reported.TABLE1:
         rows.append({"label": f"{row.method} (reported)", "kind": "reported", "source": row.source,
@@ -202,34 +201,68 @@ def table1(report: dict, fractions: Sequence[float]) -> dict:
 
 
 def medpix_classification_table(report: dict, fractions: Sequence[float]) -> dict:
-    task = "classification-medpix"
-    described = report["tasks"][task].get("describe") or {}
-    columns = [(fraction_label(f), task, f, "macro_auc") for f in sorted(fractions)]
+    tasks = [task for task in ("classification-medpix", "linear-probe-medpix") if task in report["tasks"]]
+    described = _described(report, *tasks)
+    rows = []
+    for task in tasks:
+        columns = [(fraction_label(f), task, f, "macro_auc") for f in sorted(fractions)]
+        if task == "classification-medpix":
+            rows += _ours(report, columns) + _reference_rows(report, columns)
+        else:
+            rows += [{**row, "label": f"{row['label']} (linear probe)",
+                      "source": f"{row['source']}; frozen image tower, a logistic regression on its features"}
+                     for row in _ours(report, columns)]
+            rows += _reference_rows(report, columns, " (linear probe)")
+    rows.append(_chance(report, columns, "a constant score (AUC 0.5)"))
     return {
         "id": "table1-medpix", "layout": "Table 1", "decimals": 1,
-        "title": f"Table 1 layout on MedPix 2.0 (stand-in): `{described.get('label', '?')}`, fine-tuned, macro "
-                 "one-vs-rest AUC (%) on the official test split",
+        "title": f"Table 1 layout on MedPix 2.0 (stand-in): `{described.get('label', '?')}`, "
+                 + " and ".join({"classification-medpix": "fine-tuned",
+                                 "linear-probe-medpix": "linear-probed"}[task] for task in tasks)
+                 + ", macro one-vs-rest AUC (%) on the official test split",
         "columns": [{"key": key, "label": key} for key, _, _, _ in columns],
-        "rows": _ours(report, columns) + [_chance(report, columns, "a constant score (AUC 0.5)")],
+        "rows": rows,
         "notes": [f"Classes: {', '.join(described.get('classes', []))}; images: train {described.get('train')}, "
                   f"dev {described.get('valid')}, test {described.get('test')} "
-                  "(evaluation/medpix_classification.py). Not one of the paper's datasets: no reported rows."],
+                  "(evaluation/medpix_classification.py). Not one of the paper's datasets: no reported rows.",
+                  "The same seed draws the same stratified training subset for every row and both modes; rows "
+                  "marked linear probe (ours): the frozen image tower's features, standardised, one multinomial "
+                  "logistic regression, C chosen on dev by macro AUC."],
     }
 
 
-def _paired_difference(report: dict, label: str, task: str, reference_task: str, metric: str) -> dict:
-    """``task`` minus ``reference_task`` for row ``label``, taken per seed over the seeds both finished
-    (same seed: same training order), with its t-interval; or why there is none."""
-    result, reference = (_find(report["results"], label, t, None) for t in (task, reference_task))
-    if result is None or reference is None:
-        return {"status": "pending"}
-    by_seed = [dict(zip(r["seeds"], r["metrics"][metric]["values"])) for r in (result, reference)]
+def _paired_difference(report: dict, cell: tuple, reference: tuple, metric: str) -> dict:
+    """``cell`` minus ``reference``, each a (row label, task, fraction), taken per seed over the seeds
+    both finished (same seed: same training subset and order, and pretraining seed k for ``{seed}``
+    weights), with its t-interval (``statistics.paired_t_interval``); or why there is none: the status
+    of a side that has no numbers (failed, n/a, skipped, not run), else pending."""
+    rows = {row["label"]: row for row in report["rows"]}
+    for label, task, fraction in (cell, reference):
+        own = _our_cell(report, rows[label], task, fraction, metric) if label in rows else {"status": "pending"}
+        if "status" in own:
+            return own
+    result, base = (_find(report["results"], *side) for side in (cell, reference))
+    by_seed = [dict(zip(r["seeds"], r["metrics"][metric]["values"])) for r in (result, base)]
     seeds = [seed for seed in result["seeds"]
              if by_seed[0].get(seed) is not None and by_seed[1].get(seed) is not None]
     if not seeds:
         return {"status": "pending"}
     values = [by_seed[0][seed] - by_seed[1][seed] for seed in seeds]
-    return {"values": values, **paired_t_interval([by_seed[0][s] for s in seeds], [by_seed[1][s] for s in seeds])}
+    return {"values": values, "seeds": seeds,
+            **paired_t_interval([by_seed[0][s] for s in seeds], [by_seed[1][s] for s in seeds])}
+
+
+def _reference_rows(report: dict, columns: Sequence[tuple], suffix: str = "") -> List[dict]:
+    """With ``--reference``: per other row, its paired per-seed difference to the reference row in
+    every column (key, task, fraction, metric); ``suffix`` names the rows' mode (e.g. linear probe)."""
+    reference = report["settings"].get("reference")
+    if reference is None:
+        return []
+    return [{"label": f"{row['label']}{suffix} minus {reference}{suffix}", "kind": "paired",
+             "source": "per seed, then the mean [95 % t-interval] of the differences; bold: excludes 0",
+             "cells": {key: _paired_difference(report, (row["label"], task, fraction), (reference, task, fraction),
+                                               metric) for key, task, fraction, metric in columns}}
+            for row in report["rows"] if row["label"] != reference]
 
 
 def table2(report: dict) -> dict:
@@ -242,9 +275,11 @@ def table2(report: dict) -> dict:
         blank.update(label=f"{row['label']}: question only", source=f"{row['source']}; image tokens left out")
         gain = {"label": f"{row['label']}: image minus question only", "kind": "paired",
                 "source": "per seed, then the mean [95 % t-interval] of the differences",
-                "cells": {key: _paired_difference(report, row["label"], task, blank_task, metric)
+                "cells": {key: _paired_difference(report, (row["label"], task, None), (row["label"], blank_task, None),
+                                                  metric)
                           for (key, task, _, metric), (_, blank_task, _, _) in zip(columns, question_only)}}
         rows += [row, blank, gain]
+    rows += _reference_rows(report, columns)
     majority = _chance(report, columns, "the training split's most common answer of each question's type (open, "
                                         "closed): it is told the answer type, which the model is not")
     rows.append({**majority, "label": "most common answer, told the answer type"})
@@ -283,7 +318,7 @@ def build_tables(report: dict) -> List[dict]:
     tables = [retrieval_table(report, task) for task in ("retrieval-roco", "retrieval-medpix") if task in tasks]
     if any(f"{kind}-{d}" in tasks for d in reported.TABLE1_DATASETS for kind in ("classification", "linear-probe")):
         tables.append(table1(report, fractions))
-    if "classification-medpix" in tasks:
+    if "classification-medpix" in tasks or "linear-probe-medpix" in tasks:
         tables.append(medpix_classification_table(report, fractions))
     if any(f"vqa-{d}" in tasks for d in reported.TABLE2_DATASETS):
         tables.append(table2(report))
@@ -291,29 +326,30 @@ def build_tables(report: dict) -> List[dict]:
 
 
 # ----------------------------------------------------------------------------- Markdown
-def format_cell(cell: dict, decimals: int) -> str:
+def format_cell(cell: dict, decimals: int, paired: bool = False) -> str:
+    """A cell's text; ``paired``: a difference, signed and **bold** where its interval excludes 0."""
     if "status" in cell:
         return {"skipped": "—"}.get(cell["status"], cell["status"])
     if "value" in cell:
         return f"{cell['value']:.{decimals}f}"
     if not cell.get("n"):
         return "undefined"
-    if cell.get("low") is None:
-        return f"{cell['mean']:.1f}"
-    return f"{cell['mean']:.1f} [{cell['low']:.1f}, {cell['high']:.1f}]"
+    if paired:
+        return difference_text(cell["mean"], cell.get("low"), cell.get("high"), cell.get("excludes_zero"))
+    return interval_text(cell["mean"], cell.get("low"), cell.get("high"))
 
 
 def table_markdown(table: dict) -> List[str]:
     keys = [c["key"] for c in table["columns"]]
-    lines = [f"## {table['title']}", "",
-             "| method | | " + " | ".join(c["label"] for c in table["columns"]) + " | source |",
-             "|---|---|" + "---|" * len(keys) + "---|"]
+    rows = []
     for row in table["rows"]:
         kind = {"ours": "ours", "paired": "ours, paired", "chance": "chance", "reported": "reported"}[row["kind"]]
         decimals = 1 if row["kind"] in ("ours", "paired") else table["decimals"]
-        cells = [format_cell(row["cells"][key], decimals) for key in keys]
-        lines.append(f"| {row['label']} | {kind} | " + " | ".join(cells) + f" | {row['source']} |")
-    return lines + [""] + [f"- {note}" for note in table["notes"]] + [""]
+        rows.append([row["label"], kind, *(format_cell(row["cells"][key], decimals, row["kind"] == "paired")
+                                           for key in keys), row["source"]])
+    return ([f"## {table['title']}", ""]
+            + markdown_table(["method", "", *(c["label"] for c in table["columns"]), "source"], rows)
+            + [""] + [f"- {note}" for note in table["notes"]] + [""])
 
 
 def format_markdown(report: dict, plots: Dict[str, List[str]]) -> str:
@@ -322,17 +358,21 @@ def format_markdown(report: dict, plots: Dict[str, List[str]]) -> str:
         "# Medical downstream benchmark", "",
         f"Preset `{settings['preset']}`, seeds {', '.join(map(str, settings['seeds']))}, device "
         f"`{settings['device']}`, precision `{settings['precision']}`, data root `{settings['data_root']}`. "
-        f"{INTERVAL_NOTE}; chance and reported rows as labelled.", "",
-        "## Datasets", "", "| dataset | status | where / why |", "|---|---|---|",
+        f"{INTERVAL_NOTE}; chance and reported rows as labelled."
+        + (f" Rows `X minus {settings['reference']}`: X's paired per-seed differences to the reference row "
+           f"`{settings['reference']}`, in points." if settings.get("reference") else ""), "",
+        f"Pretraining: {settings.get('pretraining_note') or 'not stated (--pretraining-note)'}", "",
+        "## Datasets", "",
+        *markdown_table(["dataset", "status", "where / why"],
+                        [[d["title"], d["status"], d["message"] or d["path"] or ""] for d in report["datasets"]]),
+        "", *([report["overlap"], ""] if report.get("overlap") else []),
+        "## Models", "",
+        *markdown_table(["row", "model", "pretrained", "status"],
+                        [[row["label"], f"`{row['model']}`", row["pretrained"] or "(none)",
+                          row["status"] if row["status"] == "ok" else f"{row['status']}: {row['message']}"]
+                         for row in report["rows"]]),
+        "",
     ]
-    for dataset in report["datasets"]:
-        where = dataset["path"] or ""
-        lines.append(f"| {dataset['title']} | {dataset['status']} | {dataset['message'] or where} |")
-    lines += ["", "## Models", "", "| row | model | pretrained | status |", "|---|---|---|---|"]
-    for row in report["rows"]:
-        status = row["status"] if row["status"] == "ok" else f"{row['status']}: {row['message']}"
-        lines.append(f"| {row['label']} | `{row['model']}` | {row['pretrained'] or '(none)'} | {status} |")
-    lines.append("")
     for table in report["tables"]:
         lines += table_markdown(table)
         lines += [f"![{Path(path).stem}]({path})" for path in plots.get(table["id"], [])]
@@ -357,36 +397,21 @@ def _bars(table: dict, keys: Sequence[str], labels: Sequence[str], path: Path, t
           with_reported: bool) -> None:
     rows = [r for r in table["rows"] if (r["kind"] == "ours" and any("mean" in r["cells"][k] for k in keys))
             or (with_reported and r["kind"] == "reported")]
-    figure = Figure(figsize=(max(6.0, 1.4 * len(keys) + 0.4 * len(rows)), 4.5))
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    width = 0.8 / max(1, len(rows))
-    positions = np.arange(len(keys))
-    for i, row in enumerate(rows):
-        heights, errors = [], [[], []]
-        for key in keys:
-            cell = row["cells"][key]
-            value = cell.get("mean", cell.get("value"))
-            heights.append(value if value is not None else 0.0)
-            low, high = cell.get("low"), cell.get("high")
+    series = []
+    for row in rows:
+        values = [row["cells"][key].get("mean", row["cells"][key].get("value")) for key in keys]
+        heights = [value if value is not None else 0.0 for value in values]
+        errors = None
+        if row["kind"] == "ours":
             # drawn inside the metric's range: a t-interval over two or three seeds can overshoot 0 or 100
-            errors[0].append(value - max(low, 0.0) if low is not None else 0.0)
-            errors[1].append(min(high, 100.0) - value if high is not None else 0.0)
-        axes.bar(positions + (i - (len(rows) - 1) / 2) * width, heights, width, label=row["label"],
-                 yerr=errors if row["kind"] == "ours" else None, capsize=2,
-                 hatch="//" if row["kind"] == "reported" else None, alpha=0.6 if row["kind"] == "reported" else 1.0)
+            cells = [row["cells"][key] for key in keys]
+            errors = ([value - max(c["low"], 0.0) if c.get("low") is not None else 0.0
+                       for c, value in zip(cells, values)],
+                      [min(c["high"], 100.0) - value if c.get("high") is not None else 0.0
+                       for c, value in zip(cells, values)])
+        series.append(BarSeries(row["label"], heights, errors, hatched=row["kind"] == "reported"))
     chance = next(r for r in table["rows"] if r["kind"] == "chance")
-    for position, key in zip(positions, keys):
-        value = chance["cells"][key].get("value")
-        if value is not None:
-            axes.hlines(value, position - 0.45, position + 0.45, colors="black", linestyles=":",
-                        label="chance" if position == 0 else None)
-    axes.set_xticks(positions, labels)
-    axes.set_ylim(bottom=0)
-    axes.set_ylabel("%")
-    axes.set_title(title, fontsize="medium")
-    axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    figure.savefig(path, dpi=110, bbox_inches="tight")
+    bar_chart(path, labels, series, "%", title, reference=[chance["cells"][key].get("value") for key in keys])
 
 
 def write_plots(report: dict, folder: Path) -> Dict[str, List[str]]:

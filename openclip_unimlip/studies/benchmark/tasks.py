@@ -11,8 +11,9 @@ that a cell's numbers are the standalone evaluation's:
 * linear probe (CheXpert, MIMIC-CXR-JPG, NIH): ``evaluation.classification.load_classification_data``,
   ``evaluation.finetune.load_clip_model``, ``evaluation.linear_probe.probe_chest_xray``; the numbers of
   ``probe_chest_xray`` on the same data (no script).
-* classification (MedPix 2.0 stand-in): ``evaluation.medpix_classification``'s ``stratified_subset``,
-  ``fine_tune_softmax``; the numbers of ``studies/real_downstream.py``'s fine-tune cell.
+* classification and linear probe (MedPix 2.0 stand-in): ``evaluation.medpix_classification``'s
+  ``stratified_subset``, ``fine_tune_softmax``, ``linear_probe`` (on ``evaluation.linear_probe``'s
+  ``image_features``); the numbers of those functions called on their own.
 * VQA (VQA-RAD, SLAKE), and question-only: ``evaluation.vqa``'s ``load_vqa_data``, ``build_vqa_model``,
   ``fine_tune_vqa``; the numbers of ``scripts/finetune_vqa.py`` (question-only: ``--blank-image``).
 
@@ -38,10 +39,11 @@ from openclip_unimlip.data.vqa_releases import DEFAULT_VQA_RAD_SPLIT
 from openclip_unimlip.evaluation.classification import fine_tune_classifier, load_classification_data
 from openclip_unimlip.evaluation.datasets import ImageTextPair, StoredImage, sample_pairs
 from openclip_unimlip.evaluation.finetune import FitConfig, autocast, build_image_classifier, load_clip_model
-from openclip_unimlip.evaluation.linear_probe import DEFAULT_PROBE_C_GRID, probe_chest_xray
+from openclip_unimlip.evaluation.linear_probe import DEFAULT_PROBE_C_GRID, image_features, probe_chest_xray
 from openclip_unimlip.evaluation.medpix_classification import (
     FineTuneSettings,
     fine_tune_softmax,
+    linear_probe,
     load_medpix_classification,
     stratified_subset,
 )
@@ -88,7 +90,9 @@ class ChestXrayRecipe:
 class MedpixRecipe:
     finetune: FineTuneSettings
     image_size: Optional[int]
-    label: str = "location_category"
+    label: str = "location_category"  # one of evaluation.medpix_classification.LABELS
+    probe_c_grid: tuple = DEFAULT_PROBE_C_GRID  # the linear probe's C values, one chosen on dev
+    feature_batch_size: int = 64  # the linear probe's feature pass
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,9 @@ class Runtime:
 
 
 SEED_FIELD = "{seed}"
+# ``--pretrained random``: every weight drawn from the cell's seed, the text tower's too. Without
+# weights a model's Hugging Face text tower starts from its base weights, where pretraining starts.
+RANDOM_WEIGHTS = "random"
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,17 @@ class ModelRow:
     """One row of the tables: an OpenCLIP model name and its weights."""
     label: str
     model: str
-    pretrained: Optional[str] = None  # a checkpoint path or an OpenCLIP pretrained tag
+    pretrained: Optional[str] = None  # a checkpoint path, an OpenCLIP pretrained tag or RANDOM_WEIGHTS
+
+    @property
+    def weights(self) -> Optional[str]:
+        """What OpenCLIP's factory loads: None for a model without weights or with random ones."""
+        return None if self.pretrained == RANDOM_WEIGHTS else self.pretrained
+
+    @property
+    def pretrained_text(self) -> bool:
+        """Whether a model without weights starts its text tower from the tower's base weights."""
+        return self.pretrained != RANDOM_WEIGHTS
 
     def for_seed(self, seed: int) -> "ModelRow":
         """The row as seed ``seed`` runs it: ``{seed}`` in ``pretrained`` becomes the seed, so that
@@ -251,8 +268,8 @@ class RetrievalTask(Task):
 
         torch.manual_seed(seed)
         sampled = sample_pairs(data.pairs, preset.retrieval.num_samples, seed)
-        model, _, preprocess = open_clip.create_model_and_transforms(row.model, pretrained=row.pretrained,
-                                                                     device=runtime.device)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            row.model, pretrained=row.weights, pretrained_text=row.pretrained_text, device=runtime.device)
         tokenizer = open_clip.get_tokenizer(row.model)
         with autocast(torch.device(runtime.device), runtime.precision):
             image_features, text_features = encode_pairs(
@@ -336,13 +353,13 @@ class ChestXrayTask(Task):
         if self.mode == "linear-probe":
             # the tower load_clip_model gives is the one build_image_classifier wraps: a model without
             # weights draws the same random tower from the seed in both modes
-            model, preprocess_cfg = load_clip_model(row.model, row.pretrained, recipe.image_size,
+            model, preprocess_cfg = load_clip_model(row.model, row.weights, recipe.image_size,
                                                     pretrained_text=False)
             result = probe_chest_xray(model.visual, preprocess_cfg, split, recipe.probe_c_grid,
                                       recipe.batch_sizes[self.dataset], runtime.device, runtime.workers,
                                       runtime.precision)
             return {"metrics": {"macro_auc": result["test_macro_auc"]}, "details": {"images": images, **result}}
-        classifier, preprocess_cfg = build_image_classifier(row.model, row.pretrained, len(split.label_names),
+        classifier, preprocess_cfg = build_image_classifier(row.model, row.weights, len(split.label_names),
                                                             recipe.image_size)
         result = fine_tune_classifier(
             classifier, preprocess_cfg, split, batch_size=recipe.batch_sizes[self.dataset], lr=recipe.lr,
@@ -352,13 +369,37 @@ class ChestXrayTask(Task):
 
 
 class MedpixClassificationTask(Task):
-    """Table 1's layout on MedPix 2.0's own labels (a stand-in: MedPix is not a paper dataset)."""
+    """Table 1's layout on MedPix 2.0's own labels (a stand-in: MedPix is not a paper dataset):
+    softmax over the label's classes on 1 / 10 / 100 % of the official train split (stratified by
+    class, ``stratified_subset``), model selection on dev, macro one-vs-rest AUC on test
+    (``evaluation.medpix_classification``, whose docstring gives the labels and choices).
+
+    ``mode="fine-tune"`` (task ``classification-medpix``): ``fine_tune_softmax`` end to end.
+    ``mode="linear-probe"`` (task ``linear-probe-medpix``): the frozen image tower's features of every
+    split, once per weights (and per seed for weights the seed draws), and ``linear_probe``'s
+    logistic regression, ``C`` chosen on dev. The same seed gives every row the same training subset.
+    """
     kind = "classification"
     uses_fractions = True
     metrics = ("macro_auc",)
 
+    def __init__(self, dataset: str, mode: str = "fine-tune"):
+        super().__init__(dataset)
+        if mode not in CXR_MODES:
+            raise ValueError(f"unknown MedPix mode {mode!r}; expected one of {', '.join(CXR_MODES)}")
+        self.mode = mode
+        self._features: Dict[tuple, dict] = {}  # the linear probe's, per (weights, image size, seed)
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{self.dataset}" if self.mode == "fine-tune" else f"{self.mode}-{self.dataset}"
+
     def recipe(self, preset: Preset) -> dict:
         recipe = asdict(preset.medpix)
+        probe = {key: recipe.pop(key) for key in ("probe_c_grid", "feature_batch_size")}
+        if self.mode == "linear-probe":
+            return {"mode": self.mode, "image_size": recipe["image_size"], "label": recipe["label"],
+                    "c_grid": list(probe["probe_c_grid"])}
         recipe["finetune"].pop("workers")
         recipe["finetune"].pop("precision")  # the runtime's, hashed with every cell
         return recipe
@@ -374,23 +415,44 @@ class MedpixClassificationTask(Task):
         return {"macro_auc": 0.5}
 
     def units(self, data, preset: Preset, fraction: Optional[float]) -> float:
+        scale = _image_scale(preset.medpix.image_size)
+        if self.mode == "linear-probe":  # one forward pass per image; the regression is cheap beside it
+            return scale * EVAL_UNIT * (len(data.train) + len(data.dev) + len(data.test))
         settings = preset.medpix.finetune
         train = len(stratified_subset(data.train.targets, fraction, 0))
-        return _image_scale(preset.medpix.image_size) * (
-            settings.max_epochs * (max(train, settings.min_epoch_images) + EVAL_UNIT * len(data.dev))
-            + EVAL_UNIT * len(data.test))
+        return scale * (settings.max_epochs * (max(train, settings.min_epoch_images) + EVAL_UNIT * len(data.dev))
+                        + EVAL_UNIT * len(data.test))
 
     def run(self, row: ModelRow, data, preset: Preset, fraction: Optional[float], seed: int,
             runtime: Runtime) -> dict:
+        torch.manual_seed(seed)  # the new head's (and a random tower's) weights
+        subset = stratified_subset(data.train.targets, fraction, seed)
+        if self.mode == "linear-probe":
+            features = self._split_features(row, data, preset.medpix, seed, runtime)
+            details = linear_probe(features["train"][subset], data.train.targets[subset], features["dev"],
+                                   data.dev.targets, features["test"], data.test.targets, len(data.classes),
+                                   preset.medpix.probe_c_grid)
+            return {"metrics": {"macro_auc": details["test_macro_auc"]}, "details": details}
         recipe = preset.medpix
         settings = replace(recipe.finetune, precision=runtime.precision, workers=runtime.workers)
-        torch.manual_seed(seed)  # as real_downstream's cells: the new head's (and a random tower's) weights
-        classifier, preprocess_cfg = build_image_classifier(row.model, row.pretrained, len(data.classes),
+        classifier, preprocess_cfg = build_image_classifier(row.model, row.weights, len(data.classes),
                                                             recipe.image_size)
-        train = data.train.select(stratified_subset(data.train.targets, fraction, seed))
-        details = fine_tune_softmax(classifier, preprocess_cfg, train, data.dev, data.test, settings, seed,
-                                    runtime.device, runtime.progress)
+        details = fine_tune_softmax(classifier, preprocess_cfg, data.train.select(subset), data.dev, data.test,
+                                    settings, seed, runtime.device, runtime.progress)
         return {"metrics": {"macro_auc": details["test_macro_auc"]}, "details": details}
+
+    def _split_features(self, row: ModelRow, data, recipe: "MedpixRecipe", seed: int, runtime: Runtime) -> dict:
+        """The frozen tower's features of every split, computed once per weights: per seed for a row
+        whose tower the seed draws (no weights, random ones), once for a checkpoint or a tag."""
+        key = (row.model, row.pretrained, recipe.image_size, seed if row.weights is None else None)
+        if key not in self._features:
+            classifier, preprocess_cfg = build_image_classifier(row.model, row.weights, len(data.classes),
+                                                                recipe.image_size)
+            self._features[key] = {
+                split: image_features(classifier.tower, preprocess_cfg, getattr(data, split).images,
+                                      recipe.feature_batch_size, runtime.device)
+                for split in ("train", "dev", "test")}
+        return self._features[key]
 
 
 class VqaTask(Task):
@@ -444,8 +506,8 @@ class VqaTask(Task):
         recipe = preset.vqa
         torch.manual_seed(seed)  # as scripts/finetune_vqa.py: before building
         model, preprocess_cfg, tokenizer = build_vqa_model(
-            row.model, row.pretrained, len(data.answers), recipe.image_size, use_map_tokens=recipe.map_tokens,
-            freeze_text=recipe.freeze_text, blank_image=self.question_only)
+            row.model, row.weights, len(data.answers), recipe.image_size, use_map_tokens=recipe.map_tokens,
+            pretrained_text=row.pretrained_text, freeze_text=recipe.freeze_text, blank_image=self.question_only)
         result = fine_tune_vqa(model, preprocess_cfg, tokenizer, data, batch_size=recipe.batch_size,
                                encoder_lr=recipe.encoder_lr, fusion_lr=recipe.fusion_lr,
                                fit_config=FitConfig(recipe.epochs, recipe.patience, runtime.precision), seed=seed,
@@ -462,7 +524,7 @@ def tasks_for(dataset: str) -> List[Task]:
     if dataset == "roco":
         return [RetrievalTask("roco")]
     if dataset == "medpix":
-        return [RetrievalTask("medpix"), MedpixClassificationTask("medpix")]
+        return [RetrievalTask("medpix"), *(MedpixClassificationTask("medpix", mode) for mode in CXR_MODES)]
     if dataset in ("chexpert", "mimic", "nih"):
         return [ChestXrayTask(dataset, mode) for mode in CXR_MODES]
     if dataset in ("vqa-rad", "slake"):

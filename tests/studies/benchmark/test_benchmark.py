@@ -19,15 +19,21 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from openclip_unimlip.commands import benchmark, real_downstream
+from openclip_unimlip.commands import benchmark
 from openclip_unimlip.data.medpix import read_medpix
 from openclip_unimlip.data.releases import DATASETS, find_datasets
 from openclip_unimlip.data.shards import normalize_caption
 from openclip_unimlip.evaluation.classification import load_classification_data
-from openclip_unimlip.evaluation.finetune import load_clip_model
-from openclip_unimlip.evaluation.linear_probe import probe_chest_xray
+from openclip_unimlip.evaluation.finetune import build_image_classifier, load_clip_model
+from openclip_unimlip.evaluation.linear_probe import image_features, probe_chest_xray
+from openclip_unimlip.evaluation.medpix_classification import (
+    fine_tune_softmax,
+    linear_probe,
+    load_medpix_classification,
+    stratified_subset,
+)
 from openclip_unimlip.evaluation.retrieval import evaluate_retrieval
-from openclip_unimlip.studies.benchmark import engine
+from openclip_unimlip.studies.benchmark import engine, tables
 from openclip_unimlip.studies.benchmark.tasks import ChestXrayTask, RetrievalTask, tasks_for
 
 from paths import REPO
@@ -81,15 +87,18 @@ def run(tmp_path_factory, one_thread):
     tmp = tmp_path_factory.mktemp("benchmark")
     data_root = _make_data_root(tmp / "data")
     (tmp / "stock-rn-tiny.json").write_text(json.dumps(STOCK_CONFIG))
-    torch.manual_seed(123)  # a plain state dict, as the ablation keeps its checkpoints
-    checkpoint = tmp / "tiny.pt"
-    torch.save(open_clip.create_model("unimlip-tiny", pretrained_text=False).state_dict(), checkpoint)
+    checkpoints = {}
+    for seed in SEEDS:  # plain state dicts, one per pretraining seed, as the MedPix ablation keeps them
+        torch.manual_seed(123 + seed)
+        checkpoints[seed] = tmp / f"tiny-seed{seed}.pt"
+        torch.save(open_clip.create_model("unimlip-tiny", pretrained_text=False).state_dict(), checkpoints[seed])
     broken = tmp / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     out = tmp / "out"
-    args = ["--model", "unimlip-tiny", "--pretrained", str(checkpoint), "--label", "tiny",
+    args = ["--model", "unimlip-tiny", "--pretrained", str(tmp / "tiny-seed{seed}.pt"), "--label", "tiny",
             "--model", "stock-rn-tiny", "--model-config", str(tmp / "stock-rn-tiny.json"),
             "--model", "unimlip-tiny", "--pretrained", str(broken), "--label", "broken",
+            "--reference", "stock-rn-tiny", "--pretraining-note", "none: test checkpoints of random weights",
             "--data-root", str(data_root), "--out", str(out), "--preset", "ci", "--seeds", *map(str, SEEDS),
             "--fractions", "1.0", "--device", "cpu", "--no-progress"]
     real_run_cell = engine.Benchmark.run_cell
@@ -112,7 +121,7 @@ def run(tmp_path_factory, one_thread):
         after_interruption = json.loads((out / "benchmark.json").read_text())
         patch.setattr(engine.Benchmark, "run_cell", counted)
         report = benchmark.main(args)
-    return {"args": args, "out": out, "report": report, "first": first, "second": second, "checkpoint": checkpoint,
+    return {"args": args, "out": out, "report": report, "first": first, "second": second, "checkpoints": checkpoints,
             "data_root": data_root, "after_interruption": after_interruption}
 
 
@@ -128,7 +137,7 @@ def test_retrieval_cells_equal_eval_retrieval_on_the_same_pairs(run, tmp_path):
     images = read_medpix(DATA / "medpix-2.0", "test")
     pd.DataFrame({"filepath": [str(i.image) for i in images], "title": [normalize_caption(i.caption) for i in images]}
                  ).to_csv(csv, sep="\t", index=False)
-    for row, model, pretrained, seed in (("tiny", "unimlip-tiny", str(run["checkpoint"]), 1),
+    for row, model, pretrained, seed in (("tiny", "unimlip-tiny", str(run["checkpoints"][1]), 1),
                                          ("stock-rn-tiny", "stock-rn-tiny", None, 0)):
         torch.manual_seed(seed)  # the cell seeds the model's random parts likewise
         standalone = evaluate_retrieval(model, pretrained, data=str(csv), num_samples=100, seed=seed)
@@ -142,23 +151,38 @@ def test_retrieval_cells_equal_eval_retrieval_on_the_same_pairs(run, tmp_path):
 
 
 @real_data
-def test_medpix_classification_cell_equals_the_real_downstream_cell(run, tmp_path):
-    report = real_downstream.main([
-        "--model", "unimlip-tiny", "--init", f"tiny={run['checkpoint']}", "--data-root", str(DATA),
-        "--out", str(tmp_path / "downstream"), "--tasks", "medpix", "--modes", "finetune", "--fractions", "1.0",
-        "--seeds", "1", "--limit", "32", "--cls-batch-size", "16", "--cls-max-epochs", "1",
-        "--min-epoch-images", "16", "--workers", "0", "--no-progress"])
-    (standalone,) = report["cells"]
+def test_medpix_classification_cells_equal_fine_tune_softmax_and_linear_probe(run):
+    """The MedPix cells, fine-tuned and linear-probed, are ``evaluation.medpix_classification``'s
+    functions on the same data, seeded the same way, from the same seed's weights ({seed})."""
+    preset = engine.CI
+    data = load_medpix_classification(DATA / "medpix-2.0", preset.medpix.label, preset.limit)
+    weights = str(run["checkpoints"][1])
+    torch.manual_seed(1)
+    classifier, preprocess_cfg = build_image_classifier("unimlip-tiny", weights, len(data.classes), None)
+    subset = stratified_subset(data.train.targets, 1.0, 1)
+    standalone = fine_tune_softmax(classifier, preprocess_cfg, data.train.select(subset), data.dev, data.test,
+                                   preset.medpix.finetune, 1, "cpu", False)
     record = _record(run["out"], "tiny", "classification-medpix", "100pct", 1)
-    assert record["metrics"]["macro_auc"] == standalone["metrics"]["macro_auc"]
-    assert record["details"]["history"] == standalone["details"]["history"]
+    assert record["pretrained"] == weights  # seed 1 ran pretraining seed 1's weights
+    assert record["metrics"]["macro_auc"] == standalone["test_macro_auc"]
+    assert record["details"]["history"] == json.loads(json.dumps(standalone["history"]))
+
+    torch.manual_seed(1)
+    tower, preprocess_cfg = build_image_classifier("unimlip-tiny", weights, len(data.classes), None)
+    features = {split: image_features(tower.tower, preprocess_cfg, getattr(data, split).images, 64, "cpu")
+                for split in ("train", "dev", "test")}
+    probe = linear_probe(features["train"][subset], data.train.targets[subset], features["dev"], data.dev.targets,
+                         features["test"], data.test.targets, len(data.classes), preset.medpix.probe_c_grid)
+    record = _record(run["out"], "tiny", "linear-probe-medpix", "100pct", 1)
+    assert record["metrics"]["macro_auc"] == probe["test_macro_auc"]
+    assert record["details"] == json.loads(json.dumps(probe))
 
 
 @real_data
 def test_vqa_cell_equals_finetune_vqa_script(run, tmp_path):
     summary = _load_script("finetune_vqa").main([
         "--dataset", "vqa-rad", "--data-root", str(DATA / "vqa-rad"), "--model", "unimlip-tiny",
-        "--pretrained", str(run["checkpoint"]), "--seed", "0", "--image-size", "96", "--batch-size", "16",
+        "--pretrained", str(run["checkpoints"][0]), "--seed", "0", "--image-size", "96", "--batch-size", "16",
         "--max-epochs", "1", "--limit", "32", "--workers", "0", "--no-progress", "--output-dir", str(tmp_path)])
     record = _record(run["out"], "tiny", "vqa-vqa-rad", "all", 0)
     assert record["details"]["test"] == summary["test"]
@@ -172,11 +196,11 @@ def test_an_interrupted_run_resumes_without_redoing_a_finished_cell(run):
     assert len(first) == 2 and run["after_interruption"]["cells"]["done"] == 2
     assert not set(first) & set(second)
     cells = run["report"]["cells"]
-    # tiny: retrieval, classification, VQA, question-only VQA; stock: retrieval, classification (both VQA
-    # tasks n/a); broken: stopped
-    assert len(first) + len(second) == cells["done"] == len(SEEDS) * 6
+    # tiny: retrieval, classification, linear probe, VQA, question-only VQA; stock: retrieval, classification,
+    # linear probe (both VQA tasks n/a); broken: stopped
+    assert len(first) + len(second) == cells["done"] == len(SEEDS) * 8
     assert cells["resumed"] == 2 and cells["run_now"] == len(second) and cells["failed"] == 0
-    assert cells["not_applicable"] == len(SEEDS) * 2 and cells["stopped"] == len(SEEDS) * 4
+    assert cells["not_applicable"] == len(SEEDS) * 2 and cells["stopped"] == len(SEEDS) * 5
 
 
 @real_data
@@ -206,7 +230,8 @@ def test_missing_and_bad_datasets_are_listed_and_skipped(run):
     assert report["tasks"]["vqa-slake"]["status"] == "failed"
     assert report["tasks"]["vqa-slake"]["message"].startswith("SLAKE could not be read: JSONDecodeError")
     assert sorted(t for t, s in report["tasks"].items() if s["status"] == "ready") == [
-        "classification-medpix", "retrieval-medpix", "vqa-question-only-vqa-rad", "vqa-vqa-rad"]
+        "classification-medpix", "linear-probe-medpix", "retrieval-medpix", "vqa-question-only-vqa-rad",
+        "vqa-vqa-rad"]
     markdown = (run["out"] / "benchmark.md").read_text()
     assert "| CheXpert | skipped | no folder named" in markdown
     assert "- task vqa-slake: SLAKE could not be read: JSONDecodeError" in markdown
@@ -245,7 +270,8 @@ def test_plan_lists_the_cells_and_runs_nothing(run, tmp_path, capsys):
         plan = benchmark.main(args + ["--plan"])
         printed = capsys.readouterr().out
         assert not fresh.exists()
-        assert [c["state"] for c in plan["cells"]].count("to run") == len(SEEDS) * 10  # the broken row is only found at load
+        # the broken row is only found at load
+        assert [c["state"] for c in plan["cells"]].count("to run") == len(SEEDS) * 13
         assert "Estimated time to run:" in printed and "prior for cpu" in printed
         finished = benchmark.main(run["args"] + ["--plan"])  # the finished run's folder: measured rates
     assert {c["state"] for c in finished["cells"] if c["row"] != "broken"} == {"done", "n/a"}
@@ -269,7 +295,8 @@ def test_a_failing_cell_stops_the_rest_of_its_task_and_nothing_else(tmp_path):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(engine.Benchmark, "run_cell", flaky)
         report = benchmark.main(["--model", "unimlip-tiny", "--data-root", str(DATA), "--datasets", "medpix",
-                                 "--out", str(out), "--preset", "ci", "--no-progress"])
+                                 "--tasks", "retrieval", "classification", "--out", str(out), "--preset", "ci",
+                                 "--no-progress"])
     (failure,) = report["failures"]  # seed 0's retrieval; seed 1's is not tried
     assert (failure["task"], failure["seed"]) == ("retrieval-medpix", 0)
     assert failure["message"] == "RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"
@@ -391,6 +418,12 @@ def test_roco_test_pairs_are_read_from_the_release(tmp_path):
     (["--model", "unimlip-tiny", "--fractions", "0", "1"], "--fractions must be distinct and lie in (0, 1]"),
     (["--model", "unimlip-tiny", "--seeds", "1", "1"], "--seeds repeat"),
     ([], "give at least one --model"),
+    (["--model", "unimlip-tiny", "--pretrained", "missing-seed{seed}.pt", "--seeds", "0", "1"],
+     "checkpoint missing-seed0.pt of --model unimlip-tiny not found"),  # every seed's file must exist
+    (["--model", "unimlip-tiny", "--reference", "baseline"], "--reference 'baseline' is not the label of a row"),
+    (["--model", "unimlip-tiny", "--set", "vqa.epoch=1"], "VqaRecipe has no field 'epoch'"),
+    (["--model", "unimlip-tiny", "--set", "vqa.freeze_text=maybe"], "expected true or false"),
+    (["--model", "unimlip-tiny", "--set", "vqa.epochs"], "expected FIELD=VALUE"),
 ])
 def test_bad_arguments_stop_with_one_message_before_anything_runs(bad_args, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as error:
@@ -547,22 +580,159 @@ def test_the_console_entry_point_exits_0_after_a_plan(tmp_path):
     assert exit_info.value.code in (None, 0)
 
 
+def test_a_missing_data_root_stops_with_one_message(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main(["--model", "unimlip-tiny", "--data-root", str(tmp_path / "nonexistent"),
+                        "--out", str(tmp_path / "out")])
+    assert "is not a folder" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- rows: per-seed or random weights, a reference
+def test_row_weights_random_and_per_seed(tmp_path):
+    """``--pretrained random``: no weights, the text tower random too; ``{seed}``: each seed its own
+    file, and the row's settings hash holds that file (a changed file makes its cells stale)."""
+    random_row = engine.ModelRow("random", "unimlip-tiny", "random")
+    assert (random_row.weights, random_row.pretrained_text) == (None, False)
+    assert (engine.ModelRow("t", "unimlip-tiny").weights, engine.ModelRow("t", "unimlip-tiny").pretrained_text) == (
+        None, True)
+    for seed in (0, 1):
+        (tmp_path / f"all_five-seed{seed}.pt").write_bytes(b"x" * (seed + 1))
+    row = engine.ModelRow("unimlip", "unimlip-tiny", f"{tmp_path}/all_five-seed{{seed}}.pt")
+    assert row.for_seed(1).weights == str(tmp_path / "all_five-seed1.pt")
+    identities = [row.for_seed(seed).identity() for seed in (0, 1)]
+    assert [i["pretrained"] for i in identities] == [str(tmp_path / f"all_five-seed{s}.pt") for s in (0, 1)]
+    assert identities[0]["bytes"] != identities[1]["bytes"]
+
+
+def test_preset_assignments_change_one_field_each():
+    cpu = engine.PRESETS["cpu"]
+    changed = engine.preset_with(cpu, ["vqa.epochs=1", "vqa.image_size=none", "vqa.freeze_text=false",
+                                       "vqa.vqa_rad_split=no-frames", "medpix.finetune.max_epochs=2",
+                                       "medpix.probe_c_grid=0.1,1", "limit=16"])
+    assert (changed.vqa.epochs, changed.vqa.image_size, changed.vqa.freeze_text) == (1, None, False)
+    assert changed.vqa.vqa_rad_split == "no-frames" and changed.medpix.finetune.max_epochs == 2
+    assert changed.medpix.probe_c_grid == (0.1, 1.0) and changed.limit == 16
+    assert replace(changed, vqa=cpu.vqa, medpix=cpu.medpix, limit=cpu.limit) == cpu
+    with pytest.raises(ValueError, match="cannot be set"):
+        engine.preset_with(cpu, ["chest_xray.batch_sizes=3"])
+
+
+def _summary_report(scores: dict, reference: str = "random") -> dict:
+    records = [{"row": row, "task": "classification-medpix", "fraction": 0.1, "seed": seed,
+                "metrics": {"macro_auc": value}} for (row, seed), value in scores.items()]
+    labels = sorted({row for row, _ in scores})
+    return {"settings": {"reference": reference, "fractions": [0.1]}, "failures": [],
+            "tasks": {"classification-medpix": {"status": "ready"}},
+            "rows": [{"label": label, "model": "unimlip-tiny", "pretrained": None, "status": "ok"} for label in labels],
+            "results": tables.summarize(records)}
+
+
+def test_summary_means_intervals_and_paired_differences_to_the_reference_over_seeds():
+    scores = {("random", 0): 0.60, ("random", 1): 0.66, ("random", 2): 0.63,
+              ("a", 0): 0.70, ("a", 1): 0.71, ("a", 2): 0.75}
+    report = _summary_report(scores)
+    a, random = [100 * scores["a", s] for s in range(3)], [100 * scores["random", s] for s in range(3)]
+    (result,) = [r for r in report["results"] if r["row"] == "a"]
+    assert result["metrics"]["macro_auc"]["mean"] == pytest.approx(np.mean(a))
+    assert result["metrics"]["macro_auc"]["high"] == pytest.approx(stats.t.interval(0.95, 2, np.mean(a),
+                                                                                    stats.sem(a))[1])
+    columns = [("10 %", "classification-medpix", 0.1, "macro_auc")]
+    (paired,) = tables._reference_rows(report, columns)  # none for the reference row itself
+    assert paired["label"] == "a minus random" and paired["kind"] == "paired"
+    difference = np.subtract(a, random)
+    low, high = stats.t.interval(0.95, 2, difference.mean(), stats.sem(difference))
+    cell = paired["cells"]["10 %"]
+    assert (cell["low"], cell["high"]) == (pytest.approx(low), pytest.approx(high)) and cell["seeds"] == [0, 1, 2]
+    assert tables.format_cell(cell, 1, paired=True) == f"**+{difference.mean():.1f} [+{low:.1f}, +{high:.1f}]**"
+
+
 def test_the_paired_image_gain_is_the_t_interval_of_per_seed_differences_over_common_seeds():
     """Table 2's "image minus question only": per seed, over the seeds both tasks finished, then scipy's
     t-interval of the differences; a seed only one side finished is left out."""
-    from openclip_unimlip.studies.benchmark.tables import _paired_difference
-
     def result(task, by_seed):
         return {"row": "m", "task": task, "fraction": None, "seeds": sorted(by_seed),
                 "metrics": {"overall": {"values": [by_seed[s] for s in sorted(by_seed)]}}}
 
     report = {"results": [result("vqa-vqa-rad", {0: 55.0, 1: 51.0, 2: 50.0, 3: 60.0}),
-                          result("vqa-question-only-vqa-rad", {0: 44.0, 1: 43.0, 2: 47.0})]}
-    gain = _paired_difference(report, "m", "vqa-vqa-rad", "vqa-question-only-vqa-rad", "overall")
+                          result("vqa-question-only-vqa-rad", {0: 44.0, 1: 43.0, 2: 47.0})],
+              "rows": [{"label": label, "status": "ok"} for label in ("m", "other")], "failures": [],
+              "settings": {"fractions": []},
+              "tasks": {"vqa-vqa-rad": {"status": "ready"}, "vqa-question-only-vqa-rad": {"status": "ready"}}}
+    gain = tables._paired_difference(report, ("m", "vqa-vqa-rad", None), ("m", "vqa-question-only-vqa-rad", None),
+                                     "overall")
     differences = [11.0, 8.0, 3.0]
     low, high = stats.t.interval(0.95, 2, loc=np.mean(differences), scale=stats.sem(differences))
     assert gain["values"] == differences and gain["n"] == 3
     assert (gain["mean"], gain["low"], gain["high"]) == (pytest.approx(np.mean(differences)), pytest.approx(low),
                                                          pytest.approx(high))
-    assert _paired_difference(report, "other", "vqa-vqa-rad", "vqa-question-only-vqa-rad", "overall") == {
-        "status": "pending"}
+    assert tables._paired_difference(report, ("other", "vqa-vqa-rad", None),
+                                     ("other", "vqa-question-only-vqa-rad", None), "overall") == {"status": "pending"}
+
+
+def test_cells_are_seed_major_one_per_row_task_fraction_and_seed(tmp_path):
+    _nih_release(tmp_path / "data" / "ChestX-ray14")
+    rows = [engine.ModelRow("random", "unimlip-tiny", "random"), engine.ModelRow("b", "unimlip-tiny")]
+    config = engine.BenchmarkConfig(rows, tmp_path / "data", tmp_path / "out", replace(engine.CI, seeds=(0, 1)),
+                                    datasets=["nih"])
+    cells = engine.Benchmark(config).cells()
+    assert len(cells) == 2 * 2 * 2 * 2  # seeds x rows x modes x fractions
+    assert len({(c.row, c.key) for c in cells}) == len(cells)
+    assert [c.seed for c in cells] == sorted(c.seed for c in cells)
+
+
+@needs_data
+def test_a_second_run_skips_finished_cells_and_reruns_only_stale_or_missing_ones(tmp_path):
+    calls = []
+
+    def fake_run(self, cell):  # the store is under test, not the training
+        calls.append(cell.key)
+        vqa = cell.task.startswith("vqa-")
+        return {**cell.__dict__, "metrics": ({m: 0.5 for m in ("open", "closed", "overall")} if vqa
+                                             else {"macro_auc": 0.5 + 0.01 * cell.seed})}
+
+    args = ["--model", "unimlip-tiny", "--pretrained", "random", "--data-root", str(DATA), "--out", str(tmp_path),
+            "--datasets", "vqa-rad", "medpix", "--tasks", "classification", "linear-probe", "vqa",
+            "--preset", "ci", "--limit", "16", "--seeds", "0", "1", "--no-progress"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine.Benchmark, "run_cell", fake_run)
+        benchmark.main(args)
+        assert len(calls) == 2 * (2 + 2 * 2)  # seeds x (VQA, question only, 2 modes x 2 fractions)
+        calls.clear()
+        benchmark.main(args)
+        assert calls == []
+        (tmp_path / "cells" / "unimlip-tiny_random_" / "classification-medpix__10pct__seed1.json").unlink()
+        benchmark.main(args)
+        assert calls == ["classification-medpix__10pct__seed1"]
+        calls.clear()
+        report = benchmark.main(args + ["--set", "vqa.epochs=2"])  # changes the VQA cells' settings only
+    assert sorted(calls) == ["vqa-question-only-vqa-rad__all__seed0", "vqa-question-only-vqa-rad__all__seed1",
+                             "vqa-vqa-rad__all__seed0", "vqa-vqa-rad__all__seed1"]
+    assert report["cells"]["done"] == report["cells"]["planned"] == 12
+
+
+@real_data
+def test_per_seed_weights_and_the_reference_fill_every_table(run):
+    """The fixture's rows against ``--reference stock-rn-tiny``: every table holds each other row's
+    paired differences (numbers where both rows have them, the status where one has none), the
+    pretraining note and the MedPix / VQA-RAD overlap; nothing is left pending."""
+    report, out = run["report"], run["out"]
+    for record in (json.loads(p.read_text()) for p in (out / "cells").rglob("*.json")):
+        for value in record["metrics"].values():
+            assert value is None or 0.0 <= value <= 1.0
+    tables_by_id = {t["id"]: {row["label"]: row for row in t["rows"]} for t in report["tables"]}
+    medpix = tables_by_id["table1-medpix"]
+    assert {"tiny", "tiny (linear probe)", "tiny minus stock-rn-tiny",
+            "tiny (linear probe) minus stock-rn-tiny (linear probe)"} <= set(medpix)
+    probes = {row: [_record(out, row, "linear-probe-medpix", "100pct", seed)["metrics"]["macro_auc"] for seed in SEEDS]
+              for row in ("tiny", "stock-rn-tiny")}
+    differences = [100 * (ours - theirs) for ours, theirs in zip(probes["tiny"], probes["stock-rn-tiny"])]
+    assert medpix["tiny (linear probe) minus stock-rn-tiny (linear probe)"]["cells"]["100 %"]["values"] == (
+        pytest.approx(differences))
+    assert medpix["broken minus stock-rn-tiny"]["cells"]["100 %"] == {"status": "failed"}
+    assert "tiny minus stock-rn-tiny" in tables_by_id["figure2-medpix"]
+    assert tables_by_id["table2"]["tiny minus stock-rn-tiny"]["cells"]["vqa-rad/overall"] == {"status": "n/a"}
+    markdown = (out / "benchmark.md").read_text()
+    assert "| tiny minus stock-rn-tiny | ours, paired |" in markdown and "pending" not in markdown
+    assert "Pretraining: none: test checkpoints of random weights" in markdown
+    assert "19 MedPix 2.0 images are also VQA-RAD images (17 train, 1 dev, 1 test)" in markdown
+    assert json.loads((out / "benchmark.json").read_text())["results"] == json.loads(json.dumps(report["results"]))
