@@ -52,6 +52,11 @@ def derived(help_text: str) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
+    """Base of a recipe's run options: subclass it as a frozen dataclass, set ``prefix`` and
+    ``recipe``, declare each option as a field (``loss_weight``, ``config_override``,
+    ``config_switch``, ``derived`` or a plain field with ``metadata={"help": ...}``) and, where the
+    recipe needs them, override ``resolve`` and ``configure_model``."""
+
     prefix: ClassVar[str] = ""  # e.g. "unimlip": flags --unimlip-*, argparse names unimlip_*
     recipe: ClassVar[str] = ""  # the method's name in messages, e.g. "Uni-Mlip"
 

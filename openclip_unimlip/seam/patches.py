@@ -178,11 +178,12 @@ def _wrap_create_model_and_transforms(original):
     def create_model_and_transforms(model_name, *args, **kwargs):
         run = _training_run
         recipe = recipe_for(model_name) if run is not None and model_name == run.model else None
-        if recipe is None or recipe.load_flags() is None:
+        options = recipe.load_flags() if recipe is not None else None
+        if options is None:
             return original(model_name, *args, **kwargs)
         kwargs[recipe.config_key] = _run_config(recipe, model_name, run)[recipe.config_key]
         model, preprocess_train, preprocess_val = original(model_name, *args, **kwargs)
-        recipe.load_flags().from_args(run).configure_model(model, run)
+        options.from_args(run).configure_model(model, run)
         return model, preprocess_train, preprocess_val
 
     return create_model_and_transforms

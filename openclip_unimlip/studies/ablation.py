@@ -69,6 +69,7 @@ from openclip_unimlip.studies.experiment import (
 )
 from openclip_unimlip.studies.statistics import paired_difference
 
+
 @dataclass(frozen=True)
 class Row:
     key: str
