@@ -30,11 +30,12 @@ class PushFailed(RuntimeError):
 
 
 def _section_with_run_flags(recipe: Recipe, registered: dict, params: Dict[str, Any]) -> dict:
-    # the run's recipe flags that change the model (e.g. --unimlip-simclr-head mlp adds weights)
+    # the run's recipe options that change the model (e.g. --unimlip-simclr-head mlp adds weights), read
+    # back from params.txt through the recipe's options class
     flags = recipe.load_flags()
     if flags is None:
         return registered
-    section = {**registered, **flags.model_overrides(params)}
+    section = flags.from_values(params).model_section(registered)
     return json.loads(json.dumps(section))  # JSON's types (tuples become lists)
 
 

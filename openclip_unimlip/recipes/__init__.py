@@ -1,15 +1,15 @@
 """The pre-training recipes the plugin brings to OpenCLIP, keyed by a marker in the model JSON.
 
 A recipe is a model class (built by OpenCLIP's factory for configs carrying its key), a loss
-factory ``(args, model_cfg) -> nn.Module`` (returned by OpenCLIP's ``create_loss``) and, where it
-needs them, its trainer hooks: a flag group (``flag_group.FlagGroup``: its ``open_clip_train``
-flags, their validation and the config overrides they make) and an epoch hook
-``(model, epoch, optimizer, args) -> context manager`` entered around every training epoch. The
-seam (``openclip_unimlip.seam``) reaches a recipe only through these fields: it imports no recipe
-module and names no recipe.
+factory ``(args, model_cfg) -> nn.Module`` (returned by OpenCLIP's ``create_loss``; ``model_cfg`` is
+the run's, its recipe options applied), its run options (``run_options.RunOptions``: a frozen
+dataclass whose fields are its ``open_clip_train`` flags, their validation and the config overrides
+they make) and, where it needs one, an epoch hook ``(model, epoch, optimizer, args) -> context
+manager`` entered around every training epoch. The seam (``openclip_unimlip.seam``) reaches a
+recipe only through these fields: it imports no recipe module and names no recipe.
 
-Each recipe is a peer sub-package (model, loss, the recipe's config section or flags, its own
-pieces); the modules beside them are what recipes share, and this module is the registry. Adding
+Each recipe is a peer sub-package (model, loss, the recipe's config section, its run options in
+``flags``, its own pieces); the modules beside them are what recipes share, and this module is the registry. Adding
 a recipe means one folder, one model JSON in ``model_configs/`` and one line in ``RECIPES``.
 
 - `unimlip/`: Uni-Mlip (Bawazir & Wu), five losses.
@@ -18,7 +18,8 @@ a recipe means one folder, one model JSON in ``model_configs/`` and one line in 
 - `base_model`: the model class every recipe's model builds on (a CLIP in eval mode, training branches).
 - `config`: reading a recipe's section of the model JSON (keys, term names, loss weights, bounds).
 - `distributed`: all cross-rank communication of the losses (``gather_batch``, ``GatheringLoss``).
-- `flag_group`: a recipe's own ``open_clip_train`` flags (``FlagGroup``), as the seam sees them.
+- `run_options`: a recipe's run options (``RunOptions``, a frozen dataclass): its ``open_clip_train``
+  flags generated from the fields, parsed and checked once, read back from ``params.txt``.
 - `run_params`: an ``open_clip_train`` run folder: its ``params.txt``, a checkpoint's run.
 - `text_models`: where the configs' text towers come from (hub id, local copy) and their checks.
 - `ops`: tensor operations the recipes share (patch masking, ViT passes, sentence pooling, transport
@@ -37,7 +38,7 @@ class Recipe:
     model_class: str  # "module:Class"
     loss_factory: str  # "module:function" taking (args, model_cfg)
     title: str  # the method and its paper, for model cards
-    flags: Optional[str] = None  # "module:object", a flag_group.FlagGroup: the recipe's open_clip_train flags
+    flags: Optional[str] = None  # "module:Class", a run_options.RunOptions: the recipe's open_clip_train flags
     epoch_hook: Optional[str] = None  # "module:function" (model, epoch, optimizer, args) -> context manager
     # (config-section key, file name): a file the section names that an export carries beside its config
     portable_files: Tuple[Tuple[str, str], ...] = ()
@@ -49,7 +50,7 @@ class Recipe:
         return _load(self.loss_factory)(args, model_cfg)
 
     def load_flags(self):
-        """The recipe's ``FlagGroup``, or None when it has no trainer flags."""
+        """The recipe's ``RunOptions`` class, or None when it has no trainer flags."""
         return _load(self.flags) if self.flags else None
 
     @contextlib.contextmanager
@@ -72,13 +73,14 @@ _UNIMLIP = "openclip_unimlip.recipes.unimlip"
 _MLIP_LIU = "openclip_unimlip.recipes.mlip_liu"
 _MLIP_LI = "openclip_unimlip.recipes.mlip_li"
 RECIPES = (
-    Recipe("unimlip_cfg", f"{_UNIMLIP}.model:UniMlip", f"{_UNIMLIP}.flags:create_unimlip_loss",
+    Recipe("unimlip_cfg", f"{_UNIMLIP}.model:UniMlip", f"{_UNIMLIP}.loss:create_unimlip_loss",
            "Uni-Mlip (Bawazir & Wu, Unified Self-supervision for Medical Vision Language Pre-training)",
-           flags=f"{_UNIMLIP}.flags:FLAGS", epoch_hook=f"{_UNIMLIP}.phases:simclr_phase"),
+           flags=f"{_UNIMLIP}.flags:UniMlipOptions", epoch_hook=f"{_UNIMLIP}.phases:simclr_phase"),
     Recipe("mlip_liu_cfg", f"{_MLIP_LIU}.model:MlipLiu", f"{_MLIP_LIU}.loss:create_mlip_liu_loss",
-           "MLIP (Liu et al., ISBI 2024), as reconstructed by openclip-unimlip"),
+           "MLIP (Liu et al., ISBI 2024), as reconstructed by openclip-unimlip",
+           flags=f"{_MLIP_LIU}.flags:MlipLiuOptions"),
     Recipe("mlip_li_cfg", f"{_MLIP_LI}.model:MlipLi", f"{_MLIP_LI}.loss:create_mlip_li_loss",
-           "MLIP (Li et al., CVPR 2024), as reconstructed by openclip-unimlip",
+           "MLIP (Li et al., CVPR 2024), as reconstructed by openclip-unimlip", flags=f"{_MLIP_LI}.flags:MlipLiOptions",
            epoch_hook=f"{_MLIP_LI}.model:prototype_freeze", portable_files=(("knowledge_file", "mlip_li_knowledge.jsonl"),)),
 )
 

@@ -12,12 +12,14 @@ exactly these names and nothing else:
   are swapped for the call, ``hub.build_custom_text_model`` passing every other config to
   OpenCLIP's class unchanged); ``get_tokenizer`` resolves our configs' tokenizer hub ids the
   same way (``HFTokenizer`` swapped for the call, only for our configs);
-  ``create_model_and_transforms`` applies the training run's recipe flags to the run's model
-  (the config overrides of the recipe's flag group, then its ``configure_model``); the train
-  transform stays OpenCLIP's; ``create_loss`` returns the recipe's loss.
+  ``create_model_and_transforms`` applies the training run's recipe options to the run's model
+  (their config overrides, loss weights included, then their ``configure_model``); the train
+  transform stays OpenCLIP's; ``create_loss`` returns the recipe's loss, built from the same
+  run config.
 - ``open_clip_train.params.parse_args``: splits off each recipe's flags (``--unimlip-*``: OpenCLIP's
-  parser is strict), lists them under ``--help``, and has the model's recipe resolve and check
-  them (a resumed run's ``params.txt`` at hand) before anything starts; the values go on ``args``.
+  parser is strict) into its run options, lists them under ``--help``, and has the model's recipe
+  resolve and check them (a resumed run's ``params.txt`` at hand) before anything starts; their
+  record goes on ``args``.
 - ``open_clip_train.train.train_one_epoch``: runs each epoch inside the recipe's epoch hook (Uni-Mlip:
   the SimCLR phase and BatchNorm freezing by epoch, so a resumed run is in the right phase).
 
@@ -161,18 +163,27 @@ def _wrap_get_tokenizer(original):
     return get_tokenizer
 
 
+def _run_config(recipe, model_name, args: argparse.Namespace) -> dict:
+    """The model config of a run of ``args``: the registered one with the run's recipe options over
+    the recipe's section (``RunOptions.model_section``)."""
+    config = model_config(model_name)
+    options = recipe.load_flags()
+    if options is not None:
+        config[recipe.config_key] = options.from_args(args).model_section(config[recipe.config_key])
+    return config
+
+
 def _wrap_create_model_and_transforms(original):
     @functools.wraps(original)
     def create_model_and_transforms(model_name, *args, **kwargs):
         run = _training_run
         recipe = recipe_for(model_name) if run is not None and model_name == run.model else None
-        flags = recipe.load_flags() if recipe is not None else None
-        if flags is None:
+        options = recipe.load_flags() if recipe is not None else None
+        if options is None:
             return original(model_name, *args, **kwargs)
-        key = recipe.config_key
-        kwargs[key] = {**model_config(model_name)[key], **flags.model_overrides(vars(run))}
+        kwargs[recipe.config_key] = _run_config(recipe, model_name, run)[recipe.config_key]
         model, preprocess_train, preprocess_val = original(model_name, *args, **kwargs)
-        flags.configure_model(model, run)
+        options.from_args(run).configure_model(model, run)
         return model, preprocess_train, preprocess_val
 
     return create_model_and_transforms
@@ -185,7 +196,7 @@ def _wrap_create_loss(original):
         recipe = recipe_for(model_name)
         if recipe is None:
             return original(args)
-        return recipe.create_loss(args, model_config(model_name))
+        return recipe.create_loss(args, _run_config(recipe, model_name, args))
 
     return create_loss
 
@@ -213,7 +224,7 @@ def _wrap_parse_args(original):
         global _training_run
         argv = list(argv)
         groups = [(recipe, recipe.load_flags()) for recipe in RECIPES if recipe.flags]
-        parsed = []  # (recipe, its flag group, its values, whether any of its flags was given)
+        parsed = []  # (recipe, its options class, its options, whether any of its flags was given)
         try:
             rest = argv
             for recipe, flags in groups:
@@ -231,17 +242,18 @@ def _wrap_parse_args(original):
             _allow_cpu_ddp()
         for other, flags, _, given in parsed:
             if other is not recipe and given:
-                raise SystemExit(f"error: {flags.prefix}* flags apply only to {flags.recipe} models, "
+                raise SystemExit(f"error: {flags.flag_prefix()}* flags apply only to {flags.recipe} models, "
                                  f"not --model {args.model}")
         if recipe is None:
             return args
         for own, flags, options, _ in parsed:
             if own is recipe:
                 section = model_config(args.model)[recipe.config_key]
-                error = flags.resolve(options, args, section, previous_params(args))
-                if error:
-                    raise SystemExit(f"error: {error}")
-                for key, value in vars(options).items():
+                try:
+                    options = options.resolve(args, section, previous_params(args))
+                except ValueError as error:
+                    raise SystemExit(f"error: {error}") from None
+                for key, value in options.record().items():
                     setattr(args, key, value)  # recorded in params.txt and wandb's config
         _training_run = args
         return args

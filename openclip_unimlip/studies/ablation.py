@@ -54,6 +54,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from openclip_unimlip.data.atomic import write_json_atomic
 from openclip_unimlip.evaluation.retrieval import positive_ranks
+from openclip_unimlip.recipes.unimlip.config import TERMS
+from openclip_unimlip.recipes.unimlip.flags import UniMlipOptions
 from openclip_unimlip.studies.experiment import (
     DataConfig,
     ExperimentData,
@@ -68,9 +70,6 @@ from openclip_unimlip.studies.grid import Grid, GridRun, read_record, settings_h
 from openclip_unimlip.studies.report import BarSeries, bar_chart, difference_text, markdown_table, save_report
 from openclip_unimlip.studies.statistics import paired_difference
 
-_OFF = {"image_perturbed_itc": "--unimlip-image-perturbed-itc-weight", "text_perturbed_itc":
-        "--unimlip-text-perturbed-itc-weight", "simclr": "--unimlip-simclr-weight", "mlm": "--unimlip-mlm-weight"}
-
 
 @dataclass(frozen=True)
 class Row:
@@ -84,19 +83,20 @@ class Row:
     def trains(self) -> bool:
         return bool(self.terms)
 
-    def flags(self, simclr_start_epoch: int) -> List[str]:
+    def options(self, simclr_start_epoch: int) -> UniMlipOptions:
+        """The row's Uni-Mlip run options: weight 0 for the terms it leaves out, and its views' rule."""
         if not self.trains:
             raise ValueError(f"row {self.key} does not train")
-        flags = [item for term, flag in _OFF.items() if term not in self.terms for item in (flag, "0")]
         if "simclr" in self.terms and not self.views_fed:
             raise ValueError(f"row {self.key}: SimCLR needs its views")
-        if self.views_fed:
-            flags += ["--unimlip-simclr-start-epoch", str(simclr_start_epoch)]
-            if "simclr" not in self.terms:
-                flags.append("--unimlip-feed-views")
-            if not self.freeze_bn:
-                flags.append("--unimlip-no-bn-freeze")
-        return flags
+        off = {f"{term}_weight": 0.0 for term in TERMS if term not in self.terms}
+        if not self.views_fed:
+            return UniMlipOptions(**off)
+        return UniMlipOptions(**off, simclr_start_epoch=simclr_start_epoch, feed_views="simclr" not in self.terms,
+                              no_bn_freeze=not self.freeze_bn)
+
+    def flags(self, simclr_start_epoch: int) -> List[str]:
+        return self.options(simclr_start_epoch).to_argv()
 
 
 ROWS: Dict[str, Row] = {row.key: row for row in (

@@ -12,7 +12,7 @@ frozen BatchNorm statistics start after the first epoch. MedPix has its own defa
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Sequence, Union
 
@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from openclip_unimlip.evaluation.retrieval import DIRECTIONS, RECALL_KS, format_retrieval_table, retrieve_top_k
 from openclip_unimlip.recipes.unimlip.config import TERMS
+from openclip_unimlip.recipes.unimlip.flags import UniMlipOptions
 from openclip_unimlip.studies.experiment import (
     DataConfig,
     ExperimentData,
@@ -55,15 +56,11 @@ class DemoConfig:
     out: Path
     eval_num_samples: int = 2000  # the paper's protocol; the whole val split when smaller
     simclr_start_epoch: int = 1
-    extra_unimlip_flags: List[str] = field(default_factory=list)
 
-    def unimlip_flags(self) -> List[str]:
-        flags = list(self.extra_unimlip_flags)
+    def unimlip_options(self) -> UniMlipOptions:
         if self.simclr_start_epoch >= self.pretrain.epochs:
-            flags += ["--unimlip-simclr-weight", "0"]  # a run too short for the second phase
-        else:
-            flags += ["--unimlip-simclr-start-epoch", str(self.simclr_start_epoch)]
-        return flags
+            return UniMlipOptions(simclr_weight=0.0)  # a run too short for the second phase
+        return UniMlipOptions(simclr_start_epoch=self.simclr_start_epoch)
 
 
 @dataclass
@@ -86,7 +83,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     logging.info("data: %s", data.description)
     logging.info("evaluating the untrained model on %d %s pairs", data.eval_num_samples, data.eval_split)
     before = _evaluate(config, data.eval_data, None)
-    pretrain = replace(config.pretrain, unimlip_flags=config.unimlip_flags())
+    pretrain = replace(config.pretrain, unimlip_flags=config.unimlip_options().to_argv())
     logging.info("pretraining %s for %d epoch(s) on %d pairs", pretrain.model, pretrain.epochs, data.train_num_samples)
     run = run_pretraining(pretrain, data, out / "logs", "pretrain")
     after = _evaluate(config, data.eval_data, run.checkpoint)

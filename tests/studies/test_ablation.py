@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from openclip_unimlip.commands import ablation as ablation_command
-from openclip_unimlip.recipes.unimlip import flags as unimlip_flags
+from openclip_unimlip.recipes.config import active_terms
+from openclip_unimlip.recipes.unimlip.config import UniMlipCfg
+from openclip_unimlip.recipes.unimlip.flags import UniMlipOptions
 from openclip_unimlip.studies import ablation
 from openclip_unimlip.studies.ablation import BASELINE, ROWS, TABLE3, TABLE4, format_tables, summarize
 from openclip_unimlip.studies.grid import settings_hash
@@ -29,16 +31,18 @@ def test_row_flags_parse_to_the_row(key, start_epoch):
     from open_clip_train.params import parse_args
 
     row = ROWS[key]
-    options, rest, _ = unimlip_flags.split_argv(row.flags(simclr_start_epoch=start_epoch))
-    args = parse_args(["--model", "unimlip-tiny", "--epochs", "2", *rest])
-    assert unimlip_flags.validate(options, args, {}) is None
-    active = {t for t, w in unimlip_flags.loss_weights(vars(options)).items() if w > 0}
+    options, rest, _ = UniMlipOptions.split_argv(row.flags(simclr_start_epoch=start_epoch))
+    # the ablation starts the views at epoch 0 only from stage 1's weights
+    pretrained = ["--pretrained", "stage1.pt"] if start_epoch == 0 else []
+    args = parse_args(["--model", "unimlip-tiny", "--epochs", "2", *pretrained, *rest])
+    options.resolve(args, {}, None)  # every check passes (a refusal raises)
+    section = options.model_section({})
+    active = set(active_terms(UniMlipCfg.from_dict(section).loss_weights))
     assert active == set(row.terms)
-    overrides = unimlip_flags.cfg_overrides(vars(options))
-    assert overrides.get("feed_views_without_simclr", False) == (row.views_fed and "simclr" not in row.terms)
+    assert section.get("feed_views_without_simclr", False) == (row.views_fed and "simclr" not in row.terms)
     if row.views_fed:
-        assert options.unimlip_simclr_start_epoch == start_epoch
-        assert overrides.get("freeze_bn_with_simclr", True) == row.freeze_bn
+        assert options.simclr_start_epoch == start_epoch
+        assert section.get("freeze_bn_with_simclr", True) == row.freeze_bn
 
 
 # ----- the paired bootstrap, against its exact distribution ---------------------------------

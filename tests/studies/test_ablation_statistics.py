@@ -174,17 +174,17 @@ def test_stage2_rows_use_the_views_from_their_first_epoch(monkeypatch, tmp_path,
     paper continues a converged model); from scratch: at the preset's start epoch, no weights."""
     from open_clip_train.params import parse_args
 
-    from openclip_unimlip.recipes.unimlip import flags
+    from openclip_unimlip.recipes.unimlip.flags import UniMlipOptions
 
     stage1 = {"checkpoint": str(tmp_path / "stage1-abc" / "stage1.pt")}
     config, command = _command_of_run_one(monkeypatch, tmp_path, [], key, stage1)
     assert command[1:3] == ["-m", "open_clip_train.main"]
-    options, rest, _ = flags.split_argv(command[3:])
-    assert options.unimlip_simclr_start_epoch == 0
+    options, rest, _ = UniMlipOptions.split_argv(command[3:])
+    assert options.simclr_start_epoch == 0
     args = parse_args(rest)
     assert args.pretrained == stage1["checkpoint"] and args.seed == 1 and args.epochs == config.pretrain.epochs
 
     scratch, command = _command_of_run_one(monkeypatch, tmp_path, ["--from-scratch"], key, None)
-    options, rest, _ = flags.split_argv(command[3:])
-    assert options.unimlip_simclr_start_epoch == scratch.simclr_start_epoch == ablation.PRESETS["cpu"].simclr_start_epoch
+    options, rest, _ = UniMlipOptions.split_argv(command[3:])
+    assert options.simclr_start_epoch == scratch.simclr_start_epoch == ablation.PRESETS["cpu"].simclr_start_epoch
     assert not parse_args(rest).pretrained  # OpenCLIP's default: ""

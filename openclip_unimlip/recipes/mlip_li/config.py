@@ -35,7 +35,7 @@ class LiCfg:
         # MGCA's command-line weights (mgca_module.py l.428-430, what its README run uses); divergence: ours
         self.loss_weights = {**{"global": 1.0, "divergence": 1.0, "local": 1.0, "prototype": 1.0},
                              **self.loss_weights}
-        check_loss_weights(self.loss_weights, LI_TERMS, "mlip_li_cfg")
+        check_loss_weights(self.loss_weights, LI_TERMS, "MLIP (Li)")
 
     @classmethod
     def from_dict(cls, values: Optional[dict]) -> "LiCfg":

@@ -23,7 +23,7 @@ from torch import nn
 
 from openclip_unimlip.recipes.base_model import RecipeCLIP
 from openclip_unimlip.recipes.text_models import check_text_model
-from openclip_unimlip.recipes.config import validate_terms
+from openclip_unimlip.recipes.config import active_terms, validate_terms
 from openclip_unimlip.recipes.mlip_li.config import LI_TERMS, LiCfg
 from openclip_unimlip.recipes.mlip_li.knowledge import load_knowledge
 from openclip_unimlip.recipes.ops import project_tokens, random_patch_mask, vit_tokens
@@ -68,7 +68,8 @@ class MlipLi(RecipeCLIP):
         no_dropout = not (getattr(config, "hidden_dropout_prob", 0) or getattr(config, "attention_probs_dropout_prob", 0))
         if cfg.loss_weights["divergence"] > 0 and no_dropout:
             raise ValueError("MLIP (Li)'s divergence encoder diverges the text view by dropout: the text tower has "
-                             "no dropout, so both text views would be identical (set loss_weights.divergence to 0)")
+                             "no dropout, so both text views would be identical (set loss_weights.divergence, or "
+                             "--mlip-li-divergence-weight, to 0)")
         try:
             self._last_text_attention()
         except AttributeError:
@@ -85,7 +86,7 @@ class MlipLi(RecipeCLIP):
         # set once the prototypes hold the knowledge embeddings; saved, so a resumed run keeps its prototypes
         self.register_buffer("prototypes_initialized", torch.zeros((), dtype=torch.bool))
         self.prototypes_frozen = False  # set per epoch by set_epoch (open_clip_train calls it)
-        self.configure_terms(t for t, w in cfg.loss_weights.items() if w > 0)
+        self.configure_terms(active_terms(cfg.loss_weights))
 
     def _last_text_attention(self) -> nn.Module:
         # looked up, not stored: an attribute would register the layer twice in the state dict

@@ -37,7 +37,7 @@ class LiuCfg:
                                "decoder_width", "decoder_depth", "decoder_heads"))
         check_non_negative(self, ("ot_tolerance",))
         self.loss_weights = {**{t: 1.0 for t in LIU_TERMS}, **self.loss_weights}
-        check_loss_weights(self.loss_weights, LIU_TERMS, "mlip_liu_cfg")
+        check_loss_weights(self.loss_weights, LIU_TERMS, "MLIP (Liu)")
         if self.loss_weights["reconstruction"] > 0 and self.mask_ratio == 0:
             raise ValueError("the reconstruction term needs masked patches: mask_ratio must be > 0")
 

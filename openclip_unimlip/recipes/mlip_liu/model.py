@@ -24,7 +24,7 @@ from torch import nn
 
 from openclip_unimlip.recipes.base_model import RecipeCLIP
 from openclip_unimlip.recipes.text_models import check_text_model
-from openclip_unimlip.recipes.config import validate_terms
+from openclip_unimlip.recipes.config import active_terms, validate_terms
 from openclip_unimlip.recipes.mlip_liu.config import LIU_TERMS, LiuCfg
 from openclip_unimlip.recipes.ops import (gather_tokens, keep_mask, normalize_patches, patchify, pool_sentences, project_tokens,
                   random_patch_mask, sentence_boundaries, sentence_segments, vit_tokens)
@@ -125,7 +125,7 @@ class MlipLiu(RecipeCLIP):
             depth=cfg.decoder_depth,
             heads=cfg.decoder_heads,
         )
-        self.configure_terms(t for t, w in cfg.loss_weights.items() if w > 0)
+        self.configure_terms(active_terms(cfg.loss_weights))
 
     def configure_terms(self, terms: Iterable[str]) -> None:
         """Compute only the outputs of ``terms``; modules no active term uses stop training

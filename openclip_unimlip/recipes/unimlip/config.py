@@ -1,14 +1,24 @@
-"""Uni-Mlip's names and settings: the five loss terms (shared by the model, the loss and the trainer
-flags) and the ``unimlip_cfg`` section of the model JSON, validated in one place. The terms' weights
-have their home in the trainer flags (``flags.py``, the paper's by default)."""
-from dataclasses import dataclass
-from typing import Optional, Tuple
+"""Uni-Mlip's names and settings: the five loss terms (shared by the model, the loss and the run
+options) and the ``unimlip_cfg`` section of the model JSON, validated in one place. The terms'
+weights live in the section's ``loss_weights`` (the paper's by default), as every recipe's do; a run
+overrides them with ``--unimlip-<term>-weight`` (``flags.py``)."""
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
 
-from openclip_unimlip.recipes.config import section_from_dict
+from openclip_unimlip.recipes.config import check_loss_weights, section_from_dict
 from openclip_unimlip.recipes.unimlip.masking import REPLACEMENTS
 from openclip_unimlip.recipes.unimlip.views import VIEW_AUGMENTATIONS
 
 TERMS: Tuple[str, ...] = ("itc", "image_perturbed_itc", "text_perturbed_itc", "simclr", "mlm")
+# Sec. 4.2: "we set λcm = 0.5/3 = 0.167, λum = 0.5, and λfm = 0.5" (λcm for each of the three ITC terms)
+PAPER_WEIGHTS: Dict[str, float] = {
+    "itc": 0.5 / 3,
+    "image_perturbed_itc": 0.5 / 3,
+    "text_perturbed_itc": 0.5 / 3,
+    "simclr": 0.5,
+    "mlm": 0.5,
+}
+PAPER_SIMCLR_TEMPERATURE = 0.1  # of the SimCLR term (Eq. 2 between the two views)
 
 
 @dataclass
@@ -37,8 +47,12 @@ class UniMlipCfg:
     feed_views_without_simclr: bool = False  # Table 3, row 3: views through the tower, no SimCLR term
     view_crop_scale: Optional[Tuple[float, float]] = None  # None: the views share the clean view's crop
     view_augmentation: str = "simclr"  # the views' strengths: "simclr" (the paper names SimCLR) or "mocov2" (SLIP's)
+    # term -> weight, the paper's for the terms not named; a weight of 0 switches its term and branch off
+    loss_weights: Dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
+        self.loss_weights = {**PAPER_WEIGHTS, **self.loss_weights}
+        check_loss_weights(self.loss_weights, TERMS, "Uni-Mlip")
         if self.fusion_image_tokens not in ("pooled", "grid"):
             raise ValueError(f"fusion_image_tokens must be 'pooled' or 'grid', got {self.fusion_image_tokens!r}")
         if self.view_augmentation not in VIEW_AUGMENTATIONS:

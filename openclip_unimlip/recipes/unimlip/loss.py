@@ -2,7 +2,8 @@
 
     L = λcm · (L_ITC + L_ĨTC + L_IT̃C) + λum · L_I2I + λfm · L_MLM
 
-Each term has its own weight (paper: λcm = 0.5/3 for each ITC term, λum = λfm = 0.5). A
+Each term has its own weight (paper: λcm = 0.5/3 for each ITC term, λum = λfm = 0.5; the run's are
+``unimlip_cfg.loss_weights`` with its ``--unimlip-<term>-weight`` flags over them). A
 weight of 0 removes the term: not computed, not returned. A term whose inputs the model
 did not produce (e.g. SimCLR before its start epoch) is skipped, never faked. With
 ``output_dict=True`` each weighted term is returned under ``<term>_loss``, which OpenCLIP's
@@ -32,25 +33,17 @@ Every term's weight means what it means on one GPU: with DDP, the gradient DDP a
 SimCLR follows the same flags as ITC (before: always gathered with gradient; both exact now).
 Logged values are the global-batch values, except with ``--local-loss`` (the rank's share).
 """
+import argparse
 from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 
-from openclip_unimlip.recipes.config import validate_terms
-from openclip_unimlip.recipes.distributed import GatheringLoss, all_reduce_sum, local_loss_needs_gather_with_grad, terms_or_total
+from openclip_unimlip.recipes.config import check_loss_weights
+from openclip_unimlip.recipes.distributed import GatheringLoss, all_reduce_sum, distributed_flags, terms_or_total
 from openclip_unimlip.recipes.ops import paired_logits
-from openclip_unimlip.recipes.unimlip.config import TERMS
-
-PAPER_WEIGHTS: Dict[str, float] = {
-    "itc": 0.5 / 3,
-    "image_perturbed_itc": 0.5 / 3,
-    "text_perturbed_itc": 0.5 / 3,
-    "simclr": 0.5,
-    "mlm": 0.5,
-}
-PAPER_SIMCLR_TEMPERATURE = 0.1
-LOCAL_LOSS_NEEDS_GATHER_WITH_GRAD = local_loss_needs_gather_with_grad("Uni-Mlip models")
+from openclip_unimlip.recipes.unimlip.config import PAPER_SIMCLR_TEMPERATURE, PAPER_WEIGHTS, TERMS, UniMlipCfg
+from openclip_unimlip.recipes.unimlip.flags import UniMlipOptions
 
 # which model outputs each contrastive term pairs up
 _CONTRASTIVE_INPUTS = {
@@ -77,10 +70,7 @@ class UniMlipLoss(GatheringLoss):
             world_size: int = 1,
     ):
         weights = {**PAPER_WEIGHTS, **(weights or {})}
-        validate_terms(weights, TERMS, "Uni-Mlip")
-        negative = {t: w for t, w in weights.items() if w < 0}
-        if negative:
-            raise ValueError(f"Loss weights must be >= 0, got {negative}")
+        check_loss_weights(weights, TERMS, "Uni-Mlip")
         if simclr_temperature <= 0:
             raise ValueError(f"SimCLR temperature must be > 0, got {simclr_temperature}")
         super().__init__({t: weights[t] for t in TERMS}, local_loss, gather_with_grad, rank, world_size)
@@ -155,3 +145,13 @@ class UniMlipLoss(GatheringLoss):
             losses["mlm_loss"] = self.weights["mlm"] * self._mlm(mlm_logits, mlm_targets)
 
         return terms_or_total(losses, output_dict)
+
+
+def create_unimlip_loss(args: argparse.Namespace, model_cfg: dict) -> UniMlipLoss:
+    """The Uni-Mlip recipe's loss factory (see ``openclip_unimlip.recipes``): the weights of the run's
+    ``unimlip_cfg``, the SimCLR temperature of its options on ``args`` (the paper's where ``args`` has
+    none, e.g. outside the trainer) and OpenCLIP's distributed flags."""
+    cfg = UniMlipCfg.from_dict(model_cfg.get("unimlip_cfg"))
+    options = UniMlipOptions.from_args(args)
+    return UniMlipLoss(weights=cfg.loss_weights, simclr_temperature=options.simclr_temperature,
+                       **distributed_flags(args))

@@ -29,7 +29,7 @@ from openclip_unimlip.recipes.unimlip.dropblock import DropBlock2d
 from openclip_unimlip.recipes.unimlip.fusion import MaskedLanguageFusion
 from openclip_unimlip.recipes.unimlip.masking import REPLACEMENTS, CaptionMasker
 from openclip_unimlip.recipes.base_model import RecipeCLIP
-from openclip_unimlip.recipes.config import validate_terms
+from openclip_unimlip.recipes.config import active_terms, validate_terms
 from openclip_unimlip.recipes.unimlip.config import TERMS, UniMlipCfg
 from openclip_unimlip.recipes.text_models import check_text_model
 from openclip_unimlip.recipes.towers import text_states
@@ -88,7 +88,7 @@ class UniMlip(RecipeCLIP):
         self.simclr_head = (
             _simclr_mlp(embed_dim, cfg.simclr_head_hidden, cfg.simclr_head_dim) if cfg.simclr_head == "mlp" else None
         )
-        self.active_terms = frozenset(TERMS)
+        self.configure_terms(active_terms(cfg.loss_weights))
         self.simclr_active = False
         self.checkpoint_trunk = False
 

@@ -21,6 +21,9 @@ import zipfile
 from dataclasses import dataclass
 from typing import List, Mapping, Optional, Sequence, Tuple
 
+from openclip_unimlip.recipes.unimlip.flags import UniMlipOptions
+from openclip_unimlip.recipes.unimlip.phases import default_simclr_start
+
 # (variable, default, source) — the documented recipe; README "SLURM" lists the same.
 RECIPE = (
     ("MODEL", "unimlip-rn50", "paper Sec. 4.2: modified ResNet-50 + PubMedBERT"),
@@ -130,12 +133,15 @@ def recipe_args(env: Mapping[str, str], extra: Sequence[str] = ()) -> List[str]:
             "--aug-cfg", f"scale=({_crop_scale(recipe['CROP_SCALE'])}, 1.0)",
             "--lr-scheduler", "cosine", "--opt", "adamw", "--precision", recipe["PRECISION"],
             "--save-frequency", "1", "--resume", "latest", "--report-to", "tensorboard"]
-    # With PRETRAINED, 0 is written out: the same arguments, so the same run name, as before the trainer
-    # derived it. From scratch the trainer derives it from EPOCHS at the first launch and reads it back
-    # on every resume, so the name leaves it out and a longer EPOCHS still continues the run.
-    start = recipe["SIMCLR_START_EPOCH"] or ("0" if env.get("PRETRAINED") else "")
-    if start:
-        args += ["--unimlip-simclr-start-epoch", start]
+    # With PRETRAINED, the trainer's rule gives 0 whatever EPOCHS is: written out, the same arguments, so
+    # the same run name, as before the trainer derived it. From scratch the start depends on EPOCHS: the
+    # trainer derives it at the first launch and reads it back on every resume, so the name leaves it
+    # out and a longer EPOCHS still continues the run.
+    start = _int(recipe, "SIMCLR_START_EPOCH")
+    pretrained = bool(env.get("PRETRAINED"))
+    if start is None and pretrained:
+        start = default_simclr_start(pretrained, _int(recipe, "EPOCHS"))
+    args += UniMlipOptions(simclr_start_epoch=start).to_argv()
     if env.get("PRETRAINED"):
         args += ["--pretrained", env["PRETRAINED"]]
     if env.get("TRAIN_NUM_SAMPLES"):
