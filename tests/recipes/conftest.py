@@ -5,8 +5,9 @@ import of a conftest), so the tests import ``mlip_helpers``."""
 import pytest
 import torch
 
-from mlip_helpers import build_li_model
 from openclip_unimlip.recipes.mlip_li.knowledge import DEFAULT_KNOWLEDGE_FILE
+
+from mlip_helpers import build_li_model
 
 CAPTIONS = ["heart size is normal. small left pleural effusion. no pneumothorax.",
             "lungs are clear",

@@ -8,7 +8,9 @@ import torch
 
 from openclip_unimlip.recipes.mlip_li.loss import MlipLiLoss, create_mlip_li_loss
 from openclip_unimlip.recipes.mlip_liu.loss import MlipLiuLoss, create_mlip_liu_loss
-from mlip_helpers import li_inputs as _li_inputs, liu_inputs as _liu_inputs
+
+from mlip_helpers import li_inputs as _li_inputs
+from mlip_helpers import liu_inputs as _liu_inputs
 
 ONE_PROCESS = argparse.Namespace(local_loss=False, gather_with_grad=False, rank=0, world_size=1)
 

@@ -15,6 +15,7 @@ from openclip_unimlip.recipes.mlip_li.config import LI_TERMS
 from openclip_unimlip.recipes.mlip_li.loss import MlipLiLoss
 from openclip_unimlip.recipes.mlip_liu.config import LIU_TERMS
 from openclip_unimlip.recipes.mlip_liu.loss import MlipLiuLoss
+
 from mlip_helpers import ENV, li_inputs, liu_inputs, logged
 from shards import write_shards
 

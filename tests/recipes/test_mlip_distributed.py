@@ -10,8 +10,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from openclip_unimlip.recipes.mlip_li.config import LI_TERMS
-from openclip_unimlip.recipes.mlip_liu.config import LIU_TERMS
 from openclip_unimlip.recipes.mlip_li.loss import MlipLiLoss
+from openclip_unimlip.recipes.mlip_liu.config import LIU_TERMS
 from openclip_unimlip.recipes.mlip_liu.loss import MlipLiuLoss
 
 BATCH = 8  # the global batch; each of the 2 ranks holds half

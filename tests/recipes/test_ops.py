@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from openclip_unimlip.recipes import ops
+
 from mlip_helpers import sinkhorn as _naive_sinkhorn
 
 

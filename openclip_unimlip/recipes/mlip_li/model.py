@@ -22,11 +22,11 @@ from open_clip.model import CLIPTextCfg
 from torch import nn
 
 from openclip_unimlip.recipes.base_model import RecipeCLIP
-from openclip_unimlip.recipes.text_models import check_text_model
 from openclip_unimlip.recipes.config import active_terms, validate_terms
 from openclip_unimlip.recipes.mlip_li.config import LI_TERMS, LiCfg
 from openclip_unimlip.recipes.mlip_li.knowledge import load_knowledge
 from openclip_unimlip.recipes.ops import project_tokens, random_patch_mask, vit_tokens
+from openclip_unimlip.recipes.text_models import check_text_model
 from openclip_unimlip.recipes.towers import require_hf_text, require_vit, text_pass
 
 _KNOWLEDGE_CHUNK = 64  # entities encoded per pass when initialising the prototypes

@@ -23,11 +23,21 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from openclip_unimlip.recipes.base_model import RecipeCLIP
-from openclip_unimlip.recipes.text_models import check_text_model
 from openclip_unimlip.recipes.config import active_terms, validate_terms
 from openclip_unimlip.recipes.mlip_liu.config import LIU_TERMS, LiuCfg
-from openclip_unimlip.recipes.ops import (gather_tokens, keep_mask, normalize_patches, patchify, pool_sentences, project_tokens,
-                  random_patch_mask, sentence_boundaries, sentence_segments, vit_tokens)
+from openclip_unimlip.recipes.ops import (
+    gather_tokens,
+    keep_mask,
+    normalize_patches,
+    patchify,
+    pool_sentences,
+    project_tokens,
+    random_patch_mask,
+    sentence_boundaries,
+    sentence_segments,
+    vit_tokens,
+)
+from openclip_unimlip.recipes.text_models import check_text_model
 from openclip_unimlip.recipes.towers import require_hf_text, require_vit, text_pass
 
 

@@ -18,8 +18,8 @@ quota (measured on real captions: test_masking.py). The quota never exceeds
 ``prediction_budget``, so the model returns MLM logits only at that many positions per
 caption, batch-first and of fixed shape.
 """
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Tuple
 
 import torch

@@ -24,15 +24,19 @@ from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from openclip_unimlip.recipes.unimlip.batchnorm import batchnorm_stats_frozen, keep_frozen_batchnorm_in_eval, set_batchnorm_stats_frozen
+from openclip_unimlip.recipes.base_model import RecipeCLIP
+from openclip_unimlip.recipes.config import active_terms, validate_terms
+from openclip_unimlip.recipes.text_models import check_text_model
+from openclip_unimlip.recipes.towers import text_states
+from openclip_unimlip.recipes.unimlip.batchnorm import (
+    batchnorm_stats_frozen,
+    keep_frozen_batchnorm_in_eval,
+    set_batchnorm_stats_frozen,
+)
+from openclip_unimlip.recipes.unimlip.config import TERMS, UniMlipCfg
 from openclip_unimlip.recipes.unimlip.dropblock import DropBlock2d
 from openclip_unimlip.recipes.unimlip.fusion import MaskedLanguageFusion
 from openclip_unimlip.recipes.unimlip.masking import REPLACEMENTS, CaptionMasker
-from openclip_unimlip.recipes.base_model import RecipeCLIP
-from openclip_unimlip.recipes.config import active_terms, validate_terms
-from openclip_unimlip.recipes.unimlip.config import TERMS, UniMlipCfg
-from openclip_unimlip.recipes.text_models import check_text_model
-from openclip_unimlip.recipes.towers import text_states
 from openclip_unimlip.recipes.unimlip.views import StrongViews
 
 

@@ -55,8 +55,6 @@ from openclip_unimlip.data.releases import DatasetStatus, find_datasets
 from openclip_unimlip.evaluation import classification, finetune, reported, vqa
 from openclip_unimlip.evaluation.medpix_classification import FineTuneSettings
 from openclip_unimlip.studies.benchmark import tables
-from openclip_unimlip.studies.grid import Grid, GridRun, one_line
-from openclip_unimlip.studies.report import save_report
 from openclip_unimlip.studies.benchmark.tasks import (
     ChestXrayRecipe,
     MedpixRecipe,
@@ -70,6 +68,8 @@ from openclip_unimlip.studies.benchmark.tasks import (
     tasks_for,
     vqa_unsupported_reason,
 )
+from openclip_unimlip.studies.grid import Grid, GridRun, one_line
+from openclip_unimlip.studies.report import save_report
 
 _logger = logging.getLogger(__name__)
 

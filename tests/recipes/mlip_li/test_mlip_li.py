@@ -8,9 +8,12 @@ import torch.nn.functional as F
 
 from openclip_unimlip.recipes import ops
 from openclip_unimlip.recipes.mlip_li.knowledge import DEFAULT_KNOWLEDGE_FILE, load_knowledge
-from openclip_unimlip.recipes.mlip_li.model import clipped_token_weights, cls_attention
 from openclip_unimlip.recipes.mlip_li.loss import MlipLiLoss
-from mlip_helpers import build_li_model as _li_model, ce as _naive_ce, li_inputs as _li_inputs
+from openclip_unimlip.recipes.mlip_li.model import clipped_token_weights, cls_attention
+
+from mlip_helpers import build_li_model as _li_model
+from mlip_helpers import ce as _naive_ce
+from mlip_helpers import li_inputs as _li_inputs
 from mlip_helpers import mean_of_both_directions as _itc
 
 

@@ -12,6 +12,7 @@ import torch
 
 from openclip_unimlip.recipes.mlip_li.knowledge import DEFAULT_KNOWLEDGE_FILE
 from openclip_unimlip.recipes.mlip_li.loss import MlipLiLoss
+
 from train_data import InMemoryData
 
 LR, WEIGHT_DECAY = 0.01, 0.2

@@ -10,6 +10,7 @@ from importlib import resources
 import pytest
 
 from paths import TESTS  # noqa: E402
+
 SCRIPT = TESTS.parent / "scripts" / "build_knowledge.py"
 SHIPPED_CHEST = TESTS.parent / "openclip_unimlip" / "recipes" / "mlip_li" / "knowledge" / "chest_entities.jsonl"
 CHEST_TOPICS = ("Thoracic Imaging", "Cardiac Imaging", "Chest")

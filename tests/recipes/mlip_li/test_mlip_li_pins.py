@@ -15,7 +15,9 @@ from openclip_unimlip.recipes.mlip_li import knowledge as li_knowledge
 from openclip_unimlip.recipes.mlip_li import model as li_model_module
 from openclip_unimlip.recipes.mlip_li.config import LiCfg
 from openclip_unimlip.recipes.mlip_li.loss import MlipLiLoss
-from mlip_helpers import RecordedMasks as _RecordedMasks, li_inputs as _li_inputs
+
+from mlip_helpers import RecordedMasks as _RecordedMasks
+from mlip_helpers import li_inputs as _li_inputs
 from mlip_helpers import mean_of_both_directions as _mean_of_both_directions
 
 

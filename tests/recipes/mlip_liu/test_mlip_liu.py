@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from openclip_unimlip.recipes import ops
 from openclip_unimlip.recipes.mlip_liu.loss import MlipLiuLoss
-from mlip_helpers import liu_inputs as _liu_inputs
 
+from mlip_helpers import liu_inputs as _liu_inputs
 
 # ----- sentences ----------------------------------------------------------------------------------
 # Report phrasing in the style of MIMIC-CXR / Open-I impressions, split by hand: decimals, abbreviations,

@@ -10,7 +10,10 @@ import torch.nn.functional as F
 from openclip_unimlip.recipes import ops
 from openclip_unimlip.recipes.mlip_liu import model as liu_model_module
 from openclip_unimlip.recipes.mlip_liu.loss import MlipLiuLoss
-from mlip_helpers import RecordedMasks as _RecordedMasks, ce as _ce, liu_inputs as _liu_inputs
+
+from mlip_helpers import RecordedMasks as _RecordedMasks
+from mlip_helpers import ce as _ce
+from mlip_helpers import liu_inputs as _liu_inputs
 from mlip_helpers import sinkhorn as _sinkhorn
 
 

@@ -17,8 +17,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from openclip_unimlip.recipes.unimlip.loss import UniMlipLoss
 from openclip_unimlip.recipes.unimlip.config import TERMS
+from openclip_unimlip.recipes.unimlip.loss import UniMlipLoss
 
 WORLD = 2
 LOCAL_BATCH = 4
@@ -160,8 +160,8 @@ def _slurm_flags(monkeypatch):
     """--local-loss / --gather-with-grad as the SLURM launchers pass them, parsed by OpenCLIP."""
     from open_clip_train.params import parse_args
 
-    from openclip_unimlip.studies.pretraining import slurm
     from openclip_unimlip.seam import patches
+    from openclip_unimlip.studies.pretraining import slurm
 
     monkeypatch.setattr(patches, "_training_run", None)  # parsing records options process-wide
     args = parse_args(slurm.recipe_args({"TRAIN_DATA": "/data/pmcoa/train/{00000..00164}.tar"}))

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from openclip_unimlip.recipes.unimlip.loss import PAPER_WEIGHTS, UniMlipLoss
 from openclip_unimlip.recipes.unimlip.config import TERMS
+from openclip_unimlip.recipes.unimlip.loss import PAPER_WEIGHTS, UniMlipLoss
 
 
 def _features(batch=6, dim=8, vocab=11, k=3, seed=0):

@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-
 # a tiny model: a second intra-op thread only adds contention
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -2,8 +2,8 @@
 import torch
 import torch.nn.functional as F
 
-from openclip_unimlip.recipes.unimlip.loss import UniMlipLoss
 from openclip_unimlip.recipes.unimlip.config import TERMS
+from openclip_unimlip.recipes.unimlip.loss import UniMlipLoss
 
 
 def _images(batch=4, size=96, seed=0):

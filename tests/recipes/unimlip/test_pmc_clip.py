@@ -18,10 +18,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig
 
-from openclip_unimlip.recipes.unimlip.pmc_clip import pmc_clip_to_unimlip
 from openclip_unimlip.recipes.text_models import resolve_text_model
+from openclip_unimlip.recipes.unimlip.pmc_clip import pmc_clip_to_unimlip
 
 from paths import TESTS  # noqa: E402
+
 FIXTURE = json.loads((TESTS / "fixtures" / "pmc_clip_state_dict_keys.json").read_text(encoding="utf-8"))
 CONVERT_SCRIPT = TESTS.parent / "scripts" / "convert_pmc_clip.py"
 

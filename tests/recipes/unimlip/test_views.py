@@ -4,11 +4,17 @@ import math
 
 import pytest
 import torch
-
 from torchvision.transforms.v2 import functional as TF
 
 from openclip_unimlip.recipes.unimlip.config import UniMlipCfg
-from openclip_unimlip.recipes.unimlip.views import LUMA, StrongViews, colour_transform, gaussian_blur, hue_rotation, random_subset
+from openclip_unimlip.recipes.unimlip.views import (
+    LUMA,
+    StrongViews,
+    colour_transform,
+    gaussian_blur,
+    hue_rotation,
+    random_subset,
+)
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 

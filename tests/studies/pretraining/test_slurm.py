@@ -14,9 +14,9 @@ import pytest
 
 from openclip_unimlip.studies.pretraining import slurm
 
+from paths import REPO  # noqa: E402
 from shards import write_shards
 
-from paths import REPO  # noqa: E402
 SCRIPTS = REPO / "scripts" / "slurm"
 ONE_NODE, MULTINODE = SCRIPTS / "unimlip_1node_8gpu.sbatch", SCRIPTS / "unimlip_multinode.sbatch"
 INSTALL = REPO / ".ci" / "install_slurm.sh"
