@@ -81,7 +81,8 @@ RECIPES = (
            flags=f"{_MLIP_LIU}.flags:MlipLiuOptions"),
     Recipe("mlip_li_cfg", f"{_MLIP_LI}.model:MlipLi", f"{_MLIP_LI}.loss:create_mlip_li_loss",
            "MLIP (Li et al., CVPR 2024), as reconstructed by openclip-unimlip", flags=f"{_MLIP_LI}.flags:MlipLiOptions",
-           epoch_hook=f"{_MLIP_LI}.model:prototype_freeze", portable_files=(("knowledge_file", "mlip_li_knowledge.jsonl"),)),
+           epoch_hook=f"{_MLIP_LI}.model:prototype_freeze",
+           portable_files=(("knowledge_file", "mlip_li_knowledge.jsonl"),)),
 )
 
 

@@ -83,9 +83,9 @@ def local_loss_needs_gather_with_grad(recipe: str) -> str:
 
 class GatheringLoss(nn.Module):
     """Base of the MLIP losses. They follow the Uni-Mlip loss's contract:
-    ``forward(**model_out, output_dict=False)``; each weighted term is returned under ``<term>_loss`` (OpenCLIP's trainer sums and logs them); a
-    term with weight 0 or without its model outputs is skipped; cross-rank features are gathered
-    in one collective (``gather_batch``).
+    ``forward(**model_out, output_dict=False)``; each weighted term is returned under ``<term>_loss``
+    (OpenCLIP's trainer sums and logs them); a term with weight 0 or without its model outputs is
+    skipped; cross-rank features are gathered in one collective (``gather_batch``).
 
     Several GPUs: the same semantics as the Uni-Mlip loss (``recipes/unimlip/loss.py``): the
     gradient DDP applies (the average over ranks) equals, for every term, the gradient of that term
@@ -143,5 +143,6 @@ def terms_or_total(losses: Dict[str, torch.Tensor], output_dict: bool):
 
 def distributed_flags(args) -> dict:
     """The loss's distributed settings from OpenCLIP's parsed args."""
-    return dict(local_loss=getattr(args, "local_loss", False), gather_with_grad=getattr(args, "gather_with_grad", False),
+    return dict(local_loss=getattr(args, "local_loss", False),
+                gather_with_grad=getattr(args, "gather_with_grad", False),
                 rank=getattr(args, "rank", 0), world_size=getattr(args, "world_size", 1))

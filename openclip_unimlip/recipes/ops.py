@@ -19,7 +19,8 @@ from open_clip.transformer import VisionTransformer
 _MASKED_LOG = -1e4
 
 
-def random_patch_mask(batch: int, num_patches: int, mask_ratio: float, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+def random_patch_mask(batch: int, num_patches: int, mask_ratio: float,
+                      device=None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Indices of the kept and of the masked patches, uniformly at random per sample (MAE).
 
     Returns ``keep`` [B, K] and ``masked`` [B, N - K], each sorted so that kept tokens stay in

@@ -69,7 +69,8 @@ def resolve_text_model(name: str) -> str:
 def _how_to_fix(name: str) -> str:
     hub_id = next((k.hub_id for k in KNOWN_TEXT_MODELS.values() if name in (k.hub_id, os.environ.get(k.env_var))), name)
     known = KNOWN_TEXT_MODELS.get(hub_id)
-    lines = [f"  - download it once where there is internet: `huggingface-cli download {hub_id}` (then HF_HUB_OFFLINE=1 works)"]
+    lines = [f"  - download it once where there is internet: `huggingface-cli download {hub_id}` "
+             "(then HF_HUB_OFFLINE=1 works)"]
     if known is not None:
         lines.append(f"  - or point {known.env_var} at a local copy (a folder with config.json, weights and vocab) "
                      "before Python starts")

@@ -54,7 +54,8 @@ def liu_inputs(seed=0):
     return dict(image_features=unit(g, 4, 8), text_features=unit(g, 4, 8), logit_scale=torch.tensor(10.0),
                 integrity_weights=torch.rand(4, generator=g) + 0.5, patch_embeddings=unit(g, 4, 5, 8),
                 sentence_embeddings=unit(g, 4, 3, 8), sentence_mask=mask,
-                reconstruction=torch.randn(4, 6, 12, generator=g), reconstruction_target=torch.randn(4, 6, 12, generator=g))
+                reconstruction=torch.randn(4, 6, 12, generator=g),
+                reconstruction_target=torch.randn(4, 6, 12, generator=g))
 
 
 def li_inputs(seed=0):

@@ -26,7 +26,8 @@ def test_transport_plan_marginals_and_independent_sinkhorn():
 
 def test_swav_codes_sum_to_one_and_match_an_independent_computation():
     g = torch.Generator().manual_seed(1)
-    scores = F.normalize(torch.randn(6, 32, generator=g), dim=-1) @ F.normalize(torch.randn(10, 32, generator=g), dim=-1).T
+    samples = F.normalize(torch.randn(6, 32, generator=g), dim=-1)
+    scores = samples @ F.normalize(torch.randn(10, 32, generator=g), dim=-1).T
     codes = ops.swav_codes(scores, epsilon=0.05, iterations=3)
     torch.testing.assert_close(codes.sum(1), torch.ones(6), atol=1e-5, rtol=0)
     q = torch.exp(scores.double() / 0.05).T

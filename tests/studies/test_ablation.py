@@ -103,7 +103,8 @@ def _record(row, seed, ranks_i2t, ranks_t2i):
 
 def test_summary_and_tables():
     base = [_record(BASELINE, 0, [1, 2, 12, 3], [1, 1, 2, 2]), _record(BASELINE, 1, [2, 2, 12, 3], [1, 2, 2, 2])]
-    row = [_record("simclr_freeze", 0, [1, 1, 1, 3], [1, 1, 2, 2]), _record("simclr_freeze", 1, [1, 1, 2, 3], [1, 2, 2, 2]),
+    row = [_record("simclr_freeze", 0, [1, 1, 1, 3], [1, 1, 2, 2]),
+           _record("simclr_freeze", 1, [1, 1, 2, 3], [1, 2, 2, 2]),
            _record("simclr_freeze", 2, [1, 1, 1, 1], [1, 1, 1, 1])]  # seed 2 has no baseline: not paired
     summary = summarize(base + row, [BASELINE, "simclr_freeze"], num_resamples=2000)
     # I2T R@1: baseline 25 % and 0 %, the row 75 %, 50 %, 100 %
@@ -144,7 +145,8 @@ def test_stage1_cache_key_follows_stage1_settings_only():
     assert ablation.stage1_dir(config("--stage1-epochs", "5")) != key
     assert ablation.stage1_dir(config("--num-samples", "900")) != key
     # stale stage-2 records
-    assert settings_hash(ablation.run_settings(config("--epochs", "5"))) != settings_hash(ablation.run_settings(config()))
+    stage2_key = settings_hash(ablation.run_settings(config()))
+    assert settings_hash(ablation.run_settings(config("--epochs", "5"))) != stage2_key
 
 
 def test_refuses_contradictory_options(capsys):

@@ -12,13 +12,13 @@ from openclip_unimlip.studies.pretraining.progress import parse_train_log
 
 from paths import REPO  # noqa: E402
 
-LOG_LINES = """\
-2026-01-01,00:00:00 | INFO | Start epoch 0
-2026-01-01,00:00:01 | INFO | Train Epoch: 0 [ 32/96 (33%)] Data (t): 0.1 Batch (t): 1.0, 32.0/s, 32.0/s/gpu LR: 0.000100 Logit Scale: 14.286 Itc_loss: 0.70182 (0.70182) Mlm_loss: 5.1506 (5.1506) Loss: 5.8524 (5.8524)
-2026-01-01,00:00:02 | INFO | Train Epoch: 0 [ 96/96 (100%)] Data (t): 0.1 Batch (t): 1.0, 32.0/s, 32.0/s/gpu LR: 0.000300 Logit Scale: 14.280 Itc_loss: 0.60000 (0.65000) Mlm_loss: 4.0000 (4.5000) Loss: 4.6000 (5.2000)
-2026-01-01,00:00:03 | INFO | Uni-Mlip epoch 1: SimCLR on, BatchNorm statistics frozen
-2026-01-01,00:00:04 | INFO | Train Epoch: 1 [ 32/96 (33%)] Data (t): 0.1 Batch (t): 1.0, 32.0/s, 32.0/s/gpu LR: 0.000400 Logit Scale: 14.270 Itc_loss: 0.50000 (0.50000) Simclr_loss: 2.0000 (2.0000) Mlm_loss: 3.0000 (3.0000) Loss: 5.5000 (5.5000)
-"""
+LOG_LINES = "\n".join([  # open_clip_train's own log lines, verbatim
+    "2026-01-01,00:00:00 | INFO | Start epoch 0",
+    "2026-01-01,00:00:01 | INFO | Train Epoch: 0 [ 32/96 (33%)] Data (t): 0.1 Batch (t): 1.0, 32.0/s, 32.0/s/gpu LR: 0.000100 Logit Scale: 14.286 Itc_loss: 0.70182 (0.70182) Mlm_loss: 5.1506 (5.1506) Loss: 5.8524 (5.8524)",  # noqa: E501
+    "2026-01-01,00:00:02 | INFO | Train Epoch: 0 [ 96/96 (100%)] Data (t): 0.1 Batch (t): 1.0, 32.0/s, 32.0/s/gpu LR: 0.000300 Logit Scale: 14.280 Itc_loss: 0.60000 (0.65000) Mlm_loss: 4.0000 (4.5000) Loss: 4.6000 (5.2000)",  # noqa: E501
+    "2026-01-01,00:00:03 | INFO | Uni-Mlip epoch 1: SimCLR on, BatchNorm statistics frozen",
+    "2026-01-01,00:00:04 | INFO | Train Epoch: 1 [ 32/96 (33%)] Data (t): 0.1 Batch (t): 1.0, 32.0/s, 32.0/s/gpu LR: 0.000400 Logit Scale: 14.270 Itc_loss: 0.50000 (0.50000) Simclr_loss: 2.0000 (2.0000) Mlm_loss: 3.0000 (3.0000) Loss: 5.5000 (5.5000)",  # noqa: E501
+]) + "\n"
 
 
 def test_parse_train_log_reads_steps_and_terms():

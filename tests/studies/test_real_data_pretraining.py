@@ -31,7 +31,8 @@ def mean_rank(metrics):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (MEDPIX / "Descriptions.json").is_file(),
-                    reason=f"the real MedPix 2.0 release is not at {MEDPIX} (../shared/data beside the checkout; CI has it)")
+                    reason=f"the real MedPix 2.0 release is not at {MEDPIX} "
+                           "(../shared/data beside the checkout; CI has it)")
 def test_pretraining_on_real_medpix_pairs_beats_the_untrained_model(tmp_path):
     # the data the demo and the ablation use (the train split less the VQA-RAD images, at
     # unimlip-tiny's 96 px), of the train split only its first images; 4 train shards

@@ -13,7 +13,8 @@ from openclip_unimlip.recipes.ops import info_nce, swav_codes
 
 
 class MlipLiLoss(GatheringLoss):
-    """λ_g · ITC(v, t) + λ_d · divergence contrast + λ_l · token↔patch alignment + λ_p · swapped prototype prediction."""
+    """λ_g · ITC(v, t) + λ_d · divergence contrast + λ_l · token↔patch alignment
+    + λ_p · swapped prototype prediction."""
 
     recipe = "MLIP (Li)"
 

@@ -65,7 +65,8 @@ class MlipLi(RecipeCLIP):
         require_vit(self.visual, "MLIP (Li)")
         text = require_hf_text(self.text, "MLIP (Li)")
         config = text.config
-        no_dropout = not (getattr(config, "hidden_dropout_prob", 0) or getattr(config, "attention_probs_dropout_prob", 0))
+        no_dropout = not (getattr(config, "hidden_dropout_prob", 0)
+                          or getattr(config, "attention_probs_dropout_prob", 0))
         if cfg.loss_weights["divergence"] > 0 and no_dropout:
             raise ValueError("MLIP (Li)'s divergence encoder diverges the text view by dropout: the text tower has "
                              "no dropout, so both text views would be identical (set loss_weights.divergence, or "
@@ -142,7 +143,8 @@ class MlipLi(RecipeCLIP):
             out["divergence_image_features"] = F.normalize(diverged_image, dim=-1)
             out["divergence_text_features"] = F.normalize(diverged_text, dim=-1)
         if "local" in terms:
-            valid = attention_mask.bool() & ~torch.isin(text, torch.as_tensor(self.special_token_ids, device=text.device))
+            special = torch.as_tensor(self.special_token_ids, device=text.device)
+            valid = attention_mask.bool() & ~torch.isin(text, special)
             with torch.no_grad():
                 attention = cls_attention(self._last_text_attention(), text_out.hidden_states[-2], attention_mask)
                 low, high = self.cfg.attention_percentiles

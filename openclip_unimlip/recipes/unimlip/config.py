@@ -56,7 +56,8 @@ class UniMlipCfg:
         if self.fusion_image_tokens not in ("pooled", "grid"):
             raise ValueError(f"fusion_image_tokens must be 'pooled' or 'grid', got {self.fusion_image_tokens!r}")
         if self.view_augmentation not in VIEW_AUGMENTATIONS:
-            raise ValueError(f"view_augmentation must be one of {sorted(VIEW_AUGMENTATIONS)}, got {self.view_augmentation!r}")
+            raise ValueError(f"view_augmentation must be one of {sorted(VIEW_AUGMENTATIONS)}, "
+                             f"got {self.view_augmentation!r}")
         if self.simclr_head not in ("none", "mlp"):
             raise ValueError(f"simclr_head must be 'none' or 'mlp', got {self.simclr_head!r}")
         for name in ("dropblock_prob", "text_dropout"):

@@ -68,7 +68,8 @@ class UniMlipOptions(RunOptions):
     view_augmentation: Optional[str] = config_override(
         "view_augmentation", "strengths of the SimCLR views: 'simclr' (SimCLR's: jitter 0.8, hue 0.2) or "
         "'mocov2' (SLIP's: jitter 0.4, hue 0.1)")
-    simclr_start_reason: Optional[str] = derived("how the SimCLR start epoch was chosen, logged when the model is built")
+    simclr_start_reason: Optional[str] = derived(
+        "how the SimCLR start epoch was chosen, logged when the model is built")
 
     def resolve(self, args: argparse.Namespace, section: Mapping[str, Any],
                 first_launch: Optional[Path]) -> "UniMlipOptions":

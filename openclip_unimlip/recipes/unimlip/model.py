@@ -64,7 +64,8 @@ class UniMlip(RecipeCLIP):
         text_width = self.text.config.hidden_size
         grid_channels = self.visual.attnpool.k_proj.in_features
 
-        self.image_perturbation = DropBlock2d(cfg.dropblock_prob, cfg.dropblock_size, per_channel=cfg.dropblock_per_channel)
+        self.image_perturbation = DropBlock2d(
+            cfg.dropblock_prob, cfg.dropblock_size, per_channel=cfg.dropblock_per_channel)
         self.text_perturbation = nn.Dropout(cfg.text_dropout)
         mask_fraction, random_fraction = REPLACEMENTS[cfg.mlm_replacement]
         self.masker = CaptionMasker(
@@ -131,8 +132,9 @@ class UniMlip(RecipeCLIP):
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
         """ModifiedResNet up to (and including) layer 4: the map the perturbation acts on."""
         v = self.visual
+        checkpointed = self.checkpoint_trunk and torch.is_grad_enabled()
         for stage in (v.stem, v.layer1, v.layer2, v.layer3, v.layer4):
-            x = checkpoint(stage, x, use_reentrant=False) if self.checkpoint_trunk and torch.is_grad_enabled() else stage(x)
+            x = checkpoint(stage, x, use_reentrant=False) if checkpointed else stage(x)
         return x
 
     def _text_states(self, ids: torch.Tensor):

@@ -48,7 +48,8 @@ def is_pmc_clip_state_dict(state_dict: Dict[str, torch.Tensor]) -> bool:
     return any(k.startswith("text_encoder.") or k.startswith("fusion_module.") for k in keys)
 
 
-def convert_pmc_clip_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], ConversionReport]:
+def convert_pmc_clip_state_dict(
+        state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], ConversionReport]:
     """PMC-CLIP keys and layouts -> Uni-Mlip's, plus what had no counterpart."""
     converted, dropped, unexpected = {}, [], []
     for key, value in state_dict.items():
@@ -73,7 +74,8 @@ def load_pmc_clip_checkpoint(path: str) -> Dict[str, torch.Tensor]:
     return checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
 
 
-def pmc_clip_to_unimlip(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Tuple[Dict[str, torch.Tensor], ConversionReport]:
+def pmc_clip_to_unimlip(state_dict: Dict[str, torch.Tensor],
+                        model: nn.Module) -> Tuple[Dict[str, torch.Tensor], ConversionReport]:
     """A complete state dict for ``model`` from a PMC-CLIP one; raises if any key does not fit."""
     converted, report = convert_pmc_clip_state_dict(state_dict)
     target = model.state_dict()

@@ -23,8 +23,8 @@ grey pixels unchanged, like the HSV shift), and values are clamped to [0, 1] onc
 instead of after every step. The order of the four jitter steps is drawn per sample, as
 torchvision's ``ColorJitter`` draws it per image (and SimCLR's ``color_jitter_rand``); without the
 intermediate clamps brightness, contrast and saturation commute, so in this folded form the
-order only matters where the YIQ hue rotation meets the luma-based steps. The blur is torchvision's kernel as grouped depthwise convolutions
-with a sigma per sample; the optional re-crop is kornia's.
+order only matters where the YIQ hue rotation meets the luma-based steps. The blur is torchvision's
+kernel as grouped depthwise convolutions with a sigma per sample; the optional re-crop is kornia's.
 """
 import dataclasses
 import functools

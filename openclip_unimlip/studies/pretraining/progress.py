@@ -3,7 +3,7 @@
 open_clip_train writes one line per logged step to ``<logs>/<name>/out.log``
 (``open_clip_train/train.py``, ``train_one_epoch``)::
 
-    Train Epoch: 0 [ 64/1792 (4%)] Data (t): 0.012 Batch (t): 4.9, 13.1/s, 13.1/s/gpu LR: 0.000100 Logit Scale: 14.286 Itc_loss: 0.11698 (0.11698) ... Loss: 7.2936 (7.2936)
+    Train Epoch: 0 [ 64/1792 (4%)] ... LR: 0.000100 ... Itc_loss: 0.11698 (0.11698) ... Loss: 7.2936 (7.2936)
 
 with, per loss, the step's value and the running mean in brackets. The same parser serves the
 report after the run (:func:`parse_train_log`) and a tqdm bar while it runs

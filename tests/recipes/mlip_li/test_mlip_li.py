@@ -162,7 +162,8 @@ def test_knowledge_file_default_and_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="shipped names"):
         load_knowledge("thorax")
     bad = tmp_path / "k.jsonl"
-    bad.write_text(json.dumps({"name": "a", "category": "c", "description": "d"}) + "\n" + json.dumps({"name": "a", "description": "e"}))
+    bad.write_text(json.dumps({"name": "a", "category": "c", "description": "d"}) + "\n"
+                   + json.dumps({"name": "a", "description": "e"}))
     with pytest.raises(ValueError, match="duplicate"):
         load_knowledge(bad)
     bad.write_text(json.dumps({"name": "a"}))

@@ -92,7 +92,8 @@ def _check_gathering(rank, results):
     from openclip_unimlip.recipes.distributed import gather_batch
 
     g = torch.Generator().manual_seed(10 + rank)
-    mine = [torch.randn(LOCAL_BATCH, 3, generator=g).requires_grad_(), torch.randn(LOCAL_BATCH, 2, generator=g).requires_grad_()]
+    mine = [torch.randn(LOCAL_BATCH, 3, generator=g).requires_grad_(),
+            torch.randn(LOCAL_BATCH, 2, generator=g).requires_grad_()]
     weights = [torch.randn(WORLD * LOCAL_BATCH, 3, generator=torch.Generator().manual_seed(20)),
                torch.randn(WORLD * LOCAL_BATCH, 2, generator=torch.Generator().manual_seed(21))]
     own = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
@@ -141,7 +142,8 @@ def _rank_worker(rank, store_path, cases, out_dir):
             for subset in itertools.combinations(TERMS, size):
                 weights = {t: float(t in subset) for t in TERMS}
                 ref_value, ref_grad = _value_and_grad(model, UniMlipLoss(weights=weights), full)
-                value, grad = _value_and_grad(model, UniMlipLoss(weights=weights, rank=rank, world_size=WORLD, **flags), local)
+                loss = UniMlipLoss(weights=weights, rank=rank, world_size=WORLD, **flags)
+                value, grad = _value_and_grad(model, loss, local)
                 dist.all_reduce(grad)
                 grad /= WORLD  # what DDP applies
                 values = [torch.zeros(()) for _ in range(WORLD)]

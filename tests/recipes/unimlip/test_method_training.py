@@ -58,7 +58,8 @@ def test_mlm_learns_the_masked_word_from_the_image(tiny_model, tokenizer):
     images, texts = _coloured_batch(tokenizer, 48, generator)
     with torch.no_grad():
         seeing = _mlm_accuracy(model(images, texts))
-        blind = model.fusion.register_forward_pre_hook(lambda module, args: (args[0], torch.zeros_like(args[1]), args[2]))
+        blind = model.fusion.register_forward_pre_hook(
+            lambda module, args: (args[0], torch.zeros_like(args[1]), args[2]))
         blinded = _mlm_accuracy(model(images, texts))
         blind.remove()
     assert seeing > 0.9, f"MLM accuracy {seeing:.2f} with the image"

@@ -27,7 +27,8 @@ def _deterministic_text(model):
 
 
 def _text_states(model, ids):
-    return model.text.transformer(input_ids=ids, attention_mask=(ids != model.text.config.pad_token_id).long()).last_hidden_state
+    attention_mask = (ids != model.text.config.pad_token_id).long()
+    return model.text.transformer(input_ids=ids, attention_mask=attention_mask).last_hidden_state
 
 
 def test_fusion_reads_the_masked_caption_states_and_this_samples_image_embedding(tiny_model, captions):

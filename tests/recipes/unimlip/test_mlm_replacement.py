@@ -75,5 +75,6 @@ def test_bert_is_80_percent_mask_10_unchanged_10_random(build, captions):
 
 
 def test_an_unknown_replacement_is_refused_by_the_parser(build):
-    with pytest.raises(SystemExit, match=re.escape("error: mlm_replacement must be one of ['bert', 'mask'], got 'random'")):
+    message = "error: mlm_replacement must be one of ['bert', 'mask'], got 'random'"
+    with pytest.raises(SystemExit, match=re.escape(message)):
         build("--unimlip-mlm-replacement", "random")

@@ -79,7 +79,8 @@ def test_every_trainable_parameter_gets_a_gradient(tiny_model, captions):
     # initialises each block's last BatchNorm weight to 0, which zeroes the branch gradient at init)
     missing = [n for n, p in tiny_model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing
-    for name in ("visual.conv1.weight", "visual.layer4.0.bn3.weight", "visual.layer4.0.downsample.0.weight", "visual.attnpool.c_proj.weight",
+    for name in ("visual.conv1.weight", "visual.layer4.0.bn3.weight", "visual.layer4.0.downsample.0.weight",
+                 "visual.attnpool.c_proj.weight",
                  "text.transformer.encoder.layer.0.attention.self.query.weight", "text.proj.weight",
                  "fusion.transformer.resblocks.0.attn.in_proj_weight", "fusion.vocab_proj.weight",
                  "fusion.image_token", "logit_scale"):

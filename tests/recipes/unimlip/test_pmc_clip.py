@@ -119,7 +119,8 @@ def test_real_pmc_clip_checkpoint_loads_strictly_with_every_value(rn50, pmc_chec
         torch.testing.assert_close(loaded[key], source[key], rtol=0, atol=0, msg=key)
     pairs = {
         "text.transformer.embeddings.word_embeddings.weight": "text_encoder.embeddings.word_embeddings.weight",
-        "text.transformer.encoder.layer.11.output.LayerNorm.weight": "text_encoder.encoder.layer.11.output.LayerNorm.weight",
+        "text.transformer.encoder.layer.11.output.LayerNorm.weight":
+            "text_encoder.encoder.layer.11.output.LayerNorm.weight",
         "fusion.transformer.resblocks.3.attn.in_proj_weight": "fusion_module.resblocks.3.attn.in_proj_weight",
         "fusion.transformer.resblocks.0.mlp.c_fc.bias": "fusion_module.resblocks.0.mlp.c_fc.bias",
         "fusion.image_token": "img_special_token",
@@ -131,7 +132,8 @@ def test_real_pmc_clip_checkpoint_loads_strictly_with_every_value(rn50, pmc_chec
     with torch.no_grad():
         # sums of 768 products of unit normals (~28 in size): float32 summation order differs
         torch.testing.assert_close(rn50.text.proj(states), states @ source["text_projection"], rtol=1e-5, atol=1e-3)
-        torch.testing.assert_close(rn50.fusion.vocab_proj(states), states @ source["mlm_projection"], rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(rn50.fusion.vocab_proj(states), states @ source["mlm_projection"],
+                                   rtol=1e-5, atol=1e-3)
 
 
 def test_keys_that_do_not_fit_are_refused(rn50, pmc_checkpoint):

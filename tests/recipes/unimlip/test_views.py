@@ -277,7 +277,8 @@ def test_views_are_clamped_to_the_pixel_range():
     views = StrongViews(32)
     views.set_normalization(MEAN, STD)
     unit = torch.full((200, 3, 32, 32), 0.9)
-    pixels = torch.cat(views(_normalised(unit))) * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+    viewed = torch.cat(views(_normalised(unit)))
+    pixels = viewed * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
     assert pixels.max() < 1 + 1e-5 and pixels.min() > -1e-5
     saturated = (pixels - 1).abs().lt(1e-5).flatten(1).all(1).float().mean()
     # P(jittered and brightness > 1/0.9) = 0.8 * (1.8 - 1/0.9) / 1.6
@@ -293,7 +294,8 @@ def test_blur_and_flip_probabilities_and_blur_sigma():
     views.set_normalization(MEAN, STD)
     unit = torch.full((1000, 3, 32, 32), 0.3)
     unit[..., 16:] = 0.5
-    pixels = torch.cat(views(_normalised(unit))) * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+    viewed = torch.cat(views(_normalised(unit)))
+    pixels = viewed * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
     row = pixels[:, 0, 16].double()
     flipped = row[:, 0] > row[:, -1]
     assert abs(flipped.float().mean() - 0.5) < 0.05

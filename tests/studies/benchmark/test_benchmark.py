@@ -362,7 +362,7 @@ def test_tables_hold_seed_intervals_chance_and_reported_rows(run):
         assert f"(plots/{plot})" in markdown
 
 
-# ----------------------------------------------------------------------------- fast: finding datasets, refusing bad input
+# ------------------------------------------------------------------------- fast: finding datasets, refusing bad input
 def _touch(path: Path, text: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -402,7 +402,8 @@ def test_roco_test_pairs_are_read_from_the_release(tmp_path):
     for shade, name in enumerate(("ROCO_00001", "ROCO_00002", "ROCO_00004", "ROCO_00005")):
         Image.new("RGB", (8, 8), (60 * shade,) * 3).save(folder / "images" / f"{name}.jpg")  # distinct images
     data = RetrievalTask("roco").load(tmp_path, engine.CI, engine.Runtime(progress=False))
-    assert [(p.key, p.caption) for p in data.pairs] == [("ROCO_00001", "CT of the head."), ("ROCO_00002", "Chest X-ray")]
+    assert [(p.key, p.caption) for p in data.pairs] == [("ROCO_00001", "CT of the head."),
+                                                        ("ROCO_00002", "Chest X-ray")]
     assert RetrievalTask("roco").describe(data) == {  # an empty caption, no caption at all; no image file
         "split": "test", "rows_read": 5, "pairs": 2, "left_out": {"empty_caption": 2, "missing_image": 1}}
     chance = RetrievalTask("roco").chance(data, engine.CI)
@@ -412,7 +413,8 @@ def test_roco_test_pairs_are_read_from_the_release(tmp_path):
 @pytest.mark.parametrize("bad_args, message", [
     (["--pretrained", "x.pt", "--model", "unimlip-tiny"], "--pretrained x.pt must follow the --model"),
     (["--model", "no-such-model"], "unknown OpenCLIP model 'no-such-model'"),
-    (["--model", "unimlip-tiny", "--pretrained", "missing.pt"], "checkpoint missing.pt of --model unimlip-tiny not found"),
+    (["--model", "unimlip-tiny", "--pretrained", "missing.pt"],
+     "checkpoint missing.pt of --model unimlip-tiny not found"),
     (["--model", "unimlip-tiny", "--model", "unimlip-tiny"], "give each a distinct --label"),
     (["--model", "unimlip-tiny", "--label", "a", "--label", "b"], "--label is given twice"),
     (["--model", "unimlip-tiny", "--fractions", "0", "1"], "--fractions must be distinct and lie in (0, 1]"),
@@ -498,7 +500,8 @@ def test_chest_xray_cell_equals_finetune_classification_script_and_fills_table1(
     assert rows["unimlip-tiny"]["nih@1 %"] == {"status": "not run"}  # a paper column this run did not ask for
     assert rows["M-FLAG (reported)"]["nih@1 %"] == {"value": 62.2}
     markdown = (out / "benchmark.md").read_text()
-    assert "| Uni-Mlip (reported) | reported | 73.2 | 79.1 | 82.0 | 69.1 | 75.3 | 79.8 | 65.6 | 76.4 | 82.9 |" in markdown
+    assert ("| Uni-Mlip (reported) | reported | 73.2 | 79.1 | 82.0 | 69.1 | 75.3 | 79.8 | 65.6 | 76.4 | 82.9 |"
+            in markdown)
 
 
 def test_a_probe_only_run_prints_table1_with_its_split_and_chance(tmp_path, one_thread):
@@ -587,7 +590,7 @@ def test_a_missing_data_root_stops_with_one_message(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
-# ----------------------------------------------------------------------------- rows: per-seed or random weights, a reference
+# ---------------------------------------------------------------------- rows: per-seed or random weights, a reference
 def test_row_weights_random_and_per_seed(tmp_path):
     """``--pretrained random``: no weights, the text tower random too; ``{seed}``: each seed its own
     file, and the row's settings hash holds that file (a changed file makes its cells stale)."""

@@ -50,7 +50,8 @@ def test_shape_comes_from_the_allocation_and_keeps_the_paper_batch(shards, monke
     args = parse_args(command[command.index("open_clip_train.main") + 2:])
     # the paper (Sec. 4.2): global batch 768, lr 1e-4, 100 epochs, cosine, AdamW
     assert 2 * 4 * args.batch_size == 768
-    assert (args.model, args.lr, args.epochs, args.lr_scheduler, args.opt) == ("unimlip-rn50", 1e-4, 100, "cosine", "adamw")
+    assert ((args.model, args.lr, args.epochs, args.lr_scheduler, args.opt)
+            == ("unimlip-rn50", 1e-4, 100, "cosine", "adamw"))
     # PMC-CLIP's README training command: --warmup 500 --lr 1e-4 --wd 0.1 --crop-scale 0.5
     assert (args.warmup, args.wd, args.aug_cfg) == (500, 0.1, {"scale": (0.5, 1.0)})
     # PMC-CLIP's training/params.py get_default_params, ResNet branch (it sets no --beta*/--eps)
@@ -242,7 +243,8 @@ def test_one_node_script_trains_and_a_requeue_resumes_every_epoch_once(slurm_env
     checkpoints = wait_for(lambda: list(work.glob("logs/*/checkpoints")), 120, "the run directory")[0]
 
     def complete_epochs():  # torch's zip archive has its directory written last
-        return sorted(int(path.stem.split("_")[1]) for path in checkpoints.glob("epoch_*.pt") if zipfile.is_zipfile(path))
+        return sorted(int(path.stem.split("_")[1])
+                      for path in checkpoints.glob("epoch_*.pt") if zipfile.is_zipfile(path))
 
     wait_for(lambda: complete_epochs() or job_state(slurm_env, job)["JobState"] != "RUNNING", 300,
              "the first checkpoint", interval=0.2)

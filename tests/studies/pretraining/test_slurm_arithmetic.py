@@ -28,7 +28,8 @@ def test_run_name_is_the_same_on_another_allocation_shape(shards):
     """A resubmission on another shape continues the run: the name hashes the recipe, not the batch
     per process or the workers, which both differ here (2 x 4 GPUs, 8 CPUs each: batch 96, 7
     workers; 1 x 8 GPUs, 2 CPUs each: batch 96, 1 worker; 1 x 4 GPUs: batch 192)."""
-    shapes = [slurm.Shape(nodes=2, procs_per_node=4, cpus_per_proc=8), slurm.Shape(nodes=1, procs_per_node=8, cpus_per_proc=2),
+    shapes = [slurm.Shape(nodes=2, procs_per_node=4, cpus_per_proc=8),
+              slurm.Shape(nodes=1, procs_per_node=8, cpus_per_proc=2),
               slurm.Shape(nodes=1, procs_per_node=4, cpus_per_proc=4)]
     launched = [slurm.train_args(job_env(shards), shape) for shape in shapes]
     assert [(_value(args, "--batch-size"), _value(args, "--workers")) for args, _ in launched] == [
@@ -75,7 +76,8 @@ def test_a_users_omp_num_threads_is_kept(shards):
 def test_global_batch_is_split_over_every_process_of_every_node(shards):
     env = job_env(shards, SLURM_NNODES="2", SLURM_GPUS_ON_NODE="4", SLURM_CPUS_PER_TASK="16", WORKERS="1",
                   RDZV_PORT="29555")
-    with pytest.raises(slurm.LaunchError, match=re.escape("GLOBAL_BATCH=12 must be a positive multiple of the 8 processes")):
+    message = "GLOBAL_BATCH=12 must be a positive multiple of the 8 processes"
+    with pytest.raises(slurm.LaunchError, match=re.escape(message)):
         slurm.launch_command("multinode", {**env, "GLOBAL_BATCH": "12"}, [])  # 12 = 3 x 4 GPUs of one node
     command, _, summary = slurm.launch_command("multinode", {**env, "GLOBAL_BATCH": "16"}, [])
     assert _value(command, "--batch-size") == "2" and "global batch 16 = 8 x 2" in summary
