@@ -11,6 +11,7 @@ import torch
 
 from openclip_unimlip.data.releases import DATASETS
 from openclip_unimlip.evaluation import finetune
+from openclip_unimlip.seam.user_configs import add_model_config_argument, register_model_configs
 from openclip_unimlip.studies.benchmark import engine
 from openclip_unimlip.studies.benchmark.engine import PRESETS, TASK_KINDS, BenchmarkConfig, row_folder
 from openclip_unimlip.studies.benchmark.tasks import SEED_FIELD, ModelRow, Runtime
@@ -49,8 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "base weights)")
     parser.add_argument("--label", action=_RowOption, dest="rows", metavar="TEXT",
                         help="the row's name in the tables (default: the model name, and the checkpoint's)")
-    parser.add_argument("--model-config", action="append", default=[], metavar="PATH",
-                        help="extra OpenCLIP model config file or folder to register (repeatable)")
+    add_model_config_argument(parser)
     parser.add_argument("--data-root", type=Path, required=True,
                         help="folder holding the datasets, each in its released layout")
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=None,
@@ -89,10 +89,7 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     """The run's configuration; every bad input stops here with one message, before anything runs."""
     import open_clip
 
-    for path in args.model_config:
-        if not Path(path).exists():
-            parser.error(f"--model-config {path} does not exist")
-        open_clip.add_model_config(path)
+    register_model_configs(parser, args.model_config)
     if not args.rows:
         parser.error("give at least one --model")
     rows = []

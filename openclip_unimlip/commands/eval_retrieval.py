@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from openclip_unimlip.evaluation.retrieval import evaluate_retrieval, format_retrieval_table
+from openclip_unimlip.seam.user_configs import add_model_config_argument, register_model_configs
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -28,20 +29,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0, help="image loading processes")
     parser.add_argument("--device", default="cpu", help="e.g. cuda")
-    parser.add_argument("--model-config", action="append", default=[],
-                        help="extra OpenCLIP model config file or folder to register (repeatable)")
+    add_model_config_argument(parser)
     parser.add_argument("--output", default=None, help="JSON file for the results")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    register_model_configs(parser, args.model_config)
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    if args.model_config:
-        import open_clip
-
-        for path in args.model_config:
-            open_clip.add_model_config(path)
     results = evaluate_retrieval(
         args.model, args.pretrained, data=args.data, num_samples=args.num_samples or None, seed=args.seed,
         batch_size=args.batch_size, device=args.device, num_workers=args.workers)

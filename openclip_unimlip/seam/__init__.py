@@ -6,4 +6,5 @@ of imports so the start-up hook stays cheap. An OpenCLIP upgrade breaks here or 
 - `patches`: adapts the factory, the loss, the trainer's arguments and its epoch loop for our models,
   version-guarded.
 - `hub`: loading our models by built-in name, ``hf-hub:`` and ``local-dir:``.
+- `user_configs`: ``--model-config``, a user's own model configs registered before a command runs.
 """
