@@ -59,6 +59,8 @@ class RunOptions:
 
     prefix: ClassVar[str] = ""  # e.g. "unimlip": flags --unimlip-*, argparse names unimlip_*
     recipe: ClassVar[str] = ""  # the method's name in messages, e.g. "Uni-Mlip"
+    # the recipe's config-section dataclass (with ``from_dict``): resolve checks the run's section with it
+    section_class: ClassVar[Optional[type]] = None
 
     # ----- the flags, generated from the fields ------------------------------------------------
     @classmethod
@@ -178,7 +180,10 @@ class RunOptions:
                 first_launch: Optional[Path]) -> Options:
         """These options checked against OpenCLIP's ``args`` and the model config's ``section``, with
         the values that follow from them filled in; ``first_launch``: a resumed run's ``params.txt`` as
-        its first launch wrote it (None for a new run). Raises ValueError with the message."""
+        its first launch wrote it (None for a new run). Raises ValueError with the message. Here: the
+        section the run's options make, checked by ``section_class``, before the run starts."""
+        if self.section_class is not None:
+            self.section_class.from_dict(self.model_section(section))
         return self
 
     def configure_model(self, model, args: argparse.Namespace) -> None:

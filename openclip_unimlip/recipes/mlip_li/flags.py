@@ -1,10 +1,9 @@
 """MLIP (Li)'s run options: the ``--mlip-li-*`` flags of ``open_clip_train.main`` for MLIP (Li)
 models (the machinery is ``recipes/run_options.py``). Every hyper-parameter lives in the model
-config's ``mlip_li_cfg`` (``config.py``); a run overrides its loss weights."""
-import argparse
+config's ``mlip_li_cfg`` (``config.py``); a run overrides its loss weights, checked with the section they join
+(``section_class``) before the run starts."""
 import dataclasses
-from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 from openclip_unimlip.recipes.mlip_li.config import LiCfg
 from openclip_unimlip.recipes.run_options import RunOptions, loss_weight
@@ -14,14 +13,9 @@ from openclip_unimlip.recipes.run_options import RunOptions, loss_weight
 class MlipLiOptions(RunOptions):
     prefix = "mlip_li"
     recipe = "MLIP (Li)"
+    section_class = LiCfg
 
     global_weight: Optional[float] = loss_weight("global", "mlip_li_cfg")
     divergence_weight: Optional[float] = loss_weight("divergence", "mlip_li_cfg")
     local_weight: Optional[float] = loss_weight("local", "mlip_li_cfg")
     prototype_weight: Optional[float] = loss_weight("prototype", "mlip_li_cfg")
-
-    def resolve(self, args: argparse.Namespace, section: Mapping[str, Any],
-                first_launch: Optional[Path]) -> "MlipLiOptions":
-        """The run's weights checked with the section they join, before the run starts."""
-        LiCfg.from_dict(self.model_section(section))
-        return self
