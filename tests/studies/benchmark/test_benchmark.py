@@ -36,6 +36,7 @@ from openclip_unimlip.evaluation.retrieval import evaluate_retrieval
 from openclip_unimlip.studies.benchmark import engine, tables
 from openclip_unimlip.studies.benchmark.tasks import ChestXrayTask, RetrievalTask, tasks_for
 
+from nih_release import write_nih_release
 from paths import REPO
 
 DATA = REPO.parent / "shared" / "data"
@@ -446,20 +447,8 @@ def test_the_console_command_names_this_main():
 
 # ----------------------------------------------------------------------------- chest X-ray: made-up NIH release
 def _nih_release(root: Path) -> None:
-    """40 images of 20 patients in NIH ChestX-ray14's layout (the last 5 patients' images in
-    test_list.txt); Effusion images are bright."""
-    (root / "images").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for patient in range(1, 21):
-        for follow_up, findings in enumerate(["Effusion", "No Finding"] if patient % 2 else ["Effusion|Mass", "Mass"]):
-            name = f"{patient:08d}_{follow_up:03d}.png"
-            pixels = np.clip(rng.normal(200 if "Effusion" in findings else 50, 20, (40, 40)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / "images" / name)
-            rows.append({"Image Index": name, "Finding Labels": findings, "Patient ID": patient})
-    pd.DataFrame(rows).to_csv(root / "Data_Entry_2017_v2020.csv", index=False)
-    (root / "train_val_list.txt").write_text("\n".join(row["Image Index"] for row in rows[:30]) + "\n")
-    (root / "test_list.txt").write_text("\n".join(row["Image Index"] for row in rows[30:]) + "\n")
+    """40 images of 20 patients (the last 5 patients' images in test_list.txt); Effusion images are bright."""
+    write_nih_release(root, patients=20, test_images=10, size=40)
 
 
 @pytest.mark.slow  # ~40 s: two one-epoch fine-tunings and a linear probe of unimlip-tiny
