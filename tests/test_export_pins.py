@@ -42,10 +42,17 @@ def test_exported_config_is_the_registered_one_with_the_runs_flags_over_it():
     assert {k: v for k, v in config.items() if k not in ("unimlip_cfg", "vision_cfg", "text_cfg")} == {
         k: v for k, v in registered.items() if k not in ("unimlip_cfg", "vision_cfg", "text_cfg")}
     assert open_clip.get_model_config("unimlip-tiny") == registered  # the registry is untouched
-    # the MLIP recipes have no run flags: their section is the registered one
-    for name in ("mlip-liu-tiny", "mlip-li-tiny"):
+    # another recipe's flags leave an MLIP section as registered; its own weight flags reach it
+    for name, flag, term in (("mlip-liu-tiny", "mlip_liu_reconstruction_weight", "reconstruction"),
+                             ("mlip-li-tiny", "mlip_li_prototype_weight", "prototype")):
+        registered = open_clip.get_model_config(name)
         config, _ = export.export_config(name, {"unimlip_text_dropout": 0.5})
-        assert config == open_clip.get_model_config(name)
+        assert config == registered
+        section = name.replace("-tiny", "").replace("-", "_") + "_cfg"
+        config, _ = export.export_config(name, {flag: 0.25})
+        assert config[section]["loss_weights"][term] == 0.25
+        others = {k: v for k, v in registered.items() if k != section}
+        assert {k: v for k, v in config.items() if k != section} == others
 
 
 @pytest.mark.parametrize("recipe, tag", [(RECIPES[0], "unimlip"), (RECIPES[1], "mlip-liu"), (RECIPES[2], "mlip-li")])
