@@ -14,8 +14,8 @@ stays where they look for it), runs the module's tests and restores the file. Se
 in ``runs/mutants/`` (ignored by git). cosmic-ray runs a session's mutants in random order, so a
 session stopped early is a random sample of them; ``resume`` runs the rest, and the survivors again
 (after tests were added: adding tests never revives a killed mutant). The table counts killed (a
-test failed), survived (every test passed), equivalent (excluded with a reason) and timeout (killed
-by the per-mutant limit).
+test failed), survived (every test passed), equivalent (survivors configured so, with a reason:
+a killed mutant is never relabelled) and timeout (killed by the per-mutant limit).
 """
 import argparse
 import os
@@ -48,8 +48,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Equivalent:
-    """Mutants of ``operator`` (a regular expression over cosmic-ray's operator names) on the one
-    source line containing ``line``: equivalent to the original, for ``reason``."""
+    """Survivors of ``operator`` (a regular expression over cosmic-ray's operator names) on a source
+    line containing ``line``: equivalent to the original, for ``reason``."""
     operator: str
     line: str
     reason: str
@@ -72,7 +72,7 @@ class ModuleConfig:
 
 def load_config(path: Path = CONFIG, root: Path = REPO) -> Dict[str, ModuleConfig]:
     """The configured modules by path, each checked against ``root``: the module and its test files
-    exist, and each equivalent's line is found on exactly one line of the module."""
+    exist, and each equivalent's line is found in the module."""
     data = tomllib.loads(path.read_text())
     modules = {}
     for entry in data.get("module", []):
@@ -88,7 +88,8 @@ def load_config(path: Path = CONFIG, root: Path = REPO) -> Dict[str, ModuleConfi
         if not entry["tests"]:
             raise ConfigError(f"{path}: module {name} names no test file")
         for test in entry["tests"]:
-            if not (test.startswith("tests/") and Path(test).name.startswith("test_") and (root / test).is_file()):
+            file = test.split("::")[0]  # a file, or one test of it (pytest's node id)
+            if not (file.startswith("tests/") and Path(file).name.startswith("test_") and (root / file).is_file()):
                 raise ConfigError(f"{path}: module {name}: {test} is not a test file")
         if not float(entry["timeout"]) > 0:
             raise ConfigError(f"{path}: module {name}: timeout must be positive")
@@ -101,9 +102,8 @@ def load_config(path: Path = CONFIG, root: Path = REPO) -> Dict[str, ModuleConfi
             if not _OPERATOR_PATTERN.match(item["operator"]):
                 raise ConfigError(f"{path}: module {name}: {item['operator']!r} names no cosmic-ray core operator")
             re.compile(item["operator"])
-            hits = sum(item["line"] in line for line in source_lines)
-            if hits != 1:
-                raise ConfigError(f"{path}: module {name}: {item['line']!r} is on {hits} lines, not exactly one")
+            if not any(item["line"] in line for line in source_lines):
+                raise ConfigError(f"{path}: module {name}: {item['line']!r} is on no line of the module")
             equivalents.append(Equivalent(item["operator"], item["line"], item["reason"]))
         modules[name] = ModuleConfig(name, tuple(entry["tests"]), float(entry["timeout"]), tuple(equivalents))
     if not modules:
@@ -139,19 +139,14 @@ def _cosmic_ray_config(module: ModuleConfig) -> str:
     ])
 
 
-def _mark_equivalents(session: Path, module: ModuleConfig, root: Path) -> None:
-    from cosmic_ray.work_db import WorkDB, use_db
-    from cosmic_ray.work_item import WorkerOutcome, WorkResult
-
-    lines = (root / module.path).read_text().splitlines()
-    with use_db(str(session), WorkDB.Mode.open) as db:
-        for item in db.pending_work_items:
-            for mutation in item.mutations:
-                source_line = lines[mutation.start_pos[0] - 1]  # start_pos is (1-based line, column)
-                for equivalent in module.equivalent:
-                    if re.fullmatch(equivalent.operator, mutation.operator_name) and equivalent.line in source_line:
-                        db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED,
-                                                              output=f"equivalent: {equivalent.reason}"))
+def _equivalent_reason(module: ModuleConfig, operator: str, diff: str) -> Optional[str]:
+    """The reason a survivor is equivalent, if ``module`` configures one for its operator and for
+    the source line its diff removes."""
+    removed = [line[1:] for line in diff.splitlines() if line.startswith("-") and not line.startswith("---")]
+    for equivalent in module.equivalent:
+        if re.fullmatch(equivalent.operator, operator) and any(equivalent.line in line for line in removed):
+            return equivalent.reason
+    return None
 
 
 def _run_guarded(command: List[str], module_file: Path, root: Path, env: Dict[str, str]) -> None:
@@ -178,7 +173,7 @@ class Score:
     module: str
     killed: int = 0
     survived: int = 0
-    equivalent: int = 0
+    equivalent: int = 0  # survivors configured as equivalent
     timeout: int = 0
     incompetent: int = 0  # cosmic-ray could not run the mutant at all
     pending: int = 0
@@ -191,24 +186,26 @@ class Score:
         return 100.0 * (self.killed + self.timeout) / tested if tested else float("nan")
 
 
-def score(session: Path, module: str) -> Score:
+def score(session: Path, module: ModuleConfig) -> Score:
+    """The outcome of every mutant of ``session``; a survivor that ``module`` configures as
+    equivalent counts as equivalent."""
     from cosmic_ray.work_db import WorkDB, use_db
-    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+    from cosmic_ray.work_item import TestOutcome
 
     seconds = session.with_suffix(".seconds")
-    result = Score(module, seconds=float(seconds.read_text()) if seconds.is_file() else None)
+    result = Score(module.path, seconds=float(seconds.read_text()) if seconds.is_file() else None)
     with use_db(str(session), WorkDB.Mode.open) as db:
         results = dict(db.results)
         for item in db.work_items:
-            outcome = results.get(item.job_id)
-            if outcome is None:
+            outcome, mutation = results.get(item.job_id), item.mutations[0]
+            if outcome is None or outcome.output == _HELD:
                 result.pending += 1
-            elif outcome.worker_outcome == WorkerOutcome.SKIPPED:
-                result.equivalent += 1
             elif outcome.test_outcome == TestOutcome.SURVIVED:
-                result.survived += 1
-                mutation = item.mutations[0]
-                result.survivors.append(f"line {mutation.start_pos[0]} {mutation.operator_name}\n{outcome.diff}")
+                if _equivalent_reason(module, mutation.operator_name, outcome.diff) is not None:
+                    result.equivalent += 1
+                else:
+                    result.survived += 1
+                    result.survivors.append(f"line {mutation.start_pos[0]} {mutation.operator_name}\n{outcome.diff}")
             elif outcome.test_outcome == TestOutcome.KILLED:
                 if outcome.output == "timeout":
                     result.timeout += 1
@@ -231,17 +228,20 @@ def format_table(scores: Sequence[Score]) -> str:
     return "\n".join(rows)
 
 
-def _reopen_survivors(session: Path, hold_unrun: bool) -> None:
-    """Make the session's survivors pending again, and (``hold_unrun``) keep its never-run mutants
-    out of the next ``exec`` (cosmic-ray runs every pending one) under a placeholder result."""
+def _reopen_survivors(session: Path, module: ModuleConfig, hold_unrun: bool) -> None:
+    """Make the session's survivors that are not configured equivalent pending again, and
+    (``hold_unrun``) keep its never-run mutants out of the next ``exec`` (cosmic-ray runs every
+    pending one) under a placeholder result."""
     with sqlite3.connect(session) as db:  # cosmic-ray's schema: a work_results row per finished mutant
-        survivors = [job for (job,) in db.execute("SELECT job_id FROM work_results WHERE test_outcome = 'SURVIVED'")]
-        db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
+        survivors = {job for job, operator, diff in db.execute(
+            "SELECT r.job_id, m.operator_name, r.diff FROM work_results r JOIN mutation_specs m USING (job_id) "
+            "WHERE r.test_outcome = 'SURVIVED'") if _equivalent_reason(module, operator, diff) is None}
+        db.executemany("DELETE FROM work_results WHERE job_id = ?", [(job,) for job in survivors])
         if hold_unrun:
             unrun = [job for (job,) in db.execute(
                 "SELECT job_id FROM work_items WHERE job_id NOT IN (SELECT job_id FROM work_results)")]
             db.executemany("INSERT INTO work_results (job_id, worker_outcome, output) VALUES (?, 'SKIPPED', ?)",
-                           [(job, _HELD) for job in unrun if job not in set(survivors)])
+                           [(job, _HELD) for job in unrun if job not in survivors])
 
 
 def run_module(module: ModuleConfig, root: Path = REPO, resume: bool = False, survivors_only: bool = False) -> None:
@@ -260,14 +260,13 @@ def run_module(module: ModuleConfig, root: Path = REPO, resume: bool = False, su
     if resume:
         if not session.is_file():
             raise SystemExit(f"no session for {module.path} to resume: run it first")
-        _reopen_survivors(session, hold_unrun=survivors_only)
+        _reopen_survivors(session, module, hold_unrun=survivors_only)
     else:
         session.parent.mkdir(parents=True, exist_ok=True)
         session.unlink(missing_ok=True)
         seconds_file.unlink(missing_ok=True)
         config_file.write_text(_cosmic_ray_config(module))
         subprocess.run([*cosmic_ray, "init", str(config_file), str(session)], cwd=root, env=env, check=True)
-        _mark_equivalents(session, module, root)
     started = time.monotonic()
     try:
         _run_guarded([*cosmic_ray, "exec", str(config_file), str(session)], root / module.path, root, env)
@@ -302,7 +301,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             run_module(module, resume=args.command == "resume", survivors_only=args.survivors_only)
         elif not module.session().is_file():
             raise SystemExit(f"no session for {module.path}: run it first")
-        scores.append(score(module.session(), module.path))
+        scores.append(score(module.session(), module))
     for s in scores:
         for survivor in s.survivors:
             print(f"survived: {s.module} {survivor}")
