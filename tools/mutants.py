@@ -290,7 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("modules", nargs="*", help="module paths as configured (default: every one)")
     parser.add_argument("--survivors-only", action="store_true",
                         help="resume: run the survivors again, not the mutants never run")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options before or after the modules
     modules = load_config()
     if args.command == "check":
         print(f"{len(modules)} modules configured, every module and test file present")
