@@ -124,6 +124,20 @@ def test_single_class_labels_constant_in_training_and_left_out_of_the_test_mean(
     assert result["test_macro_auc"] == pytest.approx(np.mean([result["test_per_label_auc"][k] for k in "ac"]))
 
 
+def test_a_training_subset_smaller_than_the_label_count_probes_every_label(splits):
+    """Two training images, three labels (a --limit run): "a" is fitted, "b" and "c" are constant;
+    every label's test AUC is still reported, "a"'s equal to scikit-learn's on an independent fit."""
+    _, valid, test = splits
+    train_features, train_targets = splits[0][0][:2], np.array([[1, 0, 1], [0, 0, 1]], dtype=np.float32)
+    result = multilabel_probe(train_features, train_targets, *valid, *test, LABELS)
+    assert result["constant_labels"] == ["b", "c"]
+    assert result["test_per_label_auc"]["b"] == result["test_per_label_auc"]["c"] == 0.5
+    scaler = StandardScaler().fit(train_features)
+    model = _fit(result["C"], scaler.transform(train_features), train_targets[:, 0])
+    expected = roc_auc_score(test[1][:, 0], model.predict_proba(scaler.transform(test[0]))[:, 1])
+    assert result["test_per_label_auc"]["a"] == pytest.approx(expected, abs=1e-9)
+
+
 class _MeanColour(torch.nn.Module):
     """A 'tower' whose embedding is each channel's mean, and which records the mode it ran in."""
 
