@@ -14,7 +14,7 @@ from openclip_unimlip.recipes import RECIPES
 from paths import REPO  # noqa: E402
 
 PACKAGE = REPO / "openclip_unimlip"
-TOOLS = ("mutation", "bench", "bench_data", "gpu_check",  # the harness, the two benchmarks, the GPU check,
+TOOLS = ("mutation", "mutants", "bench", "bench_data", "gpu_check",  # the two mutation tools, the two benchmarks, the GPU check,
          "chexclusion_test_lists")  # the generator of a vendored data file
 
 

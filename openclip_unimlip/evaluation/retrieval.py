@@ -88,7 +88,7 @@ def retrieval_metrics(
 def retrieve_top_k(
         query_features: ArrayLike,
         candidate_features: ArrayLike,
-        k: int = 5,
+        k: int,
         chunk_size: int = 1024,
 ) -> torch.Tensor:
     """`[num_queries, k]` indices of each query's best candidates, best first.

@@ -1,4 +1,5 @@
 """Retrieval evaluation: metrics vs brute force and OpenCLIP, sampling, loading, end to end, clip_benchmark."""
+import inspect
 import io
 import json
 import sys
@@ -185,15 +186,44 @@ def test_retrieve_top_k_matches_sort_and_recall():
     assert hits == pytest.approx(metrics["text_to_image_R@5"])
 
 
-def test_mismatched_features_rejected():
-    with pytest.raises(ValueError):
-        retrieval_metrics(torch.zeros(3, 4), torch.zeros(4, 4))
+def test_retrieve_top_k_breaks_ties_in_index_order_as_numpys_stable_sort():
+    rng = np.random.default_rng(5)
+    queries = rng.integers(-1, 2, size=(30, 3)).astype(np.float32)  # integer dot products: many ties
+    candidates = rng.integers(-1, 2, size=(50, 3)).astype(np.float32)
+    expected = np.argsort(-(queries @ candidates.T), axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(retrieve_top_k(queries, candidates, k=10, chunk_size=7).numpy(), expected)
 
 
-def test_table_shows_percentages():
-    metrics = retrieval_metrics(torch.eye(4), torch.eye(4))
-    table = format_retrieval_table(metrics)
-    assert "image-to-text" in table and "text-to-image" in table and "100.00" in table
+@pytest.mark.parametrize("image_shape, text_shape, error", [
+    ((3, 4), (4, 4), "paired"), ((4, 4), (3, 4), "paired"),  # rows differ, either side larger
+    ((4, 3), (4, 4), "paired"), ((4, 4), (4, 3), "paired"),  # widths differ
+    ((4,), (4,), "paired"), ((2, 3, 4), (2, 3, 4), "paired"),  # not [N, D]
+    ((0, 4), (0, 4), "no pairs"),  # nothing to rank (torch.cat's own error would not say so)
+])
+def test_features_that_are_not_paired_rows_are_rejected(image_shape, text_shape, error):
+    with pytest.raises(ValueError, match=error):
+        retrieval_metrics(torch.ones(image_shape), torch.ones(text_shape))
+
+
+def test_a_single_pair_is_retrieved_first():
+    """One candidate per query: whatever the features, the positive ranks first (a hand count)."""
+    metrics = retrieval_metrics(torch.tensor([[0.6, 0.8]]), torch.tensor([[1.0, 0.0]]))
+    for direction in ("image_to_text", "text_to_image"):
+        assert [metrics[f"{direction}_R@{k}"] for k in (1, 5, 10)] == [1.0, 1.0, 1.0]
+        assert metrics[f"{direction}_mean_rank"] == metrics[f"{direction}_median_rank"] == 1.0
+
+
+def test_table_shows_each_direction_in_its_row_recalls_in_percent():
+    """Values written by hand, distinct in every cell, so a swapped row, column or scale shows."""
+    metrics = {"image_to_text_R@1": 0.25, "image_to_text_R@5": 0.5, "image_to_text_R@10": 0.75,
+               "image_to_text_mean_rank": 3.5, "image_to_text_median_rank": 2.0,
+               "text_to_image_R@1": 0.125, "text_to_image_R@5": 0.375, "text_to_image_R@10": 0.625,
+               "text_to_image_mean_rank": 4.5, "text_to_image_median_rank": 3.0}
+    header, rule, *rows = format_retrieval_table(metrics).splitlines()
+    assert header.split() == ["direction", "R@1", "(%)", "R@5", "(%)", "R@10", "(%)", "mean", "rank", "median", "rank"]
+    assert set(rule) == {"-"} and len(rule) == len(header)
+    assert [row.split() for row in rows] == [["image-to-text", "25.00", "50.00", "75.00", "3.5", "2"],
+                                             ["text-to-image", "12.50", "37.50", "62.50", "4.5", "3"]]
 
 
 # ---------------------------------------------------------------- sampling and loading
@@ -208,6 +238,16 @@ def test_sampling_reproducible_without_replacement():
     assert np.array_equal(sample_indices(150, None), np.arange(150))
     with pytest.raises(ValueError):
         sample_indices(10, 0)
+
+
+def test_the_default_draw_is_the_papers_2000_pairs_and_the_commands_seed():
+    """Uni-Mlip, "Implementation Details of Downstream Tasks": "we randomly select 2000 test image-text
+    pairs"; library callers draw by default what the command draws by default (the same pairs)."""
+    papers_pairs = 2000
+    defaults = inspect.signature(evaluate_retrieval).parameters
+    command = eval_retrieval.parse_args(["--model", "m", "--data", "d"])
+    assert defaults["num_samples"].default == command.num_samples == papers_pairs
+    assert defaults["seed"].default == command.seed
 
 
 def test_load_pairs_from_shards_folder_and_csv(pair_data):

@@ -1,6 +1,8 @@
 """The linear probe (``evaluation/linear_probe.py``): C is chosen on the validation split alone, the
 test macro AUC is scikit-learn's ``roc_auc_score`` of an independently refitted model, single-class
 labels are handled as documented, and the features are the frozen tower's on the eval transform."""
+import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,10 @@ from openclip_unimlip.evaluation.linear_probe import (
     image_features,
     multilabel_probe,
     probe_chest_xray,
+    select_c,
 )
+
+from paths import REPO
 
 LABELS = ("a", "b", "c")
 
@@ -51,6 +56,31 @@ def _independent_valid_aucs(train, valid) -> dict[float, float]:
                   for j in range(len(LABELS))]
         aucs[c] = np.mean([roc_auc_score(valid[1][:, j], scores[j]) for j in range(len(LABELS))])
     return aucs
+
+
+def test_the_c_grid_is_the_one_the_docs_report():
+    """docs/evaluation.md (chest X-ray) and docs/real-data.md (MedPix) give the grid users read."""
+    for doc in ("evaluation.md", "real-data.md"):
+        grid = re.search(r"C`? ∈ \{([^}]*)\}", (REPO / "docs" / doc).read_text()).group(1)
+        assert tuple(float(c) for c in grid.split(",")) == DEFAULT_PROBE_C_GRID, doc
+
+
+@pytest.mark.parametrize("scores, chosen", [
+    ({10.0: 0.6, 0.1: 0.7, 1.0: 0.7, 0.01: 0.5}, 0.1),  # the highest wins, the smallest C of a tie
+    ({0.01: 0.8, 0.1: 0.7, 1.0: 0.6, 10.0: 0.5}, 0.01),  # a lower score never replaces a higher one
+    ({0.01: math.nan, 0.1: 0.4, 1.0: math.nan, 10.0: 0.4}, 0.1),  # NaN loses to any number, even first
+    ({0.01: 0.4, 0.1: math.nan, 1.0: 0.3, 10.0: math.nan}, 0.01),  # and a NaN after a number never wins
+    ({0.01: math.nan, 0.1: math.nan, 1.0: math.nan, 10.0: math.nan}, 0.01),  # all undefined: the smallest C
+])
+def test_select_c_keeps_the_best_score_the_smallest_c_of_a_tie_and_never_a_nan(scores, chosen):
+    """A toy fit whose validation score per C is written by hand, the grid given out of order."""
+    def fit(c: float):
+        return lambda features: np.full(len(features), scores[c])
+
+    c, score, predict = select_c(fit, np.zeros((2, 1)), lambda predictions: float(predictions[0]), c_grid=list(scores))
+    assert c == chosen
+    assert score == scores[chosen] or math.isnan(score) and math.isnan(scores[chosen])
+    assert predict(np.zeros((1, 1)))[0] == score or math.isnan(score)
 
 
 def test_c_is_chosen_on_valid_and_the_test_auc_is_sklearns(splits):
@@ -92,6 +122,20 @@ def test_single_class_labels_constant_in_training_and_left_out_of_the_test_mean(
     assert result["test_per_label_auc"]["c"] == 0.5  # a constant score ranks nothing
     assert result["test_per_label_auc"]["b"] is None and result["test_undefined_labels"] == ["b"]
     assert result["test_macro_auc"] == pytest.approx(np.mean([result["test_per_label_auc"][k] for k in "ac"]))
+
+
+def test_a_training_subset_smaller_than_the_label_count_probes_every_label(splits):
+    """Two training images, three labels (a --limit run): "a" is fitted, "b" and "c" are constant;
+    every label's test AUC is still reported, "a"'s equal to scikit-learn's on an independent fit."""
+    _, valid, test = splits
+    train_features, train_targets = splits[0][0][:2], np.array([[1, 0, 1], [0, 0, 1]], dtype=np.float32)
+    result = multilabel_probe(train_features, train_targets, *valid, *test, LABELS)
+    assert result["constant_labels"] == ["b", "c"]
+    assert result["test_per_label_auc"]["b"] == result["test_per_label_auc"]["c"] == 0.5
+    scaler = StandardScaler().fit(train_features)
+    model = _fit(result["C"], scaler.transform(train_features), train_targets[:, 0])
+    expected = roc_auc_score(test[1][:, 0], model.predict_proba(scaler.transform(test[0]))[:, 1])
+    assert result["test_per_label_auc"]["a"] == pytest.approx(expected, abs=1e-9)
 
 
 class _MeanColour(torch.nn.Module):
