@@ -14,8 +14,8 @@ from openclip_unimlip.recipes import RECIPES
 from paths import REPO  # noqa: E402
 
 PACKAGE = REPO / "openclip_unimlip"
-TOOLS = ("mutation", "mutants", "bench", "bench_data", "gpu_check",  # the two mutation tools, the two benchmarks, the GPU check,
-         "chexclusion_test_lists")  # the generator of a vendored data file
+# the two mutation tools, the two benchmarks, the GPU check, the generator of a vendored data file
+TOOLS = ("mutation", "mutants", "bench", "bench_data", "gpu_check", "chexclusion_test_lists")
 
 
 def test_every_module_of_the_package_imports():
