@@ -9,6 +9,7 @@ from openclip_unimlip.commands import ablation as ablation_command
 from openclip_unimlip.commands import demo as demo_command
 from openclip_unimlip.studies import ablation
 from openclip_unimlip.studies.experiment import DataConfig, MedpixConfig
+from openclip_unimlip.studies.grid import settings_hash
 
 from paths import REPO  # noqa: E402
 
@@ -94,16 +95,17 @@ def test_kept_weights_make_a_record_complete_and_are_listed(tmp_path):
     config = ablation.AblationConfig(data=DataConfig(root=str(tmp_path / "data")), pretrain=ablation.PretrainConfig(),
                                      out=tmp_path, stage1_epochs=None, rows=("itc_mlm", "untrained"),
                                      keep_rows=("itc_mlm",))
-    origin = ablation._origin(config)
+    origin = settings_hash(ablation.run_settings(config))
+    grid = ablation.AblationGrid(config, data=None, stage1=None)
     (tmp_path / "runs").mkdir()
     weights = tmp_path / "checkpoints" / "itc_mlm-seed0.pt"
     for row, checkpoint in (("itc_mlm", str(weights)), ("untrained", None)):
         record = {**_record(row, 0, [1, 2, 3]), "origin": origin, "checkpoint": checkpoint}
         (tmp_path / "runs" / f"{row}-seed0.json").write_text(json.dumps(record))
-    assert not ablation._is_done(config, "itc_mlm", tmp_path / "runs" / "itc_mlm-seed0.json", origin)  # no weights yet
-    assert ablation._is_done(config, "untrained", tmp_path / "runs" / "untrained-seed0.json", origin)
+    assert grid.finished(ablation.AblationRun("itc_mlm", 0)) is None  # no weights yet
+    assert grid.finished(ablation.AblationRun("untrained", 0)) is not None
     weights.parent.mkdir()
     weights.write_bytes(b"weights")
-    assert ablation._is_done(config, "itc_mlm", tmp_path / "runs" / "itc_mlm-seed0.json", origin)
+    assert grid.finished(ablation.AblationRun("itc_mlm", 0)) is not None
     ablation.write_outputs(config)
     assert json.loads((tmp_path / "ablation.json").read_text())["checkpoints"] == {"itc_mlm": {"0": str(weights)}}
