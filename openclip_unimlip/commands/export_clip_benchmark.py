@@ -11,8 +11,8 @@ import argparse
 import shlex
 from typing import Optional, Sequence
 
+from openclip_unimlip.data.stored import load_pairs, sample_pairs
 from openclip_unimlip.evaluation.clip_benchmark_export import clip_benchmark_eval_args, export_clip_benchmark_retrieval
-from openclip_unimlip.evaluation.datasets import load_pairs, sample_pairs
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -13,6 +13,8 @@ downstream releases read in their own layouts.
   views, split; CheXclusion's vendored test patients).
 - `vqa_releases`: VQA-RAD and SLAKE readers, the answer set and the VQA dataset.
 - `releases`: finding each downstream release under one data root.
+- `stored`: written datasets (webdataset shards, CSV, image folders) as image-caption pairs or labelled
+  images, indexed without decoding (``StoredImage``), and the seeded draw of pairs.
 - `images`: decoding the releases' image files (DICOM, 16-bit greyscale, alpha) to 8-bit RGB.
 
 Names below are imported lazily, so importing this package costs nothing until one is used.
@@ -32,6 +34,13 @@ _LAZY = {
     "EmbeddedDataset": "embedded",
     "ensure_embedded_dataset": "embedded",
     "render_sample": "embedded",
+    "StoredImage": "stored",
+    "ImageTextPair": "stored",
+    "LabelledImages": "stored",
+    "load_pairs": "stored",
+    "load_labelled_images": "stored",
+    "sample_indices": "stored",
+    "sample_pairs": "stored",
 }
 
 

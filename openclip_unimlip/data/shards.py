@@ -91,7 +91,7 @@ class ZipMember:
 
 
 # A converter's image as it found it: bytes in memory, a file path or a member of a zip archive
-# (``read_image_bytes`` reads each kind). Not ``evaluation.datasets.StoredImage``: that one points
+# (``read_image_bytes`` reads each kind). Not ``data.stored.StoredImage``: that one points
 # into a dataset already written (a whole file or a byte range of an uncompressed tar) and is
 # decoded lazily, while a RowImage is read once, here, to be checked and copied into the shards.
 RowImage = Union[bytes, str, os.PathLike, ZipMember]

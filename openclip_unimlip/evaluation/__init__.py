@@ -1,12 +1,12 @@
 """Evaluation of Uni-Mlip (and any OpenCLIP) models: the protocols, the downstream models and the
-metrics. The downstream releases themselves are read by ``openclip_unimlip.data``.
+metrics. The downstream releases and the written evaluation sets themselves are read by
+``openclip_unimlip.data``.
 
 Names are imported on first use, so importing this package costs nothing (no torch, no OpenCLIP).
 
 - `retrieval`: R@1/5/10 and ranks both ways on 2000 sampled pairs (Uni-Mlip sec. 4.2).
 - `zero_shot`: prompt-template classifiers, accuracy, mean per-class recall, macro AUC.
 - `clip_benchmark_export`: the same pairs in clip_benchmark's layout, to cross-check with its CLI.
-- `datasets`: loading image-caption pairs or labelled images (shards, CSV, folders), sampling.
 - `features`: batched, L2-normalised image and text embeddings.
 - `finetune`: the fine-tuning kit the downstream tasks share (model loading, transforms, head, loop).
 - `classification`: chest X-ray fine-tuning and macro AUC (Table 1).
@@ -18,12 +18,6 @@ Names are imported on first use, so importing this package costs nothing (no tor
 import importlib
 
 _EXPORTS = {
-    "ImageTextPair": "datasets",
-    "LabelledImages": "datasets",
-    "load_pairs": "datasets",
-    "load_labelled_images": "datasets",
-    "sample_indices": "datasets",
-    "sample_pairs": "datasets",
     "encode_images": "features",
     "encode_texts": "features",
     "encode_pairs": "retrieval",

@@ -30,7 +30,7 @@ from typing import Dict, List, Sequence
 import webdataset as wds
 from tqdm import tqdm
 
-from openclip_unimlip.evaluation.datasets import IMAGE_EXTENSIONS, ImageTextPair
+from openclip_unimlip.data.stored import IMAGE_EXTENSIONS, ImageTextPair
 
 
 def _image_entry(pair: ImageTextPair) -> Dict[str, bytes]:

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from openclip_unimlip.evaluation.datasets import StoredImage
+from openclip_unimlip.data.stored import StoredImage
 
 
 class _ImageDataset(Dataset):

@@ -15,7 +15,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from openclip_unimlip.evaluation.datasets import ImageTextPair, load_pairs, sample_pairs
+from openclip_unimlip.data.stored import ImageTextPair, load_pairs, sample_pairs
 from openclip_unimlip.evaluation.features import encode_images, encode_texts
 
 RECALL_KS = (1, 5, 10)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from openclip_unimlip.evaluation.datasets import LabelledImages, load_labelled_images
+from openclip_unimlip.data.stored import LabelledImages, load_labelled_images
 from openclip_unimlip.evaluation.features import encode_images, eval_mode
 
 # The five CheXpert competition findings, as used by the CheXpert 5x200 zero-shot benchmark.

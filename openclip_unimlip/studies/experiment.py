@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Union
 import torch
 
 from openclip_unimlip.data.embedded import ensure_embedded_dataset
-from openclip_unimlip.evaluation.datasets import ImageTextPair, load_pairs, sample_pairs
+from openclip_unimlip.data.stored import ImageTextPair, load_pairs, sample_pairs
 from openclip_unimlip.evaluation.features import reestimate_batchnorm_statistics
 from openclip_unimlip.evaluation.retrieval import encode_pairs, retrieval_metrics
 from openclip_unimlip.studies.pretraining.progress import follow_training, parse_train_log

@@ -12,8 +12,8 @@ import webdataset as wds
 from PIL import Image
 
 from openclip_unimlip.commands import eval_retrieval, export_clip_benchmark
+from openclip_unimlip.data.stored import load_pairs, sample_indices, sample_pairs
 from openclip_unimlip.evaluation.clip_benchmark_export import clip_benchmark_eval_args, from_clip_benchmark_metrics
-from openclip_unimlip.evaluation.datasets import load_pairs, sample_indices, sample_pairs
 from openclip_unimlip.evaluation.retrieval import (
     encode_pairs,
     evaluate_retrieval,
@@ -329,7 +329,7 @@ def test_clip_benchmark_cli_agrees(tiny_model, pair_data, sampled_features, tmp_
 def test_batchnorm_statistics_reestimated_on_clean_images(tmp_path):
     """Precise BN: every BatchNorm's running mean becomes the exact mean of its inputs over the
     given images (two equal batches), and the weights are untouched."""
-    from openclip_unimlip.evaluation.datasets import StoredImage
+    from openclip_unimlip.data.stored import StoredImage
     from openclip_unimlip.evaluation.features import reestimate_batchnorm_statistics
 
     rng = np.random.default_rng(0)

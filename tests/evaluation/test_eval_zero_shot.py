@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from openclip_unimlip.commands import eval_zero_shot
-from openclip_unimlip.evaluation.datasets import load_labelled_images
+from openclip_unimlip.data.stored import load_labelled_images
 from openclip_unimlip.evaluation.zero_shot import (
     CHEST_XRAY_CLASSNAMES,
     CHEST_XRAY_TEMPLATES,

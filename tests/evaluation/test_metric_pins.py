@@ -12,7 +12,7 @@ from PIL import Image
 from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
-from openclip_unimlip.evaluation.datasets import LabelledImages, StoredImage, sample_indices, sample_pairs
+from openclip_unimlip.data.stored import LabelledImages, StoredImage, sample_indices, sample_pairs
 from openclip_unimlip.evaluation.retrieval import positive_ranks, retrieval_metrics
 from openclip_unimlip.evaluation.vqa import vqa_accuracy
 from openclip_unimlip.evaluation.zero_shot import run_zero_shot, zero_shot_metrics

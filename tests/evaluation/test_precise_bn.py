@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from openclip_unimlip.evaluation.datasets import StoredImage
+from openclip_unimlip.data.stored import StoredImage
 from openclip_unimlip.evaluation.features import reestimate_batchnorm_statistics
 
 NUM_IMAGES, BATCH_SIZE = 14, 6  # batches of 6, 6 and 2: a short last batch

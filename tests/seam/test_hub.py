@@ -304,12 +304,12 @@ def test_each_recipe_round_trips_by_local_dir_and_hf_hub(exports):
 
 @pytest.mark.slow
 def test_clip_benchmark_cli_evaluates_an_export_by_name(exports, tmp_path):
+    from openclip_unimlip.data.stored import load_pairs
     from openclip_unimlip.evaluation.clip_benchmark_export import (
         clip_benchmark_eval_args,
         export_clip_benchmark_retrieval,
         from_clip_benchmark_metrics,
     )
-    from openclip_unimlip.evaluation.datasets import load_pairs
     from openclip_unimlip.evaluation.retrieval import encode_pairs, retrieval_metrics
 
     sys.path.insert(0, str(TESTS))

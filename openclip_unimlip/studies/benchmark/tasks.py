@@ -35,9 +35,9 @@ import torch
 from openclip_unimlip.data.medpix import medpix_rows
 from openclip_unimlip.data.roco import roco_rows
 from openclip_unimlip.data.shards import RowCheck, check_rows
+from openclip_unimlip.data.stored import ImageTextPair, StoredImage, sample_pairs
 from openclip_unimlip.data.vqa_releases import DEFAULT_VQA_RAD_SPLIT
 from openclip_unimlip.evaluation.classification import fine_tune_classifier, load_classification_data
-from openclip_unimlip.evaluation.datasets import ImageTextPair, StoredImage, sample_pairs
 from openclip_unimlip.evaluation.finetune import FitConfig, autocast, build_image_classifier, load_clip_model
 from openclip_unimlip.evaluation.linear_probe import DEFAULT_PROBE_C_GRID, image_features, probe_chest_xray
 from openclip_unimlip.evaluation.medpix_classification import (

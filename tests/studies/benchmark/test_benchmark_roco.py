@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from openclip_unimlip.data.roco import convert_roco
-from openclip_unimlip.evaluation.datasets import sample_pairs
+from openclip_unimlip.data.stored import sample_pairs
 from openclip_unimlip.studies.benchmark import engine, tables
 from openclip_unimlip.studies.benchmark.tasks import ModelRow, RetrievalTask, Runtime
 

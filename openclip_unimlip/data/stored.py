@@ -1,4 +1,5 @@
-"""Evaluation inputs: image-caption pairs (webdataset shards or CSV), labelled images, sampling.
+"""Written datasets read for evaluation: image-caption pairs (webdataset shards or CSV), labelled
+images (class folders or CSV), and the seeded draw of pairs.
 
 Images are not decoded here. Each one is a `StoredImage` (a file, or a byte range inside an
 uncompressed tar), so a whole test split can be indexed cheaply and only the sampled images
