@@ -140,18 +140,11 @@ SHORT_EPOCHS = 6
 MARGIN = 0.03  # overall accuracy above the most-common-answer row, 451 test questions
 
 
-@pytest.fixture(scope="module")
-def one_thread_module():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
-def test_a_short_cpu_preset_fine_tune_beats_the_most_common_answer_row(one_thread_module):
-    """Six epochs of the CPU preset (frozen, cached question states; each image transformed once;
-    ~4 min of one core) on the standard split, scored on all 451 test questions: the model, told
+def test_a_short_cpu_preset_fine_tune_beats_the_most_common_answer_row():
+    """Six epochs of the CPU preset (frozen, cached question states; each image transformed once) on
+    the standard split, with torch's default threads (2 cores, idle: 163 s and 42.6 %; with one
+    thread it took 266 s), scored on all 451 test questions: the model, told
     nothing about answer types, must beat answering each question with its type's most common
     training answer (31.9 %). With the text transformer trained on every step, one epoch of the
     old preset ended at or below that row whatever the initialisation."""
