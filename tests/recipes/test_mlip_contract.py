@@ -68,11 +68,11 @@ def test_each_terms_weight_scales_exactly_that_term(recipe, term):
     ("mlip-li-tiny", ("Global_loss", "Divergence_loss", "Local_loss", "Prototype_loss")),
 ])
 def test_short_cpu_training_lowers_the_loss(tmp_path, name, terms):
-    # 2 epochs of 8 steps. Seen (seed 0): the mean of the first 4 logged losses against steps 13-16,
-    # 6.30 -> 5.58 (Liu) and 21.6 -> 15.9 (Li); a third epoch only lowered it further
-    pattern = write_shards(tmp_path / "shards", num_samples=128, per_shard=64)
+    # 2 epochs of 6 steps. Seen (seed 0, 8 steps an epoch): the mean of the first 4 logged losses against
+    # steps 9-12, 6.30 -> 5.79 (Liu) and 21.6 -> 17.8 (Li); more steps only lowered it further
+    pattern = write_shards(tmp_path / "shards", num_samples=96, per_shard=48)
     cmd = [sys.executable, "-m", "open_clip_train.main", "--model", name, "--train-data", pattern,
-           "--dataset-type", "webdataset", "--train-num-samples", "128", "--batch-size", "16", "--epochs", "2",
+           "--dataset-type", "webdataset", "--train-num-samples", "96", "--batch-size", "16", "--epochs", "2",
            "--workers", "1", "--precision", "fp32", "--lr", "1e-3", "--warmup", "2", "--logs", str(tmp_path / "logs"),
            "--name", "run", "--log-every-n-steps", "1", "--seed", "0"]
     result = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
@@ -81,5 +81,5 @@ def test_short_cpu_training_lowers_the_loss(tmp_path, name, terms):
     for term in terms:
         assert term in log, term
     losses = logged(log, "Loss")
-    assert len(losses) >= 14
+    assert len(losses) >= 10
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
