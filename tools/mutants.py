@@ -62,12 +62,20 @@ class ModuleConfig:
     timeout: float  # seconds per mutant
     equivalent: Sequence[Equivalent] = field(default_factory=tuple)
 
-    def test_command(self, python: str = sys.executable) -> str:
+    def test_command(self, python: str = sys.executable, warm_socket: Optional[Path] = None) -> str:
+        """The command cosmic-ray runs per mutant: pytest in a fresh interpreter, or (``warm_socket``)
+        in a fork of the warm server listening there (tools/warm_pytest.py)."""
         # -x: the first failing test kills the mutant, the rest need not run
-        return " ".join([python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *self.tests])
+        pytest_args = ["-x", "-q", "-p", "no:cacheprovider", *self.tests]
+        if warm_socket is None:
+            return " ".join([python, "-m", "pytest", *pytest_args])
+        return " ".join([python, str(REPO / "tools" / "warm_pytest.py"), "run", str(warm_socket), "--", *pytest_args])
+
+    def dotted_name(self) -> str:
+        return self.path.removesuffix(".py").replace("/", ".")
 
     def session(self) -> Path:
-        return SESSIONS / (self.path.removesuffix(".py").replace("/", ".") + ".sqlite")
+        return SESSIONS / (self.dotted_name() + ".sqlite")
 
 
 def load_config(path: Path = CONFIG, root: Path = REPO) -> Dict[str, ModuleConfig]:
@@ -126,13 +134,13 @@ def _check_imported_from(root: Path, env: Dict[str, str]) -> None:
         raise SystemExit(f"the tests would import {imported}, not this checkout's package: mutants would all survive")
 
 
-def _cosmic_ray_config(module: ModuleConfig) -> str:
+def _cosmic_ray_config(module: ModuleConfig, warm_socket: Optional[Path]) -> str:
     return "\n".join([
         "[cosmic-ray]",
         f'module-path = "{module.path}"',
         f"timeout = {module.timeout}",
         "excluded-modules = []",
-        f'test-command = "{module.test_command()}"',
+        f'test-command = "{module.test_command(warm_socket=warm_socket)}"',
         "[cosmic-ray.distributor]",
         'name = "local"',
         "",
@@ -244,37 +252,65 @@ def _reopen_survivors(session: Path, module: ModuleConfig, hold_unrun: bool) -> 
                            [(job, _HELD) for job in unrun if job not in survivors])
 
 
+def _warm_server(module: ModuleConfig, root: Path, env: Dict[str, str]) -> Optional[subprocess.Popen]:
+    """A warm pytest server for ``module``'s mutants, or None where importing the preloaded libraries
+    already imports the module (OpenCLIP's import runs the seam's patches): a fork would test the
+    unmutated copy, so those mutants run in fresh interpreters."""
+    warm = [sys.executable, str(root / "tools" / "warm_pytest.py")]
+    preloaded = subprocess.run([*warm, "preloaded"], cwd=root, env=env, capture_output=True, text=True,
+                               check=True).stdout.split()
+    if module.dotted_name() in preloaded:
+        print(f"{module.path}: imported with OpenCLIP, so each mutant runs in a fresh interpreter", flush=True)
+        return None
+    server = subprocess.Popen([*warm, "serve", str(module.session().with_suffix(".sock"))], cwd=root, env=env,
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    if "ready" not in server.stdout.readline():
+        server.kill()
+        raise SystemExit(f"the warm pytest server did not start (exit status {server.wait()})")
+    return server
+
+
 def run_module(module: ModuleConfig, root: Path = REPO, resume: bool = False, survivors_only: bool = False) -> None:
     """Run ``module``'s mutants: a fresh session, or (``resume``) the last session's mutants that
-    survived and, unless ``survivors_only``, those never run. The unmutated tests must pass first."""
+    survived and, unless ``survivors_only``, those never run. The unmutated tests must pass first,
+    in a fresh interpreter and through the warm server."""
     env = test_environment(root)
     _check_imported_from(root, env)
-    started = time.monotonic()
-    baseline = subprocess.run(module.test_command().split(), cwd=root, env=env, capture_output=True, text=True)
-    if baseline.returncode != 0:
-        raise SystemExit(f"the unmutated tests fail:\n{baseline.stdout[-3000:]}")
-    print(f"{module.path}: baseline passed in {time.monotonic() - started:.0f} s", flush=True)
     session, config_file = module.session(), module.session().with_suffix(".toml")
-    seconds_file = session.with_suffix(".seconds")
-    cosmic_ray = [sys.executable, "-m", "cosmic_ray.cli"]
-    if resume:
-        if not session.is_file():
-            raise SystemExit(f"no session for {module.path} to resume: run it first")
-        _reopen_survivors(session, module, hold_unrun=survivors_only)
-    else:
-        session.parent.mkdir(parents=True, exist_ok=True)
-        session.unlink(missing_ok=True)
-        seconds_file.unlink(missing_ok=True)
-        config_file.write_text(_cosmic_ray_config(module))
-        subprocess.run([*cosmic_ray, "init", str(config_file), str(session)], cwd=root, env=env, check=True)
-    started = time.monotonic()
+    session.parent.mkdir(parents=True, exist_ok=True)
+    server = _warm_server(module, root, env)
     try:
-        _run_guarded([*cosmic_ray, "exec", str(config_file), str(session)], root / module.path, root, env)
-    finally:  # the seconds the session's mutants took, over all its runs, stopped ones included
-        spent = float(seconds_file.read_text()) if seconds_file.is_file() else 0.0
-        seconds_file.write_text(f"{spent + time.monotonic() - started:.0f}\n")
-        with sqlite3.connect(session) as db:
-            db.execute("DELETE FROM work_results WHERE output = ?", (_HELD,))
+        warm_socket = None if server is None else session.with_suffix(".sock")
+        commands = {module.test_command()} | {module.test_command(warm_socket=warm_socket)}
+        for command in sorted(commands):
+            started = time.monotonic()
+            baseline = subprocess.run(command.split(), cwd=root, env=env, capture_output=True, text=True)
+            if baseline.returncode != 0:
+                raise SystemExit(f"the unmutated tests fail ({command}):\n{baseline.stdout[-3000:]}")
+            print(f"{module.path}: baseline passed in {time.monotonic() - started:.0f} s: {command}", flush=True)
+        seconds_file = session.with_suffix(".seconds")
+        cosmic_ray = [sys.executable, "-m", "cosmic_ray.cli"]
+        config_file.write_text(_cosmic_ray_config(module, warm_socket))
+        if resume:
+            if not session.is_file():
+                raise SystemExit(f"no session for {module.path} to resume: run it first")
+            _reopen_survivors(session, module, hold_unrun=survivors_only)
+        else:
+            session.unlink(missing_ok=True)
+            seconds_file.unlink(missing_ok=True)
+            subprocess.run([*cosmic_ray, "init", str(config_file), str(session)], cwd=root, env=env, check=True)
+        started = time.monotonic()
+        try:
+            _run_guarded([*cosmic_ray, "exec", str(config_file), str(session)], root / module.path, root, env)
+        finally:  # the seconds the session's mutants took, over all its runs, stopped ones included
+            spent = float(seconds_file.read_text()) if seconds_file.is_file() else 0.0
+            seconds_file.write_text(f"{spent + time.monotonic() - started:.0f}\n")
+            with sqlite3.connect(session) as db:
+                db.execute("DELETE FROM work_results WHERE output = ?", (_HELD,))
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 def _selected(modules: Dict[str, ModuleConfig], names: Sequence[str]) -> List[ModuleConfig]:

@@ -1,0 +1,98 @@
+"""tools/warm_pytest.py: pytest in a fork of a warm server gives what pytest in a fresh interpreter
+gives (the reference: a plain ``python -m pytest`` subprocess), sees a module edited on disk between
+two runs (the point of forking before the package is imported: each mutant is read afresh), and a
+killed client takes its fork with it (cosmic-ray's timeout kills only the client's group)."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tools import warm_pytest
+
+from paths import REPO
+
+TOOL = str(REPO / "tools" / "warm_pytest.py")
+TESTS = {
+    "edited.py": "VALUE = 1\n",
+    "test_passes.py": "def test_one():\n    assert 1 + 1 == 2\n",
+    "test_fails.py": "def test_one():\n    assert 1 + 1 == 3\n",
+    "test_reads_module.py": "from edited import VALUE\n\ndef test_value():\n    assert VALUE == 1\n",
+    "test_sleeps.py": ("import os, time\nfrom pathlib import Path\n\ndef test_sleep():\n"
+                       "    Path('fork.pid').write_text(str(os.getpid()))\n    time.sleep(120)\n"),
+}
+
+
+@pytest.fixture
+def server(tmp_path):
+    for name, text in TESTS.items():
+        (tmp_path / name).write_text(text)
+    socket_path = tmp_path / "warm.sock"
+    # only pytest preloaded: the behaviour under test is the fork, not the import time
+    process = subprocess.Popen([sys.executable, TOOL, "serve", str(socket_path), "--preload", "pytest"],
+                               stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert "ready" in process.stdout.readline()
+    yield socket_path
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _warm(socket_path: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, TOOL, "run", str(socket_path), "--", "-q", "-p", "no:cacheprovider", *args],
+                          cwd=socket_path.parent, capture_output=True, text=True, **kwargs)
+
+
+def _fresh(directory: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+                          cwd=directory, capture_output=True, text=True)
+
+
+def _outcomes(output: str) -> list:
+    # pytest's summary line, warnings aside (a fork may warn that a plugin was imported before it)
+    return re.findall(r"(\d+) (passed|failed|errors?)\b", output.strip().splitlines()[-1])
+
+
+def test_a_fork_gives_a_fresh_interpreters_exit_status_and_output(server):
+    for args in (["test_passes.py"], ["test_passes.py", "test_fails.py"], ["test_gone.py"]):
+        warm, fresh = _warm(server, *args), _fresh(server.parent, *args)
+        assert warm.returncode == fresh.returncode, args
+        assert _outcomes(warm.stdout) == _outcomes(fresh.stdout), args
+        assert warm.returncode != 0 or args == ["test_passes.py"]
+
+
+def test_a_module_edited_between_two_runs_is_read_afresh(server):
+    assert _warm(server, "test_reads_module.py").returncode == 0
+    edited = server.parent / "edited.py"
+    edited.write_text("VALUE = 2\n")  # what cosmic-ray does to the module between two mutants
+    assert _warm(server, "test_reads_module.py").returncode == 1
+    edited.write_text("VALUE = 1\n")
+    assert _warm(server, "test_reads_module.py").returncode == 0
+    assert not list(server.parent.glob("__pycache__/edited*.pyc"))  # no bytecode of an edited module is kept
+
+
+def test_a_killed_client_takes_its_fork_with_it(server):
+    client = subprocess.Popen([sys.executable, TOOL, "run", str(server), "--", "-q", "test_sleeps.py"],
+                              cwd=server.parent, stdout=subprocess.DEVNULL, start_new_session=True)
+    pid_file = server.parent / "fork.pid"
+    deadline = time.monotonic() + 60
+    while not pid_file.is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    fork = int(pid_file.read_text())
+    os.killpg(client.pid, signal.SIGKILL)  # as cosmic-ray does at a mutant's timeout
+    client.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{fork}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{fork}").exists()
+    assert _warm(server, "test_passes.py").returncode == 0  # the server serves the next mutant
+
+
+def test_importing_open_clip_imports_the_seam_so_its_mutants_run_fresh():
+    # OpenCLIP's import runs the seam's patches (openclip_unimlip.pth's hook): a fork of the server would
+    # test the unmutated copy, so tools/mutants.py runs their mutants in fresh interpreters
+    assert "open_clip" in warm_pytest.PRELOAD
+    assert "openclip_unimlip.seam.patches" in warm_pytest.preloaded(preload=("open_clip",))

@@ -1,0 +1,144 @@
+"""pytest in a process forked from one that has already imported torch and OpenCLIP.
+
+A mutant's test command spends most of its time importing: ``import open_clip`` alone takes about
+7 of the 8 seconds before the first test runs on these two cores, for tests that often take less.
+cosmic-ray starts a fresh command per mutant and has no warm runner (mutmut 3 has a forking one,
+but it copies the project away from ``../shared``: docs/development.md, "Generated mutants"), so
+``tools/mutants.py`` starts this server once per module and makes each mutant's command a client:
+
+    python tools/warm_pytest.py serve SOCKET            # imports the heavy libraries, then waits
+    python tools/warm_pytest.py run SOCKET -- ARGS...   # pytest ARGS in a fresh fork; its exit status
+
+The server imports only third-party libraries (and what importing OpenCLIP imports of this package:
+the seam's patches), never the module under mutation: ``tools/mutants.py`` uses the server only for
+a module that ``preloaded`` does not list, so each fork imports the mutated file from disk, as a
+fresh interpreter would. Nothing computes in the server before it forks (no thread pool exists to
+be copied half-held), and a fork's changes to imported state die with it. The client hands its
+standard streams to the fork (the test output reaches cosmic-ray as from any command); when the
+client is killed (cosmic-ray's timeout kills its process group), the server kills the fork's group.
+"""
+import argparse
+import importlib
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+from typing import List, Optional, Sequence
+
+# the libraries the package's tests import, heaviest first; each is imported once, in the server
+PRELOAD = ("torch", "torchvision", "open_clip", "open_clip_train.main", "transformers",
+           "transformers.models.bert.modeling_bert", "timm", "numpy", "scipy.stats", "sklearn.linear_model",
+           "sklearn.metrics", "PIL.Image", "pytest")
+_STATUS = struct.Struct("!i")
+
+
+def preloaded(package: str = "openclip_unimlip", preload: Sequence[str] = PRELOAD) -> List[str]:
+    """The modules of ``package`` that importing ``preload`` imports (run in a fresh interpreter)."""
+    for name in preload:
+        importlib.import_module(name)
+    return sorted(m for m in sys.modules if m == package or m.startswith(f"{package}."))
+
+
+def _run_fork(server: socket.socket, connection: socket.socket, streams: Sequence[int], args: Sequence[str]) -> int:
+    """pytest ``args`` in a fork whose standard streams are ``streams``; its exit status, or 128 +
+    the signal that ended it. The fork is killed (its whole process group) if the client goes."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()  # its own group: a test's subprocesses are killed with it
+            for target, stream in enumerate(streams):
+                os.dup2(stream, target)
+            connection.close()
+            server.close()
+            import pytest
+
+            status = int(pytest.main(list(args)))
+        except BaseException:  # noqa: BLE001 - whatever went wrong, the fork must not return to the server
+            import traceback
+
+            traceback.print_exc()
+            status = 3
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(status)
+    for stream in streams:
+        os.close(stream)  # the fork holds them: cosmic-ray's pipes end when it ends
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+        readable, _, _ = select.select([connection], [], [], 0.1)
+        if readable and not connection.recv(1):  # the client is gone (killed at its timeout)
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+            return 128 + signal.SIGKILL
+
+
+def serve(path: str, preload: Sequence[str] = PRELOAD) -> None:
+    """Import ``preload``, then run one client's pytest at a time until killed."""
+    sys.dont_write_bytecode = True  # a mutant's bytecode must never be cached (nor the original's replaced)
+    preloaded(preload=preload)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if os.path.exists(path):
+        os.unlink(path)
+    server.bind(path)
+    server.listen(1)
+    print(f"warm pytest server ready on {path}", flush=True)
+    while True:
+        connection, _ = server.accept()
+        with connection:
+            message, descriptors, _, _ = socket.recv_fds(connection, 1 << 20, 3)
+            if len(descriptors) != 3:
+                raise SystemExit("a client must send its three standard streams")
+            cwd, *args = message.decode().split("\0")
+            os.chdir(cwd)
+            status = _run_fork(server, connection, descriptors, args)
+            try:
+                connection.sendall(_STATUS.pack(status))
+            except OSError:
+                pass  # the client is gone
+
+
+def run(path: str, args: Sequence[str]) -> int:
+    """Ask the server at ``path`` to run pytest ``args`` in this directory; pytest's exit status."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(path)
+    socket.send_fds(client, ["\0".join([os.getcwd(), *args]).encode()], [0, 1, 2])
+    received = b""
+    while len(received) < _STATUS.size:
+        chunk = client.recv(_STATUS.size - len(received))
+        if not chunk:
+            return 3  # the server went away
+        received += chunk
+    return _STATUS.unpack(received)[0]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("preloaded", help="the package's modules the server imports before any fork")
+    serve_parser = commands.add_parser("serve", help="import the heavy libraries, then serve clients")
+    serve_parser.add_argument("socket")
+    serve_parser.add_argument("--preload", nargs="+", default=PRELOAD, help="the modules to import first")
+    run_parser = commands.add_parser("run", help="pytest ARGS (after --) in a fork of the server")
+    run_parser.add_argument("socket")
+    run_parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.command == "preloaded":
+        print("\n".join(preloaded()))
+        return 0
+    if args.command == "serve":
+        serve(args.socket, args.preload)
+        return 0
+    pytest_args = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
+    return run(args.socket, pytest_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
