@@ -2,6 +2,7 @@
 from Uni-Mlip's Tables 1 and 2 (sec. 5.1), the differences its text states computed from the tables,
 and, where the paper's text is at ../shared/papers/uni-mlip.txt, every value of both tables parsed
 from it."""
+import dataclasses
 import re
 
 import pytest
@@ -90,3 +91,11 @@ def test_every_value_matches_the_papers_text():
         assert [v for d in reported.TABLE1_DATASETS for v in row.values[d]] == table1[row.method.split()[0]], row
     for row in reported.TABLE2:
         assert [v for d in reported.TABLE2_DATASETS for v in row.values[d]] == table2[row.method.split()[0]], row
+
+
+def test_the_transcribed_rows_cannot_be_reassigned():
+    # module-level constants shared by every table a session prints: one caller must not change another's
+    for row in (reported.TABLE1[0], reported.TABLE2[0], reported.FIGURE2_STATED_GAINS[0]):
+        field = dataclasses.fields(row)[0].name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(row, field, getattr(row, field))
