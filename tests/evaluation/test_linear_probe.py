@@ -138,6 +138,15 @@ def test_a_training_subset_smaller_than_the_label_count_probes_every_label(split
     assert result["test_per_label_auc"]["a"] == pytest.approx(expected, abs=1e-9)
 
 
+def test_a_single_training_image_makes_every_label_constant(splits):
+    """1 % of a small split can be one image: nothing can be fitted, every label scores that image's
+    class, and every test AUC is that of a constant score (0.5)."""
+    _, valid, test = splits
+    result = multilabel_probe(splits[0][0][:1], np.array([[1, 0, 1]], dtype=np.float32), *valid, *test, LABELS)
+    assert result["constant_labels"] == list(LABELS)
+    assert result["test_per_label_auc"] == {label: 0.5 for label in LABELS} and result["test_macro_auc"] == 0.5
+
+
 class _MeanColour(torch.nn.Module):
     """A 'tower' whose embedding is each channel's mean, and which records the mode it ran in."""
 
