@@ -171,5 +171,6 @@ def test_template_file_and_classnames_override(tiny_model, labelled_data, tmp_pa
     ])
     assert results["templates"] == list(MEDICAL_IMAGE_TEMPLATES[:2])
     assert results["classnames"] == ["an enlarged heart", "pulmonary edema", "pleural effusion"]
-    with pytest.raises(ValueError):
-        evaluate_zero_shot(TINY_MODEL, data=labelled_data["folder"], classnames=["only one"])
+    for classnames in (["only one"], ["an enlarged heart", "pulmonary edema", "pleural effusion", "one too many"]):
+        with pytest.raises(ValueError, match=f"{len(classnames)} class names given for 3 classes"):
+            evaluate_zero_shot(TINY_MODEL, data=labelled_data["folder"], classnames=classnames)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from openclip_unimlip.studies.statistics import paired_t_interval, t_interval
+from openclip_unimlip.studies.statistics import paired_difference, paired_t_interval, t_interval
 
 
 @pytest.mark.parametrize("values", [[0.61, 0.64, 0.58], [0.7, 0.71], [0.5, 0.52, 0.49, 0.55, 0.51]])
@@ -36,3 +36,37 @@ def test_paired_interval_excludes_zero_exactly_when_the_paired_t_test_rejects():
         values = reference + rng.normal(rng.uniform(-0.05, 0.05), 0.02, 4)
         interval = paired_t_interval(values, reference)
         assert interval["excludes_zero"] == (stats.ttest_rel(values, reference).pvalue < 0.05)
+
+
+@pytest.mark.parametrize("values, reference", [([0.5], [0.4, 0.5, 0.6]), ([0.5, 0.6], [0.4, 0.5, 0.6]),
+                                               ([0.4, 0.5, 0.6], [0.5, 0.6])])
+def test_paired_values_need_one_per_seed_on_both_sides(values, reference):
+    # one value against three would broadcast into three "differences" of a single seed
+    with pytest.raises(ValueError, match="one per seed on both sides"):
+        paired_t_interval(values, reference)
+
+
+@pytest.mark.parametrize("row, baseline", [(np.ones((2, 5)), np.ones((3, 5))), (np.ones((2, 5)), np.ones((2, 4))),
+                                           (np.ones((1, 0)), np.ones((1, 0)))])
+def test_the_paired_bootstrap_refuses_unpaired_or_empty_ranks(row, baseline):
+    with pytest.raises(ValueError, match="expected two equal, non-empty"):
+        paired_difference(row, baseline, "R@1")
+
+
+def test_an_interval_touching_zero_does_not_exclude_it():
+    # R@1 differences of 0 for 19 queries and +100 for one: a resample misses that query with probability
+    # (19/20)^20 = 36 % > 2.5 %, so the 2.5th percentile is exactly 0, inside the closed interval
+    baseline = np.ones((2, 20))
+    baseline[:, 0] = 2
+    result = paired_difference(np.ones((2, 20)), baseline, "R@1", num_resamples=2000)
+    assert (result["low"], result["estimate"]) == (0.0, 5.0) and result["high"] > 0
+    assert result["excludes_zero"] is False
+
+
+def test_an_interval_wholly_between_zero_and_one_excludes_zero():
+    # mean-rank differences of +1 for half the queries and 0 for the rest: estimate 0.5, the interval inside (0, 1)
+    baseline = np.tile(np.arange(1, 41, dtype=float), (3, 1))
+    row = baseline + (np.arange(40) % 2)
+    result = paired_difference(row, baseline, "mean_rank", num_resamples=2000)
+    assert result["estimate"] == 0.5 and 0 < result["low"] < 0.5 < result["high"] < 1
+    assert result["excludes_zero"] is True
