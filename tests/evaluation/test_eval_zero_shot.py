@@ -108,6 +108,8 @@ def test_metrics_equal_independent_computation(num_classes, present):
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 def test_auc_is_nan_without_negatives():
     assert np.isnan(zero_shot_metrics(np.zeros((4, 3)), [1, 1, 1, 1])["macro_auc"])
+    # two classes, one of them absent from the labels: sklearn's binary AUC is undefined there too
+    assert np.isnan(zero_shot_metrics(np.arange(8.0).reshape(4, 2), [0, 0, 0, 0])["macro_auc"])
 
 
 def test_classifier_matches_clip_benchmark(tiny_model):

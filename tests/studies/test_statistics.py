@@ -46,7 +46,8 @@ def test_paired_values_need_one_per_seed_on_both_sides(values, reference):
         paired_t_interval(values, reference)
 
 
-@pytest.mark.parametrize("row, baseline", [(np.ones((2, 5)), np.ones((3, 5))), (np.ones((2, 5)), np.ones((2, 4))),
+@pytest.mark.parametrize("row, baseline", [(np.ones((2, 5)), np.ones((3, 5))), (np.ones((3, 5)), np.ones((2, 5))),
+                                           (np.ones((2, 5)), np.ones((2, 4))), (np.ones((2, 4)), np.ones((2, 5))),
                                            (np.ones((1, 0)), np.ones((1, 0)))])
 def test_the_paired_bootstrap_refuses_unpaired_or_empty_ranks(row, baseline):
     with pytest.raises(ValueError, match="expected two equal, non-empty"):
@@ -70,3 +71,25 @@ def test_an_interval_wholly_between_zero_and_one_excludes_zero():
     result = paired_difference(row, baseline, "mean_rank", num_resamples=2000)
     assert result["estimate"] == 0.5 and 0 < result["low"] < 0.5 < result["high"] < 1
     assert result["excludes_zero"] is True
+
+
+@pytest.mark.parametrize("confidence", [0.0, 1.0, 1.5])
+def test_a_confidence_outside_zero_and_one_is_refused(confidence):
+    with pytest.raises(ValueError, match="confidence must be in"):
+        paired_difference(np.ones((2, 5)), np.ones((2, 5)), "R@1", confidence=confidence)
+    with pytest.raises(ValueError, match="confidence must be in"):
+        t_interval([1.0, 2.0], confidence=confidence)
+
+
+def test_no_values_are_refused_by_name():
+    with pytest.raises(ValueError, match="non-empty"):
+        t_interval([])
+
+
+def test_a_50_percent_interval_lies_inside_the_95_percent_one():
+    # the same resamples (same seed): the 25th-75th percentiles lie inside the 2.5th-97.5th
+    rng = np.random.default_rng(1)
+    row, baseline = rng.integers(1, 30, (3, 50)), rng.integers(1, 30, (3, 50))
+    wide = paired_difference(row, baseline, "mean_rank", confidence=0.95)
+    narrow = paired_difference(row, baseline, "mean_rank", confidence=0.5)
+    assert wide["low"] < narrow["low"] < narrow["high"] < wide["high"]
