@@ -388,3 +388,34 @@ def test_a_requeue_onto_more_nodes_continues_the_run_for_exactly_the_configured_
     params = (checkpoints.parent / "params.txt").read_text()  # OpenCLIP rewrites it at each launch
     assert "world_size: 2\n" in params and "batch_size: 4\n" in params
 
+
+@pytest.mark.slow
+def test_a_chained_job_on_fewer_processes_continues_the_run_for_exactly_the_configured_epochs(slurm_env, tmp_path):
+    """A job on 1 node x 2 processes, cut short after its first checkpoint, then the README's chained
+    --dependency=afterany job on 1 node x 1 process (world size 2 -> 1): the same run folder, the
+    global batch kept (8 = 2 x 4, then 1 x 8), and epochs 1..3 trained once each across the two jobs."""
+    train = write_shards(tmp_path / "train", num_samples=16, per_shard=8)  # 2 shards: one per process
+    run_variables = dict(TRAIN_DATA=train, GLOBAL_BATCH="8", EPOCHS="3", **TINY_RUN)
+    first = sbatch(slurm_env, f"--chdir={tmp_path}", "--cpus-per-task=2", script=ONE_NODE,
+                   args=["--unimlip-no-bn-freeze"], **{**run_variables, "GPUS_PER_NODE": "2"})
+    chained = sbatch(slurm_env, f"--chdir={tmp_path}", "--cpus-per-task=2", f"--dependency=afterany:{first}",
+                     script=ONE_NODE, args=["--unimlip-no-bn-freeze"], **run_variables)
+    first_out, chained_out = tmp_path / f"unimlip-{first}.out", tmp_path / f"unimlip-{chained}.out"
+    checkpoints, resume_epoch = _freeze_after_first_checkpoint(slurm_env, first, tmp_path, first_out)
+    subprocess.run(["scancel", first], env=slurm_env, check=True)  # as a time limit would end it
+    state = wait_done(slurm_env, chained, chained_out)
+    assert state["JobState"] == "COMPLETED", _tail(chained_out)
+
+    assert "1 node(s) x 2 processes, global batch 8 = 2 x 4" in first_out.read_text()
+    assert "1 node(s) x 1 processes, global batch 8 = 1 x 8" in chained_out.read_text()
+    assert [path.name for path in (tmp_path / "logs").iterdir()] == [checkpoints.parent.name]  # one run
+    before, after = _launches((checkpoints.parent / "out.log").read_text())
+    assert before[0]["world_size"] == "2" and before[0]["batch_size"] == "4", before
+    assert after[0]["world_size"] == "1" and after[0]["batch_size"] == "8", after
+    assert {key: before[0][key] for key in ("epochs", "lr", "name")} == {
+        key: after[0][key] for key in ("epochs", "lr", "name")}
+    assert before[1][:resume_epoch] == list(range(resume_epoch)) and after[1] == list(range(resume_epoch, 3))
+    assert _complete_epochs(checkpoints) == [1, 2, 3]
+    import torch
+
+    assert torch.load(checkpoints / "epoch_3.pt", map_location="cpu", weights_only=False)["epoch"] == 3
