@@ -27,7 +27,10 @@ Recipes are reached only through the registry (``openclip_unimlip.recipes``: ``R
 hooks): no recipe module is imported here and no recipe is named.
 - ``torch.nn.parallel.DistributedDataParallel``, only inside a training run of one of our recipes:
   ``open_clip_train.main`` passes ``device_ids=[device]``, which torch rejects for CPU
-  modules, so multi-process CPU (gloo) runs would fail; the replacement drops CPU device ids.
+  modules, so multi-process CPU (gloo) runs would fail; the replacement drops CPU device ids. It
+  also loads a checkpoint saved by a single-process run (keys without DDP's ``module.``) into the
+  wrapped model, which ``--resume`` hands it as it is: a run begun on one process continues on
+  several (a Slurm requeue or chained job on another shape).
 
 For any model that is not ours every wrapper calls OpenCLIP's original with the same
 arguments, and the names swapped inside ``create_model`` hand its config to OpenCLIP's own class
@@ -239,7 +242,7 @@ def _wrap_parse_args(original):
         _training_run = None
         recipe = recipe_for(args.model)
         if recipe is not None:
-            _allow_cpu_ddp()
+            _patch_ddp()
         for other, flags, _, given in parsed:
             if other is not recipe and given:
                 raise SystemExit(f"error: {flags.flag_prefix()}* flags apply only to {flags.recipe} models, "
@@ -278,7 +281,7 @@ def previous_params(args: argparse.Namespace) -> Optional[Path]:
     return run / "params.txt"
 
 
-def _allow_cpu_ddp() -> None:
+def _patch_ddp() -> None:
     import torch
     import torch.nn.parallel as parallel
 
@@ -293,6 +296,15 @@ def _allow_cpu_ddp() -> None:
             if device_ids and all(torch.device(d).type == "cpu" for d in device_ids):
                 device_ids = None
             super().__init__(module, device_ids, *args, **kwargs)
+
+        def load_state_dict(self, state_dict, *args, **kwargs):
+            # open_clip_train (3.3, main.py 380-385) saves this wrapper's state_dict ("module." keys)
+            # and strips that prefix when resuming on one process, but loads a single-process run's
+            # checkpoint (no prefix) into the wrapper as it is, so the resume failed on "Missing
+            # key(s): module.…" as soon as the run continued on more processes than one.
+            if state_dict and not any(key.startswith("module.") for key in state_dict):
+                return self.module.load_state_dict(state_dict, *args, **kwargs)
+            return super().load_state_dict(state_dict, *args, **kwargs)
 
     parallel.DistributedDataParallel = DistributedDataParallel
 

@@ -317,3 +317,105 @@ def test_bad_input_stops_before_open_clip_train(slurm_env, tmp_path, script, opt
     text = out.read_text()
     assert f"openclip_unimlip.commands.slurm: {message}" in text and "nothing was started" in text
     assert "srun" not in text and not (tmp_path / "logs").exists()
+
+
+# ---------------------------------------------------------------- continuing on another shape
+
+
+def _complete_epochs(checkpoints: Path) -> list:
+    """The epochs whose checkpoint is whole (torch's zip archive has its directory written last)."""
+    return sorted(int(path.stem.split("_")[1]) for path in checkpoints.glob("epoch_*.pt") if zipfile.is_zipfile(path))
+
+
+def _freeze_after_first_checkpoint(env, job, work: Path, out: Path) -> tuple:
+    """(checkpoints folder, epoch of the newest whole checkpoint) once the job has written one and is
+    frozen (SIGSTOP): what it will resume from is then known."""
+    checkpoints = wait_for(lambda: list(work.glob("logs/*/checkpoints")), 120, "the run directory")[0]
+    wait_for(lambda: _complete_epochs(checkpoints) or job_state(env, job)["JobState"] != "RUNNING", 300,
+             "the first checkpoint", interval=0.2)
+    subprocess.run(["scontrol", "suspend", job], env=env, check=True)
+    resume_epoch = max(_complete_epochs(checkpoints), default=0)
+    assert 1 <= resume_epoch < 3, _tail(out)
+    return checkpoints, resume_epoch
+
+
+def _launches(log: str) -> list:
+    """Per launch of OpenCLIP into the run's out.log (appended to by every launch): the world size and
+    batch per process it recorded (its "Params:" block, what it also writes to params.txt) and the
+    epochs it trained to their end (0-based, as OpenCLIP logs them) — read from the trainer's own log,
+    not from the launcher's arithmetic."""
+    launches = []
+    for block in re.split(r"\n(?=.*\| INFO \| Params:)", log)[1:]:
+        params = dict(re.findall(r"\| INFO \|   (world_size|batch_size|epochs|lr|name): (\S+)", block))
+        launches.append((params, [epoch for epoch, _ in epoch_losses(block)]))
+    return launches
+
+
+@pytest.mark.slow
+def test_a_requeue_onto_more_nodes_continues_the_run_for_exactly_the_configured_epochs(slurm_env, tmp_path):
+    """Requeued from 1 node x 1 process onto 2 nodes x 1 (world size 1 -> 2): the same run folder, the
+    global batch kept (8 = 1 x 8, then 2 x 4), and epochs 1..3 trained once each across the two starts."""
+    train = write_shards(tmp_path / "train", num_samples=16, per_shard=8)  # 2 shards: one per process
+    job = sbatch(slurm_env, f"--chdir={tmp_path}", "--nodes=1", "--cpus-per-task=2", script=MULTINODE,
+                 args=["--unimlip-no-bn-freeze"], TRAIN_DATA=train, GLOBAL_BATCH="8", EPOCHS="3", **TINY_RUN)
+    out = tmp_path / f"unimlip-{job}.out"
+    checkpoints, resume_epoch = _freeze_after_first_checkpoint(slurm_env, job, tmp_path, out)
+    subprocess.run(["scontrol", "requeue", job], env=slurm_env, check=True)
+    wait_for(lambda: job_state(slurm_env, job)["JobState"] == "PENDING", 60, "the requeue")
+    # the requeued job gets another node shape: two nodes, one task each ("2-2": a bare 2 is refused)
+    for change in ("NumTasks=2", "NumNodes=2-2"):
+        subprocess.run(["scontrol", "update", f"jobid={job}", change], env=slurm_env, check=True)
+    subprocess.run(["scontrol", "release", job], env=slurm_env, check=True)
+    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], env=slurm_env, check=True)
+    state = wait_done(slurm_env, job, out)
+    assert state["JobState"] == "COMPLETED" and state["NodeList"] == "n[1-2]", _tail(out)
+
+    text = out.read_text()
+    assert "(restart 0): 1 node(s) x 1 processes, global batch 8 = 1 x 8" in text
+    assert "(restart 1): 2 node(s) x 1 processes, global batch 8 = 2 x 4" in text
+    assert [path.name for path in (tmp_path / "logs").iterdir()] == [checkpoints.parent.name]  # one run
+    first, second = _launches((checkpoints.parent / "out.log").read_text())
+    assert first[0]["world_size"] == "1" and first[0]["batch_size"] == "8", first
+    assert second[0]["world_size"] == "2" and second[0]["batch_size"] == "4", second
+    assert {key: first[0][key] for key in ("epochs", "lr", "name")} == {
+        key: second[0][key] for key in ("epochs", "lr", "name")}
+    # every epoch once: the first start's up to its checkpoint, the second's from there to EPOCHS
+    assert first[1][:resume_epoch] == list(range(resume_epoch)) and second[1] == list(range(resume_epoch, 3))
+    assert _complete_epochs(checkpoints) == [1, 2, 3]
+    import torch
+
+    assert torch.load(checkpoints / "epoch_3.pt", map_location="cpu", weights_only=False)["epoch"] == 3
+    params = (checkpoints.parent / "params.txt").read_text()  # OpenCLIP rewrites it at each launch
+    assert "world_size: 2\n" in params and "batch_size: 4\n" in params
+
+
+@pytest.mark.slow
+def test_a_chained_job_on_fewer_processes_continues_the_run_for_exactly_the_configured_epochs(slurm_env, tmp_path):
+    """A job on 1 node x 2 processes, cut short after its first checkpoint, then the README's chained
+    --dependency=afterany job on 1 node x 1 process (world size 2 -> 1): the same run folder, the
+    global batch kept (8 = 2 x 4, then 1 x 8), and epochs 1..3 trained once each across the two jobs."""
+    train = write_shards(tmp_path / "train", num_samples=16, per_shard=8)  # 2 shards: one per process
+    run_variables = dict(TRAIN_DATA=train, GLOBAL_BATCH="8", EPOCHS="3", **TINY_RUN)
+    first = sbatch(slurm_env, f"--chdir={tmp_path}", "--cpus-per-task=2", script=ONE_NODE,
+                   args=["--unimlip-no-bn-freeze"], **{**run_variables, "GPUS_PER_NODE": "2"})
+    chained = sbatch(slurm_env, f"--chdir={tmp_path}", "--cpus-per-task=2", f"--dependency=afterany:{first}",
+                     script=ONE_NODE, args=["--unimlip-no-bn-freeze"], **run_variables)
+    first_out, chained_out = tmp_path / f"unimlip-{first}.out", tmp_path / f"unimlip-{chained}.out"
+    checkpoints, resume_epoch = _freeze_after_first_checkpoint(slurm_env, first, tmp_path, first_out)
+    subprocess.run(["scancel", first], env=slurm_env, check=True)  # as a time limit would end it
+    state = wait_done(slurm_env, chained, chained_out)
+    assert state["JobState"] == "COMPLETED", _tail(chained_out)
+
+    assert "1 node(s) x 2 processes, global batch 8 = 2 x 4" in first_out.read_text()
+    assert "1 node(s) x 1 processes, global batch 8 = 1 x 8" in chained_out.read_text()
+    assert [path.name for path in (tmp_path / "logs").iterdir()] == [checkpoints.parent.name]  # one run
+    before, after = _launches((checkpoints.parent / "out.log").read_text())
+    assert before[0]["world_size"] == "2" and before[0]["batch_size"] == "4", before
+    assert after[0]["world_size"] == "1" and after[0]["batch_size"] == "8", after
+    assert {key: before[0][key] for key in ("epochs", "lr", "name")} == {
+        key: after[0][key] for key in ("epochs", "lr", "name")}
+    assert before[1][:resume_epoch] == list(range(resume_epoch)) and after[1] == list(range(resume_epoch, 3))
+    assert _complete_epochs(checkpoints) == [1, 2, 3]
+    import torch
+
+    assert torch.load(checkpoints / "epoch_3.pt", map_location="cpu", weights_only=False)["epoch"] == 3

@@ -81,3 +81,85 @@ def test_global_batch_is_split_over_every_process_of_every_node(shards):
         slurm.launch_command("multinode", {**env, "GLOBAL_BATCH": "12"}, [])  # 12 = 3 x 4 GPUs of one node
     command, _, summary = slurm.launch_command("multinode", {**env, "GLOBAL_BATCH": "16"}, [])
     assert _value(command, "--batch-size") == "2" and "global batch 16 = 8 x 2" in summary
+
+
+# ---------------------------------------------------------------- continuing on another shape
+
+# (nodes, processes per node, CPUs per task): the paper's 8 GPUs on one node, then continuations on
+# 2 nodes x 4, 4 x 8 (world size 32) and 1 x 1
+SHAPES = [(1, 8, "64"), (2, 4, "64"), (4, 8, "64"), (1, 1, "8")]
+
+
+def _shape_env(shards, logs, nodes, gpus, cpus, **variables):
+    return job_env(shards, SLURM_NNODES=str(nodes), SLURM_GPUS_ON_NODE=str(gpus), SLURM_CPUS_PER_TASK=cpus,
+                   WORKERS="1", RDZV_PORT="29555", LOGS=str(logs), **variables)
+
+
+@pytest.fixture
+def trainer_parse(monkeypatch):
+    from open_clip_train.params import parse_args
+
+    from openclip_unimlip.seam import patches
+
+    monkeypatch.setattr(patches, "_training_run", None)  # parsing a Uni-Mlip run records its options
+    return parse_args
+
+
+def test_another_shape_changes_only_the_batch_per_process(shards, tmp_path, trainer_parse):
+    """What open_clip_train is given on each shape, parsed by its own parser: the same run (logs, name,
+    --resume latest), the same epochs, lr, schedule and every other value, and the batch per process
+    that keeps the global batch 768: nothing else follows the allocation (WORKERS fixed here)."""
+    parsed = []
+    for nodes, gpus, cpus in SHAPES:
+        command, _, _ = slurm.launch_command("multinode", _shape_env(shards, tmp_path, nodes, gpus, cpus), [])
+        parsed.append((nodes * gpus, vars(trainer_parse(command[command.index("open_clip_train.main") + 2:]))))
+    assert [world * args["batch_size"] for world, args in parsed] == [768] * len(SHAPES)
+    first_world, first = parsed[0]
+    for world, args in parsed[1:]:
+        assert {key for key in first if args[key] != first[key]} == ({"batch_size"} if world != first_world else set())
+    assert (first["resume"], first["epochs"], first["lr"]) == ("latest", 100, 1e-4)
+
+
+def test_a_shape_that_splits_the_global_batch_unevenly_is_refused_before_anything_starts(shards, tmp_path):
+    """5 nodes x 8 = 40 processes cannot share 768 samples evenly: the launcher stops with one message
+    (it never rounds the batch per process, which would change the run's global batch and so its lr)."""
+    with pytest.raises(slurm.LaunchError, match=re.escape(
+            "GLOBAL_BATCH=768 must be a positive multiple of the 40 processes (5 node(s) x 8)")):
+        slurm.launch_command("multinode", _shape_env(shards, tmp_path, 5, 8, "64"), [])
+    assert not any(tmp_path.iterdir())  # no run folder
+
+
+@pytest.mark.parametrize("written, finished", [(3, True), (2, False)])
+def test_a_chained_job_on_another_shape_sees_the_run_finished_only_at_its_last_epoch(
+        shards, tmp_path, monkeypatch, capsys, written, finished):
+    """The last job of a chain exits at once on any shape once the run has epoch_EPOCHS.pt, and trains
+    while that checkpoint is missing: the launcher's only epoch arithmetic (the rest is OpenCLIP's
+    ``range(checkpoint epoch, --epochs)``)."""
+    from openclip_unimlip.commands import slurm as command
+
+    names = set()
+    for nodes, gpus, cpus in SHAPES:
+        env = _shape_env(shards, tmp_path, nodes, gpus, cpus, EPOCHS="3", GLOBAL_BATCH="64")
+        args, name = slurm.train_args(env, slurm.allocation_shape(env))
+        names.add(name)
+        checkpoints = tmp_path / name / "checkpoints"
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        (checkpoints / f"epoch_{written}.pt").write_bytes(zipfile_bytes())
+        execs = []
+        monkeypatch.setattr(command.os, "environ", env)
+        monkeypatch.setattr(command.os, "execvp", lambda *argv: execs.append(argv))  # not srun here
+        command.main(["multinode"])
+        out = capsys.readouterr().out
+        assert ("the run already finished" in out) == finished and bool(execs) == (not finished), out
+    assert len(names) == 1  # every shape looks into the same run
+
+
+def zipfile_bytes() -> bytes:
+    """A whole checkpoint as the launcher sees one: a zip archive (torch's format)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("data.pkl", b"")
+    return buffer.getvalue()

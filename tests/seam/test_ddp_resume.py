@@ -1,0 +1,39 @@
+"""A checkpoint of a single-process run resumes into the multi-process run's DDP wrapper, as
+``open_clip_train.main`` loads it (``model.load_state_dict(checkpoint["state_dict"])`` on the
+wrapped model): the plugin's DDP (``seam/patches.py``) in a one-rank gloo group, in this process."""
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.parallel as parallel
+
+from openclip_unimlip.seam import patches
+
+
+@pytest.fixture
+def ddp(monkeypatch):
+    """The plugin's DistributedDataParallel (the stock one restored afterwards) in a one-rank group."""
+    monkeypatch.setattr(parallel, "DistributedDataParallel", parallel.DistributedDataParallel)
+    patches._patch_ddp()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield parallel.DistributedDataParallel
+    dist.destroy_process_group()
+
+
+def _model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+
+
+def test_a_single_process_checkpoint_resumes_into_several_processes(ddp):
+    single = _model(0)  # a one-process run saves its bare model: no "module." prefix
+    single(torch.randn(8, 3))  # running statistics that must come back too
+    checkpoint = {key: value.clone() for key, value in single.state_dict().items()}
+    wrapped = ddp(_model(1), device_ids=["cpu"])
+    wrapped.load_state_dict(checkpoint)
+    assert all(torch.equal(wrapped.module.state_dict()[key], value) for key, value in checkpoint.items())
+    # a several-process run's checkpoint ("module." keys) loads as before, strictly
+    saved = {key: value + 1 for key, value in wrapped.state_dict().items()}
+    wrapped.load_state_dict(saved)
+    assert all(torch.equal(wrapped.state_dict()[key], value) for key, value in saved.items())
+    with pytest.raises(RuntimeError, match="Missing key"):
+        wrapped.load_state_dict({key: value for key, value in checkpoint.items() if key != "0.weight"})
