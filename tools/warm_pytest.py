@@ -30,7 +30,8 @@ from typing import List, Optional, Sequence
 # the libraries the package's tests import, heaviest first; each is imported once, in the server
 PRELOAD = ("torch", "torchvision", "open_clip", "open_clip_train.main", "transformers",
            "transformers.models.bert.modeling_bert", "timm", "numpy", "scipy.stats", "sklearn.linear_model",
-           "sklearn.metrics", "PIL.Image", "pytest")
+           "sklearn.metrics", "PIL.Image", "matplotlib.backends.backend_agg", "matplotlib.figure",
+           "kornia.augmentation", "webdataset", "pydicom", "imagehash", "requests", "pytest")
 _STATUS = struct.Struct("!i")
 
 

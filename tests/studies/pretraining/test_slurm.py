@@ -228,80 +228,6 @@ TINY_RUN = dict(MODEL="unimlip-tiny", PRECISION="fp32", GPUS_PER_NODE="1", WARMU
 
 
 @pytest.mark.slow
-def test_one_node_script_trains_and_a_requeue_resumes_every_epoch_once(slurm_env, tmp_path):
-    work = tmp_path / "job"  # --chdir: the job runs elsewhere than where it was submitted
-    work.mkdir()
-    train = write_shards(tmp_path / "train", num_samples=16, per_shard=8)
-    val = write_shards(tmp_path / "val", num_samples=8, per_shard=8, seed=1).replace("{00000..00000}", "00000")
-    run_variables = dict(TRAIN_DATA=train, GLOBAL_BATCH="8", EPOCHS="3", **TINY_RUN)
-    # SimCLR from the first epoch (statistics updating, so no warm-up): every epoch's loss has the same terms
-    run_args = ["--val-data", val, "--unimlip-no-bn-freeze"]
-    # submitted by a relative path, with an argument holding slashes (both broke the old script)
-    job = sbatch(slurm_env, f"--chdir={work}", "--cpus-per-task=2", script=ONE_NODE.relative_to(REPO),
-                 args=run_args, **run_variables)
-    out = work / f"unimlip-{job}.out"
-    checkpoints = wait_for(lambda: list(work.glob("logs/*/checkpoints")), 120, "the run directory")[0]
-
-    def complete_epochs():  # torch's zip archive has its directory written last
-        return sorted(int(path.stem.split("_")[1])
-                      for path in checkpoints.glob("epoch_*.pt") if zipfile.is_zipfile(path))
-
-    wait_for(lambda: complete_epochs() or job_state(slurm_env, job)["JobState"] != "RUNNING", 300,
-             "the first checkpoint", interval=0.2)
-    # freeze the job (SIGSTOP) so the checkpoint it will resume from is known, then requeue it
-    subprocess.run(["scontrol", "suspend", job], env=slurm_env, check=True)
-    resume_epoch = max(complete_epochs(), default=0)
-    assert 1 <= resume_epoch < 3, _tail(out)
-    subprocess.run(["scontrol", "requeue", job], env=slurm_env, check=True)
-    # Slurm holds a job requeued while suspended, and makes any requeued job wait two minutes: not here
-    wait_for(lambda: job_state(slurm_env, job)["JobState"] == "PENDING", 60, "the requeue")
-    subprocess.run(["scontrol", "release", job], env=slurm_env, check=True)
-    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], env=slurm_env, check=True)
-    state = wait_done(slurm_env, job, out)
-    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", _tail(out)
-
-    text = out.read_text()  # --open-mode=append: both runs of the job are in its output
-    assert "(restart 0)" in text and "(restart 1)" in text
-    log = (checkpoints.parent / "out.log").read_text()
-    before, resumed, after = re.split(r"(=> resuming checkpoint '.*' \(epoch \d+\))", log, maxsplit=1)
-    assert f"epoch_{resume_epoch}.pt' (epoch {resume_epoch})" in resumed
-    # every epoch counted once: the first run's up to the checkpoint, then the resumed run's
-    first_run, second_run = epoch_losses(before), epoch_losses(after)
-    assert [epoch for epoch, _ in first_run][:resume_epoch] == list(range(resume_epoch)), first_run
-    assert [epoch for epoch, _ in second_run] == list(range(resume_epoch, 3)), second_run
-    results = [json.loads(line)["epoch"] for line in (checkpoints / "results.jsonl").read_text().splitlines()]
-    assert set(results) == {1, 2, 3}  # the val set (the slash argument) was evaluated every epoch
-    import torch
-
-    assert torch.load(checkpoints / "epoch_3.pt", map_location="cpu", weights_only=False)["epoch"] == 3
-    assert second_run[-1][1] < first_run[0][1], (first_run, second_run)  # it learned
-    # the chained resubmission of the README continues the same run: here, already finished
-    again = sbatch(slurm_env, f"--chdir={work}", "--cpus-per-task=1", f"--dependency=afterany:{job}",
-                   script=ONE_NODE, args=run_args, **run_variables)
-    assert wait_done(slurm_env, again, work / f"unimlip-{again}.out")["JobState"] == "COMPLETED"
-    assert f"the run already finished ({checkpoints / 'epoch_3.pt'})" in (work / f"unimlip-{again}.out").read_text()
-
-
-@pytest.mark.slow
-def test_multinode_script_rendezvous_over_two_nodes(slurm_env, tmp_path):
-    train = write_shards(tmp_path / "train", num_samples=16, per_shard=8)
-    job = sbatch(slurm_env, f"--chdir={tmp_path}", "--nodes=2", "--cpus-per-task=2", stdin=MULTINODE,
-                 TRAIN_DATA=train, GLOBAL_BATCH="8", EPOCHS="2", **TINY_RUN)  # submitted on stdin; 2 epochs: the
-    # shortest run from scratch with room for the trainer's warm-up before SimCLR (EPOCHS 1 is refused)
-    out = tmp_path / f"unimlip-{job}.out"
-    state = wait_done(slurm_env, job, out)
-    assert state["JobState"] == "COMPLETED" and state["NodeList"] == "n[1-2]", _tail(out)
-    text = out.read_text()
-    assert "2 node(s) x 1 processes, global batch 8 = 2 x 4" in text
-    assert re.search(r"--rdzv_backend c10d --rdzv_endpoint \S+:\d+", text)
-    # one rank on each node's torchrun: global ranks 0 and 1, both local rank 0
-    ranks = set(re.findall(r"Process \(global: (\d), local (\d)\), total (\d)", text))
-    assert ranks == {("0", "0", "2"), ("1", "0", "2")}, _tail(out)
-    (run,) = (tmp_path / "logs").iterdir()
-    assert (run / "checkpoints" / "epoch_1.pt").exists()
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("script, options, variables, message", [
     (MULTINODE, ["--nodes=2"], {"GLOBAL_BATCH": "9"}, "GLOBAL_BATCH=9 must be a positive multiple of the 2 processes"),
     (ONE_NODE, [], {"GPUS_PER_NODE": ""}, "no GPUs in this allocation"),
@@ -354,7 +280,8 @@ def _launches(log: str) -> list:
 @pytest.mark.slow
 def test_a_requeue_onto_more_nodes_continues_the_run_for_exactly_the_configured_epochs(slurm_env, tmp_path):
     """Requeued from 1 node x 1 process onto 2 nodes x 1 (world size 1 -> 2): the same run folder, the
-    global batch kept (8 = 1 x 8, then 2 x 4), and epochs 1..3 trained once each across the two starts."""
+    global batch kept (8 = 1 x 8, then 2 x 4), epochs 1..3 trained once each across the two starts, and
+    the second start's c10d rendezvous over the two nodes."""
     train = write_shards(tmp_path / "train", num_samples=16, per_shard=8)  # 2 shards: one per process
     job = sbatch(slurm_env, f"--chdir={tmp_path}", "--nodes=1", "--cpus-per-task=2", script=MULTINODE,
                  args=["--unimlip-no-bn-freeze"], TRAIN_DATA=train, GLOBAL_BATCH="8", EPOCHS="3", **TINY_RUN)
@@ -370,9 +297,13 @@ def test_a_requeue_onto_more_nodes_continues_the_run_for_exactly_the_configured_
     state = wait_done(slurm_env, job, out)
     assert state["JobState"] == "COMPLETED" and state["NodeList"] == "n[1-2]", _tail(out)
 
-    text = out.read_text()
+    text = out.read_text()  # --open-mode=append: both starts of the job are in its output
     assert "(restart 0): 1 node(s) x 1 processes, global batch 8 = 1 x 8" in text
     assert "(restart 1): 2 node(s) x 1 processes, global batch 8 = 2 x 4" in text
+    # the second start's rendezvous over two nodes: one rank on each node's torchrun, both local rank 0
+    assert re.search(r"--rdzv_backend c10d --rdzv_endpoint \S+:\d+", text)
+    assert {("0", "0", "2"), ("1", "0", "2")} <= set(re.findall(r"Process \(global: (\d), local (\d)\), total (\d)",
+                                                              text)), _tail(out)
     assert [path.name for path in (tmp_path / "logs").iterdir()] == [checkpoints.parent.name]  # one run
     first, second = _launches((checkpoints.parent / "out.log").read_text())
     assert first[0]["world_size"] == "1" and first[0]["batch_size"] == "8", first
@@ -394,21 +325,27 @@ def test_a_chained_job_on_fewer_processes_continues_the_run_for_exactly_the_conf
     """A job on 1 node x 2 processes, cut short after its first checkpoint, then the README's chained
     --dependency=afterany job on 1 node x 1 process (world size 2 -> 1): the same run folder, the
     global batch kept (8 = 2 x 4, then 1 x 8), and epochs 1..3 trained once each across the two jobs."""
+    work = tmp_path / "job"  # --chdir: the jobs run elsewhere than where they were submitted
+    work.mkdir()
     train = write_shards(tmp_path / "train", num_samples=16, per_shard=8)  # 2 shards: one per process
+    val = write_shards(tmp_path / "val", num_samples=8, per_shard=8, seed=1).replace("{00000..00000}", "00000")
     run_variables = dict(TRAIN_DATA=train, GLOBAL_BATCH="8", EPOCHS="3", **TINY_RUN)
-    first = sbatch(slurm_env, f"--chdir={tmp_path}", "--cpus-per-task=2", script=ONE_NODE,
-                   args=["--unimlip-no-bn-freeze"], **{**run_variables, "GPUS_PER_NODE": "2"})
-    chained = sbatch(slurm_env, f"--chdir={tmp_path}", "--cpus-per-task=2", f"--dependency=afterany:{first}",
-                     script=ONE_NODE, args=["--unimlip-no-bn-freeze"], **run_variables)
-    first_out, chained_out = tmp_path / f"unimlip-{first}.out", tmp_path / f"unimlip-{chained}.out"
-    checkpoints, resume_epoch = _freeze_after_first_checkpoint(slurm_env, first, tmp_path, first_out)
+    # SimCLR from the first epoch (statistics updating, so no warm-up): every epoch's loss has the same terms;
+    # submitted by a relative path, with an argument holding slashes (both broke an old script)
+    run_args = ["--val-data", val, "--unimlip-no-bn-freeze"]
+    first = sbatch(slurm_env, f"--chdir={work}", "--cpus-per-task=2", script=ONE_NODE.relative_to(REPO),
+                   args=run_args, **{**run_variables, "GPUS_PER_NODE": "2"})
+    chained = sbatch(slurm_env, f"--chdir={work}", "--cpus-per-task=2", f"--dependency=afterany:{first}",
+                     script=ONE_NODE.relative_to(REPO), args=run_args, **run_variables)
+    first_out, chained_out = work / f"unimlip-{first}.out", work / f"unimlip-{chained}.out"
+    checkpoints, resume_epoch = _freeze_after_first_checkpoint(slurm_env, first, work, first_out)
     subprocess.run(["scancel", first], env=slurm_env, check=True)  # as a time limit would end it
     state = wait_done(slurm_env, chained, chained_out)
     assert state["JobState"] == "COMPLETED", _tail(chained_out)
 
     assert "1 node(s) x 2 processes, global batch 8 = 2 x 4" in first_out.read_text()
     assert "1 node(s) x 1 processes, global batch 8 = 1 x 8" in chained_out.read_text()
-    assert [path.name for path in (tmp_path / "logs").iterdir()] == [checkpoints.parent.name]  # one run
+    assert [path.name for path in (work / "logs").iterdir()] == [checkpoints.parent.name]  # one run
     before, after = _launches((checkpoints.parent / "out.log").read_text())
     assert before[0]["world_size"] == "2" and before[0]["batch_size"] == "4", before
     assert after[0]["world_size"] == "1" and after[0]["batch_size"] == "8", after
@@ -419,3 +356,7 @@ def test_a_chained_job_on_fewer_processes_continues_the_run_for_exactly_the_conf
     import torch
 
     assert torch.load(checkpoints / "epoch_3.pt", map_location="cpu", weights_only=False)["epoch"] == 3
+    results = [json.loads(line)["epoch"] for line in (checkpoints / "results.jsonl").read_text().splitlines()]
+    assert set(results) == {1, 2, 3}  # the val set (the slash argument) was evaluated every epoch
+    losses = [loss for epoch, loss in epoch_losses((checkpoints.parent / "out.log").read_text())]
+    assert losses[-1] < losses[0], losses  # it learned
