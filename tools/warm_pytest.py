@@ -91,8 +91,16 @@ def serve(path: str, preload: Sequence[str] = PRELOAD) -> None:
     server.bind(path)
     server.listen(1)
     print(f"warm pytest server ready on {path}", flush=True)
+    parent = os.getppid()
+    server.settimeout(5.0)
     while True:
-        connection, _ = server.accept()
+        try:
+            connection, _ = server.accept()
+        except socket.timeout:
+            if os.getppid() != parent:  # whoever started it is gone (killed outright): so is its session
+                return
+            continue
+        connection.settimeout(None)
         with connection:
             message, descriptors, _, _ = socket.recv_fds(connection, 1 << 20, 3)
             if len(descriptors) != 3:

@@ -96,3 +96,30 @@ def test_importing_open_clip_imports_the_seam_so_its_mutants_run_fresh():
     # test the unmutated copy, so tools/mutants.py runs their mutants in fresh interpreters
     assert "open_clip" in warm_pytest.PRELOAD
     assert "openclip_unimlip.seam.patches" in warm_pytest.preloaded(preload=("open_clip",))
+
+
+def _alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_the_server_ends_when_the_process_that_started_it_is_killed(tmp_path):
+    # tools/mutants.py kills its server on the way out; killed outright (SIGKILL), it cannot, and the
+    # server must not outlive it
+    socket_path = tmp_path / "warm.sock"
+    starter = subprocess.Popen(["sh", "-c", f'"{sys.executable}" "{TOOL}" serve "{socket_path}" --preload pytest & '
+                                            'echo $!; wait'], stdout=subprocess.PIPE, text=True)
+    server = int(starter.stdout.readline())
+    deadline = time.monotonic() + 60
+    while not socket_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _alive(server)
+    starter.kill()
+    starter.wait()
+    deadline = time.monotonic() + 20
+    while _alive(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(server)
