@@ -3,8 +3,9 @@ mean-R@1 sentence, the loss table, OpenCLIP-style retrieval tables) and every nu
 JSON (``results.json``), rebuilt from made-up embeddings with NumPy, none of the package's code.
 
 No training and no model: ``run_demo`` runs its real path with the data, the training run, the
-model's construction and its encoder replaced by made-up ones (``evaluate_checkpoint``,
-``retrieval_metrics``, the chance levels, the JSON and the report are the package's own). The
+model's construction, its encoder and two figures (the loss curves, the retrieved images) replaced
+by made-up ones (``evaluate_checkpoint``, ``retrieval_metrics``, the chance levels, the recall
+figure, the JSON and the report are the package's own). The
 untrained and the pretrained model give different random embeddings (the pretrained ones nearer
 their pairs), so a swapped column or direction, ``x`` for ``100 x`` or an R@K threshold off by one
 changes a printed number.
@@ -101,7 +102,9 @@ def demo_run(request, tmp_path_factory):
         patch.setattr(experiment, "encode_pairs", encode_pairs)
         patch.setattr(demo, "ensure_data", lambda config, progress: data)
         patch.setattr(demo, "run_pretraining", lambda *args, **kwargs: run)
-        patch.setattr(demo, "plot_retrieval_examples", lambda result, path: path)  # it draws the images
+        # figures with no number of the report's: the images (none here) and the loss curves (seconds to draw)
+        patch.setattr(demo, "plot_retrieval_examples", lambda result, path: path)
+        patch.setattr(demo, "plot_losses", lambda steps, path: path)
         demo.run_demo(demo.DemoConfig(data=DataConfig(root=str(out / "data")), pretrain=PretrainConfig(epochs=2),
                                       out=out))
     return (num_pairs, _metrics(*before), _metrics(*after), (out / "report.md").read_text(),
