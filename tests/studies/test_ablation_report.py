@@ -6,8 +6,8 @@ Made-up records (no training): nine rows, three or four seeds each, random ranks
 I2T and T2I drawn from different laws and the two evaluations differently, so that a swapped
 column, direction or evaluation, a wrong std ddof, ``x`` for ``100 x``, an R@K threshold off by
 one or a wrong baseline each changes a printed cell. They go through the real public path:
-records in ``<out>/runs`` as the grid writes them, ``write_outputs``, then the Markdown and the
-JSON it writes are read back.
+records in ``<out>/runs`` as the grid writes them, ``write_outputs`` (its bar chart not drawn),
+then the Markdown and the JSON it writes are read back.
 
 The independent references:
 
@@ -123,7 +123,9 @@ def written(tmp_path_factory):
     curve = ablation.val_curve(raw)  # what ensure_stage1 stores
     (stage1 / "stage1.json").write_text(json.dumps({"checkpoint": "stage1.pt", "curve": curve, "plateaued": False,
                                                     "train_seconds": 312.0, "num_steps": 95}))
-    ablation.write_outputs(config)
+    with pytest.MonkeyPatch.context() as patch:  # the bar chart holds no number of the tables' (2 s to draw)
+        patch.setattr(ablation, "plot_summary", lambda summary, path: path)
+        ablation.write_outputs(config)
     return records, raw, (out / "ablation.md").read_text(), json.loads((out / "ablation.json").read_text())
 
 
