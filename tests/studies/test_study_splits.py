@@ -260,9 +260,10 @@ def test_stage1_val_curve_and_plateau_read_the_dev_split_alone(tmp_path, monkeyp
         commands.append(command)
         val_pairs = load_pairs(command[command.index("--val-data") + 1])
         level = np.mean([np.asarray(p.image.open()).mean() for p in val_pairs])
-        val_metrics = [{"epoch": epoch, **{f"{direction}_{metric}": level / (10 * epoch) ** (metric != "mean_rank")
+        val_metrics = [{"epoch": epoch, **{f"{direction}_{metric}": value
                                           for direction in ("image_to_text", "text_to_image")
-                                          for metric in ("R@1", "R@10", "mean_rank")}}
+                                          for metric, value in (("R@1", level / 255 / epoch), ("R@10", level / 255),
+                                                                ("mean_rank", 1 + level / 10))}}
                        for epoch in range(1, pretrain.epochs + 1)]
         checkpoint = Path(logs) / name / "checkpoints" / f"epoch_{pretrain.epochs}.pt"
         checkpoint.parent.mkdir(parents=True)
