@@ -16,9 +16,10 @@ baseline row is PMC-CLIP continued the same way (secs. 4.2, 5.2). Here:
   epoch (``--unimlip-simclr-start-epoch 0``), so the frozen rows keep stage 1's statistics
   throughout. The seeds vary stage 2 only.
 
-Every run is scored on the same val pairs as trained (the paper's way) and with the image
-tower's BatchNorm statistics re-estimated on clean train images (precise BN), and every row is
-compared with the baseline by a paired bootstrap over val pairs and seeds
+Every run is scored on the same evaluation pairs (the embedded dataset's val split, MedPix's test
+split: ``ExperimentData.eval_split``, which the reports name) as trained (the paper's way) and with
+the image tower's BatchNorm statistics re-estimated on clean train images (precise BN), and every
+row is compared with the baseline by a paired bootstrap over those pairs and seeds
 (``studies/statistics.py``). ``from_scratch`` keeps the earlier one-stage protocol (every row
 from random weights, the views from ``simclr_start_epoch``) for comparison.
 
@@ -280,7 +281,7 @@ class AblationGrid(Grid[AblationRun]):
                 f", trained {record['train_seconds']:.0f} s")
 
     def after_cell(self, run: GridRun) -> None:
-        write_outputs(self.config, self.data.description, run.failures)
+        write_outputs(self.config, self.data.description, run.failures, eval_split=self.data.eval_split)
 
 
 def run_grid(config: AblationConfig) -> dict:
@@ -298,7 +299,7 @@ def run_grid(config: AblationConfig) -> dict:
     # the grid's bar (runs done / all) above the current run's bar (its steps, from its out.log)
     grid = AblationGrid(config, data, stage1)
     run = grid.run(grid.start([AblationRun(key, seed) for seed in config.seeds for key in config.rows]))
-    return write_outputs(config, data.description, run.failures)
+    return write_outputs(config, data.description, run.failures, eval_split=data.eval_split)
 
 
 def run_settings(config: AblationConfig) -> dict:
@@ -383,7 +384,7 @@ def _value(record: dict, evaluation: str, direction: str, metric: str) -> float:
 def summarize(records: Sequence[dict], rows: Sequence[str], num_resamples: int = 4000) -> Dict[str, dict]:
     """Per row and evaluation (``EVALUATIONS``), per metric of ``METRICS``: mean and sample std
     over seeds (``values`` the seeds' own); and ``difference``: the paired bootstrap of the
-    row minus the baseline row over their common seeds and the val pairs (``paired_difference``)."""
+    row minus the baseline row over their common seeds and the evaluation pairs (``paired_difference``)."""
     summary = {}
     for key in rows:
         runs = sorted((r for r in records if r["row"] == key), key=lambda r: r["seed"])
@@ -467,14 +468,16 @@ def _scores(entry: dict, evaluation: str) -> List[str]:
 SCORE_COLUMNS = ["R@1 I2T / T2I", "R@10 I2T / T2I", "mean rank I2T / T2I", "Δ I2T R@1 [95 %]", "Δ T2I R@1 [95 %]"]
 
 
-def format_tables(summary: Dict[str, dict], stage1: Optional[dict] = None) -> str:
+def format_tables(summary: Dict[str, dict], stage1: Optional[dict] = None, eval_split: str = "val") -> str:
     """Stage 1's curve; Tables 3 and 4 in the paper's layout (R@1 and R@10 in %, mean rank;
     mean ± std over seeds; the paired difference of R@1 to the baseline with its 95 % interval,
-    bold where it excludes 0; the paper's R@1); then every metric's difference, both evaluations."""
+    bold where it excludes 0; the paper's R@1); then every metric's difference, both evaluations.
+    ``eval_split``: what the scored pairs are called (``ExperimentData.eval_split``)."""
     lines = [format_stage1(stage1), ""] if stage1 is not None else []
     for evaluation, title in (
-            ("as_trained", "as trained (the paper's evaluation)"),
-            ("bn_reestimated", "BatchNorm statistics re-estimated on clean train images (precise BN)")):
+            ("as_trained", f"as trained (the paper's evaluation), scored on the {eval_split} pairs"),
+            ("bn_reestimated", "BatchNorm statistics re-estimated on clean train images (precise BN), scored on "
+                               f"the {eval_split} pairs")):
         table3 = []
         for key in (k for k in TABLE3 if k in summary):
             row = ROWS[key]
@@ -502,9 +505,9 @@ def format_tables(summary: Dict[str, dict], stage1: Optional[dict] = None) -> st
                                            "seeds"], rows), ""]
     compared = [key for key in summary if "difference" in summary[key]]
     if compared:
-        lines += ["**Row − baseline, every metric**: paired difference over the common seeds and the val "
-                  "pairs, 95 % bootstrap interval (pairs and seeds resampled); **bold**: the interval excludes 0. "
-                  "R@K in points of %, mean rank in ranks (negative is better).", ""]
+        lines += ["**Row − baseline, every metric**: paired difference over the common seeds and the "
+                  f"{eval_split} pairs, 95 % bootstrap interval (pairs and seeds resampled); **bold**: the interval "
+                  "excludes 0. R@K in points of %, mean rank in ranks (negative is better).", ""]
         lines += markdown_table(
             ["row", "evaluation", *(f"Δ {'I2T' if d == 'image_to_text' else 'T2I'} {m.replace('_', ' ')}"
                                     for _, d, m in METRICS)],
@@ -526,10 +529,13 @@ def plot_summary(summary: Dict[str, dict], path: Path) -> Path:
 
 
 def write_outputs(config: AblationConfig, data_description: Optional[str] = None,
-                  failures: Sequence[dict] = ()) -> dict:
+                  failures: Sequence[dict] = (), eval_split: Optional[str] = None) -> dict:
     """``ablation.json`` (settings, stage 1, summary, kept weights, every run, the runs that failed),
     ``ablation.md`` (the tables, under a line on the data when ``data_description`` is given, then
-    one line per failed run) and ``ablation.png``."""
+    one line per failed run) and ``ablation.png``. ``eval_split`` names the scored pairs
+    (``ExperimentData.eval_split``; by default the one ``ensure_data`` gives ``config.data``)."""
+    if eval_split is None:
+        eval_split = "test" if isinstance(config.data, MedpixConfig) else "val"
     out = Path(config.out)
     records = _load_records(config)
     summary = summarize(records, config.rows)
@@ -540,7 +546,8 @@ def write_outputs(config: AblationConfig, data_description: Optional[str] = None
                 "protocol": "two-stage" if config.two_stage else "from scratch", "stage1_epochs": config.stage1_epochs,
                 "stage1_seed": config.stage1_seed,
                 "simclr_start_epoch": 0 if config.two_stage else config.simclr_start_epoch,
-                "eval_num_samples": config.eval_num_samples, "data_description": data_description, **config.extra}
+                "eval_num_samples": config.eval_num_samples, "eval_split": eval_split,
+                "data_description": data_description, **config.extra}
     # the kept stage-2 weights, for the downstream experiments: {row: {seed: path}}
     checkpoints: Dict[str, Dict[int, str]] = {}
     for record in records:
@@ -548,7 +555,7 @@ def write_outputs(config: AblationConfig, data_description: Optional[str] = None
             checkpoints.setdefault(record["row"], {})[record["seed"]] = record["checkpoint"]
     header = f"Data: {data_description}.\n\n" if data_description else ""
     problems = "".join(f"- {f['row']} seed {f['seed']}: {f['message']}\n" for f in failures)
-    markdown = header + format_tables(summary, stage1) + (
+    markdown = header + format_tables(summary, stage1, eval_split) + (
         f"\n**Problems** (each stopped only its own run)\n\n{problems}" if problems else "")
     save_report(out, "ablation", {"settings": settings, "stage1": stage1, "summary": summary,
                                   "checkpoints": checkpoints, "runs": records, "failures": list(failures)}, markdown)
