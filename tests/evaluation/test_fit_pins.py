@@ -20,6 +20,8 @@ from openclip_unimlip.data.vqa_releases import AnswerSet, VqaSample
 from openclip_unimlip.evaluation import classification, vqa
 from openclip_unimlip.evaluation.finetune import FitConfig, fit
 
+from paths import REPO
+
 CPU = torch.device("cpu")
 MODEL = "unimlip-vqa-pin"
 
@@ -76,6 +78,28 @@ def test_defaults_are_the_papers_and_the_documented_choices():
     history = fit(model, torch.optim.SGD(model.parameters(), lr=0.0), loader, _mse, FitConfig(), CPU,
                   validate=lambda m: 0.5, progress=False)
     assert len(history.epochs) == 1 + documented_patience and history.best_epoch == 1
+
+
+def test_default_batch_sizes_are_the_papers():
+    # Uni-Mlip sec. 4.2, read from the paper's text where it is beside the checkout
+    paper = REPO.parent / "shared" / "papers" / "uni-mlip.txt"
+    if paper.is_file():
+        found = re.search(r"batch sizes of (\d+) for CheXpert, and (\d+) for MIMIC and NIH", paper.read_text())
+        chexpert, mimic_and_nih = int(found.group(1)), int(found.group(2))
+    else:  # typed from the same sentence: "with batch sizes of 190 for CheXpert, and 150 for MIMIC and NIH"
+        chexpert, mimic_and_nih = 190, 150
+    assert classification.DEFAULT_BATCH_SIZES == {"chexpert": chexpert, "mimic": mimic_and_nih, "nih": mimic_and_nih}
+
+
+def test_the_roc_figure_has_one_curve_per_label_with_both_classes(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(classification.RocCurveDisplay, "from_predictions",
+                        lambda targets, scores, name, ax: drawn.append((name, list(targets), list(scores))))
+    targets = np.array([[0, 1, 1], [1, 1, 0], [0, 1, 1]], dtype=np.float32)  # "b" has no negative
+    scores = np.arange(9, dtype=np.float32).reshape(3, 3)
+    classification.plot_roc_curves(targets, scores, ["a", "b", "c"], tmp_path / "roc.png")
+    assert drawn == [("a", [0, 1, 0], [0, 3, 6]), ("c", [1, 0, 1], [2, 5, 8])]
+    assert (tmp_path / "roc.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("patience", [1, 3])
