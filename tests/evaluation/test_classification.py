@@ -10,12 +10,20 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from openclip_unimlip.data.chest_xray import read_cxr_split
 from openclip_unimlip.data.images import load_image
+from openclip_unimlip.evaluation import classification
 from openclip_unimlip.evaluation.classification import auc_report, fine_tune_classifier, load_classification_data
-from openclip_unimlip.evaluation.finetune import FitConfig, build_image_classifier, fit, image_transform
+from openclip_unimlip.evaluation.finetune import (
+    EpochRecord,
+    FitConfig,
+    FitHistory,
+    build_image_classifier,
+    fit,
+    image_transform,
+)
 
 from nih_release import write_nih_release
 
@@ -87,6 +95,30 @@ def test_fine_tuning_lowers_loss_and_reports_test_auc(nih_root: Path):
     assert result.test.macro_auc == pytest.approx(np.mean(list(expected.values())))
     stated = result.summary()["protocol"]  # which protocol produced these numbers
     assert (stated["name"], stated["labels"], stated["split_rule"]) == ("all14+labels", labels, "official")
+
+
+def test_training_batches_are_shuffled_augmented_and_seeded_and_the_best_epochs_score_is_reported(
+        nih_root: Path, monkeypatch):
+    """What ``fit`` receives and what is made of its history, with ``fit`` replaced by a recorder whose
+    validation scores differ at every epoch (a real run on the tiny release can tie them)."""
+    data = load_classification_data("nih", nih_root, labels=["Effusion", "Mass"], protocol="all14")
+    classifier, preprocess_cfg = build_image_classifier(MODEL, None, 2, image_size=32)
+    received = {}
+
+    def recorded_fit(model, optimizer, train_loader, loss_fn, fit_config, device, validate, progress):
+        received["loader"], received["optimizer"] = train_loader, optimizer
+        return FitHistory([EpochRecord(1, 0.9, 0.61), EpochRecord(2, 0.8, 0.93), EpochRecord(3, 0.7, 0.72)], 2)
+
+    monkeypatch.setattr(classification, "fit", recorded_fit)
+    result = fine_tune_classifier(classifier, preprocess_cfg, data, batch_size=4, seed=7, progress=False)
+    assert result.valid_macro_auc == 0.93  # the best (second) epoch's, as max() finds it
+    loader = received["loader"]
+    assert isinstance(loader.sampler, RandomSampler) and loader.generator.initial_seed() == 7
+    assert list(loader.dataset.split.image_paths) == list(data.train.image_paths)
+    assert repr(loader.dataset.transform) == repr(image_transform(preprocess_cfg, is_train=True))
+    assert repr(image_transform(preprocess_cfg, is_train=True)) != repr(image_transform(preprocess_cfg, is_train=False))
+    # the paper's optimizer: "binary cross-entropy loss and Adam optimizer" (sec. 4.2), at the given lr
+    assert type(received["optimizer"]) is torch.optim.Adam
 
 
 def test_auc_report_excludes_single_class_labels():

@@ -80,6 +80,14 @@ def test_defaults_are_the_papers_and_the_documented_choices():
     assert len(history.epochs) == 1 + documented_patience and history.best_epoch == 1
 
 
+def test_the_library_fine_tune_seeds_as_the_command_does():
+    # a direct caller of fine_tune_classifier gets the run `unimlip-finetune-classification` gives by default
+    from openclip_unimlip.commands import finetune_classification
+
+    command_seed = finetune_classification.build_parser().get_default("seed")
+    assert inspect.signature(classification.fine_tune_classifier).parameters["seed"].default == command_seed == 0
+
+
 def test_default_batch_sizes_are_the_papers():
     # Uni-Mlip sec. 4.2, read from the paper's text where it is beside the checkout
     paper = REPO.parent / "shared" / "papers" / "uni-mlip.txt"
@@ -92,14 +100,15 @@ def test_default_batch_sizes_are_the_papers():
 
 
 def test_the_roc_figure_has_one_curve_per_label_with_both_classes(tmp_path, monkeypatch):
-    drawn = []
-    monkeypatch.setattr(classification.RocCurveDisplay, "from_predictions",
-                        lambda targets, scores, name, ax: drawn.append((name, list(targets), list(scores))))
+    drawn, axes = [], []
+    monkeypatch.setattr(classification.RocCurveDisplay, "from_predictions", lambda targets, scores, name, ax: (
+        drawn.append((name, list(targets), list(scores))), axes.append(ax)))
     targets = np.array([[0, 1, 1], [1, 1, 0], [0, 1, 1]], dtype=np.float32)  # "b" has no negative
     scores = np.arange(9, dtype=np.float32).reshape(3, 3)
     classification.plot_roc_curves(targets, scores, ["a", "b", "c"], tmp_path / "roc.png")
     assert drawn == [("a", [0, 1, 0], [0, 3, 6]), ("c", [1, 0, 1], [2, 5, 8])]
     assert (tmp_path / "roc.png").stat().st_size > 0
+    assert axes[0].lines[-1].get_xydata().tolist() == [[0, 0], [1, 1]]  # chance: the diagonal from (0, 0) to (1, 1)
 
 
 @pytest.mark.parametrize("patience", [1, 3])
