@@ -1,4 +1,5 @@
 """Classification fine-tuning on a small NIH-layout dataset with a tiny ModifiedResNet + real MiniLM."""
+import dataclasses
 import importlib
 import json
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from openclip_unimlip.data.chest_xray import read_cxr_split
 from openclip_unimlip.data.images import load_image
@@ -107,9 +108,13 @@ def test_training_batches_are_shuffled_augmented_and_seeded_and_the_best_epochs_
 
     def recorded_fit(model, optimizer, train_loader, loss_fn, fit_config, device, validate, progress):
         received["loader"], received["optimizer"] = train_loader, optimizer
+        received["valid_scores"] = [validate(model), validate(model)]
         return FitHistory([EpochRecord(1, 0.9, 0.61), EpochRecord(2, 0.8, 0.93), EpochRecord(3, 0.7, 0.72)], 2)
 
     monkeypatch.setattr(classification, "fit", recorded_fit)
+    scored_loaders, predict = [], classification.predict_probabilities
+    monkeypatch.setattr(classification, "predict_probabilities",
+                        lambda model, loader, *args: (scored_loaders.append(loader), predict(model, loader, *args))[1])
     result = fine_tune_classifier(classifier, preprocess_cfg, data, batch_size=4, seed=7, progress=False)
     assert result.valid_macro_auc == 0.93  # the best (second) epoch's, as max() finds it
     loader = received["loader"]
@@ -119,6 +124,26 @@ def test_training_batches_are_shuffled_augmented_and_seeded_and_the_best_epochs_
     assert repr(image_transform(preprocess_cfg, is_train=True)) != repr(image_transform(preprocess_cfg, is_train=False))
     # the paper's optimizer: "binary cross-entropy loss and Adam optimizer" (sec. 4.2), at the given lr
     assert type(received["optimizer"]) is torch.optim.Adam
+    # validation scores the valid images as they are (the eval transform): scikit-learn's AUC of a pass made here
+    transform = image_transform(preprocess_cfg, is_train=False)
+    classifier.eval()
+    with torch.no_grad():
+        scores = torch.sigmoid(classifier(torch.stack([transform(load_image(p)) for p in data.valid.image_paths])))
+    defined = [j for j in range(2) if len(np.unique(data.valid.targets[:, j])) == 2]
+    expected = np.mean([roc_auc_score(data.valid.targets[:, j], scores[:, j].numpy()) for j in defined])
+    assert received["valid_scores"] == pytest.approx([expected, expected], abs=1e-6)
+    # valid (twice) then test, each in order, as it is: no shuffling, the eval transform
+    assert [list(loader.dataset.split.image_paths) for loader in scored_loaders] == [
+        list(data.valid.image_paths)] * 2 + [list(data.test.image_paths)]
+    assert all(isinstance(loader.sampler, SequentialSampler) and repr(loader.dataset.transform) == repr(transform)
+               for loader in scored_loaders)
+    with pytest.raises(dataclasses.FrozenInstanceError):  # the splits are shared by every seed of a grid
+        data.train = data.test
+
+
+def test_an_empty_split_is_refused_by_name(nih_root: Path):
+    with pytest.raises(ValueError, match="the train split of nih is empty"):
+        load_classification_data("nih", nih_root, labels=["Effusion", "Mass"], protocol="all14", limit=0)
 
 
 def test_auc_report_excludes_single_class_labels():

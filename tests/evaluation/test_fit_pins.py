@@ -86,6 +86,7 @@ def test_the_library_fine_tune_seeds_as_the_command_does():
 
     command_seed = finetune_classification.build_parser().get_default("seed")
     assert inspect.signature(classification.fine_tune_classifier).parameters["seed"].default == command_seed == 0
+    assert inspect.signature(classification.load_classification_data).parameters["seed"].default == command_seed
 
 
 def test_default_batch_sizes_are_the_papers():
