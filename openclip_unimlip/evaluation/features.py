@@ -99,7 +99,7 @@ def reestimate_batchnorm_statistics(
         image_tower: torch.nn.Module,
         preprocess: Callable,
         images: Sequence[StoredImage],
-        batch_size: int = 64,
+        batch_size: int,
         device: Union[str, torch.device] = "cpu",
 ) -> None:
     """Replace the running statistics of every BatchNorm in ``image_tower`` that ``images`` reach
@@ -109,9 +109,9 @@ def reestimate_batchnorm_statistics(
     and ``torch.optim.swa_utils.update_bn``, the BatchNorm layers run in train mode (here the rest
     of the tower in eval mode: no dropout), so a deeper layer receives what the layers before it
     give when they normalise with each batch's own statistics; only the first layer's input is
-    independent of ``batch_size``. Running averages from a short, fast-changing training lag
-    behind its final weights; re-estimating them separates what training did to the weights from
-    how stale its statistics are."""
+    independent of ``batch_size``, which the caller therefore chooses (no default). Running
+    averages from a short, fast-changing training lag behind its final weights; re-estimating
+    them separates what training did to the weights from how stale its statistics are."""
     if not images:
         raise ValueError("re-estimating BatchNorm statistics needs at least one image")
     layers = [m for m in image_tower.modules()
