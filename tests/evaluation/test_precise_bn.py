@@ -114,4 +114,4 @@ def test_unequal_batches_give_the_statistics_of_all_that_each_layer_received(set
 
 def test_no_images_is_refused(setup):
     with pytest.raises(ValueError, match="at least one image"):
-        reestimate_batchnorm_statistics(copy.deepcopy(setup["tower"]), setup["preprocess"], [])
+        reestimate_batchnorm_statistics(copy.deepcopy(setup["tower"]), setup["preprocess"], [], batch_size=BATCH_SIZE)
