@@ -2,6 +2,9 @@
 texts, the JSON and Markdown pair, a bar chart."""
 import json
 
+import numpy as np
+
+from openclip_unimlip.studies import report
 from openclip_unimlip.studies.report import (
     BarSeries,
     bar_chart,
@@ -30,3 +33,45 @@ def test_a_report_is_saved_as_json_and_markdown_and_a_chart_as_png(tmp_path):
                      [BarSeries("ours", [20.0, 30.0], ([2.0, 3.0], [2.0, 3.0]), [[18.0, 22.0], [27.0, 33.0]]),
                       BarSeries("reported", [25.0, 35.0], hatched=True)], "%", "title", reference=[1.0, None])
     assert path.stat().st_size > 5_000
+
+
+def test_the_chart_draws_each_number_where_it_belongs(tmp_path, monkeypatch):
+    """The drawn artists read back from the figure: bar centres and heights (two series of three
+    categories: width 0.8 / 2, centres at -0.2 and +0.2 around each category), error bars, the seeds'
+    dots, the reference lines across each group (none for a missing or NaN value), ticks and title."""
+    figures = []
+
+    class RecordedFigure(report.Figure):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            figures.append(self)
+
+    monkeypatch.setattr(report, "Figure", RecordedFigure)
+    bar_chart(tmp_path / "bars.png", ["I2T R@1", "T2I R@1", "a category name longer than twelve"],
+              [BarSeries("ours", [20.0, 30.0, 40.0], ([2.0, 3.0, 4.0], [1.0, 1.5, 2.0]),
+                         [[18.0, 22.0], [27.0, 33.0], [40.0]]),
+               BarSeries("reported", [25.0, 35.0, 45.0], hatched=True)],
+              "%", "the title", reference=[1.0, float("nan"), 5.0])
+    (axes,) = figures[0].axes
+    bars = [(round(p.get_x() + p.get_width() / 2, 9), round(p.get_width(), 9), p.get_height()) for p in axes.patches]
+    assert bars == [(-0.2, 0.4, 20.0), (0.8, 0.4, 30.0), (1.8, 0.4, 40.0),
+                    (0.2, 0.4, 25.0), (1.2, 0.4, 35.0), (2.2, 0.4, 45.0)]
+    assert [p.get_hatch() for p in axes.patches] == [None] * 3 + ["//"] * 3
+    (error_bars,) = [c for c in axes.containers if getattr(c, "has_yerr", False)]
+    segments = error_bars.lines[2][0].get_segments()
+    assert [(round(s[0][0], 9), s[0][1], s[1][1]) for s in segments] == [(-0.2, 18.0, 21.0), (0.8, 27.0, 31.5),
+                                                                         (1.8, 36.0, 42.0)]
+    dots = np.concatenate([c.get_offsets() for c in axes.collections if c.get_offsets().shape[0]
+                           and type(c).__name__ == "PathCollection"])
+    assert sorted(map(tuple, np.round(dots, 9).tolist())) == [(-0.2, 18.0), (-0.2, 22.0), (0.8, 27.0), (0.8, 33.0),
+                                                              (1.8, 40.0)]
+    reference_lines = [c for c in axes.collections if type(c).__name__ == "LineCollection"
+                       and c not in error_bars.lines[2]]
+    assert [[tuple(np.round(point, 9)) for point in s] for c in reference_lines for s in c.get_segments()] == [
+        [(-0.45, 1.0), (0.45, 1.0)], [(1.55, 5.0), (2.45, 5.0)]]
+    labels = ["I2T R@1", "T2I R@1", "a category name longer than twelve"]
+    assert [t.get_text() for t in axes.get_xticklabels()] == labels
+    assert axes.get_xticks().tolist() == [0, 1, 2] and axes.get_ylim()[0] == 0
+    assert axes.get_title() == "the title" and axes.get_ylabel() == "%"
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == ["chance", "ours", "reported"]
+    assert (tmp_path / "bars.png").stat().st_size > 5_000
