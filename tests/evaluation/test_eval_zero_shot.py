@@ -110,6 +110,8 @@ def test_auc_is_nan_without_negatives():
     assert np.isnan(zero_shot_metrics(np.zeros((4, 3)), [1, 1, 1, 1])["macro_auc"])
     # two classes, one of them absent from the labels: sklearn's binary AUC is undefined there too
     assert np.isnan(zero_shot_metrics(np.arange(8.0).reshape(4, 2), [0, 0, 0, 0])["macro_auc"])
+    # one class: no AUC at all (and no binary column to read)
+    assert np.isnan(zero_shot_metrics(np.zeros((3, 1)), [0, 0, 0])["macro_auc"])
 
 
 def test_classifier_matches_clip_benchmark(tiny_model):

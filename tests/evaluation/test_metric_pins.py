@@ -2,7 +2,9 @@
 exact enumeration of rankings, ranks by scipy's rankdata, the median rank by OpenCLIP's
 evaluate(), the sampled pairs by NumPy's documented draw, VQA accuracy by scikit-learn, and the
 zero-shot logits by clip_benchmark's own classification loop (tests/mutations/evaluation_data_launcher.toml)."""
+import inspect
 import itertools
+import re
 
 import numpy as np
 import open_clip
@@ -13,6 +15,7 @@ from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
 from openclip_unimlip.data.stored import LabelledImages, StoredImage, sample_indices, sample_pairs
+from openclip_unimlip.evaluation import zero_shot
 from openclip_unimlip.evaluation.retrieval import positive_ranks, retrieval_metrics
 from openclip_unimlip.evaluation.vqa import vqa_accuracy
 from openclip_unimlip.evaluation.zero_shot import run_zero_shot, zero_shot_metrics
@@ -126,6 +129,9 @@ def test_zero_shot_scores_clip_benchmarks_logits(tmp_path):
                 "mean_per_class_recall": balanced_accuracy_score(targets, logits.argmax(1).numpy()),
                 "macro_auc": roc_auc_score(targets, probabilities, multi_class="ovr", average="macro")}
     assert ours == pytest.approx(expected, abs=1e-6)
+    # the scale itself, read from clip_benchmark's source line (ranks barely move between 99 and 101 here)
+    scale = re.search(r"logits = ([0-9.]+) \* image_features @ classifier", inspect.getsource(run_classification))
+    assert float(scale.group(1)) == zero_shot.LOGIT_SCALE
     # the check can fail: at scale 1 the same classifier scores another AUC
     assert zero_shot_metrics(logits / 100, targets)["macro_auc"] != pytest.approx(expected["macro_auc"], abs=1e-6)
 
