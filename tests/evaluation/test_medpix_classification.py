@@ -143,7 +143,8 @@ def test_the_fine_tune_trains_seeded_augmented_epochs_and_reports_the_best_dev_e
 
     def recorded_fit(model, optimizer, train_loader, loss_fn, fit_config, device, validate, progress):
         received.update(loader=train_loader, optimizer=optimizer, validate=validate)
-        return FitHistory([EpochRecord(1, 1.0, 0.55), EpochRecord(2, 0.9, 0.81), EpochRecord(3, 0.8, 0.64)], 2)
+        return FitHistory([EpochRecord(1, 1.0, 0.55), EpochRecord(2, 0.9, 0.64), EpochRecord(3, 0.8, 0.81),
+                           EpochRecord(4, 0.7, 0.60)], 3)
 
     monkeypatch.setattr(medpix_classification, "fit", recorded_fit)
     monkeypatch.setattr(medpix_classification, "predict_softmax", lambda model, loader, *args: (
@@ -152,7 +153,7 @@ def test_the_fine_tune_trains_seeded_augmented_epochs_and_reports_the_best_dev_e
     classifier = ImageClassifier(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), 4, 3)
     settings = FineTuneSettings(batch_size=2, lr=1e-3, max_epochs=3, patience=None, min_epoch_images=12)
     result = fine_tune_softmax(classifier, preprocess, train, dev, test, settings)  # the default seed
-    assert (result["valid_macro_auc"], result["best_epoch"], result["epochs_run"]) == (0.81, 2, 3)
+    assert (result["valid_macro_auc"], result["best_epoch"], result["epochs_run"]) == (0.81, 3, 4)
     loader = received["loader"]
     assert loader.sampler.num_samples == 12 and loader.sampler.generator.initial_seed() == 0
     assert repr(loader.dataset.transform) == repr(image_transform(preprocess, is_train=True))
