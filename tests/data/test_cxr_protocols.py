@@ -20,6 +20,8 @@ from openclip_unimlip.data.chest_xray import read_chexpert, read_cxr_split, read
 from openclip_unimlip.data.cxr_protocols import CHEXCLUSION_TEST_PATIENTS_FILE, HOLDOUT_SEED
 from openclip_unimlip.studies.benchmark.tables import _split_note
 
+from paths import REPO
+
 BLANK = ""
 
 # ----- transcribed references ---------------------------------------------------------------------
@@ -477,3 +479,68 @@ def test_script_refuses_bad_combinations_before_training(nih_root: Path, tmp_pat
             script.main([*common, *extra])
         assert error.value.code == 2 and message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+# ----- the protocol tables and the settings, read as properties --------------------------------------
+# The view rule of each protocol and dataset, from the sources each DatasetProtocol cites: CheXclusion
+# reads every view (CXP/MIMIC/NIH dataset.py keep all rows), MGCA frontal only
+# (classification_dataset.py:47-49, :101-103), Huang et al. frontal (chexpert/train.py:23,29); NIH
+# holds frontal views only, so no rule is applied there.
+FRONTAL_ONLY = {("chexclusion", "chexpert"): False, ("chexclusion", "mimic"): False, ("chexclusion", "nih"): False,
+                ("mgca", "chexpert"): True, ("mgca", "mimic"): True,
+                ("all14", "chexpert"): True, ("all14", "mimic"): True, ("all14", "nih"): False}
+
+
+def test_every_protocols_view_rule_is_its_sources():
+    from openclip_unimlip.data.cxr_protocols import PROTOCOLS
+
+    assert {(name, dataset): rule.frontal_only for name, protocol in PROTOCOLS.items()
+            for dataset, rule in protocol.datasets.items()} == FRONTAL_ONLY
+    with pytest.raises(AttributeError):  # frozen: a run cannot change the table another run reads
+        PROTOCOLS["mgca"].datasets["chexpert"].frontal_only = False
+    with pytest.raises(AttributeError):
+        PROTOCOLS["mgca"].name = "other"
+
+
+def _fresh(text: str) -> str:
+    """``text`` as a string built at run time (as argparse gives it), not the interned literal."""
+    return "".join(list(text))
+
+
+def test_settings_compare_names_by_value_not_identity():
+    from openclip_unimlip.data.cxr_protocols import chexclusion_patient_id, resolve_settings
+
+    for dataset in ("chexpert", "mimic", "nih"):
+        assert resolve_settings(_fresh(dataset)).describe() == resolve_settings(dataset).describe()
+    with pytest.raises(ValueError, match="NIH ChestX-ray14 has no uncertain labels"):
+        resolve_settings(_fresh("nih"), uncertain="u_ones")
+    assert chexclusion_patient_id(_fresh("chexpert"), "patient00003") == 3
+    assert chexclusion_patient_id(_fresh("mimic"), 10000032) == 10000032 and chexclusion_patient_id("nih", "x") is None
+
+
+def test_a_view_rule_either_way_is_an_override_and_labels_are_described():
+    from openclip_unimlip.data.cxr_protocols import DATASET_LABELS, resolve_settings
+
+    all_views = resolve_settings("chexpert", "mgca", frontal_only=False)  # MGCA's frontal rule turned off
+    assert (all_views.frontal_only, all_views.overrides, all_views.name) == (False, ("views",), "mgca+views")
+    assert resolve_settings("chexpert", "mgca", frontal_only=True).overrides == ()  # its own rule: no override
+    assert resolve_settings("chexpert", "mgca").describe()["labels"] == [
+        "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]  # MGCA constants.py:51-57
+    assert resolve_settings("chexpert", "all14").describe()["labels"] == list(DATASET_LABELS["chexpert"])
+
+
+@pytest.mark.parametrize("num_patients", [10, 37, 95])
+def test_the_seeded_patient_split_is_80_10_10_by_patient(num_patients):
+    from openclip_unimlip.data.cxr_protocols import patient_split_mask
+
+    rng = np.random.default_rng(num_patients)
+    patient_ids = pd.Series(np.repeat(np.arange(100, 100 + num_patients), rng.integers(1, 4, num_patients)))
+    masks = {split: patient_split_mask(patient_ids, split) for split in ("train", "valid", "test")}
+    assert (masks["train"].astype(int) + masks["valid"] + masks["test"] == 1).all()  # each image in one split
+    patients = {split: set(patient_ids[mask]) for split, mask in masks.items()}
+    held_out = math.ceil(0.1 * num_patients)
+    assert (len(patients["test"]), len(patients["valid"]), len(patients["train"])) == (
+        held_out, held_out, num_patients - 2 * held_out)
+    # the documented seed: docs/evaluation.md states the value the module holds
+    documented = (REPO / "docs" / "evaluation.md").read_text()
+    assert f"`HOLDOUT_SEED` = {HOLDOUT_SEED}," in documented and HOLDOUT_SEED == 0
