@@ -74,3 +74,38 @@ def test_reestimation_removes_its_hooks_and_builds_no_graph(images):
     reestimate_batchnorm_statistics(model.image, _preprocess, images, batch_size=2)
     assert grad_enabled == [False] * 3  # batches of 2, 2 and 1
     assert not model.image[1]._forward_pre_hooks  # nothing left counting what later forwards receive
+
+
+def test_pooled_moments_of_uneven_batches_are_numpys_over_all_values():
+    from openclip_unimlip.evaluation.features import _PooledMoments
+
+    layer = nn.BatchNorm1d(2)
+    moments = _PooledMoments()
+    batches = [torch.tensor([[0.0, 1.0]]), torch.tensor([[3.0, -2.0], [6.0, 5.0]]), torch.tensor([[10.0, 0.5]])]
+    for batch in batches:  # counts 1, 2, 1: the between-batch weight 1 * 2 / 3 is not a whole number
+        moments(layer, (batch,))
+    every = torch.cat(batches).double().numpy()
+    np.testing.assert_allclose(moments.mean.numpy(), every.mean(0))
+    np.testing.assert_allclose((moments.squared_deviations / (moments.count - 1)).numpy(), every.var(0, ddof=1))
+    assert (moments.count, moments.batches) == (4, 3)
+
+
+def test_a_batchnorm_the_images_never_reach_keeps_its_statistics_and_the_others_are_updated(images):
+    class Tower(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused = nn.BatchNorm2d(3)  # first in module order: registered, never called
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x))
+
+    tower = Tower()
+    with torch.no_grad():
+        for layer in (tower.unused, tower.bn):
+            layer.running_mean.fill_(5.0)
+    reestimate_batchnorm_statistics(tower, _preprocess, images, batch_size=2)
+    assert torch.equal(tower.unused.running_mean, torch.full((3,), 5.0)) and tower.unused.num_batches_tracked == 0
+    with torch.no_grad():
+        conv = tower.conv(torch.stack([_preprocess(source.open()) for source in images])).double()
+    torch.testing.assert_close(tower.bn.running_mean, conv.mean(dim=(0, 2, 3)).float())

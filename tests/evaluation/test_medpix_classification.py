@@ -2,6 +2,7 @@
 against scikit-learn, the stratified subsets counted another way, the labels and refusals on
 hand-made releases, and what the fine-tune gives ``fit`` and reports (``fit`` replaced by a
 recorder whose epochs' dev scores all differ)."""
+import dataclasses
 import math
 from collections import Counter
 from pathlib import Path
@@ -72,6 +73,7 @@ def test_labels_read_the_release_fields_and_planes_map_to_three_classes(tmp_path
     image = _image(tmp_path, "MPX2_a", location="Head", modality="MR", plane="Coronal")
     assert (label_of(image, "location_category"), label_of(image, "modality_type")) == ("Head", "MR")
     assert label_of(_image(tmp_path, "MPX3_a", location=""), "location_category") is None  # a null field
+    assert label_of(image, "".join(["pla", "ne"])) == "Coronal"  # a name built at run time, as argparse gives it
     with pytest.raises(ValueError, match="unknown MedPix label"):
         label_of(image, "modality")
 
@@ -98,6 +100,11 @@ def test_the_classes_are_the_training_splits_and_other_images_are_counted_out(re
     assert [p.name for p in data.dev.images] == ["MPX4_d1.png", "MPX5_d3.png"]
     assert data.train.class_counts() == dict(Counter(["Thorax", "Head", "Thorax"]))
     assert data.dev.select([1]).class_counts() == {"Head": 0, "Thorax": 1}
+    for value, field in ((data, "label"), (data.train, "left_out")):  # shared by every run of a grid
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, field, getattr(value, field))
+    release["train"].append(_image(release["train"][0].image.parent, "MPX7_t6", "Abdomen"))
+    assert load_medpix_classification("unused", "location_category").classes == ("Abdomen", "Head", "Thorax")
 
 
 def test_a_release_that_cannot_be_classified_is_refused_before_training(release, tmp_path):
@@ -152,6 +159,8 @@ def test_the_fine_tune_trains_seeded_augmented_epochs_and_reports_the_best_dev_e
     torch.manual_seed(0)
     classifier = ImageClassifier(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), 4, 3)
     settings = FineTuneSettings(batch_size=2, lr=1e-3, max_epochs=3, patience=None, min_epoch_images=12)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.lr = 1.0
     result = fine_tune_softmax(classifier, preprocess, train, dev, test, settings)  # the default seed
     assert (result["valid_macro_auc"], result["best_epoch"], result["epochs_run"]) == (0.81, 3, 4)
     loader = received["loader"]
