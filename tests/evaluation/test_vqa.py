@@ -1,4 +1,5 @@
 """VQA fine-tuning on small VQA-RAD / SLAKE folders with a tiny ModifiedResNet + real MiniLM."""
+import dataclasses
 import importlib
 import json
 from pathlib import Path
@@ -19,6 +20,7 @@ from openclip_unimlip.data.vqa_releases import (
     normalize_answer,
     read_slake,
     read_vqa_rad,
+    read_vqa_split,
 )
 from openclip_unimlip.evaluation.finetune import FitConfig, image_transform
 from openclip_unimlip.evaluation.vqa import (
@@ -353,6 +355,37 @@ def test_bad_inputs_fail_before_training(vqa_rad_root: Path, slake_root: Path):
     (slake_root / "validate.json").unlink()
     with pytest.raises(FileNotFoundError, match="validate.json"):
         load_vqa_data("slake", slake_root)
+
+
+def test_readers_compare_names_by_value_and_refuse_what_they_do_not_know(vqa_rad_root: Path, slake_root: Path):
+    def fresh(text: str) -> str:  # built at run time, as argparse gives it: not the interned literal
+        return "".join(list(text))
+
+    for dataset, root in (("vqa-rad", vqa_rad_root), ("slake", slake_root)):
+        for split in ("train", "test"):
+            assert read_vqa_split(fresh(dataset), root, fresh(split)) == read_vqa_split(dataset, root, split)
+    assert read_vqa_rad(vqa_rad_root, "train", vqa_rad_split=fresh("standard")) == read_vqa_rad(vqa_rad_root, "train")
+    with pytest.raises(ValueError, match="unknown VQA dataset 'zz-vqa'"):  # sorts after every known name
+        read_vqa_split("zz-vqa", slake_root, "train")
+    sample = read_slake(slake_root, "train")[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sample.answer = "no"
+
+
+def test_a_missing_slake_image_is_refused_by_default_and_named_five_at_most(slake_root: Path):
+    records = json.loads((slake_root / "train.json").read_text())
+    for i, record in enumerate(records):
+        record["img_name"] = f"gone{i}/source.jpg"
+    (slake_root / "train.json").write_text(json.dumps(records))
+    english = [record for record in records if record["q_lang"] == "en"]
+    with pytest.raises(FileNotFoundError) as refused:
+        read_slake(slake_root, "train")  # check_files is on unless a caller turns it off
+    named = str(refused.value).split("e.g. ")[1].split(", ")
+    assert len(english) > 5 and str(refused.value).startswith(f"{len(english)} image file(s) missing")
+    assert len(named) == 5 and all("gone" in name for name in named)
+    assert len(read_slake(slake_root, "train", check_files=False)) == len(english)
+    with pytest.raises(FileNotFoundError):
+        read_vqa_rad(slake_root.parent / "vqa-rad-gone", "test")
 
 
 def _load_script(name: str):
