@@ -1,6 +1,7 @@
 """The studies' grid (``studies/grid.py``) on made-up cells: resuming, the settings hash re-running
 exactly the cells a changed setting shapes, failure isolation, the time estimate; and the atomic
 writer under it (``data/atomic.py``)."""
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from openclip_unimlip.data.atomic import atomic_path, write_json_atomic
+from openclip_unimlip.studies import grid as grid_module
 from openclip_unimlip.studies.grid import Grid, settings_hash
 
 
@@ -109,6 +111,62 @@ def test_the_estimate_uses_the_measured_rate_of_the_cells_group_else_the_prior(t
     seconds, sources = grid.estimate_seconds(run, run.todo(), (3.0, "prior"))
     assert seconds == pytest.approx(10.0 * 2 + 3.0)  # big: two units at group g's 10 s; c: the prior
     assert sources == {"g": "measured on group g", "h": "prior"}
+
+
+def test_the_settings_hash_is_16_hex_of_the_canonical_json_and_ignores_key_order():
+    settings = {"b": [1, 2], "a": {"y": 1.5, "x": Path("p")}}
+    shuffled = {"a": {"x": Path("p"), "y": 1.5}, "b": [1, 2]}
+    assert settings_hash(settings) == settings_hash(shuffled)
+    canonical = '{"a": {"x": "p", "y": 1.5}, "b": [1, 2]}'  # json.dumps(sort_keys=True), written out by hand
+    assert settings_hash(settings) == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    full = settings_hash({"value": 1})
+    assert not grid_module.is_current(full[:11], full)  # shorter than the 12 characters records ever held
+
+
+class Incomplete(ToyGrid):
+    def is_complete(self, cell: Toy, record: dict) -> bool:
+        return "metric" in record
+
+
+def test_a_current_but_incomplete_record_is_run_again_and_the_counts_say_what_happened(tmp_path, monkeypatch):
+    grid = Incomplete(tmp_path, {"a": 1, "b": 2, "c": 3})
+    for name, record in (("a", {"metric": 1, "seconds": 4.0}), ("b", {"seconds": 9.0})):  # b lacks its metric
+        write_json_atomic(tmp_path / f"{name}.json", {**record, "origin": grid.origin(Toy(name))})
+    clock = iter([100.0, 102.5, 200.0, 200.25])
+    monkeypatch.setattr(grid_module.time, "perf_counter", lambda: next(clock))
+    run = grid.run(grid.start(CELLS))
+    assert grid.calls == ["b", "c"]
+    assert json.loads((tmp_path / "b.json").read_text())["seconds"] == 2.5  # the cell's own time
+    counts = run.counts()
+    assert (counts["done"], counts["run_now"], counts["resumed"]) == (3, 2, 1)
+    assert counts["seconds"] == 4.0 + 2.5 + 0.25
+
+
+def test_the_estimate_scales_a_measured_rate_by_units_and_names_the_most_specific_key(tmp_path):
+    class TwoKeys(ToyGrid):
+        def rate_keys(self, cell: Toy):
+            return [(cell.name, f"measured on {cell.name}"), (cell.group, f"measured on group {cell.group}")]
+
+    grid = TwoKeys(tmp_path, {"a": 1, "big": 2})
+    write_json_atomic(tmp_path / "a.json", {"origin": grid.origin(Toy("a")), "seconds": 5.0, "units": 2.0})
+    run = grid.start([Toy("a"), Toy("big")])
+    seconds, sources = grid.estimate_seconds(run, run.todo(), (3.0, "prior"))
+    assert seconds == pytest.approx(5.0 / 2.0 * 2)  # big: two units at group g's 2.5 s per unit
+    assert sources == {"big": "measured on group g"}
+    plain = Grid.units(grid, Toy("big"))  # a study that does not say: every cell is one unit
+    assert plain == 1.0
+
+
+def test_a_failure_names_its_group_only_when_the_cell_has_one(tmp_path, caplog):
+    class OwnGroup(ToyGrid):
+        def failure_group(self, cell: Toy):
+            return cell if cell.name == "a" else cell.group
+
+    grid = OwnGroup(tmp_path, {"a": 1, "b": 2, "c": 3}, fail=("a", "c"))
+    with caplog.at_level("ERROR"):
+        grid.run(grid.start(CELLS))
+    messages = [record.getMessage() for record in caplog.records]
+    assert [", the rest of its group is stopped" in message for message in messages] == [False, True]
 
 
 def test_an_atomic_write_that_fails_leaves_the_old_file(tmp_path):
