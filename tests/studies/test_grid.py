@@ -142,6 +142,15 @@ def test_a_current_but_incomplete_record_is_run_again_and_the_counts_say_what_ha
     assert counts["seconds"] == 4.0 + 2.5 + 0.25
 
 
+def test_counts_of_a_run_by_hand():
+    cells = [Toy(name) for name in "abcde"]
+    records = {cells[0]: {"seconds": 1.5}, cells[1]: {"seconds": 2.0}, cells[2]: {}, cells[3]: {"seconds": 4.0},
+               cells[4]: None}  # c: a record written before seconds were kept
+    counts = grid_module.GridRun(cells, records, {cells[4]: "no weights"}, run_now=1).counts()
+    assert (counts["planned"], counts["done"], counts["run_now"], counts["resumed"]) == (5, 4, 1, 3)
+    assert counts["seconds"] == 7.5 and counts["blocked"] == {"no weights": 1}
+
+
 def test_the_estimate_scales_a_measured_rate_by_units_and_names_the_most_specific_key(tmp_path):
     class TwoKeys(ToyGrid):
         def rate_keys(self, cell: Toy):
