@@ -1,8 +1,10 @@
 """The studies' report writer (``studies/report.py``): Markdown tables, interval and difference
 texts, the JSON and Markdown pair, a bar chart."""
+import dataclasses
 import json
 
 import numpy as np
+import pytest
 
 from openclip_unimlip.studies import report
 from openclip_unimlip.studies.report import (
@@ -75,3 +77,25 @@ def test_the_chart_draws_each_number_where_it_belongs(tmp_path, monkeypatch):
     assert axes.get_title() == "the title" and axes.get_ylabel() == "%"
     assert [t.get_text() for t in axes.get_legend().get_texts()] == ["chance", "ours", "reported"]
     assert (tmp_path / "bars.png").stat().st_size > 5_000
+
+
+@pytest.mark.parametrize("num_series", [1, 3])
+def test_bars_share_each_group_evenly_and_a_lone_reference_is_in_the_legend(tmp_path, monkeypatch, num_series):
+    figures = []
+
+    class RecordedFigure(report.Figure):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            figures.append(self)
+
+    monkeypatch.setattr(report, "Figure", RecordedFigure)
+    series = [BarSeries(f"s{i}", [10.0 + i]) for i in range(num_series)]
+    bar_chart(tmp_path / "bars.png", ["R@1"], series, "%", reference=[2.0])
+    (axes,) = figures[0].axes
+    width = 0.8 / num_series  # the group spans 0.8, centred on its category
+    assert [round(p.get_x() + p.get_width() / 2, 9) for p in axes.patches] == [
+        round((i - (num_series - 1) / 2) * width, 9) for i in range(num_series)]
+    assert all(round(p.get_width(), 9) == round(width, 9) for p in axes.patches)
+    assert [t.get_text() for t in axes.get_legend().get_texts()][0] == "chance"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        series[0].label = "other"
