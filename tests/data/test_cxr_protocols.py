@@ -527,6 +527,8 @@ def test_a_view_rule_either_way_is_an_override_and_labels_are_described():
     assert resolve_settings("chexpert", "mgca").describe()["labels"] == [
         "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]  # MGCA constants.py:51-57
     assert resolve_settings("chexpert", "all14").describe()["labels"] == list(DATASET_LABELS["chexpert"])
+    with pytest.raises(AttributeError):  # frozen: a reader's split note goes on a copy, never on shared settings
+        all_views.frontal_only = True
 
 
 @pytest.mark.parametrize("num_patients", [10, 37, 95])

@@ -384,8 +384,13 @@ def test_a_missing_slake_image_is_refused_by_default_and_named_five_at_most(slak
     assert len(english) > 5 and str(refused.value).startswith(f"{len(english)} image file(s) missing")
     assert len(named) == 5 and all("gone" in name for name in named)
     assert len(read_slake(slake_root, "train", check_files=False)) == len(english)
-    with pytest.raises(FileNotFoundError):
-        read_vqa_rad(slake_root.parent / "vqa-rad-gone", "test")
+
+
+def test_a_missing_vqa_rad_image_is_refused_by_default(vqa_rad_root: Path):
+    (vqa_rad_root / "VQA_RAD Image Folder" / "dark.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="dark.jpg"):
+        read_vqa_rad(vqa_rad_root, "test")  # check_files is on unless a caller turns it off
+    assert read_vqa_rad(vqa_rad_root, "test", check_files=False)
 
 
 def _load_script(name: str):

@@ -132,14 +132,14 @@ def test_a_current_but_incomplete_record_is_run_again_and_the_counts_say_what_ha
     grid = Incomplete(tmp_path, {"a": 1, "b": 2, "c": 3})
     for name, record in (("a", {"metric": 1, "seconds": 4.0}), ("b", {"seconds": 9.0})):  # b lacks its metric
         write_json_atomic(tmp_path / f"{name}.json", {**record, "origin": grid.origin(Toy(name))})
-    clock = iter([100.0, 102.5, 200.0, 200.25])
+    clock = iter([100.0, 302.5, 400.0, 400.25])  # 302.5 - 100 = 202.5 (302.5 % 100 would be 2.5)
     monkeypatch.setattr(grid_module.time, "perf_counter", lambda: next(clock))
     run = grid.run(grid.start(CELLS))
     assert grid.calls == ["b", "c"]
-    assert json.loads((tmp_path / "b.json").read_text())["seconds"] == 2.5  # the cell's own time
+    assert json.loads((tmp_path / "b.json").read_text())["seconds"] == 202.5  # the cell's own time
     counts = run.counts()
     assert (counts["done"], counts["run_now"], counts["resumed"]) == (3, 2, 1)
-    assert counts["seconds"] == 4.0 + 2.5 + 0.25
+    assert counts["seconds"] == 4.0 + 202.5 + 0.25
 
 
 def test_counts_of_a_run_by_hand():
