@@ -37,10 +37,8 @@ def test_a_report_is_saved_as_json_and_markdown_and_a_chart_as_png(tmp_path):
     assert path.stat().st_size > 5_000
 
 
-def test_the_chart_draws_each_number_where_it_belongs(tmp_path, monkeypatch):
-    """The drawn artists read back from the figure: bar centres and heights (two series of three
-    categories: width 0.8 / 2, centres at -0.2 and +0.2 around each category), error bars, the seeds'
-    dots, the reference lines across each group (none for a missing or NaN value), ticks and title."""
+def _recorded_figures(monkeypatch) -> list:
+    """The figures ``bar_chart`` makes, kept to be read back (it only saves them)."""
     figures = []
 
     class RecordedFigure(report.Figure):
@@ -49,6 +47,14 @@ def test_the_chart_draws_each_number_where_it_belongs(tmp_path, monkeypatch):
             figures.append(self)
 
     monkeypatch.setattr(report, "Figure", RecordedFigure)
+    return figures
+
+
+def test_the_chart_draws_each_number_where_it_belongs(tmp_path, monkeypatch):
+    """The drawn artists read back from the figure: bar centres and heights (two series of three
+    categories: width 0.8 / 2, centres at -0.2 and +0.2 around each category), error bars, the seeds'
+    dots, the reference lines across each group (none for a missing or NaN value), ticks and title."""
+    figures = _recorded_figures(monkeypatch)
     bar_chart(tmp_path / "bars.png", ["I2T R@1", "T2I R@1", "a category name longer than twelve"],
               [BarSeries("ours", [20.0, 30.0, 40.0], ([2.0, 3.0, 4.0], [1.0, 1.5, 2.0]),
                          [[18.0, 22.0], [27.0, 33.0], [40.0]]),
@@ -81,14 +87,7 @@ def test_the_chart_draws_each_number_where_it_belongs(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("num_series", [1, 3])
 def test_bars_share_each_group_evenly_and_a_lone_reference_is_in_the_legend(tmp_path, monkeypatch, num_series):
-    figures = []
-
-    class RecordedFigure(report.Figure):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            figures.append(self)
-
-    monkeypatch.setattr(report, "Figure", RecordedFigure)
+    figures = _recorded_figures(monkeypatch)
     series = [BarSeries(f"s{i}", [10.0 + i]) for i in range(num_series)]
     bar_chart(tmp_path / "bars.png", ["R@1"], series, "%", reference=[2.0])
     (axes,) = figures[0].axes

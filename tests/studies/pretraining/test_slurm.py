@@ -277,6 +277,22 @@ def _launches(log: str) -> list:
     return launches
 
 
+def _one_run_of_every_epoch_once(work: Path, checkpoints: Path, resume_epoch: int, shapes: list) -> None:
+    """What both continuations must leave: one run folder; two launches recording ``shapes`` (world
+    size, batch per process) with the same epochs, lr and name; the first launch's epochs up to its
+    checkpoint and the second's from there to 3 (OpenCLIP's own log); whole checkpoints 1..3."""
+    assert [path.name for path in (work / "logs").iterdir()] == [checkpoints.parent.name]  # one run
+    launches = _launches((checkpoints.parent / "out.log").read_text())
+    assert [(params["world_size"], params["batch_size"]) for params, _ in launches] == shapes, launches
+    assert len({tuple(params[key] for key in ("epochs", "lr", "name")) for params, _ in launches}) == 1
+    (_, first), (_, second) = launches
+    assert first[:resume_epoch] == list(range(resume_epoch)) and second == list(range(resume_epoch, 3))
+    assert _complete_epochs(checkpoints) == [1, 2, 3]
+    import torch
+
+    assert torch.load(checkpoints / "epoch_3.pt", map_location="cpu", weights_only=False)["epoch"] == 3
+
+
 @pytest.mark.slow
 def test_a_requeue_onto_more_nodes_continues_the_run_for_exactly_the_configured_epochs(slurm_env, tmp_path):
     """Requeued from 1 node x 1 process onto 2 nodes x 1 (world size 1 -> 2): the same run folder, the
@@ -304,18 +320,7 @@ def test_a_requeue_onto_more_nodes_continues_the_run_for_exactly_the_configured_
     assert re.search(r"--rdzv_backend c10d --rdzv_endpoint \S+:\d+", text)
     assert {("0", "0", "2"), ("1", "0", "2")} <= set(re.findall(r"Process \(global: (\d), local (\d)\), total (\d)",
                                                               text)), _tail(out)
-    assert [path.name for path in (tmp_path / "logs").iterdir()] == [checkpoints.parent.name]  # one run
-    first, second = _launches((checkpoints.parent / "out.log").read_text())
-    assert first[0]["world_size"] == "1" and first[0]["batch_size"] == "8", first
-    assert second[0]["world_size"] == "2" and second[0]["batch_size"] == "4", second
-    assert {key: first[0][key] for key in ("epochs", "lr", "name")} == {
-        key: second[0][key] for key in ("epochs", "lr", "name")}
-    # every epoch once: the first start's up to its checkpoint, the second's from there to EPOCHS
-    assert first[1][:resume_epoch] == list(range(resume_epoch)) and second[1] == list(range(resume_epoch, 3))
-    assert _complete_epochs(checkpoints) == [1, 2, 3]
-    import torch
-
-    assert torch.load(checkpoints / "epoch_3.pt", map_location="cpu", weights_only=False)["epoch"] == 3
+    _one_run_of_every_epoch_once(tmp_path, checkpoints, resume_epoch, [("1", "8"), ("2", "4")])
     params = (checkpoints.parent / "params.txt").read_text()  # OpenCLIP rewrites it at each launch
     assert "world_size: 2\n" in params and "batch_size: 4\n" in params
 
@@ -345,16 +350,6 @@ def test_a_chained_job_on_fewer_processes_continues_the_run_for_exactly_the_conf
 
     assert "1 node(s) x 2 processes, global batch 8 = 2 x 4" in first_out.read_text()
     assert "1 node(s) x 1 processes, global batch 8 = 1 x 8" in chained_out.read_text()
-    assert [path.name for path in (work / "logs").iterdir()] == [checkpoints.parent.name]  # one run
-    before, after = _launches((checkpoints.parent / "out.log").read_text())
-    assert before[0]["world_size"] == "2" and before[0]["batch_size"] == "4", before
-    assert after[0]["world_size"] == "1" and after[0]["batch_size"] == "8", after
-    assert {key: before[0][key] for key in ("epochs", "lr", "name")} == {
-        key: after[0][key] for key in ("epochs", "lr", "name")}
-    assert before[1][:resume_epoch] == list(range(resume_epoch)) and after[1] == list(range(resume_epoch, 3))
-    assert _complete_epochs(checkpoints) == [1, 2, 3]
-    import torch
-
-    assert torch.load(checkpoints / "epoch_3.pt", map_location="cpu", weights_only=False)["epoch"] == 3
+    _one_run_of_every_epoch_once(work, checkpoints, resume_epoch, [("2", "4"), ("1", "8")])
     results = [json.loads(line)["epoch"] for line in (checkpoints / "results.jsonl").read_text().splitlines()]
     assert set(results) == {1, 2, 3}  # the val set (the slash argument) was evaluated every epoch
