@@ -51,8 +51,11 @@ DIRECTIONS = ("image_to_text", "text_to_image")
 METRICS = (("i2t_r1", "image_to_text", 1), ("t2i_r1", "text_to_image", 1),
            ("i2t_r10", "image_to_text", 10), ("t2i_r10", "text_to_image", 10),
            ("i2t_mean_rank", "image_to_text", None), ("t2i_mean_rank", "text_to_image", None))
-EVALUATION_TITLES = {"as_trained": "as trained (the paper's evaluation)",
-                     "bn_reestimated": "BatchNorm statistics re-estimated on clean train images (precise BN)"}
+EVAL_SPLIT = "test"  # what the scored pairs are, passed to write_outputs as a study's ExperimentData.eval_split
+EVALUATION_TITLES = {
+    "as_trained": f"as trained (the paper's evaluation), scored on the {EVAL_SPLIT} pairs",
+    "bn_reestimated": f"BatchNorm statistics re-estimated on clean train images (precise BN), scored on the "
+                      f"{EVAL_SPLIT} pairs"}
 SCORES = ["R@1 I2T / T2I", "R@10 I2T / T2I", "mean rank I2T / T2I", "Δ I2T R@1 [95 %]", "Δ T2I R@1 [95 %]"]
 # Uni-Mlip, Table 3 (row by row): vision encoder input, training objectives, Freeze BN; I2T, T2I
 PAPER_TABLE3 = [("itc_mlm", ("V", "ITC, MLM", "✗"), (22.2, 21.7)),
@@ -125,7 +128,7 @@ def written(tmp_path_factory):
                                                     "train_seconds": 312.0, "num_steps": 95}))
     with pytest.MonkeyPatch.context() as patch:  # the bar chart holds no number of the tables' (2 s to draw)
         patch.setattr(ablation, "plot_summary", lambda summary, path: path)
-        ablation.write_outputs(config)
+        ablation.write_outputs(config, eval_split=EVAL_SPLIT)
     return records, raw, (out / "ablation.md").read_text(), json.loads((out / "ablation.json").read_text())
 
 
