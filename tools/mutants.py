@@ -274,15 +274,16 @@ def run_module(module: ModuleConfig, root: Path = REPO, resume: bool = False, su
     """Run ``module``'s mutants: a fresh session, or (``resume``) the last session's mutants that
     survived and, unless ``survivors_only``, those never run. The unmutated tests must pass first,
     in a fresh interpreter and through the warm server."""
+    session, config_file = module.session(), module.session().with_suffix(".toml")
+    if resume and not session.is_file():
+        raise SystemExit(f"no session for {module.path} to resume: run it first")
     env = test_environment(root)
     _check_imported_from(root, env)
-    session, config_file = module.session(), module.session().with_suffix(".toml")
     session.parent.mkdir(parents=True, exist_ok=True)
     server = _warm_server(module, root, env)
     try:
         warm_socket = None if server is None else session.with_suffix(".sock")
-        commands = {module.test_command()} | {module.test_command(warm_socket=warm_socket)}
-        for command in sorted(commands):
+        for command in sorted({module.test_command(), module.test_command(warm_socket=warm_socket)}):
             started = time.monotonic()
             baseline = subprocess.run(command.split(), cwd=root, env=env, capture_output=True, text=True)
             if baseline.returncode != 0:
@@ -292,8 +293,6 @@ def run_module(module: ModuleConfig, root: Path = REPO, resume: bool = False, su
         cosmic_ray = [sys.executable, "-m", "cosmic_ray.cli"]
         config_file.write_text(_cosmic_ray_config(module, warm_socket))
         if resume:
-            if not session.is_file():
-                raise SystemExit(f"no session for {module.path} to resume: run it first")
             _reopen_survivors(session, module, hold_unrun=survivors_only)
         else:
             session.unlink(missing_ok=True)

@@ -281,7 +281,7 @@ class AblationGrid(Grid[AblationRun]):
                 f", trained {record['train_seconds']:.0f} s")
 
     def after_cell(self, run: GridRun) -> None:
-        write_outputs(self.config, self.data.description, run.failures, eval_split=self.data.eval_split)
+        write_outputs(self.config, self.data.eval_split, self.data.description, run.failures)
 
 
 def run_grid(config: AblationConfig) -> dict:
@@ -299,7 +299,7 @@ def run_grid(config: AblationConfig) -> dict:
     # the grid's bar (runs done / all) above the current run's bar (its steps, from its out.log)
     grid = AblationGrid(config, data, stage1)
     run = grid.run(grid.start([AblationRun(key, seed) for seed in config.seeds for key in config.rows]))
-    return write_outputs(config, data.description, run.failures, eval_split=data.eval_split)
+    return write_outputs(config, data.eval_split, data.description, run.failures)
 
 
 def run_settings(config: AblationConfig) -> dict:
@@ -528,14 +528,12 @@ def plot_summary(summary: Dict[str, dict], path: Path) -> Path:
     return bar_chart(path, [ROWS[k].label for k in keys], series, "R@1 (%) as trained, mean ± std over seeds")
 
 
-def write_outputs(config: AblationConfig, data_description: Optional[str] = None,
-                  failures: Sequence[dict] = (), eval_split: Optional[str] = None) -> dict:
+def write_outputs(config: AblationConfig, eval_split: str, data_description: Optional[str] = None,
+                  failures: Sequence[dict] = ()) -> dict:
     """``ablation.json`` (settings, stage 1, summary, kept weights, every run, the runs that failed),
     ``ablation.md`` (the tables, under a line on the data when ``data_description`` is given, then
     one line per failed run) and ``ablation.png``. ``eval_split`` names the scored pairs
-    (``ExperimentData.eval_split``; by default the one ``ensure_data`` gives ``config.data``)."""
-    if eval_split is None:
-        eval_split = "test" if isinstance(config.data, MedpixConfig) else "val"
+    (``ExperimentData.eval_split``, the one place that knows which split a dataset scores)."""
     out = Path(config.out)
     records = _load_records(config)
     summary = summarize(records, config.rows)

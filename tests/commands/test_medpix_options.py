@@ -107,5 +107,5 @@ def test_kept_weights_make_a_record_complete_and_are_listed(tmp_path):
     weights.parent.mkdir()
     weights.write_bytes(b"weights")
     assert grid.finished(ablation.AblationRun("itc_mlm", 0)) is not None
-    ablation.write_outputs(config)
+    ablation.write_outputs(config, "val")  # the embedded dataset scores its val pairs
     assert json.loads((tmp_path / "ablation.json").read_text())["checkpoints"] == {"itc_mlm": {"0": str(weights)}}

@@ -128,7 +128,7 @@ def written(tmp_path_factory):
                                                     "train_seconds": 312.0, "num_steps": 95}))
     with pytest.MonkeyPatch.context() as patch:  # the bar chart holds no number of the tables' (2 s to draw)
         patch.setattr(ablation, "plot_summary", lambda summary, path: path)
-        ablation.write_outputs(config, eval_split=EVAL_SPLIT)
+        ablation.write_outputs(config, EVAL_SPLIT)
     return records, raw, (out / "ablation.md").read_text(), json.loads((out / "ablation.json").read_text())
 
 
