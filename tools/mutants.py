@@ -18,6 +18,7 @@ test failed), survived (every test passed), equivalent (survivors configured so,
 a killed mutant is never relabelled) and timeout (killed by the per-mutant limit).
 """
 import argparse
+import json
 import os
 import re
 import signal
@@ -62,14 +63,18 @@ class ModuleConfig:
     timeout: float  # seconds per mutant
     equivalent: Sequence[Equivalent] = field(default_factory=tuple)
 
-    def test_command(self, python: str = sys.executable, warm_socket: Optional[Path] = None) -> str:
+    def test_command(self, python: str = sys.executable, warm_socket: Optional[Path] = None,
+                     line_map: Optional[Path] = None) -> str:
         """The command cosmic-ray runs per mutant: pytest in a fresh interpreter, or (``warm_socket``)
-        in a fork of the warm server listening there (tools/warm_pytest.py)."""
+        in a fork of the warm server listening there (tools/warm_pytest.py), the tests that ran the
+        mutated lines first where ``line_map`` records them."""
         # -x: the first failing test kills the mutant, the rest need not run
         pytest_args = ["-x", "-q", "-p", "no:cacheprovider", *self.tests]
         if warm_socket is None:
             return " ".join([python, "-m", "pytest", *pytest_args])
-        return " ".join([python, str(REPO / "tools" / "warm_pytest.py"), "run", str(warm_socket), "--", *pytest_args])
+        lines = [] if line_map is None else ["--lines", str(line_map)]
+        return " ".join([python, str(REPO / "tools" / "warm_pytest.py"), "run", *lines, str(warm_socket), "--",
+                         *pytest_args])
 
     def dotted_name(self) -> str:
         return self.path.removesuffix(".py").replace("/", ".")
@@ -134,13 +139,52 @@ def _check_imported_from(root: Path, env: Dict[str, str]) -> None:
         raise SystemExit(f"the tests would import {imported}, not this checkout's package: mutants would all survive")
 
 
-def _cosmic_ray_config(module: ModuleConfig, warm_socket: Optional[Path]) -> str:
+def record_line_map(module: ModuleConfig, root: Path, env: Dict[str, str], map_file: Path) -> Path:
+    """Run ``module``'s tests once under coverage with a context per test (pytest-cov's
+    ``--cov-context=test``) and write to ``map_file`` which tests ran each of its lines: every
+    physical line of a statement counts as its first line. A line run outside any test ran at
+    import (collection imports the module). tools/warm_pytest.py reads the map."""
+    from coverage import CoverageData
+    from coverage.parser import PythonParser
+
+    data_file = map_file.with_suffix(".coverage")
+    source = (root / module.path).read_text()
+    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                                *module.tests], cwd=root, env=env, capture_output=True, text=True, check=True)
+    order = [line for line in collected.stdout.splitlines() if "::" in line]
+    measured = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               f"--cov={module.dotted_name()}", "--cov-context=test", "--cov-report=", *module.tests],
+                              cwd=root, env=dict(env, COVERAGE_FILE=str(data_file)), capture_output=True, text=True)
+    if measured.returncode != 0:
+        raise SystemExit(f"the unmutated tests fail under coverage:\n{measured.stdout[-3000:]}")
+    data = CoverageData(str(data_file))
+    data.read()
+    files = [f for f in data.measured_files() if Path(f).resolve() == (root / module.path).resolve()]
+    contexts = data.contexts_by_lineno(files[0]) if files else {}
+    parser = PythonParser(text=source)
+    parser.parse_source()
+    by_line: Dict[int, List[str]] = {}
+    import_time: List[int] = []
+    for line in range(1, len(source.splitlines()) + 1):
+        ran_in = contexts.get(parser.first_line(line), [])
+        if "" in ran_in:
+            import_time.append(line)
+        tests = {context.rsplit("|", 1)[0] for context in ran_in if context}
+        if tests:
+            by_line[line] = [test for test in order if test in tests]
+    map_file.write_text(json.dumps({"module": module.path, "source": source, "tests": list(module.tests),
+                                    "order": order, "lines": by_line, "import_time": import_time}))
+    data_file.unlink()
+    return map_file
+
+
+def _cosmic_ray_config(module: ModuleConfig, warm_socket: Optional[Path], line_map: Optional[Path]) -> str:
     return "\n".join([
         "[cosmic-ray]",
         f'module-path = "{module.path}"',
         f"timeout = {module.timeout}",
         "excluded-modules = []",
-        f'test-command = "{module.test_command(warm_socket=warm_socket)}"',
+        f'test-command = "{module.test_command(warm_socket=warm_socket, line_map=line_map)}"',
         "[cosmic-ray.distributor]",
         'name = "local"',
         "",
@@ -283,7 +327,9 @@ def run_module(module: ModuleConfig, root: Path = REPO, resume: bool = False, su
     server = _warm_server(module, root, env)
     try:
         warm_socket = None if server is None else session.with_suffix(".sock")
-        for command in sorted({module.test_command(), module.test_command(warm_socket=warm_socket)}):
+        line_map = None if server is None else record_line_map(module, root, env, session.with_suffix(".lines.json"))
+        for command in sorted({module.test_command(),
+                               module.test_command(warm_socket=warm_socket, line_map=line_map)}):
             started = time.monotonic()
             baseline = subprocess.run(command.split(), cwd=root, env=env, capture_output=True, text=True)
             if baseline.returncode != 0:
@@ -291,7 +337,7 @@ def run_module(module: ModuleConfig, root: Path = REPO, resume: bool = False, su
             print(f"{module.path}: baseline passed in {time.monotonic() - started:.0f} s: {command}", flush=True)
         seconds_file = session.with_suffix(".seconds")
         cosmic_ray = [sys.executable, "-m", "cosmic_ray.cli"]
-        config_file.write_text(_cosmic_ray_config(module, warm_socket))
+        config_file.write_text(_cosmic_ray_config(module, warm_socket, line_map))
         if resume:
             _reopen_survivors(session, module, hold_unrun=survivors_only)
         else:

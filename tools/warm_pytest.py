@@ -8,6 +8,7 @@ but it copies the project away from ``../shared``: docs/development.md, "Generat
 
     python tools/warm_pytest.py serve SOCKET            # imports the heavy libraries, then waits
     python tools/warm_pytest.py run SOCKET -- ARGS...   # pytest ARGS in a fresh fork; its exit status
+    python tools/warm_pytest.py run --lines MAP SOCKET -- ARGS...  # the tests that ran the changed lines first
 
 The server imports only third-party libraries (and what importing OpenCLIP imports of this package:
 the seam's patches), never the module under mutation: ``tools/mutants.py`` uses the server only for
@@ -16,16 +17,26 @@ fresh interpreter would. Nothing computes in the server before it forks (no thre
 be copied half-held), and a fork's changes to imported state die with it. The client hands its
 standard streams to the fork (the test output reaches cosmic-ray as from any command); when the
 client is killed (cosmic-ray's timeout kills its process group), the server kills the fork's group.
+
+With ``--lines``, a map of which tests ran which line of the module (``tools/mutants.py`` records it
+with coverage's per-test contexts before the session), the client first runs only the tests that ran
+the lines the mutant changed. If one of them fails, the mutant is killed without running the rest;
+if they all pass, the rest run, so a survivor is one that every test let through, exactly as without
+the map. A changed line that ran at import (a default, a constant, a signature) or that no test ran
+in-process (a test may run it in a subprocess) runs every test at once.
 """
 import argparse
+import difflib
 import importlib
+import json
 import os
 import select
 import signal
 import socket
 import struct
 import sys
-from typing import List, Optional, Sequence
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Set
 
 # the libraries the package's tests import, heaviest first; each is imported once, in the server
 PRELOAD = ("torch", "torchvision", "open_clip", "open_clip_train.main", "transformers",
@@ -114,7 +125,52 @@ def serve(path: str, preload: Sequence[str] = PRELOAD) -> None:
                 pass  # the client is gone
 
 
-def run(path: str, args: Sequence[str]) -> int:
+def changed_lines(original: str, current: str) -> Set[int]:
+    """The lines of ``original`` (from 1) that ``current`` replaces or removes; an insertion marks
+    the lines on either side of it."""
+    changed: Set[int] = set()
+    matcher = difflib.SequenceMatcher(None, original.splitlines(), current.splitlines(), autojunk=False)
+    for tag, start, end, _, _ in matcher.get_opcodes():
+        if tag in ("replace", "delete"):
+            changed.update(range(start + 1, end + 1))
+        elif tag == "insert":
+            changed.update({start, start + 1})
+    return changed
+
+
+def tests_first(line_map: Dict, root: Path) -> Optional[List[str]]:
+    """The tests (pytest node ids, in collection order) that ran the lines of ``line_map``'s module
+    that differ from its recorded source; None where every test must run: nothing changed, or a
+    changed line ran at import or in no test."""
+    current = (root / line_map["module"]).read_text()
+    changed = changed_lines(line_map["source"], current)
+    by_line = {int(line): tests for line, tests in line_map["lines"].items()}
+    if not changed or any(line in line_map["import_time"] or not by_line.get(line) for line in changed):
+        return None
+    first = set().union(*(by_line[line] for line in changed))
+    return [test for test in line_map["order"] if test in first]
+
+
+def run(path: str, args: Sequence[str], lines: Optional[str] = None) -> int:
+    """pytest ``args`` in a fork of the server at ``path``, in this directory; pytest's exit status.
+    With ``lines`` (a line map, see the module's doc), the tests that ran the changed lines first."""
+    if lines is None:
+        return _ask(path, args)
+    line_map = json.loads(Path(lines).read_text())
+    first = tests_first(line_map, Path.cwd())
+    if first is None:
+        return _ask(path, args)
+    options = [arg for arg in args if arg not in line_map["tests"]]
+    status = _ask(path, [*options, *first])
+    if status == 1:  # a test failed: killed
+        return status
+    if status != 0:  # not a clean run of the first tests (a collection error): decide on every test
+        return _ask(path, args)
+    rest = _ask(path, [*args, *(arg for test in first for arg in ("--deselect", test))])
+    return 0 if rest == 5 else rest  # 5: no test left to run, all having passed first
+
+
+def _ask(path: str, args: Sequence[str]) -> int:
     """Ask the server at ``path`` to run pytest ``args`` in this directory; pytest's exit status."""
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.connect(path)
@@ -137,6 +193,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     serve_parser.add_argument("--preload", nargs="+", default=PRELOAD, help="the modules to import first")
     run_parser = commands.add_parser("run", help="pytest ARGS (after --) in a fork of the server")
     run_parser.add_argument("socket")
+    run_parser.add_argument("--lines", help="a line map (tools/mutants.py): the tests that ran the changed lines first")
     run_parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "preloaded":
@@ -146,7 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         serve(args.socket, args.preload)
         return 0
     pytest_args = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
-    return run(args.socket, pytest_args)
+    return run(args.socket, pytest_args, args.lines)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 gives (the reference: a plain ``python -m pytest`` subprocess), sees a module edited on disk between
 two runs (the point of forking before the package is imported: each mutant is read afresh), and a
 killed client takes its fork with it (cosmic-ray's timeout kills only the client's group)."""
+import json
 import os
 import re
 import signal
@@ -123,3 +124,117 @@ def test_the_server_ends_when_the_process_that_started_it_is_killed(tmp_path):
     while _alive(server) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _alive(server)
+
+
+TOY_MODULE = '''LIMIT = 10
+
+
+def double(x):
+    return 2 * x
+
+
+def clipped(x):
+    if x > LIMIT:
+        return LIMIT
+    return x
+'''
+TOY_TESTS = '''from pathlib import Path
+
+from toy.arith import clipped, double
+
+
+def _ran(name):
+    with open("ran.txt", "a") as log:
+        log.write(name + "\\n")
+
+
+def test_double():
+    _ran("test_double")
+    assert double(3) == 6
+
+
+def test_clipped_below():
+    _ran("test_clipped_below")
+    assert clipped(3) == 3
+
+
+def test_clipped_above():
+    _ran("test_clipped_above")
+    assert clipped(30) == 10
+'''
+
+
+@pytest.fixture
+def toy(tmp_path):
+    """A package module, its tests and a warm server in ``tmp_path``; the module's line map."""
+    from tools import mutants
+
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "__init__.py").write_text("")
+    (tmp_path / "toy" / "arith.py").write_text(TOY_MODULE)
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_toy.py").write_text(TOY_TESTS)
+    module = mutants.ModuleConfig("toy/arith.py", ("tests/test_toy.py",), 60.0)
+    line_map = mutants.record_line_map(module, tmp_path, mutants.test_environment(tmp_path), tmp_path / "toy.json")
+    (tmp_path / "ran.txt").unlink()
+    socket_path = tmp_path / "warm.sock"
+    process = subprocess.Popen([sys.executable, TOOL, "serve", str(socket_path), "--preload", "pytest"],
+                               cwd=tmp_path, env=mutants.test_environment(tmp_path), stdout=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    assert "ready" in process.stdout.readline()
+    yield tmp_path, socket_path, line_map
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_the_line_map_names_the_tests_that_ran_each_line(toy):
+    root, _, line_map = toy
+    recorded = json.loads(line_map.read_text())
+    lines = TOY_MODULE.splitlines()
+    at = {text.strip(): number for number, text in enumerate(lines, 1)}  # every line of the toy is distinct
+    ids = tuple(f"tests/test_toy.py::{name}" for name in ("test_double", "test_clipped_below", "test_clipped_above"))
+    assert recorded["order"] == list(ids)  # collection order, as the file lists them
+    assert recorded["lines"][str(at["return 2 * x"])] == [ids[0]]
+    assert recorded["lines"][str(at["if x > LIMIT:"])] == [ids[1], ids[2]]
+    assert recorded["lines"][str(at["return LIMIT"])] == [ids[2]]
+    assert recorded["lines"][str(at["return x"])] == [ids[1]]
+    # run at import, by collection: the constant and the signatures
+    assert {at["LIMIT = 10"], at["def double(x):"], at["def clipped(x):"]} <= set(recorded["import_time"])
+    assert at["return 2 * x"] not in recorded["import_time"]
+    assert not (root / "toy.coverage").exists()
+
+
+def _mutate_and_run(root: Path, socket_path: Path, line_map: Path, old: str, new: str):
+    (root / "toy" / "arith.py").write_text(TOY_MODULE.replace(old, new, 1))
+    (root / "ran.txt").unlink(missing_ok=True)
+    warm = subprocess.run([sys.executable, TOOL, "run", "--lines", str(line_map), str(socket_path), "--",
+                           "-x", "-q", "-p", "no:cacheprovider", "tests/test_toy.py"], cwd=root, capture_output=True,
+                          text=True)
+    assert (root / "ran.txt").is_file(), warm.stdout + warm.stderr
+    ran = (root / "ran.txt").read_text().split()
+    fresh = _fresh(root, "-x", "tests/test_toy.py")
+    return warm.returncode, fresh.returncode, ran
+
+
+@pytest.mark.parametrize("old, new, killed, ran", [
+    # the changed line's tests first; one fails: the rest never run
+    ("return LIMIT", "return LIMIT + 1", True, ["test_clipped_above"]),
+    # its tests pass: every other test runs after them (a survivor is one every test let through)
+    ("if x > LIMIT:", "if x >= LIMIT:", False, ["test_clipped_below", "test_clipped_above", "test_double"]),
+    # a line run at import: every test, in the file's order (-x stops at the first failure)
+    ("LIMIT = 10", "LIMIT = 11", True, ["test_double", "test_clipped_below", "test_clipped_above"]),
+    ("return 2 * x", "return 2 + x", True, ["test_double"]),
+])
+def test_the_tests_that_ran_a_changed_line_run_first_and_the_verdict_is_a_full_runs(toy, old, new, killed, ran):
+    root, socket_path, line_map = toy
+    warm_status, fresh_status, ran_tests = _mutate_and_run(root, socket_path, line_map, old, new)
+    assert (warm_status != 0) == (fresh_status != 0) == killed  # the reference: a fresh pytest over every test
+    assert ran_tests == ran
+
+
+def test_changed_lines_are_those_of_the_recorded_source():
+    original = "a\nb\nc\nd\n"
+    assert warm_pytest.changed_lines(original, original) == set()
+    assert warm_pytest.changed_lines(original, "a\nB\nc\nd\n") == {2}
+    assert warm_pytest.changed_lines(original, "a\nc\nd\n") == {2}
+    assert warm_pytest.changed_lines(original, "a\nb\nx\nc\nd\n") == {2, 3}  # an insertion: both neighbours
