@@ -28,10 +28,11 @@ def _only(term, **kwargs):
     return UniMlipLoss(weights={t: float(t == term) for t in TERMS}, **kwargs)
 
 
-def test_itc_equals_openclip_clip_loss():
+@pytest.mark.parametrize("logit_bias", [None, torch.tensor(-2.5)])
+def test_itc_equals_openclip_clip_loss(logit_bias):
     f = _features()
-    ours = _only("itc")(**f, output_dict=True)
-    reference = open_clip.ClipLoss()(f["image_features"], f["text_features"], f["logit_scale"])
+    ours = _only("itc")(**f, logit_bias=logit_bias, output_dict=True)
+    reference = open_clip.ClipLoss()(f["image_features"], f["text_features"], f["logit_scale"], logit_bias)
     assert set(ours) == {"itc_loss"}
     torch.testing.assert_close(ours["itc_loss"], reference)
 
@@ -74,6 +75,46 @@ def test_mlm_counts_only_predicted_positions():
     scrambled = f["mlm_logits"].clone()
     scrambled[~valid] = torch.randn_like(scrambled[~valid]) * 100
     torch.testing.assert_close(loss(**{**f, "mlm_logits": scrambled}, output_dict=True)["mlm_loss"], got)
+
+
+def test_mlm_is_the_global_mean_with_the_one_gpu_gradient_across_ranks(monkeypatch):
+    """Rank 0 of two: the value is the mean over both ranks' predicted tokens, and its gradient is
+    twice that mean's (DDP averages the two ranks' gradients). The other rank's tokens reach rank 0
+    through the all-reduce, replaced here by the sum it returns."""
+    from openclip_unimlip.recipes.unimlip import loss as loss_module
+
+    mine, other = _features(seed=1), _features(seed=2)
+    logits = mine["mlm_logits"].clone().requires_grad_()
+    other_sum = F.cross_entropy(other["mlm_logits"].flatten(0, 1), other["mlm_targets"].flatten(), reduction="sum")
+    other_count = (other["mlm_targets"] != -100).sum()
+    monkeypatch.setattr(loss_module, "all_reduce_sum",
+                        lambda values, world_size: values + torch.stack([other_sum, other_count.float()]))
+    got = UniMlipLoss(world_size=2)._mlm(logits, mine["mlm_targets"])
+    (grad,) = torch.autograd.grad(got, logits)
+
+    reference_logits = mine["mlm_logits"].clone().requires_grad_()
+    both = torch.cat([reference_logits, other["mlm_logits"]]).flatten(0, 1)
+    reference = F.cross_entropy(both, torch.cat([mine["mlm_targets"], other["mlm_targets"]]).flatten())
+    (reference_grad,) = torch.autograd.grad(reference, reference_logits)
+    torch.testing.assert_close(got, reference)
+    torch.testing.assert_close(grad, 2 * reference_grad)
+
+
+def test_mlm_without_a_predicted_token_is_zero():
+    f = _features()
+    logits = f["mlm_logits"].clone().requires_grad_()
+    got = _only("mlm")(**{**f, "mlm_logits": logits, "mlm_targets": torch.full_like(f["mlm_targets"], -100)},
+                       output_dict=True)["mlm_loss"]
+    got.backward()
+    assert got.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_the_distributed_defaults_are_clip_losss():
+    import inspect
+
+    ours, clip = (inspect.signature(c.__init__).parameters for c in (UniMlipLoss, open_clip.ClipLoss))
+    for name in ("local_loss", "gather_with_grad", "rank", "world_size"):
+        assert ours[name].default == clip[name].default, name
 
 
 def test_weights_scale_terms_and_zero_removes_them():
