@@ -18,7 +18,6 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -38,6 +37,11 @@ TRAIN_ONLY_OUTPUT = {"unimlip-tiny": "mlm_logits", "mlip-liu-tiny": "reconstruct
                      "mlip-li-tiny": "image_prototype_scores"}
 # run flags in params.txt that change the Uni-Mlip model: 'grid' adds the fusion's grid projection
 UNIMLIP_FLAGS = {"unimlip_fusion_image_tokens": "grid", "unimlip_text_dropout": 0.5}
+# every exported run's OpenCLIP flags that change what the model computes, none at its default:
+# normalisation, QuickGELU (the MLIP ViTs' activation; Uni-Mlip's towers have no GELU of OpenCLIP's)
+# and a context length other than each config's 32 or 48
+RUN_FLAGS = {"image_mean": (0.5, 0.4, 0.3), "image_std": (0.2, 0.25, 0.3), "force_quick_gelu": True,
+             "force_context_length": 40}
 CAPTIONS = ["chest radiograph with a small left pleural effusion", "CT of the head without focal findings"]
 STOCK_VISION = {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32}
 STOCK_CONFIGS = {
@@ -207,10 +211,8 @@ def _write_run(root: Path, name: str, model: torch.nn.Module, flags: dict) -> Pa
     return checkpoint
 
 
-def _reference_outputs(name: str, model: torch.nn.Module, inputs: dict) -> dict:
-    # OpenCLIP's eval transform for the model's own preprocess_cfg, as its factory builds it
-    preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
-    tokens = open_clip.get_tokenizer(name)(CAPTIONS)
+def _reference_outputs(model: torch.nn.Module, preprocess, tokenizer, inputs: dict) -> dict:
+    tokens = tokenizer(CAPTIONS)
     image = Image.open(inputs["image_file"])
     model.eval()
     with torch.no_grad():
@@ -225,8 +227,9 @@ def _reference_outputs(name: str, model: torch.nn.Module, inputs: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """Each recipe's tiny model with perturbed weights, saved as an open_clip_train run and exported
-    with scripts/export_hf.py; its outputs in this process are the reference."""
+    """Each recipe's tiny model built as open_clip_train builds it for a run with ``RUN_FLAGS``, with
+    perturbed weights, saved as that run and exported with scripts/export_hf.py; its outputs in this
+    process are the reference."""
     root = tmp_path_factory.mktemp("exports")
     inputs = inputs_for(root, train=True)
     made = {}
@@ -235,14 +238,20 @@ def exports(tmp_path_factory):
         overrides = {"unimlip_cfg": {**open_clip.get_model_config(name)["unimlip_cfg"],
                                      "fusion_image_tokens": "grid", "text_dropout": 0.5}} if flags else {}
         torch.manual_seed(0)
-        model = open_clip.create_model(name, pretrained_text=False, **overrides)
+        # the model and eval transform open_clip_train builds for a run with these flags (3.3, main.py
+        # l.223-235), and its tokenizer (l.397)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained_text=False, force_quick_gelu=True, force_context_length=RUN_FLAGS["force_context_length"],
+            image_mean=RUN_FLAGS["image_mean"], image_std=RUN_FLAGS["image_std"], **overrides)
+        tokenizer = open_clip.get_tokenizer(name, context_length=RUN_FLAGS["force_context_length"])
         with torch.no_grad():  # trained weights, not the seed's initial ones
             for parameter in model.parameters():
                 parameter.add_(torch.randn_like(parameter) * 0.02)
-        checkpoint = _write_run(root / f"run-{name}", name, model, flags)
+        checkpoint = _write_run(root / f"run-{name}", name, model, {**RUN_FLAGS, **flags})
         folder = export_main([str(checkpoint), "--output-dir", str(root / "exported" / name),
                                         "--repo-id", f"our-org/{name}"])
-        made[name] = {"folder": folder, "checkpoint": checkpoint, "reference": _reference_outputs(name, model, inputs)}
+        made[name] = {"folder": folder, "checkpoint": checkpoint,
+                      "reference": _reference_outputs(model, preprocess, tokenizer, inputs)}
         del model
     cache = root / "hub"
     for name, export in made.items():

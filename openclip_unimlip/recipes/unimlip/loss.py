@@ -76,10 +76,6 @@ class UniMlipLoss(GatheringLoss):
         super().__init__({t: weights[t] for t in TERMS}, local_loss, gather_with_grad, rank, world_size)
         self.simclr_temperature = simclr_temperature
 
-    @property
-    def active_terms(self):
-        return tuple(self.weights)
-
     def _contrastive(self, a, b, a_all, b_all, scale, logit_bias=None) -> torch.Tensor:
         """Symmetric InfoNCE between row-paired a and b (Eq. 1 / Eq. 2), as OpenCLIP's ClipLoss."""
         logits_a, logits_b, labels = paired_logits(a, b, a_all, b_all, scale, self.local_loss, self.rank)

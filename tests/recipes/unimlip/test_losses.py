@@ -100,13 +100,17 @@ def test_mlm_is_the_global_mean_with_the_one_gpu_gradient_across_ranks(monkeypat
     torch.testing.assert_close(grad, 2 * reference_grad)
 
 
-def test_mlm_without_a_predicted_token_is_zero():
+def test_mlm_with_no_or_one_predicted_token():
     f = _features()
     logits = f["mlm_logits"].clone().requires_grad_()
-    got = _only("mlm")(**{**f, "mlm_logits": logits, "mlm_targets": torch.full_like(f["mlm_targets"], -100)},
-                       output_dict=True)["mlm_loss"]
+    none = torch.full_like(f["mlm_targets"], -100)
+    got = _only("mlm")(**{**f, "mlm_logits": logits, "mlm_targets": none}, output_dict=True)["mlm_loss"]
     got.backward()
     assert got.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
+    one = none.clone()
+    one[2, 1] = 4
+    got = _only("mlm")(**{**f, "mlm_targets": one}, output_dict=True)["mlm_loss"]
+    torch.testing.assert_close(got, -torch.log_softmax(f["mlm_logits"][2, 1], -1)[4])
 
 
 def test_the_distributed_defaults_are_clip_losss():
@@ -141,8 +145,9 @@ def test_bad_configuration_is_refused():
         UniMlipLoss(weights={"itm": 1.0})
     with pytest.raises(ValueError, match=">= 0"):
         UniMlipLoss(weights={"mlm": -1.0})
-    with pytest.raises(ValueError, match="temperature"):
-        UniMlipLoss(simclr_temperature=0)
+    for temperature in (0, -0.1):
+        with pytest.raises(ValueError, match=f"SimCLR temperature must be > 0, got {temperature}"):
+            UniMlipLoss(simclr_temperature=temperature)
 
 
 # The distributed semantics (2 gloo ranks vs 1) are tested in test_distributed_losses.py.
