@@ -110,3 +110,31 @@ def test_liu_model_hands_its_loss_the_exponentiated_logit_scale(images, tokens):
     torch.testing.assert_close(out["logit_scale"], torch.tensor(1 / 0.03), rtol=1e-5, atol=0)
     out["logit_scale"].backward()
     torch.testing.assert_close(model.logit_scale.grad, model.logit_scale.detach().exp())
+
+
+def test_local_rows_of_two_ranks_average_to_the_one_process_terms(monkeypatch):
+    """--local-loss --gather-with-grad on two ranks, in one process: each rank's collective returns the
+    double batch with its own rows in its slot, and the two ranks' terms average to the one-process
+    terms at the double batch (the value whose gradient DDP's average over ranks follows). With real
+    collectives in spawned ranks: tests/recipes/test_mlip_distributed.py."""
+    halves = [_liu_inputs(seed=s) for s in (1, 2)]
+    both = {k: torch.cat([halves[0][k], v]) if v.ndim else v for k, v in halves[1].items()}
+    settings = dict(psm_temperature=0.07, ot_epsilon=0.1, ot_iterations=5, ot_tolerance=0.0)
+    one_process = MlipLiuLoss(**settings)(**both, output_dict=True)
+    local = dict(local_loss=True, gather_with_grad=True, world_size=2)
+    sent = []  # what each rank hands its collective
+    for rank, half in enumerate(halves):
+        loss = MlipLiuLoss(**settings, **local, rank=rank)
+        monkeypatch.setattr(loss, "_gather", lambda tensors: sent.append(tensors) or tensors)
+        loss(**half)
+    ranks = []
+    for rank, half in enumerate(halves):
+        loss = MlipLiuLoss(**settings, **local, rank=rank)
+        monkeypatch.setattr(loss, "_gather", lambda tensors, rank=rank: [
+            torch.cat([tensor if r == rank else sent[r][i] for r in range(2)]) for i, tensor in enumerate(tensors)])
+        ranks.append(loss(**half, output_dict=True))
+    assert set(one_process) == set(ranks[0]) == set(ranks[1]) == {
+        "masked_contrastive_loss", "patch_sentence_loss", "reconstruction_loss"}
+    for term, value in one_process.items():
+        torch.testing.assert_close((ranks[0][term] + ranks[1][term]) / 2, value, msg=term)
+        assert not torch.allclose(ranks[0][term], ranks[1][term])  # each rank scores its own rows
