@@ -5,6 +5,7 @@ files, the epoch of a checkpoint, and an MLIP (Li) knowledge file travelling und
 References: open_clip_train's own writers (main.py l.288-293, train.py l.345-347, main.py l.496-523),
 clip_benchmark's metric names, the literal values written."""
 import json
+import pickle
 
 import open_clip
 import pytest
@@ -114,6 +115,37 @@ def test_checkpoint_epoch_from_its_name_or_its_contents(tmp_path):
     assert export._checkpoint_epoch(tmp_path / "epoch_latest.pt") == 3
     torch.save({"state_dict": {}}, tmp_path / "final.pt")
     assert export._checkpoint_epoch(tmp_path / "final.pt") is None
+    # reading a checkpoint never unpickles an arbitrary object (torch.load's weights_only)
+    torch.save({"epoch": 3, "note": _Pickled()}, tmp_path / "last.pt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        export._checkpoint_epoch(tmp_path / "last.pt")
+
+
+class _Pickled:
+    """Any class of a test module: what weights_only loading refuses."""
+
+
+def test_the_run_folders_params_and_the_repo_name_reach_the_export(tmp_path):
+    """``<run>/checkpoints/epoch_N.pt`` finds ``<run>/params.txt``: the model, its flags and
+    normalisation come from it; the card is named after the repo's name, not its organisation."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    values = {"model": "unimlip-tiny", "force_context_length": 40, "image_mean": (0.5, 0.4, 0.3),
+              "image_std": (0.2, 0.25, 0.3), "unimlip_text_dropout": 0.5, "epochs": 2}
+    (run / "params.txt").write_text("".join(f"{k}: {v}\n" for k, v in sorted(values.items())))
+    torch.manual_seed(0)
+    model = open_clip.create_model("unimlip-tiny", pretrained_text=False,
+                                   unimlip_cfg={**open_clip.get_model_config("unimlip-tiny")["unimlip_cfg"],
+                                                "text_dropout": 0.5})
+    torch.save({"epoch": 2, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}},
+               run / "checkpoints" / "epoch_2.pt")
+    folder = export.export_checkpoint(run / "checkpoints" / "epoch_2.pt", tmp_path / "out", repo_id="an-org/a-name")
+    config = json.loads((folder / "open_clip_config.json").read_text())
+    assert config["model_cfg"]["text_cfg"]["context_length"] == 40
+    assert config["model_cfg"]["unimlip_cfg"]["text_dropout"] == 0.5
+    assert (config["preprocess_cfg"]["mean"], config["preprocess_cfg"]["std"]) == ([0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
+    card = (folder / "README.md").read_text()
+    assert "# Model card for a-name" in card and "an-org" not in card.split("\n# ")[1].splitlines()[0]
 
 
 def test_a_knowledge_file_travels_under_its_own_name(tmp_path):

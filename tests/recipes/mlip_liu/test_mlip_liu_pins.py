@@ -117,8 +117,13 @@ def test_local_rows_of_two_ranks_average_to_the_one_process_terms(monkeypatch):
     double batch with its own rows in its slot, and the two ranks' terms average to the one-process
     terms at the double batch (the value whose gradient DDP's average over ranks follows). With real
     collectives in spawned ranks: tests/recipes/test_mlip_distributed.py."""
-    halves = [_liu_inputs(seed=s) for s in (1, 2)]
-    both = {k: torch.cat([halves[0][k], v]) if v.ndim else v for k, v in halves[1].items()}
+    def joined(first, second):
+        return {k: torch.cat([first[k], v]) if v.ndim else v for k, v in second.items()}
+
+    # each rank's batch (8) as wide as the features (8): a batch axis confused with the feature axis shows
+    halves = [joined(_liu_inputs(seed=1), _liu_inputs(seed=2)), joined(_liu_inputs(seed=3), _liu_inputs(seed=4))]
+    assert halves[0]["image_features"].shape == (8, 8)
+    both = joined(*halves)
     settings = dict(psm_temperature=0.07, ot_epsilon=0.1, ot_iterations=5, ot_tolerance=0.0)
     one_process = MlipLiuLoss(**settings)(**both, output_dict=True)
     local = dict(local_loss=True, gather_with_grad=True, world_size=2)
