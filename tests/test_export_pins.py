@@ -4,6 +4,7 @@ config, the model card's fields, the retrieval of the checkpoint's own epoch, cl
 files, the epoch of a checkpoint, and an MLIP (Li) knowledge file travelling under its own name.
 References: open_clip_train's own writers (main.py l.288-293, train.py l.345-347, main.py l.496-523),
 clip_benchmark's metric names, the literal values written."""
+import dataclasses
 import json
 import pickle
 
@@ -165,6 +166,13 @@ def test_a_knowledge_file_travels_under_its_own_name(tmp_path):
         other.mkdir()
         config["mlip_li_cfg"]["knowledge_file"] = shipped
         assert export._portable_files(recipe, config, other) == config and not any(other.iterdir())
+    # a recipe with two portable files: one left unset does not keep the other at home
+    two = dataclasses.replace(recipe, portable_files=(("vocabulary_file", "vocabulary.txt"), *recipe.portable_files))
+    config["mlip_li_cfg"] = {**config["mlip_li_cfg"], "vocabulary_file": None, "knowledge_file": str(knowledge)}
+    both = tmp_path / "export-two"
+    both.mkdir()
+    assert export._portable_files(two, config, both)["mlip_li_cfg"]["knowledge_file"] == "mlip_li_knowledge.jsonl"
+    assert [p.name for p in both.iterdir()] == ["mlip_li_knowledge.jsonl"]
 
 
 def test_export_script_hands_every_option_to_the_exporter(tmp_path, monkeypatch):
