@@ -112,11 +112,13 @@ def test_liu_model_hands_its_loss_the_exponentiated_logit_scale(images, tokens):
     torch.testing.assert_close(model.logit_scale.grad, model.logit_scale.detach().exp())
 
 
-def test_local_rows_of_two_ranks_average_to_the_one_process_terms(monkeypatch):
-    """--local-loss --gather-with-grad on two ranks, in one process: each rank's collective returns the
-    double batch with its own rows in its slot, and the two ranks' terms average to the one-process
-    terms at the double batch (the value whose gradient DDP's average over ranks follows). With real
-    collectives in spawned ranks: tests/recipes/test_mlip_distributed.py."""
+@pytest.mark.parametrize("local_loss", [True, False])
+def test_two_ranks_average_to_the_one_process_terms(monkeypatch, local_loss):
+    """Two ranks in one process: each rank's collective returns the double batch with its own rows in
+    its slot, and the two ranks' terms average to the one-process terms at the double batch (the value
+    whose gradient DDP's average over ranks follows); with --local-loss --gather-with-grad each rank
+    scores its own rows, without it the whole batch. With real collectives in spawned ranks:
+    tests/recipes/test_mlip_distributed.py."""
     def joined(first, second):
         return {k: torch.cat([first[k], v]) if v.ndim else v for k, v in second.items()}
 
@@ -126,7 +128,7 @@ def test_local_rows_of_two_ranks_average_to_the_one_process_terms(monkeypatch):
     both = joined(*halves)
     settings = dict(psm_temperature=0.07, ot_epsilon=0.1, ot_iterations=5, ot_tolerance=0.0)
     one_process = MlipLiuLoss(**settings)(**both, output_dict=True)
-    local = dict(local_loss=True, gather_with_grad=True, world_size=2)
+    local = dict(local_loss=local_loss, gather_with_grad=True, world_size=2)
     sent = []  # what each rank hands its collective
     for rank, half in enumerate(halves):
         loss = MlipLiuLoss(**settings, **local, rank=rank)
@@ -142,4 +144,7 @@ def test_local_rows_of_two_ranks_average_to_the_one_process_terms(monkeypatch):
         "masked_contrastive_loss", "patch_sentence_loss", "reconstruction_loss"}
     for term, value in one_process.items():
         torch.testing.assert_close((ranks[0][term] + ranks[1][term]) / 2, value, msg=term)
-        assert not torch.allclose(ranks[0][term], ranks[1][term])  # each rank scores its own rows
+        if local_loss:  # each rank scores its own rows
+            assert not torch.allclose(ranks[0][term], ranks[1][term])
+        elif term != "reconstruction_loss":  # the whole batch (reconstruction: a per-sample term, its own samples)
+            torch.testing.assert_close(ranks[0][term], value, msg=term)
