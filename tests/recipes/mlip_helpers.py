@@ -94,3 +94,45 @@ class RecordedMasks:
 # ----- end to end through open_clip_train --------------------------------------------------------
 def logged(log_text, key):
     return [float(v) for v in re.findall(rf"{key}: ([0-9.]+) \(", log_text)]
+
+
+# ----- two ranks in one process ------------------------------------------------------------------------
+def joined(first: dict, second: dict) -> dict:
+    """Two loss-input dicts as one batch (the first's rows first); scalars from the second."""
+    return {k: torch.cat([first[k], v]) if v.ndim else v for k, v in second.items()}
+
+
+def two_ranks_in_one_process(monkeypatch, make_loss, halves, modules):
+    """Each rank's loss outputs (``output_dict``) for ``halves[rank]``, the two ranks run one after the
+    other in this process. ``gather_batch`` and ``all_reduce_sum`` (patched where ``modules`` bind them)
+    answer as the collectives would: a first pass records what each rank hands its k-th collective;
+    in the second, a gather returns both ranks' tensors in rank order (this rank's own, live, in its
+    slot) and a sum adds the other rank's values."""
+    sent = [[], []]
+
+    def patch(gather, reduce):
+        for module in modules:
+            for name, fake in (("gather_batch", gather), ("all_reduce_sum", reduce)):
+                if hasattr(module, name):
+                    monkeypatch.setattr(module, name, fake)
+
+    for rank, half in enumerate(halves):
+        patch(lambda tensors, *args, rank=rank, **kwargs: sent[rank].append([t.detach() for t in tensors])
+              or list(tensors),
+              lambda values, world_size, rank=rank: sent[rank].append(values.detach()) or values)
+        make_loss(rank)(**half)
+    outputs = []
+    for rank, half in enumerate(halves):
+        calls = iter(range(len(sent[rank])))
+        other = 1 - rank
+
+        def gather(tensors, *args, rank=rank, calls=calls, **kwargs):
+            k = next(calls)
+            return [torch.cat([t if r == rank else sent[r][k][i] for r in (0, 1)]) for i, t in enumerate(tensors)]
+
+        def reduce(values, world_size, calls=calls, other=other):
+            return values + sent[other][next(calls)]
+
+        patch(gather, reduce)
+        outputs.append(make_loss(rank)(**half, output_dict=True))
+    return outputs

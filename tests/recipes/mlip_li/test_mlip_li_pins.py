@@ -7,18 +7,22 @@ import json
 from pathlib import Path
 
 import open_clip
+import pytest
 import torch
 import torch.nn.functional as F
 
-from openclip_unimlip.recipes import ops
+from openclip_unimlip.recipes import distributed, ops
 from openclip_unimlip.recipes.mlip_li import knowledge as li_knowledge
+from openclip_unimlip.recipes.mlip_li import loss as li_loss_module
 from openclip_unimlip.recipes.mlip_li import model as li_model_module
 from openclip_unimlip.recipes.mlip_li.config import LiCfg
 from openclip_unimlip.recipes.mlip_li.loss import MlipLiLoss
 
 from mlip_helpers import RecordedMasks as _RecordedMasks
+from mlip_helpers import joined as _joined
 from mlip_helpers import li_inputs as _li_inputs
 from mlip_helpers import mean_of_both_directions as _mean_of_both_directions
+from mlip_helpers import two_ranks_in_one_process as _two_ranks_in_one_process
 
 
 # ----- the loss -----------------------------------------------------------------------------------
@@ -95,3 +99,24 @@ def test_the_default_knowledge_is_the_500_entity_radiology_file():
     assert [e.name for e in li_knowledge.load_knowledge(LiCfg().knowledge_file)] == names
     model = open_clip.create_model("mlip-li-tiny", device="meta", pretrained_text=False)  # no weights
     assert model.entity_names == names and tuple(model.prototypes.shape) == (500, 128)
+
+
+@pytest.mark.parametrize("local_loss", [True, False])
+def test_two_ranks_average_to_the_one_process_terms(monkeypatch, local_loss):
+    """Two ranks in one process (``mlip_helpers.two_ranks_in_one_process``): the two ranks' terms
+    average to the one-process terms at the double batch, the prototypes' codes computed over both
+    ranks' scores; with --local-loss --gather-with-grad each rank scores its own rows. With real
+    collectives in spawned ranks: tests/recipes/test_mlip_distributed.py."""
+    # each rank's batch (8) as wide as the features (8): a batch axis confused with the feature axis shows
+    halves = [_joined(_li_inputs(seed=1), _li_inputs(seed=2)), _joined(_li_inputs(seed=3), _li_inputs(seed=4))]
+    assert halves[0]["image_features"].shape == (8, 8)
+    one_process = MlipLiLoss()(**_joined(*halves), output_dict=True)
+    ranks = _two_ranks_in_one_process(monkeypatch, lambda rank: MlipLiLoss(
+        local_loss=local_loss, gather_with_grad=True, rank=rank, world_size=2), halves,
+        [distributed, li_loss_module])
+    assert set(one_process) == set(ranks[0]) == set(ranks[1]) == {
+        "global_loss", "divergence_loss", "local_loss", "prototype_loss"}
+    for term, value in one_process.items():
+        torch.testing.assert_close((ranks[0][term] + ranks[1][term]) / 2, value, msg=term)
+        if local_loss:  # each rank scores its own rows
+            assert not torch.allclose(ranks[0][term], ranks[1][term])

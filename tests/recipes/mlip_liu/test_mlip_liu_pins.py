@@ -7,14 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from openclip_unimlip.recipes import ops
+from openclip_unimlip.recipes import distributed, ops
 from openclip_unimlip.recipes.mlip_liu import model as liu_model_module
 from openclip_unimlip.recipes.mlip_liu.loss import MlipLiuLoss
 
 from mlip_helpers import RecordedMasks as _RecordedMasks
 from mlip_helpers import ce as _ce
+from mlip_helpers import joined as _joined
 from mlip_helpers import liu_inputs as _liu_inputs
 from mlip_helpers import sinkhorn as _sinkhorn
+from mlip_helpers import two_ranks_in_one_process as _two_ranks_in_one_process
 
 
 # ----- independent references ---------------------------------------------------------------------
@@ -114,32 +116,17 @@ def test_liu_model_hands_its_loss_the_exponentiated_logit_scale(images, tokens):
 
 @pytest.mark.parametrize("local_loss", [True, False])
 def test_two_ranks_average_to_the_one_process_terms(monkeypatch, local_loss):
-    """Two ranks in one process: each rank's collective returns the double batch with its own rows in
-    its slot, and the two ranks' terms average to the one-process terms at the double batch (the value
-    whose gradient DDP's average over ranks follows); with --local-loss --gather-with-grad each rank
-    scores its own rows, without it the whole batch. With real collectives in spawned ranks:
-    tests/recipes/test_mlip_distributed.py."""
-    def joined(first, second):
-        return {k: torch.cat([first[k], v]) if v.ndim else v for k, v in second.items()}
-
+    """Two ranks in one process (``mlip_helpers.two_ranks_in_one_process``): the two ranks' terms
+    average to the one-process terms at the double batch (the value whose gradient DDP's average over
+    ranks follows); with --local-loss --gather-with-grad each rank scores its own rows, without it the
+    whole batch. With real collectives in spawned ranks: tests/recipes/test_mlip_distributed.py."""
     # each rank's batch (8) as wide as the features (8): a batch axis confused with the feature axis shows
-    halves = [joined(_liu_inputs(seed=1), _liu_inputs(seed=2)), joined(_liu_inputs(seed=3), _liu_inputs(seed=4))]
+    halves = [_joined(_liu_inputs(seed=1), _liu_inputs(seed=2)), _joined(_liu_inputs(seed=3), _liu_inputs(seed=4))]
     assert halves[0]["image_features"].shape == (8, 8)
-    both = joined(*halves)
     settings = dict(psm_temperature=0.07, ot_epsilon=0.1, ot_iterations=5, ot_tolerance=0.0)
-    one_process = MlipLiuLoss(**settings)(**both, output_dict=True)
-    local = dict(local_loss=local_loss, gather_with_grad=True, world_size=2)
-    sent = []  # what each rank hands its collective
-    for rank, half in enumerate(halves):
-        loss = MlipLiuLoss(**settings, **local, rank=rank)
-        monkeypatch.setattr(loss, "_gather", lambda tensors: sent.append(tensors) or tensors)
-        loss(**half)
-    ranks = []
-    for rank, half in enumerate(halves):
-        loss = MlipLiuLoss(**settings, **local, rank=rank)
-        monkeypatch.setattr(loss, "_gather", lambda tensors, rank=rank: [
-            torch.cat([tensor if r == rank else sent[r][i] for r in range(2)]) for i, tensor in enumerate(tensors)])
-        ranks.append(loss(**half, output_dict=True))
+    one_process = MlipLiuLoss(**settings)(**_joined(*halves), output_dict=True)
+    ranks = _two_ranks_in_one_process(monkeypatch, lambda rank: MlipLiuLoss(
+        **settings, local_loss=local_loss, gather_with_grad=True, rank=rank, world_size=2), halves, [distributed])
     assert set(one_process) == set(ranks[0]) == set(ranks[1]) == {
         "masked_contrastive_loss", "patch_sentence_loss", "reconstruction_loss"}
     for term, value in one_process.items():
