@@ -110,12 +110,35 @@ def test_retrieval_files_of_clip_benchmark_and_of_ours(tmp_path):
     assert export.read_retrieval(path) == {"image_to_text_R@10": 0.7}
 
 
+@pytest.mark.parametrize("model", ["unimlip-tiny", "mlip-liu-tiny", "mlip-li-tiny"])
+def test_the_runs_quick_gelu_and_patch_dropout_reach_the_config(model):
+    registered = open_clip.get_model_config(model)
+    assert not registered.get("quick_gelu")
+    config, _ = export.export_config(model, {"force_quick_gelu": True, "force_patch_dropout": 0.25})
+    assert config["quick_gelu"] is True and config["vision_cfg"]["patch_dropout"] == 0.25
+    config, _ = export.export_config(model, {"force_quick_gelu": False, "force_patch_dropout": None})
+    assert config == registered
+
+
+def test_a_text_tower_named_by_a_path_of_this_machine_is_refused(monkeypatch, tmp_path):
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        config = open_clip.get_model_config("unimlip-tiny")
+        config["text_cfg"][key] = str(tmp_path / "minilm")
+        monkeypatch.setattr(export, "model_config", lambda name, config=config: config)
+        with pytest.raises(ValueError, match=f"text_cfg.{key} of 'unimlip-tiny' is a path of this machine"):
+            export.export_config("unimlip-tiny")
+
+
 def test_checkpoint_epoch_from_its_name_or_its_contents(tmp_path):
     assert export._checkpoint_epoch(tmp_path / "epoch_7.pt") == 7  # the name suffices: the file is not read
     torch.save({"epoch": 3, "state_dict": {}}, tmp_path / "epoch_latest.pt")
     assert export._checkpoint_epoch(tmp_path / "epoch_latest.pt") == 3
     torch.save({"state_dict": {}}, tmp_path / "final.pt")
     assert export._checkpoint_epoch(tmp_path / "final.pt") is None
+    torch.save({"epoch": "3", "state_dict": {}}, tmp_path / "named.pt")
+    assert export._checkpoint_epoch(tmp_path / "named.pt") is None  # an epoch that is not a number
+    torch.save([torch.zeros(1)], tmp_path / "bare.pt")
+    assert export._checkpoint_epoch(tmp_path / "bare.pt") is None  # not a dict at all
     # reading a checkpoint never unpickles an arbitrary object (torch.load's weights_only)
     torch.save({"epoch": 3, "note": _Pickled()}, tmp_path / "last.pt")
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
