@@ -3,6 +3,7 @@ as configured, what the model hands its loss (the diverged views, the [CLS] toke
 default knowledge. Each is held against an independent computation: a contrast written out
 (``mlip_helpers``), OpenCLIP's own towers, the eager attention weights of transformers, a count of the
 knowledge file's lines."""
+import inspect
 import json
 from pathlib import Path
 
@@ -120,3 +121,14 @@ def test_two_ranks_average_to_the_one_process_terms(monkeypatch, local_loss):
         torch.testing.assert_close((ranks[0][term] + ranks[1][term]) / 2, value, msg=term)
         if local_loss:  # each rank scores its own rows
             assert not torch.allclose(ranks[0][term], ranks[1][term])
+
+
+def test_the_loss_defaults_are_the_configs_and_clip_losss():
+    """A loss built without arguments (a user's script) is the configured one, distributed as ClipLoss."""
+    ours = inspect.signature(MlipLiLoss.__init__).parameters
+    for name in ("divergence_temperature", "local_temperature", "prototype_temperature", "sinkhorn_epsilon",
+                 "sinkhorn_iterations", "sinkhorn_tolerance"):
+        assert ours[name].default == getattr(LiCfg(), name), name
+    clip = inspect.signature(open_clip.ClipLoss.__init__).parameters
+    for name in ("local_loss", "gather_with_grad", "rank", "world_size"):
+        assert ours[name].default == clip[name].default, name

@@ -2,6 +2,8 @@
 temperature as configured, MaCo's gradient path, the masking ratio and what the model hands its loss
 (the reconstruction target, the logit scale). Each is held against an independent computation: the
 cited source's lines written out here, OpenCLIP's own towers."""
+import inspect
+
 import open_clip
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 
 from openclip_unimlip.recipes import distributed, ops
 from openclip_unimlip.recipes.mlip_liu import model as liu_model_module
+from openclip_unimlip.recipes.mlip_liu.config import LiuCfg
 from openclip_unimlip.recipes.mlip_liu.loss import MlipLiuLoss
 
 from mlip_helpers import RecordedMasks as _RecordedMasks
@@ -135,3 +138,13 @@ def test_two_ranks_average_to_the_one_process_terms(monkeypatch, local_loss):
             assert not torch.allclose(ranks[0][term], ranks[1][term])
         elif term != "reconstruction_loss":  # the whole batch (reconstruction: a per-sample term, its own samples)
             torch.testing.assert_close(ranks[0][term], value, msg=term)
+
+
+def test_the_loss_defaults_are_the_configs_and_clip_losss():
+    """A loss built without arguments (a user's script) is the configured one, distributed as ClipLoss."""
+    ours = inspect.signature(MlipLiuLoss.__init__).parameters
+    for name in ("psm_temperature", "ot_epsilon", "ot_iterations", "ot_tolerance"):
+        assert ours[name].default == getattr(LiuCfg(), name), name
+    clip = inspect.signature(open_clip.ClipLoss.__init__).parameters
+    for name in ("local_loss", "gather_with_grad", "rank", "world_size"):
+        assert ours[name].default == clip[name].default, name
