@@ -149,7 +149,7 @@ class _Pickled:
     """Any class of a test module: what weights_only loading refuses."""
 
 
-def test_the_run_folders_params_and_the_repo_name_reach_the_export(tmp_path):
+def test_the_run_folders_params_and_the_repo_name_reach_the_export(tmp_path, monkeypatch):
     """``<run>/checkpoints/epoch_N.pt`` finds ``<run>/params.txt``: the model, its flags and
     normalisation come from it; the card is named after the repo's name, not its organisation."""
     run = tmp_path / "run"
@@ -163,7 +163,14 @@ def test_the_run_folders_params_and_the_repo_name_reach_the_export(tmp_path):
                                                 "text_dropout": 0.5})
     torch.save({"epoch": 2, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}},
                run / "checkpoints" / "epoch_2.pt")
+    (tmp_path / "out").mkdir()  # an output folder made beforehand, empty
+    created = []
+    real_create_model = open_clip.create_model
+    monkeypatch.setattr(open_clip, "create_model", lambda *args, **kwargs: created.append(kwargs) or
+                        real_create_model(*args, **kwargs))
     folder = export.export_checkpoint(run / "checkpoints" / "epoch_2.pt", tmp_path / "out", repo_id="an-org/a-name")
+    # the checkpoint holds every weight: the text tower's base weights are never fetched
+    assert [kwargs["pretrained_text"] for kwargs in created] == [False]
     config = json.loads((folder / "open_clip_config.json").read_text())
     assert config["model_cfg"]["text_cfg"]["context_length"] == 40
     assert config["model_cfg"]["unimlip_cfg"]["text_dropout"] == 0.5
@@ -209,3 +216,14 @@ def test_export_script_hands_every_option_to_the_exporter(tmp_path, monkeypatch)
                 "params_file": "p.txt", "retrieval_file": "r.json", "repo_id": "org/name", "license": "mit"}
     assert {k: str(given.get(k)) for k in expected} == expected
     assert not given.get("push")
+
+
+def test_weights_of_another_model_are_explained(tmp_path):
+    torch.manual_seed(0)
+    other = open_clip.create_model("mlip-liu-tiny", pretrained_text=False)
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in other.state_dict().items()}},
+               tmp_path / "epoch_1.pt")
+    message = r"do not fit the UniMlip model .* 150 missing \(fusion\.image_proj\.bias"
+    with pytest.raises(export.WeightsDoNotFit, match=message):
+        export.export_checkpoint(tmp_path / "epoch_1.pt", tmp_path / "out", model_name="unimlip-tiny")
+    assert not (tmp_path / "out").exists()  # nothing written

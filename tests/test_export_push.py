@@ -57,8 +57,11 @@ class _HubHandler(BaseHTTPRequestHandler):
             if hub.refuse_create:
                 return self._reply(403, {"error": REFUSAL})
             request = json.loads(body)
+            url = f"{hub.endpoint}/{request['organization']}/{request['name']}"
+            if any((r["organization"], r["name"]) == (request["organization"], request["name"]) for r in hub.created):
+                return self._reply(409, {"error": "You already created this model repo", "url": url})
             hub.created.append(request)
-            return self._reply(200, {"url": f"{hub.endpoint}/{request['organization']}/{request['name']}"})
+            return self._reply(200, {"url": url})
         if self.path == "/api/validate-yaml":
             return self._reply(200, {"errors": [], "warnings": []})
         if "/preupload/" in self.path:
@@ -157,6 +160,28 @@ def test_push_folder_without_private_leaves_visibility_to_the_hub(hub_client, tm
     assert url.startswith(hub.endpoint)
     assert hub.files == _files(folder) and set(hub.files) == {"weights.bin", "nested/config.json"}
     assert hub.created == [{"name": "plain", "organization": "our-org", "type": "model"}]
+
+
+def test_a_second_push_to_an_existing_repo_uploads_into_it(hub_client, tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with stand_in_hub() as hub:
+        hub_client(hub)
+        for version in (b"first", b"second"):
+            (folder / "weights.bin").write_bytes(version)
+            push_folder(folder, "our-org/plain")
+    assert hub.files == {"weights.bin": b"second"} and len(hub.commits) == 2
+    assert hub.created == [{"name": "plain", "organization": "our-org", "type": "model"}]  # the Hub answered 409
+
+
+def test_the_python_api_pushes_only_when_asked_and_never_private_by_default():
+    import inspect
+
+    from openclip_unimlip import export as hub_module
+
+    exporter = inspect.signature(hub_module.export_checkpoint).parameters
+    assert exporter["push"].default is False and exporter["private"].default is False
+    assert inspect.signature(push_folder).parameters["private"].default is False
 
 
 def test_an_upload_error_is_one_message_and_the_export_stays(checkpoint, hub_client, tmp_path):
