@@ -95,6 +95,15 @@ def test_card_retrieval_is_the_checkpoints_own_epoch(tmp_path):
     assert export.find_retrieval(checkpoint, 2) == {"image_to_text_R@1": 0.2, "text_to_image_R@1": 0.1}
     assert export.find_retrieval(checkpoint, None) == {"image_to_text_R@1": 0.3, "text_to_image_R@1": 0.15}
     assert export.find_retrieval(tmp_path / "other" / "epoch_1.pt", 1) == {}  # no results.jsonl beside it
+    # a run restarted from scratch in the same folder appends epochs 1.. again: epoch 2 is still epoch 2's row
+    _results(tmp_path, [1, 2, 1])
+    assert export.find_retrieval(checkpoint, 2) == {"image_to_text_R@1": 0.2, "text_to_image_R@1": 0.1}
+    # epochs past 256 (JSON gives new int objects: compared by value)
+    _results(tmp_path, [299, 300])
+    assert export.find_retrieval(checkpoint, 300) == {"image_to_text_R@1": 30.0, "text_to_image_R@1": 15.0}
+    # no row of the checkpoint's epoch: the last row, also when it is the only one
+    _results(tmp_path, [4])
+    assert export.find_retrieval(checkpoint, 7) == {"image_to_text_R@1": 0.4, "text_to_image_R@1": 0.2}
 
 
 def test_retrieval_files_of_clip_benchmark_and_of_ours(tmp_path):
@@ -177,6 +186,10 @@ def test_the_run_folders_params_and_the_repo_name_reach_the_export(tmp_path, mon
     assert (config["preprocess_cfg"]["mean"], config["preprocess_cfg"]["std"]) == ([0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
     card = (folder / "README.md").read_text()
     assert "# Model card for a-name" in card and "an-org" not in card.split("\n# ")[1].splitlines()[0]
+    # a repo id without an organisation, into a folder whose parents do not exist yet
+    nested = tmp_path / "exports" / "runs" / "solo"
+    export.export_checkpoint(run / "checkpoints" / "epoch_2.pt", nested, repo_id="solo-name")
+    assert "# Model card for solo-name" in (nested / "README.md").read_text()
 
 
 def test_a_knowledge_file_travels_under_its_own_name(tmp_path):
