@@ -74,7 +74,7 @@ def _int(env: Mapping[str, str], name: str) -> Optional[int]:
 def _gpus_per_node(value: str) -> int:
     """Slurm's ``--gpus-per-node`` value as a count: ``8``, ``a100:8``, ``gpu:a100:4,v100:2``."""
     try:
-        return sum(int(part.rsplit(":", 1)[-1].split("(")[0]) for part in value.split(","))
+        return sum(int(part.rsplit(":", 1)[-1]) for part in value.split(","))
     except ValueError:
         raise LaunchError(f"cannot read a GPU count from SLURM_GPUS_PER_NODE={value!r}; set GPUS_PER_NODE") from None
 
@@ -190,13 +190,16 @@ def _check_shards(label: str, urls: str, num_samples_variable: str, required: bo
 def train_args(env: Mapping[str, str], shape: Shape, extra: Sequence[str] = ()) -> Tuple[List[str], str]:
     """The full, checked open_clip_train argument list for this allocation, and the run name."""
     recipe = recipe_args(env, extra)
-    global_batch = _int(env, "GLOBAL_BATCH") or int(_recipe(env)["GLOBAL_BATCH"])
+    global_batch = _int(env, "GLOBAL_BATCH")
+    if global_batch is None:  # unset: the recipe's; an explicit 0 is refused below, not replaced
+        global_batch = int(_recipe({})["GLOBAL_BATCH"])
     if global_batch < 1 or global_batch % shape.world_size:
         raise LaunchError(
             f"GLOBAL_BATCH={global_batch} must be a positive multiple of the {shape.world_size} processes "
             f"({shape.nodes} node(s) x {shape.procs_per_node}): change GLOBAL_BATCH or the allocation")
-    # ours: one CPU per process for the training loop, the others load data
-    workers = _int(env, "WORKERS") or max(1, shape.cpus_per_proc - 1)
+    workers = _int(env, "WORKERS")
+    if workers is None:  # ours: one CPU per process for the training loop, the others load data
+        workers = max(1, shape.cpus_per_proc - 1)  # an explicit 0 stays: OpenCLIP loads in the process
     name = run_name(env, recipe)
     logs = env.get("LOGS") or os.path.join(os.getcwd(), "logs")
     owned = ["--batch-size", str(global_batch // shape.world_size), "--workers", str(workers),
