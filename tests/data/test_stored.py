@@ -1,0 +1,69 @@
+"""The stored-pairs reader (``data/stored.py``) on shards and CSVs written here with ``tarfile`` and
+pandas: which member of a sample is its caption, what is skipped and the warning that counts it
+(the count made from the written samples), and the seeded draw's smallest size."""
+import io
+import logging
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from openclip_unimlip.data.stored import load_pairs, sample_indices
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (10, 20, 30)).save(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _write_tar(path, members):
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_a_samples_caption_is_its_txt_member_whatever_follows_it(tmp_path):
+    # members a webdataset sample may carry after its caption: metadata, a class, an XML report
+    _write_tar(tmp_path / "00000.tar", [("a.png", _png()), ("a.txt", b" pleural effusion "),
+                                        ("a.xml", b"<report>not the caption</report>"), ("a.zzz", b"nor this"),
+                                        ("a.json", b"{}")])
+    (pair,) = load_pairs(str(tmp_path / "00000.tar"))
+    assert (pair.key, pair.caption) == ("a", "pleural effusion")
+
+
+def test_incomplete_samples_are_skipped_and_counted_in_the_warning(tmp_path, caplog):
+    members = [("a.png", _png()), ("a.txt", b"one"), ("b.png", _png()), ("c.txt", b"no image"),
+               ("d.png", _png()), ("d.txt", b"  "), ("e.jpg", _png()), ("e.txt", b"two")]
+    _write_tar(tmp_path / "00000.tar", members)
+    with caplog.at_level(logging.WARNING):
+        pairs = load_pairs(str(tmp_path / "00000.tar"))
+    assert [p.key for p in pairs] == ["a", "e"]
+    skipped = len({name.split(".")[0] for name, _ in members}) - len(pairs)  # 5 samples written, 2 whole
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / '00000.tar'}: skipped {skipped} sample(s) without an image or a caption"]
+    caplog.clear()
+    _write_tar(tmp_path / "whole.tar", members[:2])
+    with caplog.at_level(logging.WARNING):
+        assert len(load_pairs(str(tmp_path / "whole.tar"))) == 1
+    assert caplog.records == []  # nothing skipped, nothing said
+
+
+def test_csv_rows_without_a_caption_are_skipped_and_counted(tmp_path, caplog):
+    (tmp_path / "x.png").write_bytes(_png())
+    (tmp_path / "pairs.csv").write_text("filepath\ttitle\nx.png\tfirst\nx.png\t\nx.png\tNA\nx.png\t \n")
+    with caplog.at_level(logging.WARNING):
+        pairs = load_pairs(str(tmp_path / "pairs.csv"))
+    assert [p.caption for p in pairs] == ["first", "NA"]
+    assert [r.getMessage() for r in caplog.records] == [f"{tmp_path / 'pairs.csv'}: skipped 2 row(s) without a caption"]
+
+
+def test_the_draw_takes_any_positive_number_of_pairs():
+    assert len(sample_indices(10, 1, seed=3)) == 1
+    drawn = sample_indices(10, 4, seed=3)
+    assert len(set(drawn)) == 4 and np.all(np.diff(drawn) > 0) and drawn.max() < 10
+    with pytest.raises(ValueError, match="num_samples must be positive, got 0"):
+        sample_indices(10, 0)

@@ -1,0 +1,76 @@
+"""The fine-tuning kit (``evaluation/finetune.py``) beyond the loop's steps (test_fit_pins.py): a
+ModifiedResNet's attention pool resized to another image size (checked by properties bicubic
+resampling must keep, and by the tower running at the new size), a ViT at its own size, the
+transforms' interpolation as OpenCLIP's configs name it, and loss scaling exactly where
+``open_clip_train`` scales (3.3, main.py: a GradScaler only for ``--precision amp``)."""
+import open_clip
+import pytest
+import torch
+from open_clip.modified_resnet import ModifiedResNet
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision.transforms import InterpolationMode, v2
+
+from openclip_unimlip.evaluation import finetune
+
+
+@pytest.fixture(scope="module")
+def tiny_resnet():
+    torch.manual_seed(0)
+    tower = open_clip.create_model("unimlip-tiny", pretrained_text=False).visual
+    assert isinstance(tower, ModifiedResNet) and tower.image_size == 96  # a 3 x 3 final grid
+    return tower
+
+
+def test_the_attention_pool_is_resampled_to_the_new_grid(tiny_resnet):
+    tower = tiny_resnet
+    original = tower.attnpool.positional_embedding.detach().clone()
+    width = original.shape[1]
+    finetune.resize_image_tower(tower, 96)  # the same grid: bicubic at scale 1 is the identity
+    torch.testing.assert_close(tower.attnpool.positional_embedding.detach(), original)
+    # a grid constant per channel stays constant (bicubic weights sum to one)
+    constant = torch.cat([original[:1], torch.arange(width, dtype=original.dtype).expand(9, width)])
+    tower.attnpool.positional_embedding = nn.Parameter(constant.clone())
+    finetune.resize_image_tower(tower, 160)
+    resized = tower.attnpool.positional_embedding.detach()
+    assert resized.shape == (1 + 5 * 5, width) and tower.image_size == 160
+    torch.testing.assert_close(resized[0], original[0])  # the class position is kept as it was
+    torch.testing.assert_close(resized[1:], torch.arange(width, dtype=resized.dtype).expand(25, width))
+    tower.eval()
+    with torch.no_grad():  # the tower runs at the new size, to its embedding width
+        assert tower(torch.zeros(2, 3, 160, 160)).shape == (2, tower.attnpool.c_proj.out_features)
+    with pytest.raises(ValueError, match="divisible by 32, got 100"):
+        finetune.resize_image_tower(tower, 100)
+
+
+def test_a_vit_loads_at_its_own_size_and_refuses_another():
+    model, preprocess = finetune.load_clip_model("mlip-liu-tiny", image_size=96, pretrained_text=False)
+    assert tuple(preprocess["size"]) == (96, 96) and model.visual.image_size == (96, 96)
+    with pytest.raises(ValueError, match="only supported for ModifiedResNet towers, not VisionTransformer"):
+        finetune.load_clip_model("mlip-liu-tiny", image_size=128, pretrained_text=False)
+
+
+@pytest.mark.parametrize("named, expected", [
+    ("bicubic", InterpolationMode.BICUBIC), ("bilinear", InterpolationMode.BILINEAR),
+    ("random", InterpolationMode.BICUBIC), (None, InterpolationMode.BICUBIC)])
+def test_the_transforms_interpolate_as_the_config_names(named, expected):
+    cfg = {"size": 64, "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+    if named is not None:
+        cfg["interpolation"] = named
+    for is_train, kinds in ((True, (v2.RandomResizedCrop,)), (False, (v2.Resize,))):
+        steps = [t for t in finetune.image_transform(cfg, is_train).transforms if isinstance(t, kinds)]
+        assert [t.interpolation for t in steps] == [expected]
+
+
+@pytest.mark.parametrize("precision, scaled", [("fp32", False), ("amp", True), ("amp_bf16", False)])
+def test_the_loss_is_scaled_only_for_amp(monkeypatch, precision, scaled):
+    made = []
+    real = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda *args, **kwargs: made.append(kwargs["enabled"]) or
+                        real(*args, **kwargs))
+    model = nn.Linear(2, 1)
+    loader = DataLoader(TensorDataset(torch.randn(4, 2), torch.randn(4, 1)), batch_size=2)
+    finetune.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
+                 lambda m, x, y: nn.functional.mse_loss(m(x), y), finetune.FitConfig(max_epochs=1, precision=precision),
+                 torch.device("cpu"), progress=False)
+    assert made == [scaled]
