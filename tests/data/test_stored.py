@@ -67,3 +67,17 @@ def test_the_draw_takes_any_positive_number_of_pairs():
     assert len(set(drawn)) == 4 and np.all(np.diff(drawn) > 0) and drawn.max() < 10
     with pytest.raises(ValueError, match="num_samples must be positive, got 0"):
         sample_indices(10, 0)
+
+
+def test_the_pairs_drawn_by_default_are_the_documented_draw():
+    """2000 pairs (the paper's protocol), seed 0 (ours), in both the index and the pair draw."""
+    import inspect
+
+    from openclip_unimlip.data.stored import ImageTextPair, sample_pairs
+
+    for function in (sample_indices, sample_pairs):
+        parameters = inspect.signature(function).parameters
+        assert (parameters["num_samples"].default, parameters["seed"].default) == (2000, 0), function.__name__
+    pairs = [ImageTextPair(str(i), None, f"caption {i}") for i in range(30)]
+    drawn = sample_pairs(pairs, 5)
+    assert [p.key for p in drawn] == [str(i) for i in np.sort(np.random.default_rng(0).choice(30, 5, replace=False))]

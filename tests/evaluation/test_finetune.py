@@ -60,6 +60,8 @@ def test_the_transforms_interpolate_as_the_config_names(named, expected):
     for is_train, kinds in ((True, (v2.RandomResizedCrop,)), (False, (v2.Resize,))):
         steps = [t for t in finetune.image_transform(cfg, is_train).transforms if isinstance(t, kinds)]
         assert [t.interpolation for t in steps] == [expected]
+        if is_train:  # the documented augmentation (ours): OpenCLIP's crop at scale 0.9-1
+            assert steps[0].scale == (0.9, 1.0)
 
 
 @pytest.mark.parametrize("precision, scaled", [("fp32", False), ("amp", True), ("amp_bf16", False)])
@@ -74,3 +76,33 @@ def test_the_loss_is_scaled_only_for_amp(monkeypatch, precision, scaled):
                  lambda m, x, y: nn.functional.mse_loss(m(x), y), finetune.FitConfig(max_epochs=1, precision=precision),
                  torch.device("cpu"), progress=False)
     assert made == [scaled]
+
+
+def test_parameters_a_step_leaves_without_gradient_are_not_updated():
+    """As open_clip_train's ``optimizer.zero_grad()`` (gradients set to None): after the first step,
+    AdamW neither decays nor moves by momentum a parameter that no later loss reaches."""
+    model = nn.ModuleDict({"used": nn.Linear(2, 1), "sometimes": nn.Linear(2, 1)})
+    after_first_step = []
+
+    def loss(m, x, y):
+        value = nn.functional.mse_loss(m["used"](x), y)
+        if not after_first_step:  # the first batch reaches both; the state after its step is kept
+            after_first_step.append(None)
+            return value + m["sometimes"](x).pow(2).mean()
+        if len(after_first_step) == 1:
+            after_first_step.append(m["sometimes"].weight.detach().clone())
+        return value
+
+    loader = DataLoader(TensorDataset(torch.randn(8, 2), torch.randn(8, 1)), batch_size=2)
+    finetune.fit(model, torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5), loader, loss,
+                 finetune.FitConfig(max_epochs=2), torch.device("cpu"), progress=False)
+    assert torch.equal(model["sometimes"].weight.detach(), after_first_step[1])
+
+
+def test_a_classifier_never_loads_the_text_towers_base_weights(monkeypatch):
+    made = []
+    real = open_clip.create_model
+    monkeypatch.setattr(open_clip, "create_model", lambda *args, **kwargs: made.append(kwargs) or real(*args, **kwargs))
+    classifier, _ = finetune.build_image_classifier("unimlip-tiny", None, num_labels=3)
+    assert [kwargs["pretrained_text"] for kwargs in made] == [False]
+    assert classifier(torch.zeros(2, 3, 96, 96)).shape == (2, 3)
