@@ -81,3 +81,23 @@ def test_the_pairs_drawn_by_default_are_the_documented_draw():
     pairs = [ImageTextPair(str(i), None, f"caption {i}") for i in range(30)]
     drawn = sample_pairs(pairs, 5)
     assert [p.key for p in drawn] == [str(i) for i in np.sort(np.random.default_rng(0).choice(30, 5, replace=False))]
+
+
+def test_missing_shards_are_counted_and_the_first_is_named(tmp_path):
+    _write_tar(tmp_path / "00001.tar", [("a.png", _png()), ("a.txt", b"one")])
+    pattern = str(tmp_path / "{00000..00003}.tar")
+    with pytest.raises(FileNotFoundError, match=r"3 shard\(s\) of .* not found, e\.g\. .*/00000\.tar$"):
+        load_pairs(pattern)
+
+
+def test_a_csv_path_is_read_as_written_first_then_beside_the_csv(tmp_path, monkeypatch):
+    """OpenCLIP's CsvDataset opens a path as written (relative to the working directory); a path that
+    is not there is looked for beside the CSV (what converters write)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (4, 4), (200, 0, 0)).save(tmp_path / "here.png")
+    Image.new("RGB", (4, 4), (0, 200, 0)).save(tmp_path / "sub" / "here.png")
+    Image.new("RGB", (4, 4), (0, 0, 200)).save(tmp_path / "sub" / "beside.png")
+    (tmp_path / "sub" / "pairs.csv").write_text("filepath\ttitle\nhere.png\tcwd\nbeside.png\tcsv\n")
+    pairs = load_pairs(str(tmp_path / "sub" / "pairs.csv"))
+    assert [p.image.open().getpixel((0, 0)) for p in pairs] == [(200, 0, 0), (0, 0, 200)]
