@@ -54,7 +54,8 @@ def resize_image_tower(tower: nn.Module, image_size: int) -> None:
     old = tower.attnpool.positional_embedding.data
     old_grid, new_grid = math.isqrt(old.shape[0] - 1), image_size // 32
     cells = old[1:].reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2)
-    cells = F.interpolate(cells, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    # OpenCLIP's resize_pos_embed (model.py) for a ViT's grid: bicubic with antialiasing, its default
+    cells = F.interpolate(cells, size=(new_grid, new_grid), mode="bicubic", antialias=True, align_corners=False)
     cells = cells.permute(0, 2, 3, 1).reshape(new_grid * new_grid, -1)
     tower.attnpool.positional_embedding = nn.Parameter(torch.cat([old[:1], cells]))
     tower.image_size = image_size

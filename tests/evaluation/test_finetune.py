@@ -43,6 +43,24 @@ def test_the_attention_pool_is_resampled_to_the_new_grid(tiny_resnet):
         finetune.resize_image_tower(tower, 100)
 
 
+def test_the_attention_pool_is_resampled_as_openclip_resamples_a_vits_positions(tiny_resnet):
+    """The reference: OpenCLIP's own ``resize_pos_embed`` (model.py, its defaults: bicubic with
+    antialiasing) on the same embedding, for a ViT whose grid is the new one, growing and shrinking."""
+    from types import SimpleNamespace
+
+    from open_clip.model import resize_pos_embed
+
+    torch.manual_seed(1)
+    tower = tiny_resnet
+    embedding = torch.randn_like(tower.attnpool.positional_embedding)
+    for size, grid in ((96, 3), (224, 7), (64, 2)):
+        tower.attnpool.positional_embedding = nn.Parameter(embedding.clone())
+        finetune.resize_image_tower(tower, size)
+        state = {"visual.positional_embedding": embedding.clone()}
+        resize_pos_embed(state, SimpleNamespace(visual=SimpleNamespace(grid_size=(grid, grid))))
+        torch.testing.assert_close(tower.attnpool.positional_embedding.detach(), state["visual.positional_embedding"])
+
+
 def test_a_vit_loads_at_its_own_size_and_refuses_another():
     model, preprocess = finetune.load_clip_model("mlip-liu-tiny", image_size=96, pretrained_text=False)
     assert tuple(preprocess["size"]) == (96, 96) and model.visual.image_size == (96, 96)
