@@ -101,3 +101,24 @@ def test_a_csv_path_is_read_as_written_first_then_beside_the_csv(tmp_path, monke
     (tmp_path / "sub" / "pairs.csv").write_text("filepath\ttitle\nhere.png\tcwd\nbeside.png\tcsv\n")
     pairs = load_pairs(str(tmp_path / "sub" / "pairs.csv"))
     assert [p.image.open().getpixel((0, 0)) for p in pairs] == [(200, 0, 0), (0, 0, 200)]
+
+
+def test_labelled_images_from_class_folders_and_from_a_csv(tmp_path):
+    """Class indices follow the sorted names: torchvision's ImageFolder for folders (the reference),
+    the same rule for a CSV's label column."""
+    from torchvision.datasets import ImageFolder
+
+    from openclip_unimlip.data.stored import load_labelled_images
+
+    for name, colour in (("effusion", (200, 0, 0)), ("atelectasis", (0, 200, 0))):
+        (tmp_path / "folders" / name).mkdir(parents=True)
+        Image.new("RGB", (4, 4), colour).save(tmp_path / "folders" / name / "1.png")
+    labelled = load_labelled_images(str(tmp_path / "folders"))
+    reference = ImageFolder(str(tmp_path / "folders"))
+    assert labelled.classnames == reference.classes == ["atelectasis", "effusion"]
+    assert labelled.labels == [label for _, label in reference.samples]
+    (tmp_path / "labels.csv").write_text(
+        "filepath\tlabel\nfolders/effusion/1.png\teffusion\nfolders/atelectasis/1.png\tatelectasis\n")
+    labelled = load_labelled_images(str(tmp_path / "labels.csv"))
+    assert (labelled.classnames, labelled.labels) == (["atelectasis", "effusion"], [1, 0])
+    assert labelled.images[0].open().getpixel((0, 0)) == (200, 0, 0)
