@@ -26,6 +26,19 @@ def _write_tar(path, members):
             tar.addfile(info, io.BytesIO(data))
 
 
+def test_folder_members_of_a_shard_are_passed_over(tmp_path):
+    with tarfile.open(tmp_path / "00000.tar", "w") as tar:
+        folder = tarfile.TarInfo("images")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+    with tarfile.open(tmp_path / "00000.tar", "a") as tar:
+        for name, data in (("images/a.png", _png()), ("images/a.txt", b"one")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert [(p.key, p.caption) for p in load_pairs(str(tmp_path / "00000.tar"))] == [("images/a", "one")]
+
+
 def test_a_samples_caption_is_its_txt_member_whatever_follows_it(tmp_path):
     # members a webdataset sample may carry after its caption: metadata, a class, an XML report
     _write_tar(tmp_path / "00000.tar", [("a.png", _png()), ("a.txt", b" pleural effusion "),
@@ -117,8 +130,9 @@ def test_labelled_images_from_class_folders_and_from_a_csv(tmp_path):
     reference = ImageFolder(str(tmp_path / "folders"))
     assert labelled.classnames == reference.classes == ["atelectasis", "effusion"]
     assert labelled.labels == [label for _, label in reference.samples]
-    (tmp_path / "labels.csv").write_text(
-        "filepath\tlabel\nfolders/effusion/1.png\teffusion\nfolders/atelectasis/1.png\tatelectasis\n")
+    (tmp_path / "labels.csv").write_text("filepath\tlabel\nfolders/effusion/1.png\teffusion\n"
+                                         "folders/atelectasis/1.png\tatelectasis\nfolders/effusion/1.png\tNA\n")
     labelled = load_labelled_images(str(tmp_path / "labels.csv"))
-    assert (labelled.classnames, labelled.labels) == (["atelectasis", "effusion"], [1, 0])
+    # "NA" is a label as written (pandas would read it as missing by default)
+    assert (labelled.classnames, labelled.labels) == (["NA", "atelectasis", "effusion"], [2, 1, 0])
     assert labelled.images[0].open().getpixel((0, 0)) == (200, 0, 0)
