@@ -177,14 +177,17 @@ def test_remote_shards_are_counted_but_never_looked_for(urls):
 # ---------------------------------------------------------------- the command
 
 
-def test_extra_arguments_come_once_after_the_launchers_own(shards, tmp_path, trainer_parse):
+@pytest.mark.parametrize("extra", [
+    ["--val-frequency", "3", "--unimlip-no-bn-freeze"], ["--val-frequency", "3"], ["--unimlip-no-bn-freeze"],
+    ["--val-frequency", "3", "--unimlip-no-bn-freeze", "--log-every-n-steps", "7"]], ids=len)
+def test_extra_arguments_come_once_after_the_launchers_own(shards, tmp_path, trainer_parse, extra):
     env = job_env(shards, LOGS=str(tmp_path / "logs"))
-    command, _, _ = slurm.launch_command("one-node", env, ["--val-frequency", "3", "--unimlip-no-bn-freeze"])
+    command, _, _ = slurm.launch_command("one-node", env, extra)
     args = _train_args(command)
-    assert args.count("--val-frequency") == 1 and args.count("--unimlip-no-bn-freeze") == 1
-    assert args[-3:] == ["--val-frequency", "3", "--unimlip-no-bn-freeze"]
-    assert args.index("--name") < args.index("--val-frequency") and args.index("--logs") < args.index("--name")
-    assert trainer_parse(args).val_frequency == 3
+    assert all(args.count(flag) == 1 for flag in extra if flag.startswith("--"))
+    assert args[-len(extra):] == extra
+    assert args.index("--logs") < args.index("--name") < len(args) - len(extra)
+    assert trainer_parse(args).val_frequency == (3 if "--val-frequency" in extra else 1)
 
 
 def test_the_summary_names_the_run_folder_and_the_batch_split(shards, tmp_path):
@@ -215,3 +218,36 @@ def test_one_node_mode_is_checked_by_value(shards):
     env = job_env(shards, SLURM_NNODES="2", SLURM_GPUS_ON_NODE="4", SLURM_CPUS_PER_TASK="16")
     with pytest.raises(slurm.LaunchError, match=re.escape("this script trains on one node but the job has 2")):
         slurm.launch_command(mode, env, [])
+    command, _, _ = slurm.launch_command(mode, job_env(shards), [])
+    assert "--standalone" in command  # and a one-node launch by that name rendezvous locally
+
+
+def test_the_run_is_named_after_the_job_or_unimlip(shards):
+    paper = slurm.launch_command("one-node", job_env(shards, SLURM_JOB_NAME="paper"), [])[2]
+    assert re.search(r"/paper-[0-9a-f]{8}$", paper)
+    env = job_env(shards)
+    del env["SLURM_JOB_NAME"]
+    assert re.search(r"/unimlip-[0-9a-f]{8}$", slurm.launch_command("one-node", env, [])[2])
+
+
+def test_a_variable_that_is_not_an_integer_is_named(shards):
+    with pytest.raises(slurm.LaunchError, match=re.escape("SLURM_NNODES='two' is not an integer")):
+        slurm.launch_command("one-node", job_env(shards, SLURM_NNODES="two"), [])
+
+
+def test_missing_shards_are_counted_and_the_first_is_named(tmp_path):
+    pattern = write_shards(tmp_path / "train", num_samples=3, per_shard=1, size=16)
+    first, second = sorted((tmp_path / "train").rglob("*.tar"))[:2]
+    first.unlink()
+    second.unlink()
+    with pytest.raises(slurm.LaunchError, match=re.escape(f"TRAIN_DATA: 2 of 3 shards do not exist, e.g. {first}")):
+        slurm.launch_command("one-node", job_env(pattern, SLURM_GPUS_ON_NODE="1", SLURM_CPUS_PER_TASK="2"), [])
+
+
+def test_the_smallest_batch_and_the_fewest_cpus(shards):
+    """One process may train with a global batch of 1; one CPU per process still gets one loader worker."""
+    env = job_env(shards, SLURM_GPUS_ON_NODE="1", SLURM_CPUS_PER_TASK="2", GLOBAL_BATCH="1")
+    assert "global batch 1 = 1 x 1" in slurm.launch_command("one-node", env, [])[2]
+    env = job_env(shards, SLURM_CPUS_PER_TASK="8")
+    del env["WORKERS"]
+    assert ", 1 workers + 1 threads per process" in slurm.launch_command("one-node", env, [])[2]
