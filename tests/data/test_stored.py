@@ -136,3 +136,16 @@ def test_labelled_images_from_class_folders_and_from_a_csv(tmp_path):
     # "NA" is a label as written (pandas would read it as missing by default)
     assert (labelled.classnames, labelled.labels) == (["NA", "atelectasis", "effusion"], [2, 1, 0])
     assert labelled.images[0].open().getpixel((0, 0)) == (200, 0, 0)
+
+
+def test_the_records_are_frozen_and_the_images_hashable(tmp_path):
+    import dataclasses
+
+    from openclip_unimlip.data.stored import ImageTextPair, LabelledImages, StoredImage
+
+    image = StoredImage(str(tmp_path / "a.tar"), "png", 512, 100)
+    assert {image, StoredImage(str(tmp_path / "a.tar"), "png", 512, 100)} == {image}  # an index key
+    for record, field in ((image, "offset"), (ImageTextPair("a", image, "x"), "caption"),
+                          (LabelledImages([image], [0], ["a"]), "labels")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(record, field, None)
