@@ -31,8 +31,8 @@ def test_folder_members_of_a_shard_are_passed_over(tmp_path):
         folder = tarfile.TarInfo("images")
         folder.type = tarfile.DIRTYPE
         tar.addfile(folder)
-    with tarfile.open(tmp_path / "00000.tar", "a") as tar:
-        for name, data in (("images/a.png", _png()), ("images/a.txt", b"one")):
+    with tarfile.open(tmp_path / "00000.tar", "a") as tar:  # a member without an extension, then a sample
+        for name, data in (("README", b"notes"), ("images/a.png", _png()), ("images/a.txt", b"one")):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -72,6 +72,16 @@ def test_csv_rows_without_a_caption_are_skipped_and_counted(tmp_path, caplog):
         pairs = load_pairs(str(tmp_path / "pairs.csv"))
     assert [p.caption for p in pairs] == ["first", "NA"]
     assert [r.getMessage() for r in caplog.records] == [f"{tmp_path / 'pairs.csv'}: skipped 2 row(s) without a caption"]
+    caplog.clear()
+    (tmp_path / "more.csv").write_text("filepath\ttitle\n" + "x.png\tone\n" * 5 + "x.png\t\n")
+    with caplog.at_level(logging.WARNING):
+        assert len(load_pairs(str(tmp_path / "more.csv"))) == 5
+    assert [r.getMessage() for r in caplog.records] == [f"{tmp_path / 'more.csv'}: skipped 1 row(s) without a caption"]
+    caplog.clear()
+    (tmp_path / "whole.csv").write_text("filepath\ttitle\nx.png\tone\n")
+    with caplog.at_level(logging.WARNING):
+        assert len(load_pairs(str(tmp_path / "whole.csv"))) == 1
+    assert caplog.records == []  # nothing skipped, nothing said
 
 
 def test_the_draw_takes_any_positive_number_of_pairs():
@@ -80,6 +90,8 @@ def test_the_draw_takes_any_positive_number_of_pairs():
     assert len(set(drawn)) == 4 and np.all(np.diff(drawn) > 0) and drawn.max() < 10
     with pytest.raises(ValueError, match="num_samples must be positive, got 0"):
         sample_indices(10, 0)
+    with pytest.raises(ValueError, match="num_samples must be positive, got -3"):
+        sample_indices(10, -3)
 
 
 def test_the_pairs_drawn_by_default_are_the_documented_draw():
