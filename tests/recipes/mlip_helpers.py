@@ -1,11 +1,14 @@
-"""What the tests of the two MLIP recipes (``mlip_liu/``, ``mlip_li/``) and of the modules they share
-(``test_ops.py``, ``test_config.py``) have in common: the independent references, written out here,
-the loss inputs, an MLIP (Li) model builder, a recorder of ``random_patch_mask`` calls and the reader
-of open_clip_train's log. Imported as ``mlip_helpers`` (``tests/recipes/conftest.py`` puts this
+"""What the tests of the recipes' losses (``mlip_liu/``, ``mlip_li/``, ``unimlip/test_losses.py``) and
+of the modules they share (``test_ops.py``, ``test_config.py``) have in common: the independent
+references, written out here, the loss inputs, the distributed defaults held against ClipLoss's, two
+ranks run in one process, an MLIP (Li) model builder, a recorder of ``random_patch_mask`` calls and
+the reader of open_clip_train's log. Imported as ``mlip_helpers`` (``tests/recipes/conftest.py`` puts this
 folder on the path, as ``tests/conftest.py`` does for ``paths`` and ``shards``)."""
+import inspect
 import os
 import re
 
+import open_clip
 import torch
 import torch.nn.functional as F
 
@@ -94,6 +97,14 @@ class RecordedMasks:
 # ----- end to end through open_clip_train --------------------------------------------------------
 def logged(log_text, key):
     return [float(v) for v in re.findall(rf"{key}: ([0-9.]+) \(", log_text)]
+
+
+def defaults_unlike_clip_loss(loss_class) -> list:
+    """The distributed arguments whose default in ``loss_class`` differs from OpenCLIP's ClipLoss's."""
+    ours = inspect.signature(loss_class.__init__).parameters
+    clip = inspect.signature(open_clip.ClipLoss.__init__).parameters
+    return [name for name in ("local_loss", "gather_with_grad", "rank", "world_size")
+            if ours[name].default != clip[name].default]
 
 
 # ----- two ranks in one process ------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from openclip_unimlip.recipes.mlip_li.config import LiCfg
 from openclip_unimlip.recipes.mlip_li.loss import MlipLiLoss
 
 from mlip_helpers import RecordedMasks as _RecordedMasks
+from mlip_helpers import defaults_unlike_clip_loss as _defaults_unlike_clip_loss
 from mlip_helpers import joined as _joined
 from mlip_helpers import li_inputs as _li_inputs
 from mlip_helpers import mean_of_both_directions as _mean_of_both_directions
@@ -129,6 +130,4 @@ def test_the_loss_defaults_are_the_configs_and_clip_losss():
     for name in ("divergence_temperature", "local_temperature", "prototype_temperature", "sinkhorn_epsilon",
                  "sinkhorn_iterations", "sinkhorn_tolerance"):
         assert ours[name].default == getattr(LiCfg(), name), name
-    clip = inspect.signature(open_clip.ClipLoss.__init__).parameters
-    for name in ("local_loss", "gather_with_grad", "rank", "world_size"):
-        assert ours[name].default == clip[name].default, name
+    assert _defaults_unlike_clip_loss(MlipLiLoss) == []
