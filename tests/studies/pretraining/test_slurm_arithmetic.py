@@ -163,3 +163,18 @@ def zipfile_bytes() -> bytes:
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("data.pkl", b"")
     return buffer.getvalue()
+
+
+def test_every_recipe_argument_but_the_epochs_enters_the_run_name(shards):
+    """The docstring's promise, argument by argument: replacing any one token of the recipe, a flag or
+    its value, gives a new run, except ``--epochs`` and its value (a longer run continues)."""
+    env = job_env(shards, SLURM_NNODES="1", SLURM_GPUS_ON_NODE="8", SLURM_CPUS_PER_TASK="64", WORKERS="1")
+    recipe = slurm.recipe_args(env)
+    first = slurm.run_name(env, recipe)
+    epochs = recipe.index("--epochs")
+    for position in range(len(recipe)):
+        changed = [*recipe[:position], recipe[position] + "x", *recipe[position + 1:]]
+        if position == epochs + 1:
+            assert slurm.run_name(env, changed) == first
+        elif position != epochs:
+            assert slurm.run_name(env, changed) != first, (position, recipe[position])
