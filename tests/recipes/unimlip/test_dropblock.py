@@ -9,22 +9,25 @@ from openclip_unimlip.recipes.unimlip.dropblock import DropBlock2d, drop_block_2
 def _expected(x, drop_prob, block_size, per_channel, seed):
     """DropBlock written from the paper (Eq. 1, Fig. 2, Algorithm 1) with explicit loops."""
     batch, channels, height, width = x.shape
-    block = min(block_size, height)  # square maps here
-    valid = height - block + 1
-    gamma = drop_prob * height * width / block ** 2 / valid ** 2
+    block_h, block_w = min(block_size, height), min(block_size, width)
+    valid_h, valid_w = height - block_h + 1, width - block_w + 1
+    gamma = drop_prob * height * width / (block_h * block_w) / (valid_h * valid_w)
     torch.manual_seed(seed)
-    seeds = torch.rand(batch, channels if per_channel else 1, valid, valid) < gamma
+    seeds = torch.rand(batch, channels if per_channel else 1, valid_h, valid_w) < gamma
     keep = torch.ones(batch, channels if per_channel else 1, height, width)
     for b, c, i, j in seeds.nonzero().tolist():
-        keep[b, c, i:i + block, j:j + block] = 0  # the block of the seed at its top-left corner
+        keep[b, c, i:i + block_h, j:j + block_w] = 0  # the block of the seed at its top-left corner
     keep = keep.expand(batch, channels, height, width)
     return x * keep * (keep.numel() / keep.sum()), keep
 
 
 @pytest.mark.parametrize("per_channel", [True, False])
-@pytest.mark.parametrize("size, block_size", [(7, 3), (3, 1), (3, 5)])
-def test_drop_block_reproduces_the_paper_formula(per_channel, size, block_size):
-    x = torch.rand(3, 4, size, size, generator=torch.Generator().manual_seed(1)) + 0.5  # no natural zeros
+# odd and even blocks, a block of 1, a block larger than the map, and maps taller or wider than
+# they are high (the block clipped on one side only)
+@pytest.mark.parametrize("height, width, block_size", [(7, 7, 3), (3, 3, 1), (3, 3, 5), (8, 8, 2), (6, 6, 4),
+                                                       (5, 9, 3), (9, 5, 4), (2, 7, 3)])
+def test_drop_block_reproduces_the_paper_formula(per_channel, height, width, block_size):
+    x = torch.rand(3, 4, height, width, generator=torch.Generator().manual_seed(1)) + 0.5  # no natural zeros
     torch.manual_seed(7)
     dropped = drop_block_2d(x, 0.5, block_size, per_channel=per_channel)
     expected, keep = _expected(x, 0.5, block_size, per_channel, seed=7)
