@@ -63,3 +63,10 @@ def test_module_acts_only_in_training():
     layer.eval()
     assert torch.equal(layer(x), x)
     assert torch.equal(DropBlock2d(0.0, 3)(x), x)
+
+
+def test_a_map_dropped_whole_gives_zeros_not_nan():
+    """At drop_prob 1 on a map one block wide, gamma = 1: every seed is set and every unit dropped;
+    the module's documented choice is zeros where the reference divides by zero."""
+    out = drop_block_2d(torch.rand(2, 3, 3, 3) + 0.5, 1.0, 3)
+    assert torch.equal(out, torch.zeros_like(out))
