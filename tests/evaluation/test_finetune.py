@@ -3,6 +3,8 @@ ModifiedResNet's attention pool resized to another image size (checked by proper
 resampling must keep, and by the tower running at the new size), a ViT at its own size, the
 transforms' interpolation as OpenCLIP's configs name it, and loss scaling exactly where
 ``open_clip_train`` scales (3.3, main.py: a GradScaler only for ``--precision amp``)."""
+import inspect
+
 import open_clip
 import pytest
 import torch
@@ -124,3 +126,16 @@ def test_a_classifier_never_loads_the_text_towers_base_weights(monkeypatch):
     classifier, _ = finetune.build_image_classifier("unimlip-tiny", None, num_labels=3)
     assert [kwargs["pretrained_text"] for kwargs in made] == [False]
     assert classifier(torch.zeros(2, 3, 96, 96)).shape == (2, 3)
+
+
+def test_loading_a_model_keeps_openclips_defaults(monkeypatch):
+    """``load_clip_model`` without options builds what ``open_clip.create_model`` builds without
+    them: its text tower's base weights loaded (OpenCLIP's own ``pretrained_text`` default, read from
+    its signature), no pretrained tag, the config's image size."""
+    defaults = inspect.signature(open_clip.create_model).parameters
+    made = []
+    real = open_clip.create_model
+    monkeypatch.setattr(open_clip, "create_model", lambda *args, **kwargs: made.append(kwargs) or real(*args, **kwargs))
+    _, preprocess = finetune.load_clip_model("unimlip-tiny")
+    assert made == [{name: defaults[name].default for name in ("pretrained", "pretrained_text")}]
+    assert preprocess["size"] == open_clip.get_model_config("unimlip-tiny")["vision_cfg"]["image_size"]

@@ -112,14 +112,16 @@ def test_the_roc_figure_has_one_curve_per_label_with_both_classes(tmp_path, monk
     assert axes[0].lines[-1].get_xydata().tolist() == [[0, 0], [1, 1]]  # chance: the diagonal from (0, 0) to (1, 1)
 
 
-@pytest.mark.parametrize("patience", [1, 3])
+# 0 as Keras's EarlyStopping(patience=0) reads it: no epoch without gain is tolerated, so it stops
+# at the first (as patience 1)
+@pytest.mark.parametrize("patience", [0, 1, 3])
 def test_training_stops_after_patience_epochs_without_gain(patience):
     scores = iter([0.2, 0.6, 0.5, 0.6, 0.4, 0.3, 0.1, 0.0])  # best at epoch 2, never beaten
     model = nn.Linear(1, 1)
     loader = DataLoader(TensorDataset(torch.zeros(2, 1), torch.zeros(2, 1)), batch_size=2)
     history = fit(model, torch.optim.SGD(model.parameters(), lr=0.0), loader, _mse,
                   FitConfig(max_epochs=8, patience=patience), CPU, validate=lambda m: next(scores), progress=False)
-    assert len(history.epochs) == 2 + patience and history.best_epoch == 2
+    assert len(history.epochs) == 2 + max(patience, 1) and history.best_epoch == 2
 
 
 # ----- what VQA fine-tuning would train with -----------------------------------------------------
