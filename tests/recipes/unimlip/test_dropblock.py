@@ -70,3 +70,16 @@ def test_a_map_dropped_whole_gives_zeros_not_nan():
     the module's documented choice is zeros where the reference divides by zero."""
     out = drop_block_2d(torch.rand(2, 3, 3, 3) + 0.5, 1.0, 3)
     assert torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("drop_prob, training", [(0.0, True), (0.5, False)])
+def test_an_inactive_layer_draws_nothing_from_the_generator(drop_prob, training):
+    """At p = 0 or in eval mode the layer is absent: it returns its input and leaves the global
+    generator where it was, so the rest of a run draws what a model without DropBlock draws."""
+    layer = DropBlock2d(drop_prob, 3).train(training)
+    x = torch.rand(2, 4, 7, 7) + 0.5
+    torch.manual_seed(5)
+    assert layer(x) is x
+    after_the_layer = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after_the_layer, torch.rand(3))
