@@ -76,7 +76,7 @@ def test_a_vit_loads_at_its_own_size_and_refuses_another():
 def test_the_transforms_interpolate_as_the_config_names(named, expected):
     cfg = {"size": 64, "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
     if named is not None:
-        cfg["interpolation"] = named
+        cfg["interpolation"] = "".join(named)  # built at run time, as read from a config: equal, not the same object
     for is_train, kinds in ((True, (v2.RandomResizedCrop,)), (False, (v2.Resize,))):
         steps = [t for t in finetune.image_transform(cfg, is_train).transforms if isinstance(t, kinds)]
         assert [t.interpolation for t in steps] == [expected]
@@ -93,7 +93,7 @@ def test_the_loss_is_scaled_only_for_amp(monkeypatch, precision, scaled):
     model = nn.Linear(2, 1)
     loader = DataLoader(TensorDataset(torch.randn(4, 2), torch.randn(4, 1)), batch_size=2)
     finetune.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
-                 lambda m, x, y: nn.functional.mse_loss(m(x), y), finetune.FitConfig(max_epochs=1, precision=precision),
+                 lambda m, x, y: nn.functional.mse_loss(m(x), y), finetune.FitConfig(max_epochs=1, precision="".join(precision)),
                  torch.device("cpu"), progress=False)
     assert made == [scaled]
 

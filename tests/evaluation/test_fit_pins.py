@@ -184,3 +184,22 @@ def test_vqa_schedule_and_model_selection(monkeypatch, vqa_model):
     assert callable(validate)
     _, config, validate = _what_fine_tuning_would_run(monkeypatch, vqa_model, with_valid=False)
     assert config.max_epochs == documented_epochs and validate is None
+
+
+@pytest.mark.parametrize("scores, best", [([0.0, 0.0, 0.0], 1), ([-3.0, -1.0, -2.0], 2)])
+def test_the_best_epoch_is_the_highest_score_whatever_its_sign(scores, best):
+    """Higher is better from the first epoch on, for a score of 0 (an accuracy) or below 0 (a
+    negated loss): the first epoch is always a candidate, ties keep the earliest."""
+    model = nn.Linear(1, 1)
+    weights = []
+    loader = DataLoader(TensorDataset(torch.zeros(2, 1), torch.ones(2, 1)), batch_size=2)
+    validations = iter(scores)
+
+    def validate(m):
+        weights.append(m.weight.detach().clone())
+        return next(validations)
+
+    history = fit(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, _mse,
+                  FitConfig(max_epochs=3, patience=None), CPU, validate=validate, progress=False)
+    assert history.best_epoch == best
+    assert torch.equal(model.weight.detach(), weights[best - 1])
