@@ -44,6 +44,9 @@ def pmcoa_caption_files(jsonl: Union[PathLike, Sequence[PathLike]]) -> List[Tupl
     of them is read as the first release, otherwise as today's ``pmc_oa.jsonl``.
     """
     paths = [Path(jsonl)] if isinstance(jsonl, (str, os.PathLike)) else [Path(p) for p in jsonl]
+    if not paths:
+        raise ValueError("no PMC-OA caption file given: pass pmc_oa.jsonl, the first release's "
+                         "train/valid/test.jsonl, or the release folder")
     if len(paths) == 1 and paths[0].is_dir():
         folder = paths[0]
         official = [folder / name for name in OFFICIAL_SPLIT_FILES if (folder / name).is_file()]

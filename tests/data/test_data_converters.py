@@ -1,6 +1,7 @@
 """PMC-OA and ROCO readers on small fixtures in their release layouts, bad rows of every kind."""
 import io
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -12,8 +13,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from openclip_unimlip.data.pmcoa import convert_pmcoa
+from openclip_unimlip.data.pmcoa import convert_pmcoa, pmcoa_caption_files, pmcoa_rows
 from openclip_unimlip.data.roco import convert_roco
+from openclip_unimlip.data.shards import Row
 
 from paths import REPO  # noqa: E402
 
@@ -230,3 +232,28 @@ def test_scripts_show_help(script):
     run = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--help"],
                          capture_output=True, text=True, check=True)
     assert "--out" in run.stdout and "--format" in run.stdout
+
+
+def test_pmcoa_rows_read_past_blank_and_bad_lines(tmp_path):
+    """A blank or blank-looking line is skipped and a row without an image name reported, wherever
+    they are: every line after them is still read (sources counted from the file's own lines)."""
+    lines = ['{"image": "PMC1_Fig1_1.jpg", "caption": "first"}', "", "   \t",
+             '{"caption": "no image name"}', '{"image": "", "caption": "empty name"}', '["not", "a", "dict"]',
+             '{"image": "PMC2_Fig1_1.jpg", "caption": "last"}']
+    jsonl = tmp_path / "pmc_oa.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n")
+    (tmp_path / "images").mkdir()
+    rows = list(pmcoa_rows(jsonl, tmp_path / "images"))
+    numbered = [f"pmc_oa.jsonl:{n}" for n, line in enumerate(jsonl.read_text().splitlines(), 1) if line.strip()]
+    assert [row.source for row in rows] == numbered
+    assert [type(row).__name__ for row in rows] == ["Row", "BadRow", "BadRow", "BadRow", "Row"]
+    assert [row.caption for row in rows if isinstance(row, Row)] == ["first", "last"]
+
+
+def test_pmcoa_caption_files_refuse_no_file_and_a_folder_among_files(pmcoa_first_release):
+    root, _ = pmcoa_first_release
+    with pytest.raises(ValueError, match="no PMC-OA caption file given"):
+        pmcoa_caption_files([])
+    with pytest.raises(FileNotFoundError, match=f"no PMC-OA caption file at {re.escape(str(root))}$"):
+        pmcoa_caption_files([root, root / "train.jsonl"])  # a folder is read as a release only alone
+    assert pmcoa_caption_files([root]) == pmcoa_caption_files(root)
