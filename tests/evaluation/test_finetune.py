@@ -92,9 +92,9 @@ def test_the_loss_is_scaled_only_for_amp(monkeypatch, precision, scaled):
                         real(*args, **kwargs))
     model = nn.Linear(2, 1)
     loader = DataLoader(TensorDataset(torch.randn(4, 2), torch.randn(4, 1)), batch_size=2)
+    config = finetune.FitConfig(max_epochs=1, precision="".join(precision))  # run-time string: equal, not the same
     finetune.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
-                 lambda m, x, y: nn.functional.mse_loss(m(x), y), finetune.FitConfig(max_epochs=1, precision="".join(precision)),
-                 torch.device("cpu"), progress=False)
+                 lambda m, x, y: nn.functional.mse_loss(m(x), y), config, torch.device("cpu"), progress=False)
     assert made == [scaled]
 
 

@@ -83,3 +83,30 @@ def test_an_inactive_layer_draws_nothing_from_the_generator(drop_prob, training)
     after_the_layer = torch.rand(3)
     torch.manual_seed(5)
     assert torch.equal(after_the_layer, torch.rand(3))
+
+
+def test_by_default_each_channel_draws_its_own_mask():
+    """Algorithm 1 of the DropBlock paper, "which tends to work better in our experiments" (Sec. 3):
+    a mask per feature channel, the function's and the layer's default."""
+    x = torch.rand(2, 16, 7, 7) + 0.5
+    torch.manual_seed(11)
+    from_function = drop_block_2d(x, 0.5, 3) == 0
+    torch.manual_seed(11)
+    from_layer = DropBlock2d(0.5, 3).train()(x) == 0
+    assert torch.equal(from_function, from_layer)
+    assert any(not torch.equal(from_function[b, 0], from_function[b, c]) for b in range(2) for c in range(1, 16))
+
+
+def test_one_unit_kept_is_scaled_by_the_whole_tensor():
+    """A 1 x 3 map under a 1 x 2 block has two seed positions; where only the first is set, one unit
+    of three survives and carries the whole tensor's weight (numel / kept = 3)."""
+    x = torch.rand(1, 1, 1, 3) + 0.5
+    for seed in range(100):
+        expected, keep = _expected(x, 0.9, 2, True, seed)
+        if keep.sum() == 1:
+            break
+    assert keep.sum() == 1
+    torch.manual_seed(seed)
+    out = drop_block_2d(x, 0.9, 2)
+    torch.testing.assert_close(out, expected)
+    assert out[0, 0, 0, 2] == 3 * x[0, 0, 0, 2]
