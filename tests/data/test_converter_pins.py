@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import tarfile
 from pathlib import Path
 
@@ -15,8 +16,10 @@ import pytest
 from PIL import Image
 
 from openclip_unimlip.data import shards
-from openclip_unimlip.data.roco import convert_roco
+from openclip_unimlip.data.roco import convert_roco, roco_rows
 from openclip_unimlip.data.shards import BadRow, Row, write_dataset
+
+from paths import REPO
 
 
 def jpeg(seed: int) -> bytes:
@@ -124,3 +127,52 @@ def test_roco_caption_is_everything_after_the_ids_tab(tmp_path):
     with tarfile.open(tmp_path / "out" / "train" / "00000.tar") as tar:
         caption = tar.extractfile("ROCO_00001.txt").read().decode()
     assert caption == " ".join(line.partition("\t")[2].split()) == "Axial CT of the chest with contrast, arrow: nodule."
+
+
+ROCO_RELEASE = REPO.parent / "shared" / "data" / "roco-dataset"
+
+
+@pytest.mark.skipif(not ROCO_RELEASE.is_dir(), reason="the ROCO release beside the checkout (../shared/data)")
+def test_roco_links_of_the_real_release_name_their_pmc_article_and_file():
+    """Every row of the real test split (dlinks.txt as razorx89/roco-dataset ships it) carries the PMC
+    id of its download URL and the file name of its last field, both read here with a regular
+    expression; the official split is the default."""
+    dlinks = ROCO_RELEASE / "data" / "test" / "radiology" / "dlinks.txt"
+    expected = {}
+    for line in dlinks.read_text(encoding="utf-8").splitlines():
+        match = re.fullmatch(r"(ROCO_\d+)\twget -r \S+/(PMC\d+)\.tar\.gz -P \S+\t(\S+)", line)
+        expected[match[1]] = (match[2], match[3])
+    rows = [row for row in roco_rows(ROCO_RELEASE, splits=("test",)) if isinstance(row, Row)]
+    assert {row.key: (row.metadata["pmc_id"], row.metadata["image_name"]) for row in rows} == expected
+    assert {row.split for row in rows} == {"test"}
+    assert len({len(pmc) for pmc, _ in expected.values()}) > 1  # ids of several lengths
+
+
+def _roco_folder(tmp_path, captions, links):
+    folder = tmp_path / "roco" / "data" / "train" / "radiology"
+    (folder / "images").mkdir(parents=True)
+    (folder / "captions.txt").write_text("\n".join(captions) + "\n")
+    (folder / "dlinks.txt").write_text("\n".join(links) + "\n")
+    return tmp_path / "roco"
+
+
+def test_roco_reads_past_malformed_lines_and_refuses_a_link_without_a_file_name(tmp_path):
+    url = "wget -r ftp://x/PMC1234567890.tar.gz -P /path/to/Dir"
+    root = _roco_folder(tmp_path, ["ROCO_00001\t first", "a line without a tab", "\tno id", "ROCO_00002\t last"],
+                        [f"ROCO_00001\t{url}\t  ", f"ROCO_00002\t{url}\tfig.jpg"])
+    rows = list(roco_rows(root, splits=("train",)))
+    assert [(type(row).__name__, row.source.rsplit("/", 1)[1]) for row in rows] == [
+        ("BadRow", "dlinks.txt:1"), ("Row", "captions.txt:1"), ("BadRow", "captions.txt:2"),
+        ("BadRow", "captions.txt:3"), ("Row", "captions.txt:4")]
+    assert rows[1].metadata["pmc_id"] is None  # its link was refused
+    assert rows[-1].metadata["pmc_id"] == "PMC1234567890"
+    assert rows[-1].image == root / "data" / "train" / "radiology" / "images" / "ROCO_00002.jpg"
+
+
+def test_convert_roco_takes_its_options_by_name_only(tmp_path):
+    root = _roco_folder(tmp_path, ["ROCO_00001\t a caption"], [])
+    with pytest.raises(TypeError):
+        convert_roco(root, tmp_path / "out", ("train",))
+    (root / "data" / "train" / "radiology" / "images" / "ROCO_00001.jpg").write_bytes(jpeg(1))
+    report = convert_roco(root=root, out_dir=tmp_path / "out", splits=("train",))
+    assert report.num_kept == 1
