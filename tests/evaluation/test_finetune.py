@@ -5,6 +5,7 @@ transforms' interpolation as OpenCLIP's configs name it, and loss scaling exactl
 ``open_clip_train`` scales (3.3, main.py: a GradScaler only for ``--precision amp``)."""
 import inspect
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -139,3 +140,20 @@ def test_loading_a_model_keeps_openclips_defaults(monkeypatch):
     _, preprocess = finetune.load_clip_model("unimlip-tiny")
     assert made == [{name: defaults[name].default for name in ("pretrained", "pretrained_text")}]
     assert preprocess["size"] == open_clip.get_model_config("unimlip-tiny")["vision_cfg"]["image_size"]
+
+
+def test_the_eval_transform_gives_openclips_eval_tensor():
+    """On a smooth RGB image, the evaluation transform's tensor is OpenCLIP's own
+    (``open_clip.image_transform``: PIL resize, centre crop, ToTensor, Normalize) to within what
+    resizing a uint8 tensor instead of a PIL image changes (one grey level of rounding here)."""
+    from PIL import Image
+
+    rows, cols = np.mgrid[0:260, 0:300]
+    pixels = np.stack([rows * 255 / 259, cols * 255 / 299, (rows + cols) * 255 / 558], axis=-1)
+    image = Image.fromarray(pixels.round().astype(np.uint8))
+    cfg = {"size": 64, "mean": (0.48, 0.46, 0.41), "std": (0.27, 0.26, 0.28), "interpolation": "bicubic"}
+    ours = finetune.image_transform(cfg, is_train=False)(image)
+    reference = open_clip.image_transform(64, is_train=False, mean=cfg["mean"], std=cfg["std"],
+                                          interpolation="bicubic")(image)
+    assert ours.shape == reference.shape == (3, 64, 64)
+    assert (ours - reference).abs().max() * min(cfg["std"]) < 2 / 255

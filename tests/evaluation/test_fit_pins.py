@@ -100,6 +100,31 @@ def test_default_batch_sizes_are_the_papers():
     assert classification.DEFAULT_BATCH_SIZES == {"chexpert": chexpert, "mimic": mimic_and_nih, "nih": mimic_and_nih}
 
 
+def test_the_fine_tuning_commands_resize_as_the_paper():
+    """Uni-Mlip sec. 4.2: "Input images are resized to 224x224" for classification (and 224x224 for
+    retrieval): both fine-tuning commands' --image-size default, read from their parsers."""
+    from openclip_unimlip.commands import finetune_classification, finetune_vqa
+
+    paper = REPO.parent / "shared" / "papers" / "uni-mlip.txt"
+    if paper.is_file():
+        size = int(re.search(r"Input images are resized to (\d+)x\1", paper.read_text()).group(1))
+    else:  # typed from the same sentence
+        size = 224
+    for command in (finetune_classification, finetune_vqa):
+        assert command.build_parser().get_default("image_size") == size
+
+
+def test_epochs_without_a_score_are_epochs_without_gain_from_the_first():
+    """A validation that gives NaN (a metric undefined on the split) never counts as a gain: with
+    patience 2 the run stops after the second such epoch, and no epoch is called best."""
+    scores = iter([float("nan"), float("nan"), 0.9, 0.95])
+    model = nn.Linear(1, 1)
+    loader = DataLoader(TensorDataset(torch.zeros(2, 1), torch.zeros(2, 1)), batch_size=2)
+    history = fit(model, torch.optim.SGD(model.parameters(), lr=0.0), loader, _mse,
+                  FitConfig(max_epochs=4, patience=2), CPU, validate=lambda m: next(scores), progress=False)
+    assert len(history.epochs) == 2 and history.best_epoch is None
+
+
 def test_the_roc_figure_has_one_curve_per_label_with_both_classes(tmp_path, monkeypatch):
     drawn, axes = [], []
     monkeypatch.setattr(classification.RocCurveDisplay, "from_predictions", lambda targets, scores, name, ax: (
