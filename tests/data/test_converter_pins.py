@@ -159,12 +159,12 @@ def _roco_folder(tmp_path, captions, links):
 def test_roco_reads_past_malformed_lines_and_refuses_a_link_without_a_file_name(tmp_path):
     url = "wget -r ftp://x/PMC1234567890.tar.gz -P /path/to/Dir"
     root = _roco_folder(tmp_path, ["ROCO_00001\t first", "a line without a tab", "\tno id", "ROCO_00002\t last"],
-                        [f"ROCO_00001\t{url}\t  ", f"ROCO_00002\t{url}\tfig.jpg"])
+                        [f"ROCO_00001\t{url}\t  ", f" \t{url}\tno-id.jpg", f"ROCO_00002\t{url}\tfig.jpg"])
     rows = list(roco_rows(root, splits=("train",)))
     assert [(type(row).__name__, row.source.rsplit("/", 1)[1]) for row in rows] == [
-        ("BadRow", "dlinks.txt:1"), ("Row", "captions.txt:1"), ("BadRow", "captions.txt:2"),
-        ("BadRow", "captions.txt:3"), ("Row", "captions.txt:4")]
-    assert rows[1].metadata["pmc_id"] is None  # its link was refused
+        ("BadRow", "dlinks.txt:1"), ("BadRow", "dlinks.txt:2"), ("Row", "captions.txt:1"),
+        ("BadRow", "captions.txt:2"), ("BadRow", "captions.txt:3"), ("Row", "captions.txt:4")]
+    assert rows[2].metadata["pmc_id"] is None  # its link was refused
     assert rows[-1].metadata["pmc_id"] == "PMC1234567890"
     assert rows[-1].image == root / "data" / "train" / "radiology" / "images" / "ROCO_00002.jpg"
 
@@ -176,3 +176,13 @@ def test_convert_roco_takes_its_options_by_name_only(tmp_path):
     (root / "data" / "train" / "radiology" / "images" / "ROCO_00001.jpg").write_bytes(jpeg(1))
     report = convert_roco(root=root, out_dir=tmp_path / "out", splits=("train",))
     assert report.num_kept == 1
+
+
+def test_roco_looks_for_the_pre_2022_name_only_with_a_pmc_id(tmp_path):
+    """fetch.py's old name is <PMC id>_<file name>; a download command without a PMC archive gives
+    no old name, so only ROCO_<n>.jpg is looked for (a file named after a missing id is not taken)."""
+    root = _roco_folder(tmp_path, ["ROCO_00001\t a caption"], ["ROCO_00001\twget -r ftp://x/no-archive -P /d\tfig.jpg"])
+    images = root / "data" / "train" / "radiology" / "images"
+    (images / "None_fig.jpg").write_bytes(jpeg(1))
+    (row,) = roco_rows(root, splits=("train",))
+    assert row.metadata["pmc_id"] is None and row.image == images / "ROCO_00001.jpg"
