@@ -40,3 +40,35 @@ def test_chest_knowledge_file_is_the_scripts_topic_filtered_build(tmp_path):
     bad = subprocess.run([sys.executable, str(SCRIPT), "--topics", "No Such Topic", "--output", str(tmp_path / "x")],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "No Such Topic" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_an_entitys_text_is_the_documented_one():
+    """docs/methods/mlip-li.md: the text tower encodes "<name> (<category>): <description>", or
+    "<name>: <description>" for an empty category."""
+    from openclip_unimlip.recipes.mlip_li.knowledge import Entity
+
+    doc = (TESTS.parent / "docs" / "methods" / "mlip-li.md").read_text()
+    assert '`"<name> (<category>): <description>"`' in doc and '`"<name>: <description>"`' in doc
+    assert Entity("Pneumothorax", "Thoracic Imaging", "Imaging findings: x.").text() == (
+        "Pneumothorax (Thoracic Imaging): Imaging findings: x.")
+    assert Entity("Pneumothorax", "", "Imaging findings: x.").text() == "Pneumothorax: Imaging findings: x."
+
+
+def test_a_bad_line_is_named_by_its_line_number_in_the_file(tmp_path):
+    from openclip_unimlip.recipes.mlip_li.knowledge import load_knowledge
+
+    lines = ['{"name": "A", "category": "", "description": "a"}', "", '{"name": "B"}']
+    path = tmp_path / "k.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    bad_line = 1 + next(n for n, line in enumerate(path.read_text().splitlines()) if '"B"' in line)
+    with pytest.raises(ValueError, match=f"k.jsonl:{bad_line}: 'description'"):
+        load_knowledge(path)
+
+
+def test_a_knowledge_file_is_written_into_new_folders(tmp_path):
+    from openclip_unimlip.recipes.mlip_li.knowledge import load_knowledge, write_knowledge
+
+    rows = [{"name": "A", "category": "Chest", "description": "a"}, {"name": "B", "category": "", "description": "b"}]
+    path = tmp_path / "new" / "nested" / "k.jsonl"
+    write_knowledge(rows, path)
+    assert [(e.name, e.category, e.description) for e in load_knowledge(path)] == [tuple(r.values()) for r in rows]
