@@ -72,3 +72,25 @@ def test_a_knowledge_file_is_written_into_new_folders(tmp_path):
     path = tmp_path / "new" / "nested" / "k.jsonl"
     write_knowledge(rows, path)
     assert [(e.name, e.category, e.description) for e in load_knowledge(path)] == [tuple(r.values()) for r in rows]
+
+
+def test_radiograph_findings_come_first_whatever_the_others_are_called():
+    """Within an entity, XR findings first, the rest in the package's order: the package spells
+    modalities freely ('mammography' in lower case sorts after 'XR')."""
+    from openclip_unimlip.recipes.mlip_li.knowledge import build_entities
+
+    findings = [{"pathology_name": "Mass", "name": name, "modality": modality, "acr_topic": "Breast Imaging"}
+                for name, modality in (("spiculated", "mammography"), ("round", "CT"), ("opacity", "XR"),
+                                       ("shadowing", "US"))]
+    (entity,) = build_entities(findings, max_entities=5, findings_per_entity=3)
+    assert entity["description"] == "Imaging findings: opacity (XR); spiculated (mammography); round (CT)."
+
+
+def test_building_without_the_source_package_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from openclip_unimlip.recipes.mlip_li.knowledge import load_findings
+
+    monkeypatch.setitem(sys.modules, "radiology_semantic", None)  # as if not installed
+    with pytest.raises(SystemExit, match="pip install radiology-semantic-dict"):
+        load_findings()
