@@ -131,3 +131,16 @@ def test_the_loss_defaults_are_the_configs_and_clip_losss():
                  "sinkhorn_iterations", "sinkhorn_tolerance"):
         assert ours[name].default == getattr(LiCfg(), name), name
     assert _defaults_unlike_clip_loss(MlipLiLoss) == []
+
+
+def test_a_caption_with_no_weighted_token_is_left_out_of_the_local_term():
+    """An empty caption (every token weightless: specials and padding) has nothing to align; the local
+    term is the mean over the other samples, as if it were not in the batch, and finite."""
+    inputs = _li_inputs(seed=5)
+    tokens, weights, patches = inputs["token_embeddings"], inputs["token_weights"].clone(), inputs["patch_embeddings"]
+    weights[1] = 0
+    loss = MlipLiLoss()
+    with_empty = loss.local_alignment(tokens, weights, patches)
+    kept = [0, 2, 3]
+    torch.testing.assert_close(with_empty, loss.local_alignment(tokens[kept], weights[kept], patches[kept]))
+    assert torch.isfinite(with_empty)
