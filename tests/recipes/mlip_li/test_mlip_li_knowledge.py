@@ -94,3 +94,23 @@ def test_building_without_the_source_package_says_how_to_install_it(monkeypatch)
     monkeypatch.setitem(sys.modules, "radiology_semantic", None)  # as if not installed
     with pytest.raises(SystemExit, match="pip install radiology-semantic-dict"):
         load_findings()
+
+
+def test_pathologies_with_radiograph_findings_come_first_whatever_the_others_are_called():
+    """A pathology seen on plain radiographs (XR) before one seen only on 'mammography' (which sorts
+    after 'XR'), even one with more findings."""
+    from openclip_unimlip.recipes.mlip_li.knowledge import build_entities
+
+    findings = [{"pathology_name": "Calcification", "name": f"finding {n}", "modality": "mammography"}
+                for n in range(3)]
+    findings.append({"pathology_name": "Effusion", "name": "blunted angle", "modality": "XR"})
+    assert [e["name"] for e in build_entities(findings, max_entities=1, findings_per_entity=1)] == ["Effusion"]
+
+
+def test_a_line_that_is_not_json_is_named(tmp_path):
+    from openclip_unimlip.recipes.mlip_li.knowledge import load_knowledge
+
+    path = tmp_path / "k.jsonl"
+    path.write_text('{"name": "A", "description": "a"\n')
+    with pytest.raises(ValueError, match="k.jsonl:1: not JSON"):
+        load_knowledge(path)
