@@ -1,6 +1,7 @@
 """BERT masking of captions against direct counts on real captions: rate, specials, whole words, 80/10/10."""
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -152,3 +153,34 @@ def test_random_replacements_are_uniform_over_the_vocabulary(tokenizer, real_cap
     # coverage: distinct ids among n uniform draws from V
     distinct = len(draws.unique())
     assert distinct == pytest.approx(vocab * (1 - math.exp(-n / vocab)), rel=0.03)
+
+
+def test_a_masker_built_without_options_is_the_papers(tokenizer, real_captions):
+    """Uni-Mlip sec. 3.4, read from the paper beside the checkout: "the captions are masked randomly
+    with a probability of 15%" and every chosen token becomes [MASK]; measured on real captions."""
+    paper = REPO.parent / "shared" / "papers" / "uni-mlip.txt"
+    if paper.is_file():
+        percent = int(re.search(r"masked randomly with a probability of (\d+)%", paper.read_text()).group(1))
+    else:  # typed from the same sentence
+        percent = 15
+    hf = tokenizer.tokenizer
+    masker = CaptionMasker(vocab_size=len(hf), mask_token_id=hf.mask_token_id, special_token_ids=hf.all_special_ids)
+    torch.manual_seed(0)
+    out = masker(real_captions)
+    chosen = _selected(out, real_captions.shape)
+    maskable = ~_special(tokenizer, real_captions)
+    assert abs(chosen.sum().item() / maskable.sum().item() - percent / 100) < 0.01
+    assert torch.equal(out.input_ids[chosen], torch.full_like(out.input_ids[chosen], hf.mask_token_id))
+
+
+@pytest.mark.parametrize("probability, mask_fraction, random_fraction, accepted", [
+    (0.15, 0.8, 0.2, True), (0.15, 1.0, 0.0, True), (0.15, 0.0, 1.0, True),
+    (0.15, 0.8, 0.5, False), (0.15, -0.1, 0.5, False), (0.15, 0.5, -0.1, False),
+    (0.0, 1.0, 0.0, False), (1.0, 1.0, 0.0, False), (-0.15, 1.0, 0.0, False)])
+def test_rates_outside_their_range_are_refused(tokenizer, probability, mask_fraction, random_fraction, accepted):
+    """The masking rate in (0, 1); the [MASK] and random fractions each >= 0, summing to at most 1."""
+    if accepted:
+        _masker(tokenizer, probability=probability, mask_fraction=mask_fraction, random_fraction=random_fraction)
+    else:
+        with pytest.raises(ValueError, match="MLM"):
+            _masker(tokenizer, probability=probability, mask_fraction=mask_fraction, random_fraction=random_fraction)
