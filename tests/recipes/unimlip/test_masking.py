@@ -184,3 +184,21 @@ def test_rates_outside_their_range_are_refused(tokenizer, probability, mask_frac
     else:
         with pytest.raises(ValueError, match="MLM"):
             _masker(tokenizer, probability=probability, mask_fraction=mask_fraction, random_fraction=random_fraction)
+
+
+def test_a_caption_of_one_token_words_gets_its_whole_quota_within_a_tight_budget(tokenizer):
+    """Four one-token words at rate 0.5: the quota is exactly 2 (stochastic rounding of 2.0), and a
+    budget of 2 steps suffices, one word a step: every caption predicts exactly 2 tokens (a step
+    spent on anything but a word would leave some with 1)."""
+    ids = tokenizer(["bone fracture lung mass"] * 2000)
+    assert (~_special(tokenizer, ids)).sum(1).eq(4).all()
+    torch.manual_seed(0)
+    out = _masker(tokenizer, probability=0.5)(ids, budget=2)
+    assert torch.equal(_selected(out, ids.shape).sum(1), torch.full((2000,), 2))
+
+
+def test_the_masker_adds_nothing_to_a_checkpoint(tokenizer):
+    """Its tables come from the tokenizer at construction (the module's comment): a checkpoint holds
+    none of them, so a model keeps PMC-CLIP's and OpenCLIP's keys."""
+    masker = _masker(tokenizer)
+    assert masker.state_dict() == {} and {name for name, _ in masker.named_buffers()} == {"is_special", "is_subword"}
