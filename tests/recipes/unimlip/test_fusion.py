@@ -44,3 +44,15 @@ def test_gradient_checkpointing_is_turned_on_as_openclips_models_turn_it_on():
     assert fusion.transformer.grad_checkpointing is True
     fusion.set_grad_checkpointing(False)
     assert fusion.transformer.grad_checkpointing is False
+
+
+def test_the_vocabulary_projection_starts_as_openclips_text_projection():
+    """Initialised as OpenCLIP initialises a text tower's output projection (TextTransformer's
+    ``init_parameters``: normal with std width ** -0.5), compared by the spread measured on both."""
+    torch.manual_seed(0)
+    fusion = MaskedLanguageFusion(64, 1, 2, 4000, 64)
+    reference = open_clip.transformer.TextTransformer(context_length=4, vocab_size=10, width=64, heads=2, layers=1,
+                                                      output_dim=4000)
+    assert reference.text_projection.shape == fusion.vocab_proj.weight.T.shape
+    ratio = fusion.vocab_proj.weight.std().item() / reference.text_projection.std().item()
+    assert abs(ratio - 1) < 0.02
