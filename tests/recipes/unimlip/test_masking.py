@@ -203,3 +203,13 @@ def test_the_masker_adds_nothing_to_a_checkpoint(tokenizer):
     none of them, so a model keeps PMC-CLIP's and OpenCLIP's keys."""
     masker = _masker(tokenizer)
     assert masker.state_dict() == {} and {name for name, _ in masker.named_buffers()} == {"is_special", "is_subword"}
+
+
+@pytest.mark.parametrize("probability", [0.05, 0.15, 0.5])
+def test_the_budget_is_the_largest_quota_a_caption_can_draw(probability):
+    """A caption of n maskable tokens draws floor(n * p + u), u in [0, 1): at most floor(n * p) + 1
+    where n * p is not whole, n * p where it is. The budget for a context of L tokens is the largest
+    of these over n <= L (a caption of 4 tokens at 15 % never predicts 2)."""
+    for length in range(1, 81):
+        largest = max(math.floor(n * probability) + (n * probability % 1 != 0) for n in range(length + 1))
+        assert prediction_budget(length, probability) == largest, length
