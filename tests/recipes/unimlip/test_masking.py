@@ -171,12 +171,21 @@ def test_a_masker_built_without_options_is_the_papers(tokenizer, real_captions):
     maskable = ~_special(tokenizer, real_captions)
     assert abs(chosen.sum().item() / maskable.sum().item() - percent / 100) < 0.01
     assert torch.equal(out.input_ids[chosen], torch.full_like(out.input_ids[chosen], hf.mask_token_id))
+    unused = out.targets == -100
+    assert unused.any() and not out.positions[unused].any()  # MaskedCaptions: positions 0 where unused
+    # whole words by default: given the tokenizer's sub-words, it chooses as the whole-word masker
+    subwords = [i for t, i in hf.get_vocab().items() if t.startswith("##")]
+    torch.manual_seed(0)
+    default = CaptionMasker(vocab_size=len(hf), mask_token_id=hf.mask_token_id, special_token_ids=hf.all_special_ids,
+                            subword_token_ids=subwords)(real_captions)
+    torch.manual_seed(0)
+    assert torch.equal(default.positions, _masker(tokenizer, whole_word=True)(real_captions).positions)
 
 
 @pytest.mark.parametrize("probability, mask_fraction, random_fraction, accepted", [
     (0.15, 0.8, 0.2, True), (0.15, 1.0, 0.0, True), (0.15, 0.0, 1.0, True),
     (0.15, 0.8, 0.5, False), (0.15, -0.1, 0.5, False), (0.15, 0.5, -0.1, False),
-    (0.0, 1.0, 0.0, False), (1.0, 1.0, 0.0, False), (-0.15, 1.0, 0.0, False)])
+    (0.0, 1.0, 0.0, False), (1.0, 1.0, 0.0, False), (1.5, 1.0, 0.0, False), (-0.15, 1.0, 0.0, False)])
 def test_rates_outside_their_range_are_refused(tokenizer, probability, mask_fraction, random_fraction, accepted):
     """The masking rate in (0, 1); the [MASK] and random fractions each >= 0, summing to at most 1."""
     if accepted:
