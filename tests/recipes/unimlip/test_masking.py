@@ -222,3 +222,14 @@ def test_the_budget_is_the_largest_quota_a_caption_can_draw(probability):
     for length in range(1, 81):
         largest = max(math.floor(n * probability) + (n * probability % 1 != 0) for n in range(length + 1))
         assert prediction_budget(length, probability) == largest, length
+
+
+def test_a_caption_cut_inside_a_word_opens_a_word_at_its_first_sub_word(tokenizer):
+    """A caption truncated before its first token may start with a ##sub-word: that sub-word opens a
+    word, so every maskable token can be chosen."""
+    hf = tokenizer.tokenizer
+    ids = torch.tensor([[hf.cls_token_id, *hf.convert_tokens_to_ids(["##ing", "bone", "fracture"]), hf.sep_token_id]])
+    torch.manual_seed(0)
+    out = _masker(tokenizer, probability=0.5)(ids.expand(2000, -1).clone())
+    chosen = _selected(out, (2000, 5))
+    assert chosen[:, 1:4].any(dim=0).all() and not chosen[:, [0, 4]].any()
