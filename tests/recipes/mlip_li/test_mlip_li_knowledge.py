@@ -9,6 +9,14 @@ from importlib import resources
 
 import pytest
 
+from openclip_unimlip.recipes.mlip_li.knowledge import (
+    Entity,
+    build_entities,
+    load_findings,
+    load_knowledge,
+    write_knowledge,
+)
+
 from paths import TESTS  # noqa: E402
 
 SCRIPT = TESTS.parent / "scripts" / "build_knowledge.py"
@@ -45,8 +53,6 @@ def test_chest_knowledge_file_is_the_scripts_topic_filtered_build(tmp_path):
 def test_an_entitys_text_is_the_documented_one():
     """docs/methods/mlip-li.md: the text tower encodes "<name> (<category>): <description>", or
     "<name>: <description>" for an empty category."""
-    from openclip_unimlip.recipes.mlip_li.knowledge import Entity
-
     doc = (TESTS.parent / "docs" / "methods" / "mlip-li.md").read_text()
     assert '`"<name> (<category>): <description>"`' in doc and '`"<name>: <description>"`' in doc
     assert Entity("Pneumothorax", "Thoracic Imaging", "Imaging findings: x.").text() == (
@@ -55,8 +61,6 @@ def test_an_entitys_text_is_the_documented_one():
 
 
 def test_a_bad_line_is_named_by_its_line_number_in_the_file(tmp_path):
-    from openclip_unimlip.recipes.mlip_li.knowledge import load_knowledge
-
     lines = ['{"name": "A", "category": "", "description": "a"}', "", '{"name": "B"}']
     path = tmp_path / "k.jsonl"
     path.write_text("\n".join(lines) + "\n")
@@ -66,8 +70,6 @@ def test_a_bad_line_is_named_by_its_line_number_in_the_file(tmp_path):
 
 
 def test_a_knowledge_file_is_written_into_new_folders(tmp_path):
-    from openclip_unimlip.recipes.mlip_li.knowledge import load_knowledge, write_knowledge
-
     rows = [{"name": "A", "category": "Chest", "description": "a"}, {"name": "B", "category": "", "description": "b"}]
     path = tmp_path / "new" / "nested" / "k.jsonl"
     write_knowledge(rows, path)
@@ -77,8 +79,6 @@ def test_a_knowledge_file_is_written_into_new_folders(tmp_path):
 def test_radiograph_findings_come_first_whatever_the_others_are_called():
     """Within an entity, XR findings first, the rest in the package's order: the package spells
     modalities freely ('mammography' in lower case sorts after 'XR')."""
-    from openclip_unimlip.recipes.mlip_li.knowledge import build_entities
-
     findings = [{"pathology_name": "Mass", "name": name, "modality": modality, "acr_topic": "Breast Imaging"}
                 for name, modality in (("spiculated", "mammography"), ("round", "CT"), ("opacity", "XR"),
                                        ("shadowing", "US"))]
@@ -87,10 +87,6 @@ def test_radiograph_findings_come_first_whatever_the_others_are_called():
 
 
 def test_building_without_the_source_package_says_how_to_install_it(monkeypatch):
-    import sys
-
-    from openclip_unimlip.recipes.mlip_li.knowledge import load_findings
-
     monkeypatch.setitem(sys.modules, "radiology_semantic", None)  # as if not installed
     with pytest.raises(SystemExit, match="pip install radiology-semantic-dict"):
         load_findings()
@@ -99,8 +95,6 @@ def test_building_without_the_source_package_says_how_to_install_it(monkeypatch)
 def test_pathologies_with_radiograph_findings_come_first_whatever_the_others_are_called():
     """A pathology seen on plain radiographs (XR) before one seen only on 'mammography' (which sorts
     after 'XR'), even one with more findings."""
-    from openclip_unimlip.recipes.mlip_li.knowledge import build_entities
-
     findings = [{"pathology_name": "Calcification", "name": f"finding {n}", "modality": "mammography"}
                 for n in range(3)]
     findings.append({"pathology_name": "Effusion", "name": "blunted angle", "modality": "XR"})
@@ -108,8 +102,6 @@ def test_pathologies_with_radiograph_findings_come_first_whatever_the_others_are
 
 
 def test_a_line_that_is_not_json_is_named(tmp_path):
-    from openclip_unimlip.recipes.mlip_li.knowledge import load_knowledge
-
     path = tmp_path / "k.jsonl"
     path.write_text('{"name": "A", "description": "a"\n')
     with pytest.raises(ValueError, match="k.jsonl:1: not JSON"):

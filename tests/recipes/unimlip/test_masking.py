@@ -18,12 +18,17 @@ KNOWLEDGE = REPO / "openclip_unimlip" / "recipes" / "mlip_li" / "knowledge" / "r
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _masker(tokenizer, whole_word=True, probability=0.15, **fractions):
+def _tokenizer_tables(tokenizer, subwords=True):
+    """What a masker takes from the tokenizer: its vocabulary size, [MASK], specials (and ##sub-words)."""
     hf = tokenizer.tokenizer
-    return CaptionMasker(
-        vocab_size=len(hf), mask_token_id=hf.mask_token_id, special_token_ids=hf.all_special_ids,
-        subword_token_ids=[i for t, i in hf.get_vocab().items() if t.startswith("##")], whole_word=whole_word,
-        probability=probability, **fractions)
+    tables = dict(vocab_size=len(hf), mask_token_id=hf.mask_token_id, special_token_ids=hf.all_special_ids)
+    if subwords:
+        tables["subword_token_ids"] = [i for t, i in hf.get_vocab().items() if t.startswith("##")]
+    return tables
+
+
+def _masker(tokenizer, whole_word=True, probability=0.15, **fractions):
+    return CaptionMasker(**_tokenizer_tables(tokenizer), whole_word=whole_word, probability=probability, **fractions)
 
 
 @pytest.fixture(scope="module")
@@ -163,21 +168,18 @@ def test_a_masker_built_without_options_is_the_papers(tokenizer, real_captions):
         percent = int(re.search(r"masked randomly with a probability of (\d+)%", paper.read_text()).group(1))
     else:  # typed from the same sentence
         percent = 15
-    hf = tokenizer.tokenizer
-    masker = CaptionMasker(vocab_size=len(hf), mask_token_id=hf.mask_token_id, special_token_ids=hf.all_special_ids)
     torch.manual_seed(0)
-    out = masker(real_captions)
+    out = CaptionMasker(**_tokenizer_tables(tokenizer, subwords=False))(real_captions)
     chosen = _selected(out, real_captions.shape)
     maskable = ~_special(tokenizer, real_captions)
     assert abs(chosen.sum().item() / maskable.sum().item() - percent / 100) < 0.01
-    assert torch.equal(out.input_ids[chosen], torch.full_like(out.input_ids[chosen], hf.mask_token_id))
+    mask_id = tokenizer.tokenizer.mask_token_id
+    assert torch.equal(out.input_ids[chosen], torch.full_like(out.input_ids[chosen], mask_id))
     unused = out.targets == -100
     assert unused.any() and not out.positions[unused].any()  # MaskedCaptions: positions 0 where unused
     # whole words by default: given the tokenizer's sub-words, it chooses as the whole-word masker
-    subwords = [i for t, i in hf.get_vocab().items() if t.startswith("##")]
     torch.manual_seed(0)
-    default = CaptionMasker(vocab_size=len(hf), mask_token_id=hf.mask_token_id, special_token_ids=hf.all_special_ids,
-                            subword_token_ids=subwords)(real_captions)
+    default = CaptionMasker(**_tokenizer_tables(tokenizer))(real_captions)
     torch.manual_seed(0)
     assert torch.equal(default.positions, _masker(tokenizer, whole_word=True)(real_captions).positions)
 
