@@ -30,6 +30,15 @@ def _mse(model, inputs, targets):
     return nn.functional.mse_loss(model(inputs), targets)
 
 
+def _fit_on_scores(scores, config):
+    """``fit`` of a model that does not learn (learning rate 0), its validation giving ``scores`` in turn."""
+    model = nn.Linear(1, 1)
+    loader = DataLoader(TensorDataset(torch.zeros(2, 1), torch.zeros(2, 1)), batch_size=2)
+    validations = iter(scores)
+    return fit(model, torch.optim.SGD(model.parameters(), lr=0.0), loader, _mse, config, CPU,
+               validate=lambda m: next(validations), progress=False)
+
+
 # ----- the training loop -------------------------------------------------------------------------
 def test_train_loss_is_the_mean_over_samples():
     """Batches of 2, 2 and 1: the epoch's loss weighs every sample once, so the short last batch
@@ -117,11 +126,7 @@ def test_the_fine_tuning_commands_resize_as_the_paper():
 def test_epochs_without_a_score_are_epochs_without_gain_from_the_first():
     """A validation that gives NaN (a metric undefined on the split) never counts as a gain: with
     patience 2 the run stops after the second such epoch, and no epoch is called best."""
-    scores = iter([float("nan"), float("nan"), 0.9, 0.95])
-    model = nn.Linear(1, 1)
-    loader = DataLoader(TensorDataset(torch.zeros(2, 1), torch.zeros(2, 1)), batch_size=2)
-    history = fit(model, torch.optim.SGD(model.parameters(), lr=0.0), loader, _mse,
-                  FitConfig(max_epochs=4, patience=2), CPU, validate=lambda m: next(scores), progress=False)
+    history = _fit_on_scores([float("nan"), float("nan"), 0.9, 0.95], FitConfig(max_epochs=4, patience=2))
     assert len(history.epochs) == 2 and history.best_epoch is None
 
 
@@ -141,11 +146,8 @@ def test_the_roc_figure_has_one_curve_per_label_with_both_classes(tmp_path, monk
 # at the first (as patience 1)
 @pytest.mark.parametrize("patience", [0, 1, 3])
 def test_training_stops_after_patience_epochs_without_gain(patience):
-    scores = iter([0.2, 0.6, 0.5, 0.6, 0.4, 0.3, 0.1, 0.0])  # best at epoch 2, never beaten
-    model = nn.Linear(1, 1)
-    loader = DataLoader(TensorDataset(torch.zeros(2, 1), torch.zeros(2, 1)), batch_size=2)
-    history = fit(model, torch.optim.SGD(model.parameters(), lr=0.0), loader, _mse,
-                  FitConfig(max_epochs=8, patience=patience), CPU, validate=lambda m: next(scores), progress=False)
+    scores = [0.2, 0.6, 0.5, 0.6, 0.4, 0.3, 0.1, 0.0]  # best at epoch 2, never beaten
+    history = _fit_on_scores(scores, FitConfig(max_epochs=8, patience=patience))
     assert len(history.epochs) == 2 + max(patience, 1) and history.best_epoch == 2
 
 
