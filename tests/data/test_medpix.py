@@ -251,3 +251,33 @@ def test_a_malformed_line_is_a_bad_row_for_the_converter_and_an_error_for_the_re
     assert report.splits["train"].num_samples == 3
     with pytest.raises(ValueError, match="malformed MedPix record at splitted_dataset/descriptions_train.jsonl:4"):
         read_medpix(tmp_path, "train")
+
+
+def test_a_malformed_line_in_the_middle_is_one_bad_row_and_counts_towards_the_limit(tmp_path):
+    release = tmp_path / "MedPix-2-0"
+    small_release(release, per_split=3)
+    train_file = release / "splitted_dataset" / "descriptions_train.jsonl"
+    lines = train_file.read_text().splitlines(keepends=True)
+    train_file.write_text(lines[0] + "{not json\n" + "".join(lines[1:]))  # 5 records, the 2nd malformed
+    expected = [f"splitted_dataset/descriptions_train.jsonl:{n}" for n in range(1, len(lines) + 2)]
+
+    rows = list(medpix_rows(release, ("train",)))
+    assert [row.source for row in rows] == expected  # reading goes on after the bad line
+    assert [isinstance(row, BadRow) for row in rows] == [False, True, False, False, False]
+    # the limit keeps the first records of the file, a malformed one among them
+    assert [row.source for row in medpix_rows(release, ("train",), limit=3)] == expected[:3]
+
+
+def test_the_excluded_list_has_exactly_its_three_columns_and_the_options_are_keywords(tmp_path):
+    import csv
+    import inspect
+
+    case = split_lines("test")[0]["U_id"]
+    convert_medpix(MEDPIX, tmp_path, splits=("test",), exclude_cases=[case], formats="csv")
+    with open(tmp_path / "excluded.csv", newline="") as table:
+        header, *rows = list(csv.reader(table))
+    assert header == ["image_id", "case_id", "reason"]
+    assert rows == [[r["image"], case, "listed case"] for r in split_lines("test") if r["U_id"] == case]
+
+    parameters = inspect.signature(medpix_rows).parameters.values()
+    assert [p.name for p in parameters if p.kind is not inspect.Parameter.KEYWORD_ONLY] == ["root", "splits"]
