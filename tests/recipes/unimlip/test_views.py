@@ -1,5 +1,6 @@
 """The SimCLR views drawn on the device: normalisation round trip, per-sample randomness, the
 paper's augmentations, and the model using them only while the SimCLR branch is on."""
+import dataclasses
 import math
 
 import pytest
@@ -264,11 +265,32 @@ def test_the_two_views_and_the_samples_draw_independent_parameters():
 
 
 def test_mocov2_views_have_slips_strengths():
+    """SLIP's MoCo v2 views (datasets.py): ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, greyscale with
+    p 0.2, and SimCLR's blur and flip, which the default views' tests measure."""
     torch.manual_seed(2)
     params = _recovered_parameters(StrongViews(32, augmentation="mocov2"), batch=600)
     jittered = (params["brightness"] - 1).abs() > 1e-3
+    assert abs(jittered.float().mean() - 0.8) < 0.04
+    assert abs(params["greyscale"].float().mean() - 0.2) < 0.04
     _check_uniform(params["brightness"][jittered], 0.6, 1.4)
-    _check_uniform(params["hue"][jittered & ~params["greyscale"]], -0.1, 0.1)
+    _check_uniform(params["contrast"][jittered], 0.6, 1.4)
+    coloured = jittered & ~params["greyscale"]
+    _check_uniform(params["saturation"][coloured], 0.6, 1.4)
+    _check_uniform(params["hue"][coloured], -0.1, 0.1)
+    mocov2, simclr = StrongViews(32, augmentation="mocov2").augmentation, StrongViews(32).augmentation
+    assert dataclasses.replace(mocov2, jitter=simclr.jitter, hue=simclr.hue) == simclr
+
+
+def test_one_order_for_every_sample_is_that_order_per_sample():
+    factors = torch.tensor([[0.9, 1.1, 0.95, 0.05], [1.05, 0.92, 1.08, -0.1]])
+    means = torch.tensor([[0.3, 0.5, 0.4], [0.6, 0.2, 0.5]])
+    arguments = dict(brightness=factors[:, 0], contrast=factors[:, 1], saturation=factors[:, 2], hue=factors[:, 3],
+                     greyscale=torch.tensor([False, False]), channel_means=means)
+    order = (3, 1, 0, 2)
+    shared = colour_transform(order=order, **arguments)
+    per_sample = colour_transform(order=torch.tensor([order, order]), **arguments)
+    for ours, expected in zip(shared, per_sample):
+        torch.testing.assert_close(ours, expected)
 
 
 def test_views_are_clamped_to_the_pixel_range():
