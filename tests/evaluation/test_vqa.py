@@ -27,6 +27,7 @@ from openclip_unimlip.evaluation.vqa import (
     DEFAULT_ENCODER_LR,
     DEFAULT_FUSION_LR,
     NUM_LEARNABLE_TOKENS,
+    VqaModel,
     build_vqa_model,
     fine_tune_vqa,
     load_vqa_data,
@@ -422,3 +423,31 @@ def test_script_on_vqa_rad_trains_without_validation(vqa_rad_root: Path, slake_r
         script.main(["--dataset", "slake", "--data-root", str(slake_root), "--language", "fr", *common])
     assert error.value.code == 2
     assert "answer set is empty" in capsys.readouterr().err
+
+
+def test_a_model_built_directly_sees_the_image_and_refuses_heads_that_do_not_divide_the_width():
+    built, _, tokenizer = build_vqa_model(MODEL, None, num_answers=5)
+    towers = (built.image_tower, built.text_transformer, built.pad_token_id, 5, 64)
+    torch.manual_seed(0)
+    model = VqaModel(*towers).eval()  # the paper's layout by default: image tokens in the fusion input
+    token_ids = tokenizer(["is the image bright?"])
+    with torch.no_grad():
+        dark, bright = model(torch.full((1, 3, 64, 64), -1.5), token_ids), model(torch.randn(1, 3, 64, 64), token_ids)
+    assert not torch.allclose(dark, bright)
+    width = built.text_transformer.config.hidden_size
+    for heads in (5, 7):
+        assert width % heads
+        with pytest.raises(ValueError, match=f"width {width} is not divisible by {heads} fusion heads"):
+            VqaModel(*towers, fusion_heads=heads)
+    assert VqaModel(*towers, fusion_heads=128).fusion.self_attn.num_heads == 128  # 384 = 3 x 128
+
+
+def test_new_token_parameters_start_at_the_text_encoders_initializer_range():
+    """Ours: the learnable tokens and the map positions are drawn as BERT draws its embeddings,
+    N(0, initializer_range), read here from the text encoder's own config."""
+    torch.manual_seed(0)
+    model, _, _ = build_vqa_model(MODEL, None, num_answers=5)
+    spread = model.text_transformer.config.initializer_range
+    for values in (model.learnable_tokens, model.map_position):
+        assert abs(values.mean().item()) < 0.1 * spread
+        assert abs(values.std().item() - spread) < 0.1 * spread
