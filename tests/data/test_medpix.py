@@ -88,6 +88,15 @@ def test_a_folder_that_is_not_the_release_is_refused_with_one_message(tmp_path):
     assert not (tmp_path / "out").exists()  # refused before anything was written
     with pytest.raises(ValueError, match="unknown MedPix split"):
         read_medpix(MEDPIX, "validation")
+    # half a release is not the release: the split files without the images, the images alone
+    half = tmp_path / "half"
+    shutil.copytree(MEDPIX / "splitted_dataset", half / "splitted_dataset")
+    with pytest.raises(ValueError, match="not the MedPix 2.0 release"):
+        read_medpix(half, "test")
+    shutil.rmtree(half / "splitted_dataset")
+    (half / "images").symlink_to(MEDPIX / "images", target_is_directory=True)
+    with pytest.raises(ValueError, match="not the MedPix 2.0 release"):
+        read_medpix(half, "test")
 
 
 def test_the_repository_root_holding_the_release_folder_is_accepted(tmp_path):
@@ -272,6 +281,8 @@ def test_the_excluded_list_has_exactly_its_three_columns_and_the_options_are_key
     import csv
     import inspect
 
+    from openclip_unimlip.data.medpix import test_set_matches  # a module-level import would be collected
+
     case = split_lines("test")[0]["U_id"]
     convert_medpix(MEDPIX, tmp_path, splits=("test",), exclude_cases=[case], formats="csv")
     with open(tmp_path / "excluded.csv", newline="") as table:
@@ -279,5 +290,15 @@ def test_the_excluded_list_has_exactly_its_three_columns_and_the_options_are_key
     assert header == ["image_id", "case_id", "reason"]
     assert rows == [[r["image"], case, "listed case"] for r in split_lines("test") if r["U_id"] == case]
 
-    parameters = inspect.signature(medpix_rows).parameters.values()
-    assert [p.name for p in parameters if p.kind is not inspect.Parameter.KEYWORD_ONLY] == ["root", "splits"]
+    for function, positional in ((medpix_rows, ["root", "splits"]),
+                                 (test_set_matches, ["medpix_root", "test_image_dirs"])):
+        parameters = inspect.signature(function).parameters.values()
+        assert [p.name for p in parameters if p.kind is not inspect.Parameter.KEYWORD_ONLY] == positional
+
+
+def test_rows_carry_the_release_caption_as_written_by_default():
+    records = split_lines("test")
+    rows = [row for row in medpix_rows(MEDPIX, ("test",)) if not isinstance(row, BadRow)]
+    captions = [(r["image"], r["Description"]["Caption"]) for r in records]
+    assert [(row.key, row.caption) for row in rows] == [(key, text) for key, text in captions
+                                                        if text != PLACEHOLDER_CAPTION]
