@@ -192,6 +192,7 @@ def test_model_layout_and_parameter_groups():
     assert padding[:, :longest].eq(token_ids[:, :longest] == 0).all() and padding[:, :longest].any()
     image_tokens = model.encode_image(torch.zeros(2, 3, 64, 64))
     assert image_tokens.shape == (2, 1 + 2 * 2, 384)  # the embedding + a 2x2 layer-4 map at 64 px
+    assert model.map_position.shape == (2 * 2, 384)  # a position per cell, not one broadcast to all
     assert model(torch.zeros(2, 3, 64, 64), token_ids).shape == (2, 5)
     assert sum(isinstance(m, nn.TransformerEncoderLayer) for m in model.modules()) == 1
     assert [type(m) for m in model.head if isinstance(m, nn.Linear)] == [nn.Linear, nn.Linear]
@@ -451,3 +452,30 @@ def test_new_token_parameters_start_at_the_text_encoders_initializer_range():
     for values in (model.learnable_tokens, model.map_position):
         assert abs(values.mean().item()) < 0.1 * spread
         assert abs(values.std().item() - spread) < 0.1 * spread
+
+
+def test_more_positions_than_the_text_encoder_has_are_refused():
+    limit = 512  # MiniLM's max_position_embeddings: 16 question tokens leave room for 496 learnable ones
+    assert build_vqa_model(MODEL, None, num_answers=5, num_learnable_tokens=limit - CONTEXT_LENGTH)[0] is not None
+    with pytest.raises(ValueError, match=f"{CONTEXT_LENGTH} question tokens \\+ 497 learnable tokens exceed "
+                                         f"the text encoder's {limit} positions"):
+        build_vqa_model(MODEL, None, num_answers=5, num_learnable_tokens=limit - CONTEXT_LENGTH + 1)
+
+
+def test_the_accuracy_chart_shows_each_type_in_percent_with_its_count(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from openclip_unimlip.evaluation.vqa import VqaAccuracy, plot_accuracy_by_type
+
+    saved = []
+    monkeypatch.setattr(Figure, "savefig", lambda figure, *args, **kwargs: saved.append(figure))
+    # 3 of 4 open and 2 of 6 closed questions right: 5 of 10 overall
+    plot_accuracy_by_type(VqaAccuracy(open=0.75, closed=2 / 6, overall=0.5, open_questions=4, closed_questions=6),
+                          tmp_path / "chart.png", title="VQA-RAD")
+    (axes,) = saved[0].axes
+    assert [bar.get_height() for bar in axes.patches] == pytest.approx([75.0, 100 * 2 / 6, 50.0])
+    assert [text.get_text() for text in axes.texts] == ["75.0% (n=4)", "33.3% (n=6)", "50.0% (n=10)"]
+    assert [label.get_text() for label in axes.get_xticklabels()] == ["open", "closed", "overall"]
+    plot_accuracy_by_type(VqaAccuracy(open=None, closed=1.0, overall=1.0, open_questions=0, closed_questions=2),
+                          tmp_path / "closed_only.png")
+    assert [text.get_text() for text in saved[1].axes[0].texts] == ["n/a (n=0)", "100.0% (n=2)", "100.0% (n=2)"]
