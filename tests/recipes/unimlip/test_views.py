@@ -80,8 +80,9 @@ def test_views_stay_float32_under_autocast():
 def test_bad_crop_scale_and_normalisation_are_rejected():
     with pytest.raises(ValueError, match="view_crop_scale"):
         UniMlipCfg(view_crop_scale=(0.5, 1.5))
-    with pytest.raises(ValueError, match="3-channel"):
-        StrongViews(32).set_normalization((0.5,), (0.5,))
+    for mean, std in (((0.5,), (0.5,)), (MEAN, STD + (0.3,)), (MEAN + (0.3,), STD), (MEAN, STD[:2])):
+        with pytest.raises(ValueError, match="3-channel"):
+            StrongViews(32).set_normalization(mean, std)
 
 
 def test_model_draws_views_with_its_preprocess_normalisation(captions):
