@@ -267,8 +267,9 @@ def test_a_malformed_line_in_the_middle_is_one_bad_row_and_counts_towards_the_li
     small_release(release, per_split=3)
     train_file = release / "splitted_dataset" / "descriptions_train.jsonl"
     lines = train_file.read_text().splitlines(keepends=True)
-    train_file.write_text(lines[0] + "{not json\n" + "".join(lines[1:]))  # 5 records, the 2nd malformed
-    expected = [f"splitted_dataset/descriptions_train.jsonl:{n}" for n in range(1, len(lines) + 2)]
+    # 5 records after a blank line (line 2, skipped), the second malformed
+    train_file.write_text(lines[0] + "\n{not json\n" + "".join(lines[1:]))
+    expected = [f"splitted_dataset/descriptions_train.jsonl:{n}" for n in (1, *range(3, len(lines) + 3))]
 
     rows = list(medpix_rows(release, ("train",)))
     assert [row.source for row in rows] == expected  # reading goes on after the bad line
@@ -290,10 +291,28 @@ def test_the_excluded_list_has_exactly_its_three_columns_and_the_options_are_key
     assert header == ["image_id", "case_id", "reason"]
     assert rows == [[r["image"], case, "listed case"] for r in split_lines("test") if r["U_id"] == case]
 
-    for function, positional in ((medpix_rows, ["root", "splits"]),
+    for function, positional in ((medpix_rows, ["root", "splits"]), (read_medpix, ["root", "split"]),
+                                 (convert_medpix, ["root", "out_dir"]),
                                  (test_set_matches, ["medpix_root", "test_image_dirs"])):
         parameters = inspect.signature(function).parameters.values()
-        assert [p.name for p in parameters if p.kind is not inspect.Parameter.KEYWORD_ONLY] == positional
+        assert [p.name for p in parameters if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD] == positional
+        assert not [p for p in parameters if p.kind is inspect.Parameter.POSITIONAL_ONLY]
+
+
+def test_a_limit_above_the_small_integers_keeps_that_many_records():
+    assert len(list(medpix_rows(MEDPIX, ("train",), limit=300))) == 300 < len(split_lines("train"))
+
+
+def test_an_unknown_split_is_refused_before_any_image_is_hashed(tmp_path, monkeypatch):
+    import openclip_unimlip.data.medpix as medpix
+
+    def hashing(*args, **kwargs):
+        raise AssertionError("the images were hashed before the splits were checked")
+
+    monkeypatch.setattr(medpix, "test_set_matches", hashing)
+    with pytest.raises(ValueError, match="unknown MedPix split"):
+        convert_medpix(MEDPIX, tmp_path / "out", splits=("train", "validation"), exclude_like=[tmp_path])
+    assert not (tmp_path / "out").exists()
 
 
 def test_rows_carry_the_release_caption_as_written_by_default():
