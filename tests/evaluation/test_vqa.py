@@ -479,3 +479,68 @@ def test_the_accuracy_chart_shows_each_type_in_percent_with_its_count(tmp_path, 
     plot_accuracy_by_type(VqaAccuracy(open=None, closed=1.0, overall=1.0, open_questions=0, closed_questions=2),
                           tmp_path / "closed_only.png")
     assert [text.get_text() for text in saved[1].axes[0].texts] == ["n/a (n=0)", "100.0% (n=2)", "100.0% (n=2)"]
+
+
+def test_the_training_loader_shuffles_and_augments_and_evaluation_does_neither(slake_root: Path, monkeypatch):
+    from torch.utils.data import RandomSampler, SequentialSampler
+
+    from openclip_unimlip.evaluation import vqa
+
+    loaders = {}
+    real_fit, real_predict = vqa.fit, vqa.predict_answers
+
+    def recording_fit(model, optimizer, loader, *args, **kwargs):
+        loaders["train"] = loader
+        return real_fit(model, optimizer, loader, *args, **kwargs)
+
+    def recording_predict(model, loader, *args, **kwargs):
+        loaders["evaluation"] = loader
+        return real_predict(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(vqa, "fit", recording_fit)
+    monkeypatch.setattr(vqa, "predict_answers", recording_predict)
+    data = load_vqa_data("slake", slake_root)
+    model, preprocess_cfg, tokenizer = build_vqa_model(MODEL, None, len(data.answers), image_size=32)
+    fine_tune_vqa(model, preprocess_cfg, tokenizer, data, batch_size=12,
+                  fit_config=FitConfig(max_epochs=1, patience=1), progress=False)
+    train, evaluation = loaders["train"], loaders["evaluation"]
+    assert isinstance(train.sampler, RandomSampler) and isinstance(evaluation.sampler, SequentialSampler)
+    # OpenCLIP's train transform crops at random (RandomResizedCrop), its evaluation transform does not
+    assert "RandomResizedCrop" in repr(train.dataset.transform)
+    assert "RandomResizedCrop" not in repr(evaluation.dataset.transform)
+
+
+def test_the_padding_mask_is_the_pad_token_whatever_its_id():
+    model, _, tokenizer = build_vqa_model(MODEL, None, num_answers=5)
+    token_ids = tokenizer(["is there a lesion?", "which side?"])
+    model.pad_token_id = 102  # [SEP] standing in for a tokenizer whose padding id is not the smallest id
+    _, padding = model.encode_question(token_ids)
+    kept = padding.shape[1] - NUM_LEARNABLE_TOKENS
+    assert padding[:, :kept].eq(token_ids[:, :kept] == 102).all() and token_ids.lt(102).any()
+
+
+def test_the_map_has_a_position_per_cell_at_any_size():
+    model, _, _ = build_vqa_model(MODEL, None, num_answers=5, image_size=96)  # a 3x3 layer-4 map
+    cells = model.encode_image(torch.zeros(1, 3, 96, 96)).shape[1] - 1
+    assert cells == 3 * 3 and model.map_position.shape == (cells, 384)
+
+
+def test_the_defaults_are_the_documented_ones_and_the_library_seeds_as_the_command():
+    import inspect
+    import re
+
+    from openclip_unimlip.commands import finetune_vqa
+    from openclip_unimlip.evaluation import vqa
+
+    from paths import REPO
+
+    row = re.search(r"\| VQA \| the paper's learning rates \((\S+) encoders, (\S+) new layers\), (\d+) epochs, "
+                    r"batch (\d+)", (REPO / "docs" / "evaluation.md").read_text())
+    encoder_lr, fusion_lr, epochs, batch = float(row[1]), float(row[2]), int(row[3]), int(row[4])
+    parser = finetune_vqa.build_parser()
+    defaults = inspect.signature(vqa.fine_tune_vqa).parameters
+    assert (defaults["encoder_lr"].default, parser.get_default("encoder_lr")) == (encoder_lr, encoder_lr)
+    assert (defaults["fusion_lr"].default, parser.get_default("fusion_lr")) == (fusion_lr, fusion_lr)
+    assert (defaults["batch_size"].default, parser.get_default("batch_size")) == (batch, batch)
+    assert vqa.DEFAULT_EPOCHS == parser.get_default("max_epochs") == epochs
+    assert defaults["seed"].default == parser.get_default("seed") == 0
