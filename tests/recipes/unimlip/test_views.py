@@ -80,7 +80,8 @@ def test_views_stay_float32_under_autocast():
 def test_bad_crop_scale_and_normalisation_are_rejected():
     with pytest.raises(ValueError, match="view_crop_scale"):
         UniMlipCfg(view_crop_scale=(0.5, 1.5))
-    for mean, std in (((0.5,), (0.5,)), (MEAN, STD + (0.3,)), (MEAN + (0.3,), STD), (MEAN, STD[:2])):
+    for mean, std in (((0.5,), (0.5,)), (MEAN, STD + (0.3,)), (MEAN + (0.3,), STD), (MEAN, STD[:2]),
+                      (MEAN[:2], STD)):
         with pytest.raises(ValueError, match="3-channel"):
             StrongViews(32).set_normalization(mean, std)
 
@@ -306,6 +307,12 @@ def test_views_are_clamped_to_the_pixel_range():
     saturated = (pixels - 1).abs().lt(1e-5).flatten(1).all(1).float().mean()
     # P(jittered and brightness > 1/0.9) = 0.8 * (1.8 - 1/0.9) / 1.6
     assert abs(saturated - 0.8 * (1.8 - 1 / 0.9) / 1.6) < 0.08
+    # a strong red: saturation above 1 pushes its green and blue below 0, where they stop
+    red = torch.tensor([0.9, 0.05, 0.05]).view(1, 3, 1, 1).expand(200, 3, 32, 32)
+    viewed = torch.cat(views(_normalised(red)))
+    pixels = viewed * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+    assert pixels.min() > -1e-5 and pixels.max() < 1 + 1e-5
+    assert pixels.amin((1, 2, 3)).abs().lt(1e-5).float().mean() > 0.2  # about 0.39 of the views stop at 0
 
 
 def test_blur_and_flip_probabilities_and_blur_sigma():
