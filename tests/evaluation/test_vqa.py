@@ -431,6 +431,7 @@ def test_a_model_built_directly_sees_the_image_and_refuses_heads_that_do_not_div
     towers = (built.image_tower, built.text_transformer, built.pad_token_id, 5, 64)
     torch.manual_seed(0)
     model = VqaModel(*towers).eval()  # the paper's layout by default: image tokens in the fusion input
+    assert model.question_cache is None and all(p.requires_grad for p in model.text_transformer.parameters())
     token_ids = tokenizer(["is the image bright?"])
     with torch.no_grad():
         dark, bright = model(torch.full((1, 3, 64, 64), -1.5), token_ids), model(torch.randn(1, 3, 64, 64), token_ids)
@@ -476,6 +477,7 @@ def test_the_accuracy_chart_shows_each_type_in_percent_with_its_count(tmp_path, 
     assert [bar.get_height() for bar in axes.patches] == pytest.approx([75.0, 100 * 2 / 6, 50.0])
     assert [text.get_text() for text in axes.texts] == ["75.0% (n=4)", "33.3% (n=6)", "50.0% (n=10)"]
     assert [label.get_text() for label in axes.get_xticklabels()] == ["open", "closed", "overall"]
+    assert axes.get_ylim()[0] == 0  # bars measured from zero
     plot_accuracy_by_type(VqaAccuracy(open=None, closed=1.0, overall=1.0, open_questions=0, closed_questions=2),
                           tmp_path / "closed_only.png")
     assert [text.get_text() for text in saved[1].axes[0].texts] == ["n/a (n=0)", "100.0% (n=2)", "100.0% (n=2)"]
@@ -508,15 +510,28 @@ def test_the_training_loader_shuffles_and_augments_and_evaluation_does_neither(s
     # OpenCLIP's train transform crops at random (RandomResizedCrop), its evaluation transform does not
     assert "RandomResizedCrop" in repr(train.dataset.transform)
     assert "RandomResizedCrop" not in repr(evaluation.dataset.transform)
+    torch.manual_seed(0)
+    assert not torch.equal(train.dataset[0][0], train.dataset[0][0])  # a new crop each time the image is read
 
 
-def test_the_padding_mask_is_the_pad_token_whatever_its_id():
-    model, _, tokenizer = build_vqa_model(MODEL, None, num_answers=5)
-    token_ids = tokenizer(["is there a lesion?", "which side?"])
-    model.pad_token_id = 102  # [SEP] standing in for a tokenizer whose padding id is not the smallest id
-    _, padding = model.encode_question(token_ids)
-    kept = padding.shape[1] - NUM_LEARNABLE_TOKENS
-    assert padding[:, :kept].eq(token_ids[:, :kept] == 102).all() and token_ids.lt(102).any()
+@pytest.mark.parametrize("freeze_text", [False, True], ids=["paper-layout", "frozen-cached"])
+def test_a_padding_id_above_the_question_ids_gives_the_same_answers(freeze_text):
+    """Padding is whatever the tokenizer pads with: BERT's 0 here, and an id above every question
+    token (as a tokenizer whose [PAD] comes last in its vocabulary) gives the same logits."""
+    torch.manual_seed(0)
+    model, _, tokenizer = build_vqa_model(MODEL, None, num_answers=5, freeze_text=freeze_text)
+    model.eval()
+    token_ids = tokenizer(QUESTIONS_OF_THREE_LENGTHS)
+    high = 30000
+    assert model.pad_token_id == 0 and token_ids.eq(0).any() and token_ids.max() < high
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(images, token_ids)
+        if freeze_text:
+            model.question_cache.clear()
+        model.pad_token_id = high
+        padded_high = model(images, token_ids.masked_fill(token_ids == 0, high))
+    torch.testing.assert_close(padded_high, expected)
 
 
 def test_the_map_has_a_position_per_cell_at_any_size():
