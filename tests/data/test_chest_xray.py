@@ -274,5 +274,39 @@ def test_training_fractions_are_seeded_nested_subsets():
     subset = training_subset(split, 0.1, seed=3).image_paths
     assert list(subset) == sorted(subset, key=lambda p: int(p.stem))  # file order kept
     assert len(training_subset(_synthetic_split(12), 0.01, seed=0)) == 1
-    with pytest.raises(ValueError, match="fraction"):
-        training_subset(split, 0.0, seed=0)
+    for fraction in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="fraction"):
+            training_subset(split, fraction, seed=0)
+
+
+def _built_at_run_time(name: str) -> str:
+    """``name`` as a command line hands it over: equal to the literal, not the same object."""
+    built = "".join(list(name))
+    assert built == name and built is not name
+    return built
+
+
+@pytest.mark.parametrize("protocol", ["all14", "chexclusion"])
+def test_split_names_are_compared_by_value(chexpert_root: Path, mimic_root: Path, nih_root: Path, protocol):
+    roots = {"chexpert": chexpert_root, "mimic": mimic_root, "nih": nih_root}
+    for dataset, root in roots.items():
+        for split in ("train", "valid", "test"):
+            literal = read_cxr_split(dataset, root, split, protocol=protocol)
+            built = read_cxr_split(dataset, root, _built_at_run_time(split), protocol=protocol)
+            assert built.image_paths == literal.image_paths, (dataset, split)
+
+
+def test_every_reader_checks_the_image_files_by_default(chexpert_root: Path, mimic_root: Path, nih_root: Path):
+    (chexpert_root / "train/patient00002/study1/view1_frontal.jpg").unlink()
+    for missing_one in (lambda: read_cxr_split("chexpert", chexpert_root, "train", protocol="all14"),
+                        lambda: read_chexpert(chexpert_root, "train", valid_fraction=0.0, protocol="all14")):
+        with pytest.raises(FileNotFoundError, match="1 image file.*patient00002"):
+            missing_one()
+    for path in read_cxr_split("mimic", mimic_root, "test", protocol="all14").image_paths:
+        path.unlink()
+    with pytest.raises(FileNotFoundError, match="image file"):
+        read_mimic_cxr(mimic_root, "test", protocol="all14")
+    for path in read_cxr_split("nih", nih_root, "test", protocol="all14").image_paths:
+        path.unlink()
+    with pytest.raises(FileNotFoundError, match="image file"):
+        read_nih(nih_root, "test", protocol="all14")
