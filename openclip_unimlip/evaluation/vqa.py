@@ -134,11 +134,10 @@ class VqaModel(nn.Module):
         self.question_cache: Optional[dict[tuple[int, ...], torch.Tensor]] = {} if freeze_text else None
         text_transformer.requires_grad_(not freeze_text)
         image_tower.requires_grad_(not blank_image)  # never run: nothing to train
-        # ours: the new tokens start as BERT's embeddings do, N(0, initializer_range = 0.02)
-        self.learnable_tokens = nn.Parameter(torch.randn(num_learnable_tokens, width) * 0.02)
+        self.learnable_tokens = nn.Parameter(torch.randn(num_learnable_tokens, width) * 0.02)  # ours: BERT's init
         self.image_embedding_proj = nn.Linear(image_embed_dim, width)
         self.map_proj = nn.Linear(map_channels, width) if map_channels else None
-        self.map_position = nn.Parameter(torch.randn(map_cells, width) * 0.02) if map_channels else None
+        self.map_position = nn.Parameter(torch.randn(map_cells, width) * 0.02) if map_channels else None  # as above
         self.modality_embedding = nn.Embedding(2, width)  # 0: image token, 1: text token
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.fusion = ClsFusionLayer(
