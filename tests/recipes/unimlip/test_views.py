@@ -15,6 +15,7 @@ from openclip_unimlip.recipes.unimlip.views import (
     gaussian_blur,
     hue_rotation,
     random_subset,
+    simclr_blur_kernel_size,
 )
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -364,3 +365,23 @@ def test_the_jitter_order_is_a_permutation_drawn_per_sample(monkeypatch):
     assert torch.equal(orders.sort(dim=1).values, torch.arange(4).expand(1200, 4))
     counts = torch.unique(orders, dim=0, return_counts=True)[1]
     assert len(counts) == 24 and counts.min() > 1200 / 24 / 2
+
+
+def test_recrops_are_taken_from_the_image_itself():
+    """Left half black, right half white: any crop of it, resized, still rises from left to right
+    (a crop reaching past the image's edge into a copy of it would fall back to black)."""
+    torch.manual_seed(7)
+    views = StrongViews(32, crop_scale=(0.2, 0.5), jitter_p=0, grayscale_p=0, blur_p=0, flip_p=0)
+    halves = torch.zeros(64, 3, 32, 32)
+    halves[..., 16:] = 1
+    everything = torch.cat(views(halves))
+    assert (everything[..., 1:] - everything[..., :-1]).min() > -1e-5
+    assert (everything.amax((1, 2, 3)).gt(0.9) & everything.amin((1, 2, 3)).lt(0.1)).any()  # crops across the edge
+
+
+def test_the_blur_kernel_is_simclrs_at_every_size():
+    """SimCLR's data_util.py: random_blur passes kernel_size=height // 10, and gaussian_blur makes it
+    odd as radius = int(kernel_size / 2), kernel 2 * radius + 1; ours: never below 3."""
+    for size in range(8, 1025):
+        simclr = 2 * int((size // 10) / 2) + 1
+        assert simclr_blur_kernel_size(size) == max(3, simclr), size
