@@ -32,6 +32,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for folder in args.exclude_like:
         if not folder.is_dir():
             parser.error(f"--exclude-like {folder} is not a folder")
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be at least 1 (records per split), got {args.limit}")
     report = convert_medpix(args.root, args.out, splits=args.splits, caption_prefix=args.caption_prefix,
                             exclude_vqa_rad=args.exclude_vqa_rad, exclude_like=args.exclude_like, limit=args.limit,
                             **output_options(args))

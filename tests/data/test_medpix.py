@@ -321,3 +321,14 @@ def test_rows_carry_the_release_caption_as_written_by_default():
     captions = [(r["image"], r["Description"]["Caption"]) for r in records]
     assert [(row.key, row.caption) for row in rows] == [(key, text) for key, text in captions
                                                         if text != PLACEHOLDER_CAPTION]
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_the_command_refuses_a_limit_below_one_before_writing(tmp_path, capsys, limit):
+    from openclip_unimlip.commands import convert_medpix as command
+
+    with pytest.raises(SystemExit) as stopped:
+        command.main(["--root", str(MEDPIX), "--out", str(tmp_path / "out"), "--limit", limit])
+    assert stopped.value.code == 2 and f"--limit must be at least 1 (records per split), got {limit}" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -442,6 +442,9 @@ def test_a_model_built_directly_sees_the_image_and_refuses_heads_that_do_not_div
         with pytest.raises(ValueError, match=f"width {width} is not divisible by {heads} fusion heads"):
             VqaModel(*towers, fusion_heads=heads)
     assert VqaModel(*towers, fusion_heads=128).fusion.self_attn.num_heads == 128  # 384 = 3 x 128
+    # ours: the fusion layer's MLP as wide as the text encoder's own (BERT's 4x)
+    config = built.text_transformer.config
+    assert model.fusion.linear1.out_features == config.intermediate_size == 4 * width
 
 
 def test_new_token_parameters_start_at_the_text_encoders_initializer_range():
@@ -507,6 +510,7 @@ def test_the_training_loader_shuffles_and_augments_and_evaluation_does_neither(s
                   fit_config=FitConfig(max_epochs=1, patience=1), progress=False)
     train, evaluation = loaders["train"], loaders["evaluation"]
     assert isinstance(train.sampler, RandomSampler) and isinstance(evaluation.sampler, SequentialSampler)
+    assert train.generator.initial_seed() == 0  # the shuffle is fine_tune_vqa's seed's, not the global RNG's
     # OpenCLIP's train transform crops at random (RandomResizedCrop), its evaluation transform does not
     assert "RandomResizedCrop" in repr(train.dataset.transform)
     assert "RandomResizedCrop" not in repr(evaluation.dataset.transform)
