@@ -242,6 +242,19 @@ def test_trimmed_padding_and_the_cls_row_alone_give_the_paper_layouts_logits():
         torch.testing.assert_close(model(images, token_ids), _paper_layout_logits(model, images, token_ids))
 
 
+def test_at_224_px_more_image_tokens_than_text_tokens_give_the_paper_layouts_logits():
+    """At the paper's 224 px the 7x7 map makes 50 image tokens, more than a short question's text
+    tokens (its words and the 20 learnable ones): the fusion's padding mask must still line up."""
+    torch.manual_seed(0)
+    model, _, tokenizer = build_vqa_model(MODEL, None, num_answers=5, image_size=224)
+    model.eval()
+    token_ids = tokenizer(["mri?", "is there a lesion?"])
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert model.encode_image(images).shape[1] == 1 + 7 * 7 > model.encode_question(token_ids)[0].shape[1]
+        torch.testing.assert_close(model(images, token_ids), _paper_layout_logits(model, images, token_ids))
+
+
 def test_frozen_text_layout_trains_no_text_weight_and_fuses_the_learnable_tokens():
     torch.manual_seed(0)
     model, _, tokenizer = build_vqa_model(MODEL, None, num_answers=5, freeze_text=True)
