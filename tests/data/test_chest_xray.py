@@ -310,3 +310,22 @@ def test_every_reader_checks_the_image_files_by_default(chexpert_root: Path, mim
         path.unlink()
     with pytest.raises(FileNotFoundError, match="image file"):
         read_nih(nih_root, "test", protocol="all14")
+
+
+def test_missing_images_are_counted_and_the_first_five_named(nih_root: Path):
+    entries = pd.read_csv(nih_root / "Data_Entry_2017.csv")
+    extra = [f"000001{i:02d}_000.png" for i in range(4)]  # listed, never written
+    more = pd.DataFrame([{**entries.iloc[0].to_dict(), "Image Index": name, "Patient ID": 100 + i}
+                         for i, name in enumerate(extra)])
+    pd.concat([entries, more]).to_csv(nih_root / "Data_Entry_2017.csv", index=False)
+    with open(nih_root / "train_val_list.txt", "a") as listed:
+        listed.write("\n".join(extra) + "\n")
+    paths = read_nih(nih_root, "train", protocol="all14", valid_fraction=0.0, check_files=False).image_paths
+    for path in paths:
+        path.unlink(missing_ok=True)
+    assert len(paths) == 8
+    with pytest.raises(FileNotFoundError) as refused:
+        read_nih(nih_root, "train", protocol="all14", valid_fraction=0.0)
+    message = str(refused.value)
+    assert message.startswith("8 image file(s) missing, e.g. ")
+    assert [str(path) in message for path in paths] == [True] * 5 + [False] * 3
