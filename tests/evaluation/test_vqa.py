@@ -333,6 +333,12 @@ def test_majority_answer_accuracy_by_hand():
     accuracy = majority_answer_accuracy(train, test)
     assert (accuracy.closed, accuracy.open, accuracy.overall) == (0.5, 0.5, 0.5)
 
+    # a type training never saw has no majority answer: its questions count as wrong, whatever their
+    # answer's index (here "no", the second of the sorted answers "brain", "no", "yes")
+    closed_only = [sample("no", "CLOSED")] * 2 + [sample("yes", "CLOSED")]
+    accuracy = majority_answer_accuracy(closed_only, [sample("no", "OPEN"), sample("brain", "OPEN")])
+    assert (accuracy.open, accuracy.closed, accuracy.overall) == (0.0, None, 0.0)
+
 
 def test_fine_tuning_lowers_loss_and_accuracy_matches_predictions(slake_root: Path):
     torch.manual_seed(0)

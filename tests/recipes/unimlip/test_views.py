@@ -282,6 +282,8 @@ def test_mocov2_views_have_slips_strengths():
     _check_uniform(params["hue"][coloured], -0.1, 0.1)
     mocov2, simclr = StrongViews(32, augmentation="mocov2").augmentation, StrongViews(32).augmentation
     assert dataclasses.replace(mocov2, jitter=simclr.jitter, hue=simclr.hue) == simclr
+    with pytest.raises(dataclasses.FrozenInstanceError):  # the presets are shared by every model
+        simclr.grayscale_p = 0.5
 
 
 def test_one_order_for_every_sample_is_that_order_per_sample():
