@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from names import run_time_name
 from PIL import Image
 
 from openclip_unimlip.data.chest_xray import (
@@ -279,20 +280,13 @@ def test_training_fractions_are_seeded_nested_subsets():
             training_subset(split, fraction, seed=0)
 
 
-def _built_at_run_time(name: str) -> str:
-    """``name`` as a command line hands it over: equal to the literal, not the same object."""
-    built = "".join(list(name))
-    assert built == name and built is not name
-    return built
-
-
 @pytest.mark.parametrize("protocol", ["all14", "chexclusion"])
 def test_split_names_are_compared_by_value(chexpert_root: Path, mimic_root: Path, nih_root: Path, protocol):
     roots = {"chexpert": chexpert_root, "mimic": mimic_root, "nih": nih_root}
     for dataset, root in roots.items():
         for split in ("train", "valid", "test"):
             literal = read_cxr_split(dataset, root, split, protocol=protocol)
-            built = read_cxr_split(dataset, root, _built_at_run_time(split), protocol=protocol)
+            built = read_cxr_split(dataset, root, run_time_name(split), protocol=protocol)
             assert built.image_paths == literal.image_paths, (dataset, split)
 
 
@@ -320,6 +314,7 @@ def test_missing_images_are_counted_and_the_first_five_named(nih_root: Path):
     pd.concat([entries, more]).to_csv(nih_root / "Data_Entry_2017.csv", index=False)
     with open(nih_root / "train_val_list.txt", "a") as listed:
         listed.write("\n".join(extra) + "\n")
+
     def listed_paths():
         return read_nih(nih_root, "train", protocol="all14", valid_fraction=0.0, check_files=False).image_paths
 

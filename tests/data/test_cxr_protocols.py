@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from names import run_time_name
 
 from openclip_unimlip.data.chest_xray import read_chexpert, read_cxr_split, read_mimic_cxr, read_nih
 from openclip_unimlip.data.cxr_protocols import CHEXCLUSION_TEST_PATIENTS_FILE, HOLDOUT_SEED
@@ -66,6 +67,7 @@ HUANG_CHEXPERT_LABELS = (
     "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture",
     "Support Devices",
 )
+
 HUANG_TARGET = {"1.0": 1.0, "0.0": 0.0, "-1.0": 1.0, BLANK: 0.0}
 
 
@@ -502,20 +504,16 @@ def test_every_protocols_view_rule_is_its_sources():
         PROTOCOLS["mgca"].name = "other"
 
 
-def _fresh(text: str) -> str:
-    """``text`` as a string built at run time (as argparse gives it), not the interned literal."""
-    return "".join(list(text))
-
-
 def test_settings_compare_names_by_value_not_identity():
     from openclip_unimlip.data.cxr_protocols import chexclusion_patient_id, resolve_settings
 
     for dataset in ("chexpert", "mimic", "nih"):
-        assert resolve_settings(_fresh(dataset)).describe() == resolve_settings(dataset).describe()
+        assert resolve_settings(run_time_name(dataset)).describe() == resolve_settings(dataset).describe()
     with pytest.raises(ValueError, match="NIH ChestX-ray14 has no uncertain labels"):
-        resolve_settings(_fresh("nih"), uncertain="u_ones")
-    assert chexclusion_patient_id(_fresh("chexpert"), "patient00003") == 3
-    assert chexclusion_patient_id(_fresh("mimic"), 10000032) == 10000032 and chexclusion_patient_id("nih", "x") is None
+        resolve_settings(run_time_name("nih"), uncertain="u_ones")
+    assert chexclusion_patient_id(run_time_name("chexpert"), "patient00003") == 3
+    assert chexclusion_patient_id(run_time_name("mimic"), 10000032) == 10000032
+    assert chexclusion_patient_id("nih", "x") is None
 
 
 def test_a_view_rule_either_way_is_an_override_and_labels_are_described():

@@ -11,6 +11,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from names import run_time_name
 from PIL import Image
 from torch import nn
 
@@ -383,13 +384,12 @@ def test_bad_inputs_fail_before_training(vqa_rad_root: Path, slake_root: Path):
 
 
 def test_readers_compare_names_by_value_and_refuse_what_they_do_not_know(vqa_rad_root: Path, slake_root: Path):
-    def fresh(text: str) -> str:  # built at run time, as argparse gives it: not the interned literal
-        return "".join(list(text))
-
     for dataset, root in (("vqa-rad", vqa_rad_root), ("slake", slake_root)):
         for split in ("train", "test"):
-            assert read_vqa_split(fresh(dataset), root, fresh(split)) == read_vqa_split(dataset, root, split)
-    assert read_vqa_rad(vqa_rad_root, "train", vqa_rad_split=fresh("standard")) == read_vqa_rad(vqa_rad_root, "train")
+            expected = read_vqa_split(dataset, root, split)
+            assert read_vqa_split(run_time_name(dataset), root, run_time_name(split)) == expected
+    standard = read_vqa_rad(vqa_rad_root, "train")
+    assert read_vqa_rad(vqa_rad_root, "train", vqa_rad_split=run_time_name("standard")) == standard
     with pytest.raises(ValueError, match="unknown VQA dataset 'zz-vqa'"):  # sorts after every known name
         read_vqa_split("zz-vqa", slake_root, "train")
     sample = read_slake(slake_root, "train")[0]
