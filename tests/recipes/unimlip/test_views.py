@@ -25,6 +25,11 @@ def _normalised(unit):
     return (unit - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
+def _pixels(normalised):
+    """The views back in pixel values: the inverse of ``_normalised``."""
+    return normalised * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+
+
 def _unit_images(batch=6, size=32, seed=0):
     return torch.rand((batch, 3, size, size), generator=torch.Generator().manual_seed(seed))
 
@@ -43,7 +48,7 @@ def test_flip_and_greyscale_act_in_pixel_space():
     views.set_normalization(MEAN, STD)
     unit = _unit_images()
     view_a, _ = views(_normalised(unit))
-    pixels = view_a * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+    pixels = _pixels(view_a)
     grey = (LUMA[0] * unit[:, 0] + LUMA[1] * unit[:, 1] + LUMA[2] * unit[:, 2]).flip(-1)
     for channel in range(3):
         torch.testing.assert_close(pixels[:, channel], grey, atol=1e-4, rtol=1e-4)
@@ -211,7 +216,7 @@ def _recovered_parameters(views, batch=1000):
     unit, middle_rows = _band_images(colours, batch)
     views.set_normalization(MEAN, STD)
     pair = torch.cat(views(_normalised(unit)))
-    pixels = (pair * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)).double()
+    pixels = _pixels(pair).double()
     out = [pixels[:, :, row].mean(-1) for row in middle_rows]  # [2B, 3] per band
     grey0, grey1, along_i, along_q = out
     clipped = torch.stack(out).amin((0, 2)).le(1e-4) | torch.stack(out).amax((0, 2)).ge(1 - 1e-4)
@@ -305,7 +310,7 @@ def test_views_are_clamped_to_the_pixel_range():
     views.set_normalization(MEAN, STD)
     unit = torch.full((200, 3, 32, 32), 0.9)
     viewed = torch.cat(views(_normalised(unit)))
-    pixels = viewed * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+    pixels = _pixels(viewed)
     assert pixels.max() < 1 + 1e-5 and pixels.min() > -1e-5
     saturated = (pixels - 1).abs().lt(1e-5).flatten(1).all(1).float().mean()
     # P(jittered and brightness > 1/0.9) = 0.8 * (1.8 - 1/0.9) / 1.6
@@ -313,7 +318,7 @@ def test_views_are_clamped_to_the_pixel_range():
     # a strong red: saturation above 1 pushes its green and blue below 0, where they stop
     red = torch.tensor([0.9, 0.05, 0.05]).view(1, 3, 1, 1).expand(200, 3, 32, 32)
     viewed = torch.cat(views(_normalised(red)))
-    pixels = viewed * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+    pixels = _pixels(viewed)
     assert pixels.min() > -1e-5 and pixels.max() < 1 + 1e-5
     assert pixels.amin((1, 2, 3)).abs().lt(1e-5).float().mean() > 0.2  # about 0.39 of the views stop at 0
 
@@ -328,7 +333,7 @@ def test_blur_and_flip_probabilities_and_blur_sigma():
     unit = torch.full((1000, 3, 32, 32), 0.3)
     unit[..., 16:] = 0.5
     viewed = torch.cat(views(_normalised(unit)))
-    pixels = viewed * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+    pixels = _pixels(viewed)
     row = pixels[:, 0, 16].double()
     flipped = row[:, 0] > row[:, -1]
     assert abs(flipped.float().mean() - 0.5) < 0.05
