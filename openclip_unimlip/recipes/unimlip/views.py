@@ -31,7 +31,7 @@ import functools
 import math
 import weakref
 from collections import deque
-from typing import Deque, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Deque, Dict, Optional, Sequence, Tuple, Union
 
 import kornia.augmentation as K
 import torch
@@ -198,8 +198,9 @@ class StrongViews(nn.Module):
         # OpenCLIP's --accum-freq feeds each micro-batch twice: a pass without gradients that
         # caches features, then one with gradients that recomputes them; both must see the same
         # views to equal one large batch. Passes without gradients record the RNG state their
-        # views were drawn with, and the next pass with gradients over the same tensor replays it.
-        self._recorded_draws: Deque[Tuple[weakref.ref, List[torch.Tensor]]] = deque(maxlen=64)
+        # views were drawn with (the CPU generator's and, for a CUDA batch, its device's; None
+        # otherwise), and the next pass with gradients over the same tensor replays it.
+        self._recorded_draws: Deque[Tuple[weakref.ref, torch.Tensor, Optional[torch.Tensor]]] = deque(maxlen=64)
 
     def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """The mean and std the clean view was normalised with; a no-op when unchanged, so the
@@ -240,18 +241,17 @@ class StrongViews(nn.Module):
         return matrix * std.view(1, 1, 3) / std.view(1, 3, 1), normalised_offset
 
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        cuda = images.device.type == "cuda"
         if not torch.is_grad_enabled():
-            states = [torch.get_rng_state()] + ([torch.cuda.get_rng_state(images.device)] if cuda else [])
-            self._recorded_draws.append((weakref.ref(images), states))
+            cuda_state = torch.cuda.get_rng_state(images.device) if images.is_cuda else None
+            self._recorded_draws.append((weakref.ref(images), torch.get_rng_state(), cuda_state))
             return self._draw(images)
-        for index, (batch_ref, states) in enumerate(self._recorded_draws):
+        for index, (batch_ref, cpu_state, cuda_state) in enumerate(self._recorded_draws):
             if batch_ref() is images:
                 del self._recorded_draws[index]
-                with torch.random.fork_rng(devices=[images.device] if cuda else []):
-                    torch.set_rng_state(states[0])
-                    if cuda:
-                        torch.cuda.set_rng_state(states[1], images.device)
+                with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
+                    torch.set_rng_state(cpu_state)
+                    if cuda_state is not None:
+                        torch.cuda.set_rng_state(cuda_state, images.device)
                     return self._draw(images)
         return self._draw(images)
 
