@@ -305,6 +305,9 @@ def test_a_requeue_onto_more_nodes_continues_the_run_for_exactly_the_configured_
     checkpoints, resume_epoch = _freeze_after_first_checkpoint(slurm_env, job, tmp_path, out)
     subprocess.run(["scontrol", "requeue", job], env=slurm_env, check=True)
     wait_for(lambda: job_state(slurm_env, job)["JobState"] == "PENDING", 60, "the requeue")
+    # the first start's batch step cleans its spool folder up after the job shows PENDING; started
+    # again before that, slurmd refuses the launch ("File exists") and holds the job
+    wait_for(lambda: not list(SLURM_DIR.glob(f"spool-*/job{int(job):05d}")), 60, "the first start's clean-up")
     # the requeued job gets another node shape: two nodes, one task each ("2-2": a bare 2 is refused)
     for change in ("NumTasks=2", "NumNodes=2-2"):
         subprocess.run(["scontrol", "update", f"jobid={job}", change], env=slurm_env, check=True)
