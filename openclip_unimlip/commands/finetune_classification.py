@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:  # a slice by 0 or less would keep none, or all but the last
+        parser.error(f"--limit must be at least 1 (images per split), got {args.limit}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.manual_seed(args.seed)
     labels = args.labels.split(",") if args.labels else None
