@@ -186,6 +186,16 @@ def test_a_gradient_pass_replays_the_views_of_the_cached_pass_once():
     assert not torch.equal(views(images.clone())[0], cached_a)
 
 
+def test_an_accumulation_of_64_micro_batches_replays_every_one():
+    """docs/training.md: --accum-freq up to 64. OpenCLIP caches all N micro-batches of a step before
+    the first gradient pass, so the oldest recorded draw must still be there after 63 more."""
+    views = StrongViews(8)
+    batches = [_unit_images(batch=2, size=8, seed=seed) for seed in range(64)]
+    with torch.no_grad():
+        cached = [views(images)[0] for images in batches]
+    assert torch.equal(views(batches[0])[0], cached[0])
+
+
 # ----- the default views' strengths, probabilities and independence, measured -------------------------
 # Torchvision's definitions, written here: brightness scales every value; contrast blends towards the
 # image's mean grey value and saturation towards each pixel's grey value (weights LUMA_TV), so both keep
