@@ -176,8 +176,8 @@ def test_answer_set_and_accuracy():
     answers = AnswerSet(["2", "left lung", "no", "yes"])
     assert answers.index("yes") == 3 and answers.index("right lung") == -1
     assert normalize_answer(" Left  Lung. ") == "left lung"
-    predictions = np.array([3, 2, 0, 1, 1, 0])
-    targets = np.array([3, 3, 0, 1, -1, -1])  # the unseen answers (-1) can never be right
+    predictions = np.array([3, 2, 0, 1, 1, -1])
+    targets = np.array([3, 3, 0, 1, -1, -1])  # the unseen answers (-1) can never be right, not even by -1
     closed = np.array([1, 1, 1, 0, 0, 0])
     accuracy = vqa_accuracy(predictions, targets, closed)
     assert (accuracy.closed, accuracy.open, accuracy.overall) == (2 / 3, 1 / 3, 3 / 6)
