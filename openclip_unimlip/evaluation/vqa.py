@@ -114,8 +114,7 @@ class VqaModel(nn.Module):
             pad_token_id: int,
             num_answers: int,
             image_embed_dim: int,
-            map_channels: Optional[int] = None,
-            map_cells: int = 0,
+            feature_map: Optional[tuple[int, int]] = None,
             num_learnable_tokens: int = NUM_LEARNABLE_TOKENS,
             fusion_heads: int = 8,
             dropout: float = 0.1,
@@ -136,8 +135,13 @@ class VqaModel(nn.Module):
         image_tower.requires_grad_(not blank_image)  # never run: nothing to train
         self.learnable_tokens = nn.Parameter(torch.randn(num_learnable_tokens, width) * 0.02)  # ours: BERT's init
         self.image_embedding_proj = nn.Linear(image_embed_dim, width)
-        self.map_proj = nn.Linear(map_channels, width) if map_channels else None
-        self.map_position = nn.Parameter(torch.randn(map_cells, width) * 0.02) if map_channels else None  # as above
+        # feature_map: (channels, cells) of the tower's last feature map, whose cells join the fusion
+        # input as tokens, each with a learned position; None: the image embedding alone
+        self.map_proj = self.map_position = None
+        if feature_map is not None:
+            channels, cells = feature_map
+            self.map_proj = nn.Linear(channels, width)
+            self.map_position = nn.Parameter(torch.randn(cells, width) * 0.02)  # ours: BERT's init, as above
         self.modality_embedding = nn.Embedding(2, width)  # 0: image token, 1: text token
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.fusion = ClsFusionLayer(
@@ -201,8 +205,8 @@ class VqaModel(nn.Module):
                 states = self._text_states(token_ids[missing])
                 for i, row_states in zip(missing, states, strict=True):
                     self.question_cache[keys[i]] = row_states[:lengths[i]].clone()
-            states = nn.utils.rnn.pad_sequence([self.question_cache[key] for key in keys], batch_first=True)
-            return F.pad(states, (0, 0, 0, token_ids.shape[1] - states.shape[1]))
+            # as long as the longest question: encode_question has trimmed the all-padding columns
+            return nn.utils.rnn.pad_sequence([self.question_cache[key] for key in keys], batch_first=True)
 
     def encode_question(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states of the question followed by the learnable tokens, and their padding mask.
@@ -270,8 +274,7 @@ def build_vqa_model(
         text_tower.config.pad_token_id,
         num_answers,
         embed_dim,
-        map_channels if use_map_tokens else None,
-        map_height * map_width if use_map_tokens else 0,
+        (map_channels, map_height * map_width) if use_map_tokens else None,
         num_learnable_tokens,
         freeze_text=freeze_text,
         blank_image=blank_image,
