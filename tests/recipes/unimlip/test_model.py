@@ -116,6 +116,20 @@ def test_grad_checkpointing_gives_the_same_gradients(tiny_model, captions):
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-5, rtol=1e-4)
 
 
+def test_by_default_the_backward_pass_runs_no_batchnorm_again(tiny_model, captions):
+    """Gradient checkpointing is off unless asked for (OpenCLIP's --grad-checkpointing): with the
+    statistics updating, every BatchNorm of the trunk counts as many batches as the forward pass ran
+    the trunk (counted by a hook before the backward); a checkpointed trunk re-runs in the backward."""
+    tiny_model.train()  # SimCLR off: BatchNorm statistics update
+    trunk_runs = []
+    tiny_model.visual.conv1.register_forward_hook(lambda module, inputs, output: trunk_runs.append(1))
+    losses = UniMlipLoss()(**tiny_model(_images(), captions), output_dict=True)
+    forward_runs = len(trunk_runs)
+    sum(losses.values()).backward()
+    tracked = {int(m.num_batches_tracked) for m in tiny_model.visual.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert forward_runs >= 1 and tracked == {forward_runs} and len(trunk_runs) == forward_runs
+
+
 def test_options_grid_tokens_simclr_head_and_clean_caption_itc(captions):
     import open_clip
 
