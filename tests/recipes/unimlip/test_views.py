@@ -92,6 +92,16 @@ def test_bad_crop_scale_and_normalisation_are_rejected():
             StrongViews(32).set_normalization(mean, std)
 
 
+def test_each_new_normalisation_is_taken_and_none_is_saved():
+    """set_normalization takes every new mean and std, above or below the current ones in any
+    order, and the views keep nothing in a checkpoint (OpenCLIP's keys stay as they are)."""
+    views = StrongViews(32)
+    for mean, std in (((0.1, 0.1, 0.1), (0.9, 0.9, 0.9)), ((0.0, 0.5, 1.0), (0.2, 0.2, 0.2)), (MEAN, STD)):
+        views.set_normalization(mean, std)
+        assert views.mean.tolist() == pytest.approx(mean) and views.std.tolist() == pytest.approx(std)
+    assert views.state_dict() == {}
+
+
 def test_model_draws_views_with_its_preprocess_normalisation(captions):
     """The views follow the normalisation OpenCLIP's factory recorded on the tower, and the
     trunk sees them only while SimCLR is on."""
