@@ -201,6 +201,13 @@ def test_model_layout_and_parameter_groups():
     assert model(torch.zeros(2, 3, 64, 64), token_ids).shape == (2, 5)
     assert sum(isinstance(m, nn.TransformerEncoderLayer) for m in model.modules()) == 1
     assert [type(m) for m in model.head if isinstance(m, nn.Linear)] == [nn.Linear, nn.Linear]
+    images, shift = torch.rand(2, 3, 64, 64), torch.randn(2 * 2, 384)
+    with torch.no_grad():  # additive positions, as BERT's and ViT's: moving them moves the cell tokens alone
+        before = model.eval().encode_image(images)
+        model.map_position.add_(shift)
+        after = model.encode_image(images)
+    torch.testing.assert_close(after[:, 1:] - before[:, 1:], shift.expand(2, -1, -1))
+    assert torch.equal(after[:, 0], before[:, 0])
 
     encoder, new = parameter_groups(model, DEFAULT_ENCODER_LR, DEFAULT_FUSION_LR)
     assert (encoder["lr"], new["lr"]) == (5e-5, 5e-4)
