@@ -36,6 +36,7 @@ from openclip_unimlip.evaluation.retrieval import evaluate_retrieval
 from openclip_unimlip.studies.benchmark import engine, tables
 from openclip_unimlip.studies.benchmark.tasks import ChestXrayTask, RetrievalTask, tasks_for
 
+from benchmark_tables import check_every_number
 from nih_release import write_nih_release
 from paths import REPO
 
@@ -744,92 +745,11 @@ def _cells_by_key(out: Path) -> dict:
     return cells
 
 
-def _t_interval(values) -> tuple:
-    mean = float(np.mean(values))
-    if len(values) < 2 or np.std(values) == 0:
-        return mean, mean, mean  # zero width, as statistics.seed_interval documents
-    low, high = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=stats.sem(values))
-    return mean, low, high
-
-
-def _column(table_id: str, key: str) -> tuple:
-    """(dataset, fraction, metric) of a column, by the paper's layouts: Fig. 2's R@K per direction,
-    Table 1's dataset and label fraction, Table 2's dataset and question type."""
-    if table_id.startswith("figure2-"):
-        return table_id.removeprefix("figure2-"), None, key
-    if table_id == "table1-medpix":
-        return "medpix", float(key.removesuffix(" %")) / 100, "macro_auc"
-    if table_id == "table1":
-        dataset, fraction = key.split("@")
-        return dataset, float(fraction.removesuffix(" %")) / 100, "macro_auc"
-    dataset, metric = key.split("/")
-    return dataset, None, metric
-
-
-def _task(table_id: str, dataset: str, mode: str) -> str:
-    kind = {"figure2": "retrieval", "table1": "classification", "table2": "vqa"}[table_id.split("-")[0]]
-    if mode == "linear probe":
-        kind = "linear-probe"
-    if mode == "question only":
-        kind = "vqa-question-only"
-    return f"{kind}-{dataset}"
-
-
-def _side(label: str, rows: set) -> tuple:
-    """(row, mode) of one side of a row label: "tiny", "tiny (linear probe)", "tiny: question only"."""
-    for suffix, mode in ((" (linear probe)", "linear probe"), (": question only", "question only")):
-        if label.endswith(suffix) and label.removesuffix(suffix) in rows:
-            return label.removesuffix(suffix), mode
-    assert label in rows, label
-    return label, ""
-
-
 def test_every_table_cell_is_recomputed_from_the_cell_files(run):
     """Issue 34: every number of every table the benchmark prints (ours, question only, paired rows,
     chance) rebuilt from the per-cell JSON with numpy and scipy, cell by cell."""
     report, out = run["report"], run["out"]
-    cells = _cells_by_key(out)
-    rows = {row["label"] for row in report["rows"]}
-    checked = 0
-    for table in report["tables"]:
-        for row in table["rows"]:
-            for key, cell in row["cells"].items():
-                if "values" not in cell and row["kind"] != "chance":
-                    continue
-                dataset, fraction, metric = _column(table["id"], key)
-                if row["kind"] == "chance":  # Table 2's most-common-answer row: counted in the test above
-                    if "value" in cell and table["id"].startswith("figure2-"):
-                        k = int(key.rsplit("@", 1)[1])  # K of the pairs drawn per seed
-                        drawn = report["tasks"][f"retrieval-{dataset}"]["pairs_per_draw"]
-                        assert cell["value"] == pytest.approx(100 * k / drawn), (table["id"], key)
-                        checked += 1
-                    elif "value" in cell and table["id"].startswith("table1"):
-                        assert cell["value"] == 50.0, (table["id"], key)  # a constant score's ROC AUC
-                        checked += 1
-                    continue
-                if row["kind"] == "paired":
-                    if " minus " in row["label"] and not row["label"].endswith("image minus question only"):
-                        left, right = (_side(side, rows) for side in row["label"].split(" minus "))
-                    else:
-                        name = row["label"].removesuffix(": image minus question only")
-                        left, right = (name, ""), (name, "question only")
-                    by_seed = [cells[(label, _task(table["id"], dataset, mode), fraction)]
-                               for label, mode in (left, right)]
-                    seeds = sorted(set(by_seed[0]) & set(by_seed[1]))
-                    values = [100 * (by_seed[0][s][metric] - by_seed[1][s][metric]) for s in seeds]
-                else:
-                    label, mode = _side(row["label"], rows)
-                    by_seed = cells[(label, _task(table["id"], dataset, mode), fraction)]
-                    values = [100 * by_seed[s][metric] for s in sorted(by_seed)]
-                mean, low, high = _t_interval(values)
-                assert cell["values"] == pytest.approx(values), (table["id"], row["label"], key)
-                assert (cell["mean"], cell["low"], cell["high"]) == (
-                    pytest.approx(mean), pytest.approx(low), pytest.approx(high)), (table["id"], row["label"], key)
-                checked += 1
-    numbers = sum("values" in cell or (row["kind"] == "chance" and "value" in cell and t["id"] != "table2")
-                  for t in report["tables"] for row in t["rows"] if row["kind"] != "reported"
-                  for cell in row["cells"].values())
-    assert checked == numbers and checked > 30  # every number of ours, every chance of Fig. 2 and Table 1
+    assert check_every_number(report, _cells_by_key(out)) > 30
     # the columns' labels say what the keys say: Fig. 2's directions
     figure2 = next(t for t in report["tables"] if t["id"].startswith("figure2-"))
     for column in figure2["columns"]:

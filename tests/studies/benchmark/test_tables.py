@@ -1,0 +1,168 @@
+"""The benchmark's tables (``studies/benchmark/tables.py``) on a made-up report, in seconds: random
+per-seed metrics for three rows, one of them the reference, one seed missing on one side of a pair,
+an undefined AUC, a row whose VQA does not apply and a row that did not load. Every number is
+rebuilt with numpy and scipy (tests/benchmark_tables.py, also run on a real benchmark in
+test_benchmark.py), every cell without a number says why, the columns follow the paper's layouts and
+the Markdown prints what the JSON holds."""
+import math
+import random
+
+import pytest
+from scipy import stats
+
+from openclip_unimlip.evaluation import reported
+from openclip_unimlip.studies.benchmark import tables
+
+from benchmark_tables import check_every_number
+
+SEEDS = (0, 1, 2)
+FRACTIONS = (0.01, 1.0)  # 10 %, a column of Table 1, is not run
+PAIRS_PER_DRAW = 40
+RETRIEVAL_KEYS = [f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)]
+TASK_METRICS = {"retrieval-roco": RETRIEVAL_KEYS, "classification-nih": ["macro_auc"],
+                "linear-probe-nih": ["macro_auc"], "classification-medpix": ["macro_auc"],
+                "linear-probe-medpix": ["macro_auc"], "vqa-vqa-rad": ["open", "closed", "overall"],
+                "vqa-question-only-vqa-rad": ["open", "closed", "overall"]}
+VQA_CHANCE = {"open": 0.05, "closed": 0.55, "overall": 0.32}
+MISSING_SEED = ("other", "classification-nih", 1.0, 2)  # a cell of one side of a pair never finished
+UNDEFINED = ("ours", "linear-probe-nih", 0.01, 1)  # a macro AUC without any two-class label
+
+
+def _fractions(task: str) -> tuple:
+    return FRACTIONS if task.startswith(("classification-", "linear-probe-")) else (None,)
+
+
+def _records() -> list:
+    draw = random.Random(0)
+    records = []
+    for row in ("ours", "stock", "other"):
+        for task, metrics in TASK_METRICS.items():
+            if row == "other" and task.startswith("vqa-"):
+                continue  # its VQA does not apply
+            for fraction in _fractions(task):
+                for seed in SEEDS:
+                    if (row, task, fraction, seed) == MISSING_SEED:
+                        continue
+                    values = {metric: draw.random() for metric in metrics}
+                    if (row, task, fraction, seed) == UNDEFINED:
+                        values["macro_auc"] = float("nan")
+                    records.append({"row": row, "task": task, "fraction": fraction, "seed": seed, "metrics": values})
+    return records
+
+
+def _chance(task: str) -> dict:
+    if task.startswith("retrieval-"):
+        return {key: int(key.rsplit("@", 1)[1]) / PAIRS_PER_DRAW for key in RETRIEVAL_KEYS}
+    return dict(VQA_CHANCE) if task.startswith("vqa-") else {"macro_auc": 0.5}
+
+
+def _describe(task: str) -> dict:
+    if task.startswith("retrieval-"):
+        return {"rows_read": 52, "pairs": 50, "left_out": {"no image": 2}}
+    if task.endswith("-nih"):
+        return {"protocol": "all14", "split_rule": "official"}
+    if task.endswith("-medpix"):
+        return {"label": "modality", "classes": ["CT", "MR"], "train": 40, "valid": 10, "test": 10}
+    return {"train": 30, "test": 12, "test_open": 5, "test_closed": 7, "test_unseen_answers": 1}
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    records = _records()
+    report = {
+        "settings": {"preset": "made-up", "seeds": list(SEEDS), "fractions": list(FRACTIONS), "data_root": "/data",
+                     "device": "cpu", "precision": "fp32", "recipes": {"vqa": {"vqa_rad_split": "standard"}},
+                     "reference": "stock", "pretraining_note": "none"},
+        "overlap": None, "datasets": [],
+        "tasks": {task: {"status": "ready", "message": None, "describe": _describe(task), "chance": _chance(task),
+                         **({"pairs_per_draw": PAIRS_PER_DRAW} if task.startswith("retrieval-") else {})}
+                  for task in TASK_METRICS},
+        "rows": [{"label": "ours", "model": "unimlip-tiny", "pretrained": "ours.pt", "status": "ok", "message": None},
+                 {"label": "stock", "model": "RN50", "pretrained": None, "status": "ok", "message": None},
+                 {"label": "other", "model": "RN50-quickgelu", "pretrained": None, "status": "ok", "message": None,
+                  "vqa_unsupported": "not applicable: no Hugging Face text transformer"},
+                 {"label": "broken", "model": "unimlip-tiny", "pretrained": "broken.pt", "status": "failed",
+                  "message": "does not load"}],
+        "cells": {"done": len(records), "planned": len(records), "run_now": len(records), "resumed": 0, "failed": 0,
+                  "stopped": 0, "seconds": 60.0},
+        "results": tables.summarize(records), "failures": [],
+    }
+    report["tables"] = tables.build_tables(report)
+    report["cells_by_key"] = {}
+    for record in records:
+        metrics = {name: None if math.isnan(value) else value for name, value in record["metrics"].items()}
+        report["cells_by_key"].setdefault((record["row"], record["task"], record["fraction"]), {})[
+            record["seed"]] = metrics
+    return report
+
+
+def _table(report: dict, table_id: str) -> dict:
+    return next(table for table in report["tables"] if table["id"] == table_id)
+
+
+def _cell(report: dict, table_id: str, label: str, key: str) -> dict:
+    return next(row for row in _table(report, table_id)["rows"] if row["label"] == label)["cells"][key]
+
+
+def test_every_number_is_recomputed_from_the_per_seed_metrics(report):
+    # counted by hand, by table: rows of ours (broken has none), pairs to stock, chance
+    figure2 = 3 * 6 + 2 * 6 + 6  # 3 rows x 6 recalls, ours and other minus stock, K / pairs
+    table1 = 2 * (3 * 2 + 2 * 2) + 3  # fine-tuned and probed, 1 % and 100 % of NIH; chance at 1, 10, 100 %
+    medpix = 2 * (3 * 2 + 2 * 2) + 2
+    table2 = 3 * (2 * 3) + 3  # ours and stock: image, question only, their gain; ours minus stock (other: n/a)
+    assert check_every_number(report, report["cells_by_key"]) == figure2 + table1 + medpix + table2
+    for key, value in VQA_CHANCE.items():
+        assert _cell(report, "table2", "most common answer, told the answer type", f"vqa-rad/{key}") == {
+            "value": pytest.approx(100 * value)}
+
+
+def test_a_pair_uses_the_seeds_both_sides_finished_and_an_undefined_auc_is_listed_but_not_averaged(report):
+    cell = _cell(report, "table1", "other minus stock", "nih@100 %")
+    assert cell["seeds"] == [0, 1] and cell["n"] == 2
+    undefined = _cell(report, "table1", "ours (linear probe)", "nih@1 %")
+    assert undefined["values"][1] is None and undefined["n"] == 2
+    defined = [v for v in undefined["values"] if v is not None]
+    assert undefined["mean"] == pytest.approx(sum(defined) / 2)
+    low, high = stats.t.interval(0.95, 1, loc=undefined["mean"], scale=stats.sem(defined))
+    assert (undefined["low"], undefined["high"]) == (pytest.approx(low), pytest.approx(high))
+
+
+def test_every_cell_without_a_number_says_why(report):
+    assert [t["id"] for t in report["tables"]] == ["figure2-roco", "table1", "table1-medpix", "table2"]
+    assert _cell(report, "figure2-roco", "broken", "image_to_text_R@1") == {"status": "failed"}
+    assert _cell(report, "table2", "other", "vqa-rad/open") == {"status": "n/a"}
+    assert _cell(report, "table2", "other minus stock", "vqa-rad/open") == {"status": "n/a"}
+    assert _cell(report, "table2", "ours", "slake/overall") == {"status": "skipped"}  # no SLAKE task
+    assert _cell(report, "table1", "ours", "nih@10 %") == {"status": "not run"}  # a fraction not asked for
+    assert _cell(report, "table1", "ours", "mimic@1 %") == {"status": "skipped"}
+    assert _cell(report, "table1", "broken minus stock", "nih@1 %") == {"status": "failed"}
+
+
+def test_columns_follow_the_papers_layouts(report):
+    labels = lambda table_id: [column["label"] for column in _table(report, table_id)["columns"]]  # noqa: E731
+    assert labels("figure2-roco") == ["I2T R@1", "I2T R@5", "I2T R@10", "T2I R@1", "T2I R@5", "T2I R@10"]
+    assert labels("table1") == [f"{name} {percent} %" for name in ("MIMIC", "CXP", "NIH") for percent in (1, 10, 100)]
+    assert labels("table1-medpix") == ["1 %", "100 %"]
+    assert labels("table2") == [f"{name} {kind}" for name in ("VQA-RAD", "Slake") for kind in ("Open", "Closed",
+                                                                                                 "Overall")]
+    reported_rows = [row["label"] for row in _table(report, "table1")["rows"] if row["kind"] == "reported"]
+    assert reported_rows == [f"{row.method} (reported)" for row in reported.TABLE1]
+
+
+def test_the_markdown_prints_each_number_of_the_json(report):
+    markdown = tables.format_markdown(report, {})
+    lines = {line.split(" | ")[0].removeprefix("| "): line for line in markdown.splitlines() if line.startswith("| ")}
+    table2 = _table(report, "table2")
+    keys = [column["key"] for column in table2["columns"]]
+    for label in ("ours", "ours: question only", "ours: image minus question only", "ours minus stock"):
+        row = next(row for row in table2["rows"] if row["label"] == label)
+        printed = lines[label].split(" | ")[2:2 + len(keys)]
+        for key, text in zip(keys, printed, strict=True):
+            cell = row["cells"][key]
+            if "mean" not in cell:
+                assert text == "—"  # SLAKE: no task
+                continue
+            sign = "+" if row["kind"] == "paired" else ""
+            expected = f"{cell['mean']:{sign}.1f} [{cell['low']:{sign}.1f}, {cell['high']:{sign}.1f}]"
+            assert text.strip("*") == expected, (label, key)
+            assert text.startswith("**") == (row["kind"] == "paired" and (cell["low"] > 0 or cell["high"] < 0))
