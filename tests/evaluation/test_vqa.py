@@ -208,6 +208,9 @@ def test_model_layout_and_parameter_groups():
         after = model.encode_image(images)
     torch.testing.assert_close(after[:, 1:] - before[:, 1:], shift.expand(2, -1, -1))
     assert torch.equal(after[:, 0], before[:, 0])
+    state = model.state_dict()  # strict by default, as torch's own load_state_dict
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        model.load_state_dict({**state, "extra": torch.zeros(1)})
 
     encoder, new = parameter_groups(model, DEFAULT_ENCODER_LR, DEFAULT_FUSION_LR)
     assert (encoder["lr"], new["lr"]) == (5e-5, 5e-4)

@@ -102,6 +102,17 @@ def test_each_new_normalisation_is_taken_and_none_is_saved():
     assert views.state_dict() == {}
 
 
+def test_a_jitter_above_one_starts_its_factors_at_zero_as_torchvision():
+    """torchvision's ColorJitter draws brightness, contrast and saturation from [max(0, 1 - s), 1 + s]
+    (its _check_input, clip_first_on_zero): at s = 3 a factor is never negative, so a white image
+    (which contrast and saturation leave white) is never turned black by the clamp."""
+    views = StrongViews(8, jitter=3.0, jitter_p=1.0, hue=0.0, grayscale_p=0, blur_p=0, flip_p=0)
+    views.set_normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    torch.manual_seed(0)
+    view_a, view_b = views(torch.ones(200, 3, 8, 8))
+    assert min(view_a.amin(), view_b.amin()) > 0  # one factor in [-1, 0) would be a 20 % chance a sample
+
+
 def test_model_draws_views_with_its_preprocess_normalisation(captions):
     """The views follow the normalisation OpenCLIP's factory recorded on the tower, and the
     trunk sees them only while SimCLR is on."""
