@@ -25,6 +25,7 @@ TASK_METRICS = {"retrieval-roco": RETRIEVAL_KEYS, "classification-nih": ["macro_
                 "vqa-question-only-vqa-rad": ["open", "closed", "overall"]}
 VQA_CHANCE = {"open": 0.05, "closed": 0.55, "overall": 0.32}
 MISSING_SEED = ("other", "classification-nih", 1.0, 2)  # a cell of one side of a pair never finished
+FAILED = {"row": "other", "task": "classification-medpix", "fraction": 1.0, "seed": 0, "message": "diverged"}
 UNDEFINED = ("ours", "linear-probe-nih", 0.01, 1)  # a macro AUC without any two-class label
 
 
@@ -41,7 +42,8 @@ def _records() -> list:
                 continue  # its VQA does not apply
             for fraction in _fractions(task):
                 for seed in SEEDS:
-                    if (row, task, fraction, seed) == MISSING_SEED:
+                    if (row, task, fraction, seed) == MISSING_SEED or (row, task, fraction) == (
+                            FAILED["row"], FAILED["task"], FAILED["fraction"]):  # it failed at its first seed
                         continue
                     values = {metric: draw.random() for metric in metrics}
                     if (row, task, fraction, seed) == UNDEFINED:
@@ -73,19 +75,25 @@ def report() -> dict:
         "settings": {"preset": "made-up", "seeds": list(SEEDS), "fractions": list(FRACTIONS), "data_root": "/data",
                      "device": "cpu", "precision": "fp32", "recipes": {"vqa": {"vqa_rad_split": "standard"}},
                      "reference": "stock", "pretraining_note": "none"},
-        "overlap": None, "datasets": [],
-        "tasks": {task: {"status": "ready", "message": None, "describe": _describe(task), "chance": _chance(task),
-                         **({"pairs_per_draw": PAIRS_PER_DRAW} if task.startswith("retrieval-") else {})}
-                  for task in TASK_METRICS},
+        "overlap": None,
+        "datasets": [{"name": "roco", "title": "ROCO", "status": "found", "path": "/data/roco", "message": None},
+                     {"name": "slake", "title": "SLAKE", "status": "bad", "path": "/data/Slake1.0",
+                      "message": "train.json is not JSON"},
+                     {"name": "mimic", "title": "MIMIC-CXR", "status": "skipped", "path": None, "message": None}],
+        "tasks": {**{task: {"status": "ready", "message": None, "describe": _describe(task), "chance": _chance(task),
+                            **({"pairs_per_draw": PAIRS_PER_DRAW} if task.startswith("retrieval-") else {})}
+                     for task in TASK_METRICS},
+                  "classification-chexpert": {"status": "failed", "message": "no labels", "describe": None,
+                                              "chance": None}},
         "rows": [{"label": "ours", "model": "unimlip-tiny", "pretrained": "ours.pt", "status": "ok", "message": None},
                  {"label": "stock", "model": "RN50", "pretrained": None, "status": "ok", "message": None},
                  {"label": "other", "model": "RN50-quickgelu", "pretrained": None, "status": "ok", "message": None,
                   "vqa_unsupported": "not applicable: no Hugging Face text transformer"},
                  {"label": "broken", "model": "unimlip-tiny", "pretrained": "broken.pt", "status": "failed",
                   "message": "does not load"}],
-        "cells": {"done": len(records), "planned": len(records), "run_now": len(records), "resumed": 0, "failed": 0,
-                  "stopped": 0, "seconds": 60.0},
-        "results": tables.summarize(records), "failures": [],
+        "cells": {"done": len(records), "planned": len(records) + 3, "run_now": 7, "resumed": len(records) - 7,
+                  "failed": 1, "stopped": 2, "seconds": 600.0},
+        "results": tables.summarize(records), "failures": [FAILED],
     }
     report["tables"] = tables.build_tables(report)
     report["cells_by_key"] = {}
@@ -108,7 +116,7 @@ def test_every_number_is_recomputed_from_the_per_seed_metrics(report):
     # counted by hand, by table: rows of ours (broken has none), pairs to stock, chance
     figure2 = 3 * 6 + 2 * 6 + 6  # 3 rows x 6 recalls, ours and other minus stock, K / pairs
     table1 = 2 * (3 * 2 + 2 * 2) + 3  # fine-tuned and probed, 1 % and 100 % of NIH; chance at 1, 10, 100 %
-    medpix = 2 * (3 * 2 + 2 * 2) + 2
+    medpix = 2 * (3 * 2 + 2 * 2) + 2 - 2  # other's fine-tune at 100 % failed: no number, nor a pair
     table2 = 3 * (2 * 3) + 3  # ours and stock: image, question only, their gain; ours minus stock (other: n/a)
     assert check_every_number(report, report["cells_by_key"]) == figure2 + table1 + medpix + table2
     for key, value in VQA_CHANCE.items():
@@ -136,6 +144,9 @@ def test_every_cell_without_a_number_says_why(report):
     assert _cell(report, "table1", "ours", "nih@10 %") == {"status": "not run"}  # a fraction not asked for
     assert _cell(report, "table1", "ours", "mimic@1 %") == {"status": "skipped"}
     assert _cell(report, "table1", "broken minus stock", "nih@1 %") == {"status": "failed"}
+    assert _cell(report, "table1", "ours", "chexpert@1 %") == {"status": "failed"}  # the task failed
+    assert _cell(report, "table1-medpix", "other", "100 %") == {"status": "failed"}  # its first cell failed
+    assert _cell(report, "table1-medpix", "other minus stock", "100 %") == {"status": "failed"}
 
 
 def test_columns_follow_the_papers_layouts(report):
@@ -166,3 +177,69 @@ def test_the_markdown_prints_each_number_of_the_json(report):
             expected = f"{cell['mean']:{sign}.1f} [{cell['low']:{sign}.1f}, {cell['high']:{sign}.1f}]"
             assert text.strip("*") == expected, (label, key)
             assert text.startswith("**") == (row["kind"] == "paired" and (cell["low"] > 0 or cell["high"] < 0))
+
+
+def test_the_markdown_lists_datasets_problems_cells_and_reported_rows_at_each_tables_decimals(report):
+    markdown = tables.format_markdown(report, {})
+    assert "| ROCO | found | /data/roco |" in markdown and "| SLAKE | bad | train.json is not JSON |" in markdown
+    assert "| MIMIC-CXR | skipped |  |" in markdown
+    problems = markdown.split("## Problems (each stopped only its own cells)\n\n")[1].split("\n\n")[0].splitlines()
+    assert problems == ["- dataset SLAKE: train.json is not JSON", "- task classification-chexpert: no labels",
+                        "- model broken: does not load", "- other / classification-medpix 100 % seed 0: diverged"]
+    done = len(_records())
+    assert (f"{done} of {done + 3} cells done (7 run now, {done - 7} finished earlier), 1 failed, 2 stopped; "
+            "10.0 min of recorded cell time.") in markdown
+    for table_id, method in (("table1", reported.TABLE1[0].method), ("table2", reported.TABLE2[0].method)):
+        table = _table(report, table_id)
+        section = markdown.split(f"## {table['title']}\n")[1].split("\n## ")[0]
+        lines = {line.split(" | ")[0].removeprefix("| "): line.split(" | ")[2:2 + len(table["columns"])]
+                 for line in section.splitlines() if line.startswith("| ")}
+        row = next(row for row in table["rows"] if row["label"] == f"{method} (reported)")
+        decimals = {"table1": 1, "table2": 2}[table_id]  # as each table prints the paper's numbers
+        assert lines[row["label"]] == [f"{cell['value']:.{decimals}f}" if "value" in cell else cell["status"]
+                                       for cell in (row["cells"][column["key"]] for column in table["columns"])]
+        ours = _cell(report, table_id, "ours", table["columns"][-3 if table_id == "table1" else 0]["key"])
+        assert f"{ours['mean']:.1f} [{ours['low']:.1f}, {ours['high']:.1f}]" in lines["ours"]  # ours: 1 decimal
+
+
+def test_the_notes_say_what_was_read_and_drawn(report):
+    roco = _table(report, "figure2-roco")["notes"]
+    assert roco[0].startswith("Test split: 52 rows read, 50 image-caption pairs kept, 2 left out (no image 2) by ")
+    assert roco[0].endswith(f"{PAIRS_PER_DRAW} pairs drawn per seed (the draw's seed is the cell's seed).")
+    for gain in reported.FIGURE2_STATED_GAINS:
+        direction = {"image_to_text": "I2T", "text_to_image": "T2I"}[gain.direction]
+        assert f"{direction} R@{gain.k} +{gain.points:.2f} over {gain.over}" in roco[1]
+    assert "NIH: protocol all14, NIH's test_list.txt" in _table(report, "table1")["notes"][0]
+    vqa_notes = _table(report, "table2")["notes"]
+    assert "VQA-RAD: 30 training and 12 test questions read (5 open, 7 closed; 1 test answers never seen" in (
+        vqa_notes[1]) and "The standard split (MEVF's trainset.json" in vqa_notes[1]
+    assert vqa_notes[2] == "other: not applicable: no Hugging Face text transformer."
+
+
+def test_the_plots_draw_the_tables_means_clipped_intervals_chance_and_reported_rows(report, tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(tables, "bar_chart", lambda path, categories, series, ylabel, title, reference: drawn.append(
+        (path, categories, series, reference)))
+    assert tables.write_plots(report, tmp_path) == {"figure2-roco": ["plots/figure2-roco.png"],
+                                                    "table2": ["plots/table2-vqa-rad.png"]}  # no SLAKE numbers
+    assert [path for path, *_ in drawn] == [tmp_path / "figure2-roco.png", tmp_path / "table2-vqa-rad.png"]
+    for (_, categories, series, reference), table_id, keys in (
+            (drawn[0], "figure2-roco", RETRIEVAL_KEYS), (drawn[1], "table2", ["vqa-rad/open", "vqa-rad/closed",
+                                                                              "vqa-rad/overall"])):
+        table = _table(report, table_id)
+        with_numbers = [row for row in table["rows"] if row["kind"] == "ours" and "mean" in row["cells"][keys[0]]]
+        shown = with_numbers + [row for row in table["rows"] if row["kind"] == "reported" and table_id == "table2"]
+        assert [bars.label for bars in series] == [row["label"] for row in shown]
+        chance = next(row for row in table["rows"] if row["kind"] == "chance")
+        assert reference == [chance["cells"][key]["value"] for key in keys]
+        for bars, row in zip(series, shown):
+            cells = [row["cells"][key] for key in keys]
+            assert bars.hatched == (row["kind"] == "reported")
+            if row["kind"] == "reported":
+                assert list(bars.heights) == [cell["value"] for cell in cells] and bars.errors is None
+                continue
+            assert list(bars.heights) == [cell["mean"] for cell in cells]
+            below, above = bars.errors  # the interval drawn inside 0..100 %
+            assert list(below) == pytest.approx([cell["mean"] - max(cell["low"], 0) for cell in cells])
+            assert list(above) == pytest.approx([min(cell["high"], 100) - cell["mean"] for cell in cells])
+    assert categories == ["Open", "Closed", "Overall"]
