@@ -7,9 +7,9 @@ each task read) and, where the dataset is one of the paper's, the paper's report
 
 A table is plain JSON: ``{"id", "title", "columns": [{"key", "label"}], "rows": [{"label",
 "kind": "ours"|"chance"|"reported", "source", "cells": {key: cell}}], "notes", "decimals"}`` where a
-cell is ``{"mean", "low", "high", "n", "values"}`` (ours), ``{"value"}`` (chance, reported) or
-``{"status"}`` (``skipped``: no dataset; ``failed``; ``n/a``; ``not run``: a fraction the run did not
-ask for; ``pending``).
+cell is ``{"mean", "low", "high", "n", "values"}`` (ours; ``{"values", "n": 0}`` where every value is
+undefined, printed ``undefined``), ``{"value"}`` (chance, reported) or ``{"status"}`` (``skipped``: no
+dataset; ``failed``; ``n/a``; ``not run``: a fraction the run did not ask for; ``pending``).
 """
 import math
 from pathlib import Path
@@ -235,7 +235,8 @@ def _paired_difference(report: dict, cell: tuple, reference: tuple, metric: str)
     """``cell`` minus ``reference``, each a (row label, task, fraction), taken per seed over the seeds
     both finished (same seed: same training subset and order, and pretraining seed k for ``{seed}``
     weights), with its t-interval (``statistics.paired_t_interval``); or why there is none: the status
-    of a side that has no numbers (failed, n/a, skipped, not run), else pending."""
+    of a side that has no numbers (failed, n/a, skipped, not run), pending while no seed finished on
+    both sides, undefined (``n`` 0) where one side's value is undefined at every common seed."""
     rows = {row["label"]: row for row in report["rows"]}
     for label, task, fraction in (cell, reference):
         own = _our_cell(report, rows[label], task, fraction, metric) if label in rows else {"status": "pending"}
@@ -243,10 +244,12 @@ def _paired_difference(report: dict, cell: tuple, reference: tuple, metric: str)
             return own
     result, base = (_find(report["results"], *side) for side in (cell, reference))
     by_seed = [dict(zip(r["seeds"], r["metrics"][metric]["values"])) for r in (result, base)]
+    if not set(by_seed[0]) & set(by_seed[1]):
+        return {"status": "pending"}  # no seed finished on both sides yet
     seeds = [seed for seed in result["seeds"]
              if by_seed[0].get(seed) is not None and by_seed[1].get(seed) is not None]
-    if not seeds:
-        return {"status": "pending"}
+    if not seeds:  # finished, but undefined on one side at every seed (e.g. no open question)
+        return {"values": [], "seeds": [], "n": 0}
     values = [by_seed[0][seed] - by_seed[1][seed] for seed in seeds]
     return {"values": values, "seeds": seeds,
             **paired_t_interval([by_seed[0][s] for s in seeds], [by_seed[1][s] for s in seeds])}

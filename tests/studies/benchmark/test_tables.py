@@ -8,6 +8,7 @@ import math
 import random
 
 import pytest
+from names import run_time_name
 from scipy import stats
 
 from openclip_unimlip.evaluation import reported
@@ -27,6 +28,7 @@ VQA_CHANCE = {"open": 0.05, "closed": 0.55, "overall": 0.32}
 MISSING_SEED = ("other", "classification-nih", 1.0, 2)  # a cell of one side of a pair never finished
 FAILED = {"row": "other", "task": "classification-medpix", "fraction": 1.0, "seed": 0, "message": "diverged"}
 UNDEFINED = ("ours", "linear-probe-nih", 0.01, 1)  # a macro AUC without any two-class label
+NO_OPEN_QUESTIONS = ("stock", "vqa-vqa-rad")  # open accuracy undefined at every seed
 
 
 def _fractions(task: str) -> tuple:
@@ -48,6 +50,8 @@ def _records() -> list:
                     values = {metric: draw.random() for metric in metrics}
                     if (row, task, fraction, seed) == UNDEFINED:
                         values["macro_auc"] = float("nan")
+                    if (row, task) == NO_OPEN_QUESTIONS:
+                        values["open"] = None
                     records.append({"row": row, "task": task, "fraction": fraction, "seed": seed, "metrics": values})
     return records
 
@@ -74,7 +78,7 @@ def report() -> dict:
     report = {
         "settings": {"preset": "made-up", "seeds": list(SEEDS), "fractions": list(FRACTIONS), "data_root": "/data",
                      "device": "cpu", "precision": "fp32", "recipes": {"vqa": {"vqa_rad_split": "standard"}},
-                     "reference": "stock", "pretraining_note": "none"},
+                     "reference": run_time_name("stock"), "pretraining_note": "none"},  # as argparse gives it
         "overlap": None,
         "datasets": [{"name": "roco", "title": "ROCO", "status": "found", "path": "/data/roco", "message": None},
                      {"name": "slake", "title": "SLAKE", "status": "bad", "path": "/data/Slake1.0",
@@ -98,7 +102,8 @@ def report() -> dict:
     report["tables"] = tables.build_tables(report)
     report["cells_by_key"] = {}
     for record in records:
-        metrics = {name: None if math.isnan(value) else value for name, value in record["metrics"].items()}
+        metrics = {name: None if value is None or math.isnan(value) else value
+                   for name, value in record["metrics"].items()}
         report["cells_by_key"].setdefault((record["row"], record["task"], record["fraction"]), {})[
             record["seed"]] = metrics
     return report
@@ -117,7 +122,9 @@ def test_every_number_is_recomputed_from_the_per_seed_metrics(report):
     figure2 = 3 * 6 + 2 * 6 + 6  # 3 rows x 6 recalls, ours and other minus stock, K / pairs
     table1 = 2 * (3 * 2 + 2 * 2) + 3  # fine-tuned and probed, 1 % and 100 % of NIH; chance at 1, 10, 100 %
     medpix = 2 * (3 * 2 + 2 * 2) + 2 - 2  # other's fine-tune at 100 % failed: no number, nor a pair
-    table2 = 3 * (2 * 3) + 3  # ours and stock: image, question only, their gain; ours minus stock (other: n/a)
+    # ours and stock: image, question only, their gain; ours minus stock (other: n/a); stock's open
+    # accuracy, undefined, and the two pairs it is in are counted as undefined cells
+    table2 = 3 * (2 * 3) + 3
     assert check_every_number(report, report["cells_by_key"]) == figure2 + table1 + medpix + table2
     for key, value in VQA_CHANCE.items():
         assert _cell(report, "table2", "most common answer, told the answer type", f"vqa-rad/{key}") == {
@@ -147,6 +154,9 @@ def test_every_cell_without_a_number_says_why(report):
     assert _cell(report, "table1", "ours", "chexpert@1 %") == {"status": "failed"}  # the task failed
     assert _cell(report, "table1-medpix", "other", "100 %") == {"status": "failed"}  # its first cell failed
     assert _cell(report, "table1-medpix", "other minus stock", "100 %") == {"status": "failed"}
+    assert _cell(report, "table2", "stock", "vqa-rad/open") == {"values": [None] * len(SEEDS), "n": 0}
+    assert _cell(report, "table2", "ours minus stock", "vqa-rad/open") == {"values": [], "seeds": [], "n": 0}
+    assert not any(row["label"].startswith("stock minus") for table in report["tables"] for row in table["rows"])
 
 
 def test_columns_follow_the_papers_layouts(report):
@@ -171,7 +181,7 @@ def test_the_markdown_prints_each_number_of_the_json(report):
         for key, text in zip(keys, printed, strict=True):
             cell = row["cells"][key]
             if "mean" not in cell:
-                assert text == "—"  # SLAKE: no task
+                assert text == ("undefined" if cell.get("n") == 0 else "—")  # stock's open accuracy; SLAKE: no task
                 continue
             sign = "+" if row["kind"] == "paired" else ""
             expected = f"{cell['mean']:{sign}.1f} [{cell['low']:{sign}.1f}, {cell['high']:{sign}.1f}]"
@@ -180,7 +190,9 @@ def test_the_markdown_prints_each_number_of_the_json(report):
 
 
 def test_the_markdown_lists_datasets_problems_cells_and_reported_rows_at_each_tables_decimals(report):
-    markdown = tables.format_markdown(report, {})
+    markdown = tables.format_markdown(report, {"figure2-roco": ["plots/figure2-roco.png"]})
+    assert "Rows `X minus stock`: X's paired per-seed differences to the reference row `stock`" in markdown
+    assert "\n![figure2-roco](plots/figure2-roco.png)\n\n## Table 1 layout" in markdown
     assert "| ROCO | found | /data/roco |" in markdown and "| SLAKE | bad | train.json is not JSON |" in markdown
     assert "| MIMIC-CXR | skipped |  |" in markdown
     problems = markdown.split("## Problems (each stopped only its own cells)\n\n")[1].split("\n\n")[0].splitlines()
@@ -200,6 +212,14 @@ def test_the_markdown_lists_datasets_problems_cells_and_reported_rows_at_each_ta
                                        for cell in (row["cells"][column["key"]] for column in table["columns"])]
         ours = _cell(report, table_id, "ours", table["columns"][-3 if table_id == "table1" else 0]["key"])
         assert f"{ours['mean']:.1f} [{ours['low']:.1f}, {ours['high']:.1f}]" in lines["ours"]  # ours: 1 decimal
+    assert "| stock | ours | undefined |" in markdown  # Table 2's open accuracy, undefined at every seed
+    for table_id in ("figure2-roco", "table1-medpix"):  # chance at one decimal, as the recalls and AUCs
+        table = _table(report, table_id)
+        section = markdown.split(f"## {table['title']}\n")[1]
+        chance = next(line for line in section.splitlines() if line.startswith("| chance |"))
+        values = [next(r for r in table["rows"] if r["kind"] == "chance")["cells"][c["key"]]["value"]
+                  for c in table["columns"]]
+        assert chance.split(" | ")[2:2 + len(values)] == [f"{value:.1f}" for value in values]
 
 
 def test_the_notes_say_what_was_read_and_drawn(report):
@@ -220,14 +240,17 @@ def test_the_plots_draw_the_tables_means_clipped_intervals_chance_and_reported_r
     drawn = []
     monkeypatch.setattr(tables, "bar_chart", lambda path, categories, series, ylabel, title, reference: drawn.append(
         (path, categories, series, reference)))
-    assert tables.write_plots(report, tmp_path) == {"figure2-roco": ["plots/figure2-roco.png"],
-                                                    "table2": ["plots/table2-vqa-rad.png"]}  # no SLAKE numbers
+    no_numbers = {**_table(report, "figure2-roco"), "id": "figure2-medpix",
+                  "rows": [row for row in _table(report, "figure2-roco")["rows"] if row["kind"] == "chance"]}
+    assert tables.write_plots({**report, "tables": [no_numbers, *report["tables"]]}, tmp_path) == {
+        "figure2-roco": ["plots/figure2-roco.png"], "table2": ["plots/table2-vqa-rad.png"]}  # no SLAKE numbers
     assert [path for path, *_ in drawn] == [tmp_path / "figure2-roco.png", tmp_path / "table2-vqa-rad.png"]
     for (_, categories, series, reference), table_id, keys in (
             (drawn[0], "figure2-roco", RETRIEVAL_KEYS), (drawn[1], "table2", ["vqa-rad/open", "vqa-rad/closed",
                                                                               "vqa-rad/overall"])):
         table = _table(report, table_id)
-        with_numbers = [row for row in table["rows"] if row["kind"] == "ours" and "mean" in row["cells"][keys[0]]]
+        with_numbers = [row for row in table["rows"]
+                        if row["kind"] == "ours" and any("mean" in row["cells"][key] for key in keys)]
         shown = with_numbers + [row for row in table["rows"] if row["kind"] == "reported" and table_id == "table2"]
         assert [bars.label for bars in series] == [row["label"] for row in shown]
         chance = next(row for row in table["rows"] if row["kind"] == "chance")
@@ -238,8 +261,10 @@ def test_the_plots_draw_the_tables_means_clipped_intervals_chance_and_reported_r
             if row["kind"] == "reported":
                 assert list(bars.heights) == [cell["value"] for cell in cells] and bars.errors is None
                 continue
-            assert list(bars.heights) == [cell["mean"] for cell in cells]
+            assert list(bars.heights) == [cell.get("mean", 0.0) for cell in cells]  # undefined: no bar
             below, above = bars.errors  # the interval drawn inside 0..100 %
-            assert list(below) == pytest.approx([cell["mean"] - max(cell["low"], 0) for cell in cells])
-            assert list(above) == pytest.approx([min(cell["high"], 100) - cell["mean"] for cell in cells])
+            assert list(below) == pytest.approx([cell["mean"] - max(cell["low"], 0) if "mean" in cell else 0.0
+                                                 for cell in cells])
+            assert list(above) == pytest.approx([min(cell["high"], 100) - cell["mean"] if "mean" in cell else 0.0
+                                                 for cell in cells])
     assert categories == ["Open", "Closed", "Overall"]
