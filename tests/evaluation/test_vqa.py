@@ -198,6 +198,7 @@ def test_model_layout_and_parameter_groups():
     image_tokens = model.encode_image(torch.zeros(2, 3, 64, 64))
     assert image_tokens.shape == (2, 1 + 2 * 2, 384)  # the embedding + a 2x2 layer-4 map at 64 px
     assert model.map_position.shape == (2 * 2, 384)  # a position per cell, not one broadcast to all
+    assert model.modality_embedding.weight.shape == (2, 384)  # one per modality: image tokens, text tokens
     assert model(torch.zeros(2, 3, 64, 64), token_ids).shape == (2, 5)
     assert sum(isinstance(m, nn.TransformerEncoderLayer) for m in model.modules()) == 1
     assert [type(m) for m in model.head if isinstance(m, nn.Linear)] == [nn.Linear, nn.Linear]
