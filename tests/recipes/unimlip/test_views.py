@@ -113,6 +113,16 @@ def test_a_jitter_above_one_starts_its_factors_at_zero_as_torchvision():
     assert min(view_a.amin(), view_b.amin()) > 0  # one factor in [-1, 0) would be a 20 % chance a sample
 
 
+def test_a_crop_of_the_whole_image_gives_the_image_back():
+    """RandomResizedCrop at scale (1, 1) takes the whole image (the drawn aspect cannot fit, so the
+    centre crop of ratio 1) and resizes it to its own size: with nothing else on, both views are the
+    images themselves, each crop made from its own image."""
+    views = StrongViews(16, crop_scale=(1.0, 1.0), jitter_p=0, grayscale_p=0, blur_p=0, flip_p=0)
+    images = _unit_images(batch=4, size=16)
+    for view in views(images):
+        torch.testing.assert_close(view, images, atol=1e-5, rtol=0)
+
+
 def test_model_draws_views_with_its_preprocess_normalisation(captions):
     """The views follow the normalisation OpenCLIP's factory recorded on the tower, and the
     trunk sees them only while SimCLR is on."""
