@@ -1,6 +1,7 @@
 """The Uni-Mlip model's train/eval outputs, perturbations, BatchNorm freezing and gradients."""
 import torch
 import torch.nn.functional as F
+from names import run_time_name
 
 from openclip_unimlip.recipes.unimlip.config import TERMS
 from openclip_unimlip.recipes.unimlip.loss import UniMlipLoss
@@ -109,7 +110,7 @@ def test_grad_checkpointing_gives_the_same_gradients(tiny_model, captions):
         return {n: p.grad.clone() for n, p in tiny_model.named_parameters() if p.grad is not None}
 
     plain = gradients()
-    tiny_model.set_grad_checkpointing(True)
+    tiny_model.set_grad_checkpointing()  # as open_clip_train's --grad-checkpointing calls it: no argument
     assert tiny_model.fusion.transformer.grad_checkpointing and tiny_model.checkpoint_trunk
     checkpointed = gradients()
     for name in ("visual.layer1.0.conv1.weight", "fusion.transformer.resblocks.0.mlp.c_fc.weight"):
@@ -133,9 +134,11 @@ def test_by_default_the_backward_pass_runs_no_batchnorm_again(tiny_model, captio
 def test_options_grid_tokens_simclr_head_and_clean_caption_itc(captions):
     import open_clip
 
+    # the option values as a JSON config gives them: equal to the code's literals, not the same objects
     model = open_clip.create_model("unimlip-tiny", unimlip_cfg={
-        "fusion_layers": 1, "fusion_heads": 6, "fusion_image_tokens": "grid", "simclr_head": "mlp",
-        "simclr_head_hidden": 64, "simclr_head_dim": 32, "itc_on_clean_caption": True})
+        "fusion_layers": 1, "fusion_heads": 6, "fusion_image_tokens": run_time_name("grid"),
+        "simclr_head": run_time_name("mlp"), "simclr_head_hidden": 64, "simclr_head_dim": 32,
+        "itc_on_clean_caption": True})
     model.train()
     model.set_simclr_active(True)
     text_passes = []
