@@ -139,6 +139,7 @@ def test_options_grid_tokens_simclr_head_and_clean_caption_itc(captions):
         "fusion_layers": 1, "fusion_heads": 6, "fusion_image_tokens": run_time_name("grid"),
         "simclr_head": run_time_name("mlp"), "simclr_head_hidden": 64, "simclr_head_dim": 32,
         "itc_on_clean_caption": True})
+    assert model.fusion.uses_grid  # the layer-4 map's cells, not the pooled embedding, enter the fusion
     model.train()
     model.set_simclr_active(True)
     text_passes = []
