@@ -358,6 +358,26 @@ def test_majority_answer_accuracy_by_hand():
     accuracy = majority_answer_accuracy(closed_only, [sample("no", "OPEN"), sample("brain", "OPEN")])
     assert (accuracy.open, accuracy.closed, accuracy.overall) == (0.0, None, 0.0)
 
+    # each type's majority counts that type's answers alone, whichever type holds more questions
+    open_heavy = [sample("no", "CLOSED")] * 2 + [sample("axial", "OPEN")] * 3
+    accuracy = majority_answer_accuracy(open_heavy, [sample("no", "CLOSED"), sample("axial", "OPEN")])
+    assert (accuracy.closed, accuracy.open) == (1.0, 1.0)
+
+
+def test_a_text_tower_that_is_not_hugging_faces_is_refused(tmp_path):
+    """The recipe appends learnable tokens to a Hugging Face transformer: OpenCLIP's own text tower
+    (here in a CustomTextCLIP, whose TextTransformer has a ``transformer`` but no ``config``) is
+    refused by name before anything is built on it."""
+    config = {"embed_dim": 64, "custom_text": True,
+              "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
+              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
+    path = tmp_path / "vqa-openclip-text.json"
+    path.write_text(json.dumps(config))
+    open_clip.add_model_config(path)
+    with pytest.raises(ValueError, match="VQA fine-tuning needs a Hugging Face text tower; vqa-openclip-text has "
+                                         "TextTransformer"):
+        build_vqa_model("vqa-openclip-text", None, num_answers=5)
+
 
 def test_fine_tuning_lowers_loss_and_accuracy_matches_predictions(slake_root: Path):
     torch.manual_seed(0)
