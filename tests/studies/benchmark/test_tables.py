@@ -249,9 +249,14 @@ def test_the_plots_draw_the_tables_means_clipped_intervals_chance_and_reported_r
         (path, categories, series, reference)))
     no_numbers = {**_table(report, "figure2-roco"), "id": "figure2-medpix",
                   "rows": [row for row in _table(report, "figure2-roco")["rows"] if row["kind"] == "chance"]}
-    assert tables.write_plots({**report, "tables": [no_numbers, *report["tables"]]}, tmp_path) == {
+    folder = tmp_path / "out" / "plots"  # made with its parents
+    assert tables.write_plots({**report, "tables": [no_numbers, *report["tables"]]}, folder) == {
         "figure2-roco": ["plots/figure2-roco.png"], "table2": ["plots/table2-vqa-rad.png"]}  # no SLAKE numbers
-    assert [path for path, *_ in drawn] == [tmp_path / "figure2-roco.png", tmp_path / "table2-vqa-rad.png"]
+    assert [path for path, *_ in drawn] == [folder / "figure2-roco.png", folder / "table2-vqa-rad.png"]
+    without_pairs = [{**table, "rows": [row for row in table["rows"] if row["kind"] != "paired"]}
+                     for table in report["tables"]]  # a run without --reference: ours alone
+    assert set(tables.write_plots({**report, "tables": without_pairs}, folder)) == {"figure2-roco", "table2"}
+    drawn[2:] = []
     for (_, categories, series, reference), table_id, keys in (
             (drawn[0], "figure2-roco", RETRIEVAL_KEYS), (drawn[1], "table2", ["vqa-rad/open", "vqa-rad/closed",
                                                                               "vqa-rad/overall"])):
@@ -275,3 +280,60 @@ def test_the_plots_draw_the_tables_means_clipped_intervals_chance_and_reported_r
             assert list(above) == pytest.approx([min(cell["high"], 100) - cell["mean"] if "mean" in cell else 0.0
                                                  for cell in cells])
     assert categories == ["Open", "Closed", "Overall"]
+
+
+def test_variants_of_the_report_each_change_only_what_they_say(report):
+    """Built again from a changed report: another row's failure, or this row's failure on another
+    task, leaves a missing cell pending; seeds that two rows never share leave their pair pending;
+    a probe-only chest X-ray run takes its chance row from the probe; a fine-tune alone still makes
+    the MedPix table; a retrieval set that is not ROCO has no reported gains; the no-frames VQA-RAD
+    split says its reported rows are not comparable; an unstated pretraining says so."""
+    def variant(**changes) -> dict:
+        return json.loads(json.dumps({**{key: value for key, value in report.items() if key != "cells_by_key"},
+                                      **changes}))
+
+    others = variant(failures=[{**FAILED, "row": "zeta"}, {**FAILED, "task": "linear-probe-medpix"}])
+    cell = next(r for r in tables.medpix_classification_table(others, FRACTIONS)["rows"] if r["label"] == "other")
+    assert cell["cells"]["100 %"] == {"status": "pending"}
+
+    def unshared(record):  # ours finished seeds 0 and 1 of NIH at 1 %, stock only seed 2
+        if record["task"] != "classification-nih" or record["fraction"] != 0.01:
+            return True
+        return (record["row"], record["seed"] == 2) not in {("ours", True), ("stock", False)}
+
+    disjoint = variant(results=tables.summarize([r for r in _records() if unshared(r)]))
+    assert _cell({"tables": [tables.table1(disjoint, FRACTIONS)]}, "table1", "ours minus stock", "nih@1 %") == {
+        "status": "pending"}
+
+    probe_only = variant(tasks={k: v for k, v in report["tasks"].items() if not k.startswith("classification-")})
+    chance = next(r for r in tables.table1(probe_only, FRACTIONS)["rows"] if r["kind"] == "chance")
+    assert chance["cells"]["nih@1 %"] == {"value": 50.0} and chance["cells"]["mimic@1 %"] == {"status": "skipped"}
+
+    fine_tune_only = variant(tasks={k: v for k, v in report["tasks"].items() if k != "linear-probe-medpix"})
+    assert "table1-medpix" in [table["id"] for table in tables.build_tables(fine_tune_only)]
+
+    medpix = variant(tasks={**report["tasks"], "retrieval-medpix": report["tasks"]["retrieval-roco"]})
+    table = tables.retrieval_table(medpix, "retrieval-medpix")
+    assert table["notes"][1] == "Not one of the paper's datasets: no reported rows." and "MedPix 2.0" in table["title"]
+
+    no_frames = variant(settings={**report["settings"], "recipes": {"vqa": {"vqa_rad_split": "no-frames"}}})
+    assert "The training set without question frames" in tables.table2(no_frames)["notes"][1]
+
+    unstated = variant(settings={**report["settings"], "pretraining_note": None})
+    assert "Pretraining: not stated (--pretraining-note)" in tables.format_markdown(unstated, {})
+    assert "Pretraining: none\n" in tables.format_markdown(report, {})
+
+
+def test_reported_rows_hold_the_papers_values_and_say_n_a_elsewhere(report):
+    """Each reported cell of Table 1 is the paper's value as evaluation/reported.py holds it (checked
+    against the paper's text in tests/evaluation/test_reported.py); n/a would mark a column it lacks."""
+    table = _table(report, "table1")
+    cells = [(row, column) for row in reported.TABLE1 for column in table["columns"]]
+    values = []
+    for row, column in cells:
+        dataset, fraction = column["key"].split("@")
+        value = reported.table1_value(row, dataset, float(fraction.removesuffix(" %")) / 100)
+        values.append(value)
+        assert _cell(report, "table1", f"{row.method} (reported)", column["key"]) == (
+            {"value": value} if value is not None else {"status": "n/a"})
+    assert len(values) == 9 * len(reported.TABLE1) and any(v is not None for v in values)
