@@ -104,25 +104,40 @@ def report() -> dict:
     # then a string built at run time, equal to the code's literals but not the same objects
     report = json.loads(json.dumps(report))
     report["tables"] = tables.build_tables(report)
-    report = json.loads(json.dumps(report))
-    report["cells_by_key"] = {}
-    for record in records:
+    return json.loads(json.dumps(report))
+
+
+@pytest.fixture(scope="module")
+def cells_by_key() -> dict:
+    """(row, task, fraction) -> {seed: metrics}, from the records alone (NaN read as undefined)."""
+    cells = {}
+    for record in _records():
         metrics = {name: None if value is None or math.isnan(value) else value
                    for name, value in record["metrics"].items()}
-        report["cells_by_key"].setdefault((record["row"], record["task"], record["fraction"]), {})[
-            record["seed"]] = metrics
-    return report
+        cells.setdefault((record["row"], record["task"], record["fraction"]), {})[record["seed"]] = metrics
+    return cells
 
 
 def _table(report: dict, table_id: str) -> dict:
     return next(table for table in report["tables"] if table["id"] == table_id)
 
 
+def _row(table: dict, label: str) -> dict:
+    return next(row for row in table["rows"] if row["label"] == label)
+
+
 def _cell(report: dict, table_id: str, label: str, key: str) -> dict:
-    return next(row for row in _table(report, table_id)["rows"] if row["label"] == label)["cells"][key]
+    return _row(_table(report, table_id), label)["cells"][key]
 
 
-def test_every_number_is_recomputed_from_the_per_seed_metrics(report):
+def _printed(markdown: str, table: dict) -> dict:
+    """Row label -> the cells it prints, read from ``table``'s own section of the Markdown."""
+    section = markdown.split(f"## {table['title']}\n")[1].split("\n## ")[0]
+    return {line.split(" | ")[0].removeprefix("| "): line.split(" | ")[2:2 + len(table["columns"])]
+            for line in section.splitlines() if line.startswith("| ")}
+
+
+def test_every_number_is_recomputed_from_the_per_seed_metrics(report, cells_by_key):
     # counted by hand, by table: rows of ours (broken has none), pairs to stock, chance
     figure2 = 3 * 6 + 2 * 6 + 6  # 3 rows x 6 recalls, ours and other minus stock, K / pairs
     table1 = 2 * (3 * 2 + 2 * 2) + 3  # fine-tuned and probed, 1 % and 100 % of NIH; chance at 1, 10, 100 %
@@ -130,7 +145,7 @@ def test_every_number_is_recomputed_from_the_per_seed_metrics(report):
     # ours and stock: image, question only, their gain; ours minus stock (other: n/a); stock's open
     # accuracy, undefined, and the two pairs it is in are counted as undefined cells
     table2 = 3 * (2 * 3) + 3
-    assert check_every_number(report, report["cells_by_key"]) == figure2 + table1 + medpix + table2
+    assert check_every_number(report, cells_by_key) == figure2 + table1 + medpix + table2
     for key, value in VQA_CHANCE.items():
         assert _cell(report, "table2", "most common answer, told the answer type", f"vqa-rad/{key}") == {
             "value": pytest.approx(100 * value)}
@@ -176,14 +191,12 @@ def test_columns_follow_the_papers_layouts(report):
 
 
 def test_the_markdown_prints_each_number_of_the_json(report):
-    markdown = tables.format_markdown(report, {})
-    lines = {line.split(" | ")[0].removeprefix("| "): line for line in markdown.splitlines() if line.startswith("| ")}
     table2 = _table(report, "table2")
+    printed = _printed(tables.format_markdown(report, {}), table2)
     keys = [column["key"] for column in table2["columns"]]
     for label in ("ours", "ours: question only", "ours: image minus question only", "ours minus stock"):
-        row = next(row for row in table2["rows"] if row["label"] == label)
-        printed = lines[label].split(" | ")[2:2 + len(keys)]
-        for key, text in zip(keys, printed, strict=True):
+        row = _row(table2, label)
+        for key, text in zip(keys, printed[label], strict=True):
             cell = row["cells"][key]
             if "mean" not in cell:
                 assert text == ("undefined" if cell.get("n") == 0 else "—")  # stock's open accuracy; SLAKE: no task
@@ -210,10 +223,8 @@ def test_the_markdown_lists_datasets_problems_cells_and_reported_rows_at_each_ta
             "10.0 min of recorded cell time.") in markdown
     for table_id, method in (("table1", reported.TABLE1[0].method), ("table2", reported.TABLE2[0].method)):
         table = _table(report, table_id)
-        section = markdown.split(f"## {table['title']}\n")[1].split("\n## ")[0]
-        lines = {line.split(" | ")[0].removeprefix("| "): line.split(" | ")[2:2 + len(table["columns"])]
-                 for line in section.splitlines() if line.startswith("| ")}
-        row = next(row for row in table["rows"] if row["label"] == f"{method} (reported)")
+        lines = _printed(markdown, table)
+        row = _row(table, f"{method} (reported)")
         decimals = {"table1": 1, "table2": 2}[table_id]  # as each table prints the paper's numbers
         assert lines[row["label"]] == [f"{cell['value']:.{decimals}f}" if "value" in cell else cell["status"]
                                        for cell in (row["cells"][column["key"]] for column in table["columns"])]
@@ -222,11 +233,8 @@ def test_the_markdown_lists_datasets_problems_cells_and_reported_rows_at_each_ta
     assert "| stock | ours | undefined |" in markdown  # Table 2's open accuracy, undefined at every seed
     for table_id in ("figure2-roco", "table1-medpix"):  # chance at one decimal, as the recalls and AUCs
         table = _table(report, table_id)
-        section = markdown.split(f"## {table['title']}\n")[1]
-        chance = next(line for line in section.splitlines() if line.startswith("| chance |"))
-        values = [next(r for r in table["rows"] if r["kind"] == "chance")["cells"][c["key"]]["value"]
-                  for c in table["columns"]]
-        assert chance.split(" | ")[2:2 + len(values)] == [f"{value:.1f}" for value in values]
+        values = [_row(table, "chance")["cells"][c["key"]]["value"] for c in table["columns"]]
+        assert _printed(markdown, table)["chance"] == [f"{value:.1f}" for value in values]
 
 
 def test_the_notes_say_what_was_read_and_drawn(report):
@@ -289,12 +297,11 @@ def test_variants_of_the_report_each_change_only_what_they_say(report):
     the MedPix table; a retrieval set that is not ROCO has no reported gains; the no-frames VQA-RAD
     split says its reported rows are not comparable; an unstated pretraining says so."""
     def variant(**changes) -> dict:
-        return json.loads(json.dumps({**{key: value for key, value in report.items() if key != "cells_by_key"},
-                                      **changes}))
+        return json.loads(json.dumps({**report, **changes}))
 
     others = variant(failures=[{**FAILED, "row": "zeta"}, {**FAILED, "task": "linear-probe-medpix"}])
-    cell = next(r for r in tables.medpix_classification_table(others, FRACTIONS)["rows"] if r["label"] == "other")
-    assert cell["cells"]["100 %"] == {"status": "pending"}
+    assert _row(tables.medpix_classification_table(others, FRACTIONS), "other")["cells"]["100 %"] == {
+        "status": "pending"}
 
     def unshared(record):  # ours finished seeds 0 and 1 of NIH at 1 %, stock only seed 2
         if record["task"] != "classification-nih" or record["fraction"] != 0.01:
@@ -302,11 +309,10 @@ def test_variants_of_the_report_each_change_only_what_they_say(report):
         return (record["row"], record["seed"] == 2) not in {("ours", True), ("stock", False)}
 
     disjoint = variant(results=tables.summarize([r for r in _records() if unshared(r)]))
-    assert _cell({"tables": [tables.table1(disjoint, FRACTIONS)]}, "table1", "ours minus stock", "nih@1 %") == {
-        "status": "pending"}
+    assert _row(tables.table1(disjoint, FRACTIONS), "ours minus stock")["cells"]["nih@1 %"] == {"status": "pending"}
 
     probe_only = variant(tasks={k: v for k, v in report["tasks"].items() if not k.startswith("classification-")})
-    chance = next(r for r in tables.table1(probe_only, FRACTIONS)["rows"] if r["kind"] == "chance")
+    chance = _row(tables.table1(probe_only, FRACTIONS), "chance")
     assert chance["cells"]["nih@1 %"] == {"value": 50.0} and chance["cells"]["mimic@1 %"] == {"status": "skipped"}
 
     fine_tune_only = variant(tasks={k: v for k, v in report["tasks"].items() if k != "linear-probe-medpix"})
@@ -324,7 +330,7 @@ def test_variants_of_the_report_each_change_only_what_they_say(report):
     assert "Pretraining: none\n" in tables.format_markdown(report, {})
 
 
-def test_reported_rows_hold_the_papers_values_and_say_n_a_elsewhere(report):
+def test_reported_rows_hold_the_papers_values(report):
     """Each reported cell of Table 1 is the paper's value as evaluation/reported.py holds it (checked
     against the paper's text in tests/evaluation/test_reported.py); n/a would mark a column it lacks."""
     table = _table(report, "table1")
