@@ -217,7 +217,7 @@ def test_a_gradient_pass_replays_the_views_of_the_cached_pass_once():
     assert not torch.equal(views(images.clone())[0], cached_a)
 
 
-def test_an_accumulation_of_64_micro_batches_replays_every_one():
+def test_the_oldest_of_64_cached_micro_batches_still_replays():
     """docs/training.md: --accum-freq up to 64. OpenCLIP caches all N micro-batches of a step before
     the first gradient pass, so the oldest recorded draw must still be there after 63 more."""
     views = StrongViews(8)
