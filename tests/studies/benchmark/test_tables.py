@@ -97,7 +97,7 @@ def report() -> dict:
                  {"label": "broken", "model": "unimlip-tiny", "pretrained": "broken.pt", "status": "failed",
                   "message": "does not load"}],
         "cells": {"done": len(records), "planned": len(records) + 3, "run_now": 7, "resumed": len(records) - 7,
-                  "failed": 1, "stopped": 2, "seconds": 600.0},
+                  "failed": 1, "stopped": 2, "seconds": 642.0},
         "results": tables.summarize(records), "failures": [FAILED],
     }
     # read back as from benchmark.json, twice (before and after the tables): every name and status is
@@ -220,7 +220,7 @@ def test_the_markdown_lists_datasets_problems_cells_and_reported_rows_at_each_ta
                         "- model broken: does not load", "- other / classification-medpix 100 % seed 0: diverged"]
     done = len(_records())
     assert (f"{done} of {done + 3} cells done (7 run now, {done - 7} finished earlier), 1 failed, 2 stopped; "
-            "10.0 min of recorded cell time.") in markdown
+            "10.7 min of recorded cell time.") in markdown
     for table_id, method in (("table1", reported.TABLE1[0].method), ("table2", reported.TABLE2[0].method)):
         table = _table(report, table_id)
         lines = _printed(markdown, table)
@@ -231,10 +231,20 @@ def test_the_markdown_lists_datasets_problems_cells_and_reported_rows_at_each_ta
         ours = _cell(report, table_id, "ours", table["columns"][-3 if table_id == "table1" else 0]["key"])
         assert f"{ours['mean']:.1f} [{ours['low']:.1f}, {ours['high']:.1f}]" in lines["ours"]  # ours: 1 decimal
     assert "| stock | ours | undefined |" in markdown  # Table 2's open accuracy, undefined at every seed
+    figure2 = markdown.split("## Fig. 2 layout")[1].split("\n## ")[0].splitlines()
+    sources = {line.split(" | ")[0].removeprefix("| "): line.split(" | ")[-1].removesuffix(" |")
+               for line in figure2 if line.startswith("| ")}
+    assert sources["ours"] == "this run: unimlip-tiny, ours.pt" and sources["stock"] == "this run: RN50"
     for table_id in ("figure2-roco", "table1-medpix"):  # chance at one decimal, as the recalls and AUCs
         table = _table(report, table_id)
         values = [_row(table, "chance")["cells"][c["key"]]["value"] for c in table["columns"]]
         assert _printed(markdown, table)["chance"] == [f"{value:.1f}" for value in values]
+
+
+def test_a_cell_is_printed_unsigned_unless_it_is_a_difference():
+    cell = {"mean": 1.25, "low": 0.5, "high": 2.0, "n": 2, "excludes_zero": True}
+    assert tables.format_cell(cell, 2) == "1.2 [0.5, 2.0]"
+    assert tables.format_cell(cell, 2, paired=True) == "**+1.2 [+0.5, +2.0]**"  # the interval excludes 0
 
 
 def test_the_notes_say_what_was_read_and_drawn(report):
@@ -255,8 +265,10 @@ def test_the_plots_draw_the_tables_means_clipped_intervals_chance_and_reported_r
     drawn = []
     monkeypatch.setattr(tables, "bar_chart", lambda path, categories, series, ylabel, title, reference: drawn.append(
         (path, categories, series, reference)))
-    no_numbers = {**_table(report, "figure2-roco"), "id": "figure2-medpix",
-                  "rows": [row for row in _table(report, "figure2-roco")["rows"] if row["kind"] == "chance"]}
+    roco = _table(report, "figure2-roco")
+    no_numbers = {**roco, "id": "figure2-medpix",  # our rows are there, every cell pending
+                  "rows": [{**row, "cells": {key: {"status": "pending"} for key in row["cells"]}}
+                           if row["kind"] != "chance" else row for row in roco["rows"]]}
     folder = tmp_path / "out" / "plots"  # made with its parents
     assert tables.write_plots({**report, "tables": [no_numbers, *report["tables"]]}, folder) == {
         "figure2-roco": ["plots/figure2-roco.png"], "table2": ["plots/table2-vqa-rad.png"]}  # no SLAKE numbers
@@ -288,6 +300,12 @@ def test_the_plots_draw_the_tables_means_clipped_intervals_chance_and_reported_r
             assert list(above) == pytest.approx([min(cell["high"], 100) - cell["mean"] if "mean" in cell else 0.0
                                                  for cell in cells])
     assert categories == ["Open", "Closed", "Overall"]
+    table2 = _table(report, "table2")  # VQA-RAD's numbers under Slake
+    slake_only = {**table2, "rows": [{**row, "cells": {key: row["cells"][key.replace("slake/", "vqa-rad/")]
+                                                       if key.startswith("slake/") else {"status": "skipped"}
+                                                       for key in row["cells"]}} for row in table2["rows"]]}
+    assert tables.write_plots({**report, "tables": [slake_only]}, tmp_path / "slake") == {
+        "table2": ["plots/table2-slake.png"]}
 
 
 def test_variants_of_the_report_each_change_only_what_they_say(report):
@@ -299,7 +317,8 @@ def test_variants_of_the_report_each_change_only_what_they_say(report):
     def variant(**changes) -> dict:
         return json.loads(json.dumps({**report, **changes}))
 
-    others = variant(failures=[{**FAILED, "row": "zeta"}, {**FAILED, "task": "linear-probe-medpix"}])
+    others = variant(failures=[{**FAILED, "row": row} for row in ("alpha", "zeta")]  # before and after "other"
+                     + [{**FAILED, "task": task} for task in ("classification-chexpert", "linear-probe-medpix")])
     assert _row(tables.medpix_classification_table(others, FRACTIONS), "other")["cells"]["100 %"] == {
         "status": "pending"}
 
@@ -321,6 +340,15 @@ def test_variants_of_the_report_each_change_only_what_they_say(report):
     medpix = variant(tasks={**report["tasks"], "retrieval-medpix": report["tasks"]["retrieval-roco"]})
     table = tables.retrieval_table(medpix, "retrieval-medpix")
     assert table["notes"][1] == "Not one of the paper's datasets: no reported rows." and "MedPix 2.0" in table["title"]
+
+    by_ours = variant(settings={**report["settings"], "reference": "ours"})  # "stock" and "other" sort after it
+    assert [row["label"] for row in tables.retrieval_table(by_ours, "retrieval-roco")["rows"]
+            if row["kind"] == "paired"] == ["stock minus ours", "other minus ours", "broken minus ours"]
+
+    earlier = variant(tasks={**report["tasks"], "classification-nih": {
+        **report["tasks"]["classification-nih"], "describe": {"protocol": "all14"}}})  # no split_rule yet
+    assert "NIH: protocol all14, the release pooled and split 80/10/10 by patient (seeded)" in (
+        tables.table1(earlier, FRACTIONS)["notes"][0])
 
     no_frames = variant(settings={**report["settings"], "recipes": {"vqa": {"vqa_rad_split": "no-frames"}}})
     assert "The training set without question frames" in tables.table2(no_frames)["notes"][1]
