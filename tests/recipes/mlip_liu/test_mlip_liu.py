@@ -24,6 +24,8 @@ RADIOLOGY_REPORTS = [
       "2. Approx. 1.5 cm calcified granuloma, unchanged vs. prior."]),
     ("Dr. Smith was notified of the findings at 10.30. Lungs are clear.",
      ["Dr. Smith was notified of the findings at 10.30.", "Lungs are clear."]),
+    # "1234" is the word pieces "123" "##4": a piece of digits is a number too
+    ("A 1234.5 mL collection in the pelvis. No free air.", ["A 1234.5 mL collection in the pelvis.", "No free air."]),
 ]
 
 

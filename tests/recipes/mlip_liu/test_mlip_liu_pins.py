@@ -156,3 +156,70 @@ def test_the_loss_defaults_are_the_configs_and_clip_losss():
     for name in ("psm_temperature", "ot_epsilon", "ot_iterations", "ot_tolerance"):
         assert ours[name].default == getattr(LiuCfg(), name), name
     assert _defaults_unlike_clip_loss(MlipLiuLoss) == []
+
+
+# ----- the decoder and the model's shapes ---------------------------------------------------------
+def test_the_decoder_is_maes_embedded_visible_tokens_and_mask_tokens_plus_positions_through_its_blocks():
+    """MAE's forward_decoder (facebookresearch/mae models_mae.py): embed the visible tokens, a mask token
+    at every other position, unshuffled, plus the position embedding, the blocks, the norm, the
+    prediction at the masked positions; written out one sample at a time. Ten samples, wider than
+    the decoder: nothing may mix the batch and width dims."""
+    torch.manual_seed(0)
+    decoder = liu_model_module.MaskedPatchDecoder(encoder_width=6, num_patches=5, patch_pixels=12, width=8,
+                                                  depth=1, heads=2).eval()
+    with torch.no_grad():
+        decoder.position.normal_()  # far from zero, so that a lost or mis-signed position shows
+        decoder.mask_token.normal_()
+    order = torch.stack([torch.randperm(5) for _ in range(10)])
+    keep, masked = order[:, :2].sort(dim=1).values, order[:, 2:].sort(dim=1).values
+    visible = torch.randn(10, 2, 6)
+    with torch.no_grad():
+        got = decoder(visible, keep, masked)
+        for sample in range(10):
+            sequence = decoder.mask_token[0].repeat(5, 1)
+            sequence[keep[sample]] = decoder.embed(visible[sample])
+            sequence = decoder.blocks((sequence + decoder.position[0])[None])[0]
+            expected = decoder.head(decoder.norm(sequence[masked[sample]]))
+            torch.testing.assert_close(got[sample], expected)
+
+
+def test_the_decoders_learned_tokens_start_at_maes_scale():
+    """MAE's initialize_weights: normal_(mask_token, std=.02) (models_mae.py); the learned positions
+    (ours: MAE's are fixed sin-cos) start at the same scale."""
+    torch.manual_seed(0)
+    decoder = liu_model_module.MaskedPatchDecoder(encoder_width=8, num_patches=16, patch_pixels=12, width=512,
+                                                  depth=1, heads=2)
+    for values in (decoder.mask_token, decoder.position):
+        assert 0.018 < values.std().item() < 0.022 and abs(values.mean().item()) < 0.002
+
+
+def test_the_sentence_lookups_cover_the_tokenizers_vocabulary():
+    model = _liu_model()
+    size = len(open_clip.get_tokenizer("mlip-liu-tiny").tokenizer)
+    for name in ("is_delimiter", "keeps_period", "is_number", "opens_item"):
+        assert getattr(model, name).shape == (size,), name
+
+
+def test_train_outputs_are_unit_vectors_along_their_last_dim(images, tokens):
+    with torch.no_grad():
+        out = _liu_model()(images, tokens)
+    for name in ("image_features", "text_features", "patch_embeddings"):
+        torch.testing.assert_close(out[name].norm(dim=-1), torch.ones(out[name].shape[:-1]), msg=name)
+    sentences = out["sentence_embeddings"][out["sentence_mask"]]
+    assert sentences.shape[0] > len(tokens)  # several sentences in some captions
+    torch.testing.assert_close(sentences.norm(dim=-1), torch.ones(sentences.shape[0]))
+
+
+def test_a_wide_image_is_cut_into_its_own_grid_of_patches(tokens):
+    """OpenCLIP's ViT takes a (height, width) image size: 64 x 96 px in 16 px patches is 4 x 6 = 24."""
+    config = open_clip.get_model_config("mlip-liu-tiny")
+    torch.manual_seed(0)
+    model = open_clip.create_model("mlip-liu-tiny", output_dict=True,
+                                   vision_cfg={**config["vision_cfg"], "image_size": [64, 96]}).train()
+    wide = torch.randn(4, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(wide, tokens)
+    assert model.integrity.linear.in_features == 24 and out["integrity_weights"].shape == (4,)
+    assert out["reconstruction_target"].shape == (4, 12, 16 * 16 * 3)  # mask ratio 0.5
+    assert set(_mae_patchify(wide, 16)[0].flatten().tolist()) >= set(out["reconstruction_target"][0].flatten().tolist())
+
