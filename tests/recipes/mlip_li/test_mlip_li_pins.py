@@ -144,3 +144,41 @@ def test_a_caption_with_no_weighted_token_is_left_out_of_the_local_term():
     kept = [0, 2, 3]
     torch.testing.assert_close(with_empty, loss.local_alignment(tokens[kept], weights[kept], patches[kept]))
     assert torch.isfinite(with_empty)
+
+
+# ----- what the model builds ----------------------------------------------------------------------
+def _without_dropout(monkeypatch):
+    """OpenCLIP reads the text tower's config with AutoConfig; this one comes back without dropout."""
+    from open_clip import hf_model
+
+    read = hf_model.AutoConfig.from_pretrained
+
+    class NoDropoutConfig:
+        @staticmethod
+        def from_pretrained(name, **kwargs):
+            config = read(name, **kwargs)
+            config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+            return config
+
+    monkeypatch.setattr(hf_model, "AutoConfig", NoDropoutConfig)
+
+
+def test_a_text_tower_without_dropout_is_refused_only_with_the_divergence_term(small_knowledge, monkeypatch):
+    _without_dropout(monkeypatch)
+    with pytest.raises(ValueError, match="the text tower has no dropout"):
+        open_clip.create_model("mlip-li-tiny", mlip_li_cfg={"knowledge_file": small_knowledge})
+    model = open_clip.create_model("mlip-li-tiny", mlip_li_cfg={"knowledge_file": small_knowledge,
+                                                                "loss_weights": {"divergence": 0.0}})
+    assert model.text.config.hidden_dropout_prob == 0.0 and "divergence" not in model.active_terms
+
+
+def test_the_state_dict_is_openclips_plus_the_prototypes(li_model):
+    """A checkpoint holds OpenCLIP's CustomTextCLIP of the same towers, the prototypes and whether
+    they were initialised; the knowledge's token ids are rebuilt from the knowledge file, not saved."""
+    from openclip_unimlip.seam.hub import resolve_text_cfg
+
+    config = open_clip.get_model_config("mlip-li-tiny")  # its text tower read from the installed MiniLM
+    clip = open_clip.model.CustomTextCLIP(config["embed_dim"], config["vision_cfg"],
+                                          resolve_text_cfg(config["text_cfg"]))
+    assert set(li_model.state_dict()) == set(clip.state_dict()) | {"prototypes", "prototypes_initialized"}
+

@@ -183,7 +183,7 @@ def test_the_decoder_is_maes_embedded_visible_tokens_and_mask_tokens_plus_positi
             torch.testing.assert_close(got[sample], expected)
 
 
-def test_the_decoders_learned_tokens_start_at_maes_scale():
+def test_the_decoders_blocks_are_maes_and_its_learned_tokens_start_at_maes_scale():
     """MAE's initialize_weights: normal_(mask_token, std=.02) (models_mae.py); the learned positions
     (ours: MAE's are fixed sin-cos) start at the same scale."""
     torch.manual_seed(0)
@@ -191,6 +191,9 @@ def test_the_decoders_learned_tokens_start_at_maes_scale():
                                                   depth=1, heads=2)
     for values in (decoder.mask_token, decoder.position):
         assert 0.018 < values.std().item() < 0.022 and abs(values.mean().item()) < 0.002
+    # MAE's decoder blocks: Block(decoder_embed_dim, decoder_num_heads, mlp_ratio=4., qkv_bias=True)
+    block = decoder.blocks[0]
+    assert block.mlp.fc1.out_features == 4 * 512 and block.attn.qkv.bias is not None
 
 
 def test_the_sentence_lookups_cover_the_tokenizers_vocabulary():
