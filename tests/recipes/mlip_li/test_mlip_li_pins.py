@@ -182,3 +182,26 @@ def test_the_state_dict_is_openclips_plus_the_prototypes(li_model):
                                           resolve_text_cfg(config["text_cfg"]))
     assert set(li_model.state_dict()) == set(clip.state_dict()) | {"prototypes", "prototypes_initialized"}
 
+
+def test_frozen_prototypes_score_as_themselves_with_a_zero_gradient(small_knowledge, images, tokens):
+    torch.manual_seed(0)
+    model = open_clip.create_model("mlip-li-tiny", output_dict=True,
+                                   mlip_li_cfg={"knowledge_file": small_knowledge}).train()
+    model.set_epoch(0)  # MGCA's first epoch: frozen
+    out = model(images, tokens)
+    expected = out["image_features"] @ F.normalize(model.prototypes, dim=-1).T
+    torch.testing.assert_close(out["image_prototype_scores"], expected)
+    out["image_prototype_scores"].sum().backward()
+    assert torch.equal(model.prototypes.grad, torch.zeros_like(model.prototypes))
+
+
+def test_every_rank_takes_rank_0s_prototypes(li_model, monkeypatch):
+    """Under torch.distributed the knowledge embeddings are broadcast from rank 0 (here answered in
+    one process: the call is recorded and rank 0's tensor stands for what arrives)."""
+    sent = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "broadcast", lambda tensor, src: sent.append((tensor, src)))
+    li_model.initialize_prototypes()
+    ((tensor, src),) = sent
+    assert src == 0 and tensor.data_ptr() == li_model.prototypes.data_ptr()
+

@@ -237,3 +237,11 @@ def test_a_wide_image_is_cut_into_its_own_grid_of_patches(tokens):
     assert out["reconstruction_target"].shape == (4, 12, 16 * 16 * 3)  # mask ratio 0.5
     assert set(_mae_patchify(wide, 16)[0].flatten().tolist()) >= set(out["reconstruction_target"][0].flatten().tolist())
 
+
+def test_a_mask_ratio_that_masks_no_patch_reconstructs_nothing(images, tokens):
+    """ops.random_patch_mask keeps round(36 x 0.99) = 36 of the tiny model's patches: none to rebuild."""
+    with torch.no_grad():
+        out = _liu_model(mask_ratio=0.01)(images, tokens)
+    assert out["patch_embeddings"].shape[1] == 36
+    assert "reconstruction" not in out and "reconstruction_target" not in out
+
