@@ -215,3 +215,10 @@ def test_li_model_hands_its_loss_a_logit_bias_as_openclip_does_when_it_has_one(s
     assert out["logit_bias"] is biased.logit_bias and biased.logit_bias.item() == -10.0
     assert "init_logit_bias" not in open_clip.get_model_config("mlip-li-tiny")
 
+
+def test_li_token_and_patch_embeddings_are_unit_vectors_along_their_last_dim(li_model, images, tokens):
+    with torch.no_grad():
+        out = li_model.train()(images, tokens)
+    for name in ("token_embeddings", "patch_embeddings", "image_features", "text_features"):
+        torch.testing.assert_close(out[name].norm(dim=-1), torch.ones(out[name].shape[:-1]), msg=name)
+

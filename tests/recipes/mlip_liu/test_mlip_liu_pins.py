@@ -244,4 +244,13 @@ def test_a_mask_ratio_that_masks_no_patch_reconstructs_nothing(images, tokens):
         out = _liu_model(mask_ratio=0.01)(images, tokens)
     assert out["patch_embeddings"].shape[1] == 36
     assert "reconstruction" not in out and "reconstruction_target" not in out
+    with torch.no_grad():  # round(36 x 0.97) = 35 kept: one patch to rebuild
+        one = _liu_model(mask_ratio=0.03)(images, tokens)
+    assert one["reconstruction"].shape == one["reconstruction_target"].shape == (len(images), 1, 16 * 16 * 3)
+
+
+def test_a_vit_that_pools_otherwise_than_by_the_mean_is_refused():
+    config = open_clip.get_model_config("mlip-liu-tiny")
+    with pytest.raises(ValueError, match="set vision_cfg.pool_type to 'avg'"):
+        open_clip.create_model("mlip-liu-tiny", vision_cfg={**config["vision_cfg"], "pool_type": "tok"})
 
