@@ -33,6 +33,19 @@ def test_eval_mode_is_exactly_openclip_clip(models, batch, name):
 
 
 @pytest.mark.parametrize("name", ["mlip-liu-tiny", "mlip-li-tiny"])
+def test_a_logit_bias_reaches_the_loss_only_when_the_model_is_built_with_one(models, batch, small_knowledge, name):
+    """OpenCLIP's CLIP puts logit_bias in its output dict only when built with init_logit_bias (SigLIP)."""
+    images, texts = batch
+    section = {"mlip_li_cfg": {"knowledge_file": small_knowledge}} if name == "mlip-li-tiny" else {}
+    torch.manual_seed(0)
+    biased = open_clip.create_model(name, output_dict=True, init_logit_bias=-10.0, **section).train()
+    with torch.no_grad():
+        out, unbiased = biased(images, texts), models[name].train()(images, texts)
+    assert out["logit_bias"] is biased.logit_bias and biased.logit_bias.item() == -10.0
+    assert "init_logit_bias" not in open_clip.get_model_config(name) and "logit_bias" not in unbiased
+
+
+@pytest.mark.parametrize("name", ["mlip-liu-tiny", "mlip-li-tiny"])
 def test_train_outputs_are_batch_first_and_every_parameter_gets_a_gradient(models, batch, name):
     model = models[name].train()
     model.zero_grad()

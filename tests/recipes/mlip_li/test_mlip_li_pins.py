@@ -206,16 +206,6 @@ def test_every_rank_takes_rank_0s_prototypes(li_model, monkeypatch):
     assert src == 0 and tensor.data_ptr() == li_model.prototypes.data_ptr()
 
 
-def test_li_model_hands_its_loss_a_logit_bias_as_openclip_does_when_it_has_one(small_knowledge, images, tokens):
-    """OpenCLIP's CLIP puts logit_bias in its output dict only when built with init_logit_bias (SigLIP)."""
-    torch.manual_seed(0)
-    biased = open_clip.create_model("mlip-li-tiny", output_dict=True, init_logit_bias=-10.0,
-                                    mlip_li_cfg={"knowledge_file": small_knowledge}).train()
-    out = biased(images, tokens)
-    assert out["logit_bias"] is biased.logit_bias and biased.logit_bias.item() == -10.0
-    assert "init_logit_bias" not in open_clip.get_model_config("mlip-li-tiny")
-
-
 def test_li_token_and_patch_embeddings_are_unit_vectors_along_their_last_dim(li_model, images, tokens):
     with torch.no_grad():
         out = li_model.train()(images, tokens)

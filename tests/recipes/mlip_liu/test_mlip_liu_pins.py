@@ -108,17 +108,6 @@ def test_liu_model_masks_the_configured_ratio_and_reconstructs_the_masked_patche
     torch.testing.assert_close(out["patch_embeddings"], F.normalize(visible @ model.visual.proj, dim=-1))
 
 
-def test_liu_model_hands_its_loss_a_logit_bias_as_openclip_does_when_it_has_one(images, tokens):
-    """OpenCLIP's CLIP puts logit_bias in its output dict only when built with init_logit_bias (SigLIP)."""
-    config = open_clip.get_model_config("mlip-liu-tiny")
-    torch.manual_seed(0)
-    biased = open_clip.create_model("mlip-liu-tiny", output_dict=True, init_logit_bias=-10.0).train()
-    with torch.no_grad():
-        out = biased(images, tokens)
-    assert out["logit_bias"] is biased.logit_bias and biased.logit_bias.item() == -10.0
-    assert "init_logit_bias" not in config and "logit_bias" not in _liu_model()(images, tokens)
-
-
 def test_liu_model_hands_its_loss_the_exponentiated_logit_scale(images, tokens):
     """MaCo's inverse temperature starts at 1/T, T = 0.03 (main_pretrain.py l.103, model_MaCo.py l.129-130);
     OpenCLIP's parameter is its log (init_logit_scale in the configs)."""
