@@ -130,11 +130,21 @@ def _cell(report: dict, table_id: str, label: str, key: str) -> dict:
     return _row(_table(report, table_id), label)["cells"][key]
 
 
-def _printed(markdown: str, table: dict) -> dict:
-    """Row label -> the cells it prints, read from ``table``'s own section of the Markdown."""
+def _printed_rows(markdown: str, table: dict) -> dict:
+    """Row label -> the fields of its line (label, kind, cells, source), read from ``table``'s own
+    section of the Markdown."""
     section = markdown.split(f"## {table['title']}\n")[1].split("\n## ")[0]
-    return {line.split(" | ")[0].removeprefix("| "): line.split(" | ")[2:2 + len(table["columns"])]
-            for line in section.splitlines() if line.startswith("| ")}
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| "):
+            fields = line.removeprefix("| ").removesuffix(" |").split(" | ")
+            rows[fields[0]] = fields
+    return rows
+
+
+def _printed(markdown: str, table: dict) -> dict:
+    """Row label -> the cells it prints."""
+    return {label: fields[2:2 + len(table["columns"])] for label, fields in _printed_rows(markdown, table).items()}
 
 
 def test_every_number_is_recomputed_from_the_per_seed_metrics(report, cells_by_key):
@@ -231,10 +241,8 @@ def test_the_markdown_lists_datasets_problems_cells_and_reported_rows_at_each_ta
         ours = _cell(report, table_id, "ours", table["columns"][-3 if table_id == "table1" else 0]["key"])
         assert f"{ours['mean']:.1f} [{ours['low']:.1f}, {ours['high']:.1f}]" in lines["ours"]  # ours: 1 decimal
     assert "| stock | ours | undefined |" in markdown  # Table 2's open accuracy, undefined at every seed
-    figure2 = markdown.split("## Fig. 2 layout")[1].split("\n## ")[0].splitlines()
-    sources = {line.split(" | ")[0].removeprefix("| "): line.split(" | ")[-1].removesuffix(" |")
-               for line in figure2 if line.startswith("| ")}
-    assert sources["ours"] == "this run: unimlip-tiny, ours.pt" and sources["stock"] == "this run: RN50"
+    figure2 = _printed_rows(markdown, _table(report, "figure2-roco"))
+    assert figure2["ours"][-1] == "this run: unimlip-tiny, ours.pt" and figure2["stock"][-1] == "this run: RN50"
     for table_id in ("figure2-roco", "table1-medpix"):  # chance at one decimal, as the recalls and AUCs
         table = _table(report, table_id)
         values = [_row(table, "chance")["cells"][c["key"]]["value"] for c in table["columns"]]
