@@ -143,8 +143,10 @@ def pool_sentences(hidden: torch.Tensor, segments: torch.Tensor) -> Tuple[torch.
 
 
 def _unconverged(what: str, error: float, tolerance: float, iterations: int) -> None:
+    # stacklevel 4: past this function, the Sinkhorn function and torch.no_grad's decorator frame, to
+    # the loss line that asked for the plan
     warnings.warn(f"{what}: relative marginal error {error:.2e} after {iterations} Sinkhorn iterations, above the "
-                  f"tolerance {tolerance:g}; raise the iterations or epsilon", RuntimeWarning, stacklevel=3)
+                  f"tolerance {tolerance:g}; raise the iterations or epsilon", RuntimeWarning, stacklevel=4)
 
 
 @torch.no_grad()
