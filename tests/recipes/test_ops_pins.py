@@ -253,7 +253,9 @@ def test_sinkhorn_plan_broadcasts_a_mask_over_leading_dims_and_stops_at_the_tole
             torch.testing.assert_close(plan[i, j].double(), expected, atol=1e-7, rtol=1e-5)
     assert torch.equal(plan[..., 2], torch.zeros(2, 3, 7))  # the masked column receives no mass
     steps = _steps_to_tolerance(sim[0, 0], mask, 0.1, 1e-3)
-    stopped = ops.sinkhorn_plan(sim[0, 0], mask, epsilon=0.1, iterations=400, tolerance=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # converged within the iterations: no warning
+        stopped = ops.sinkhorn_plan(sim[0, 0], mask, epsilon=0.1, iterations=400, tolerance=1e-3)
     torch.testing.assert_close(stopped.double(), naive_sinkhorn(sim[0, 0], mask, 0.1, steps), atol=1e-7, rtol=1e-5)
     assert steps > 2
 
@@ -297,7 +299,9 @@ def test_swav_codes_stop_at_the_tolerance():
     steps = next(n for n in range(1, 500)
                  if np.abs(_codes_by_loop(values, 0.1, n).sum(0) * 4 / 6 - 1).max() <= 1e-4)
     assert steps > 2
-    codes = ops.swav_codes(scores, epsilon=0.1, iterations=400, tolerance=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # converged within the iterations: no warning
+        codes = ops.swav_codes(scores, epsilon=0.1, iterations=400, tolerance=1e-4)
     np.testing.assert_allclose(codes.numpy(), _codes_by_loop(values, 0.1, steps), atol=1e-7, rtol=1e-5)
 
 
