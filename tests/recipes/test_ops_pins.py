@@ -305,6 +305,19 @@ def test_swav_codes_stop_at_the_tolerance():
     np.testing.assert_allclose(codes.numpy(), _codes_by_loop(values, 0.1, steps), atol=1e-7, rtol=1e-5)
 
 
+def test_a_tolerance_of_zero_or_below_runs_every_iteration_unchecked():
+    g = torch.Generator().manual_seed(10)
+    sim, scores = torch.rand(6, 4, generator=g), torch.rand(5, 3, generator=g)
+    mask = torch.ones(4, dtype=torch.bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 3 iterations are far from converged, yet nothing warns
+        for tolerance in (0.0, -1.0):
+            plan = ops.sinkhorn_plan(sim, mask, epsilon=0.05, iterations=3, tolerance=tolerance)
+            torch.testing.assert_close(plan.double(), naive_sinkhorn(sim, mask, 0.05, 3), atol=1e-7, rtol=1e-5)
+            codes = ops.swav_codes(scores, epsilon=0.05, iterations=3, tolerance=tolerance)
+            np.testing.assert_allclose(codes.numpy(), _codes_by_loop(scores.double().numpy(), 0.05, 3), rtol=1e-4)
+
+
 def test_unconverged_warnings_name_the_caller_the_error_and_the_limits():
     g = torch.Generator().manual_seed(3)
     sim = torch.rand(12, 5, generator=g) * 2 - 1

@@ -203,6 +203,20 @@ def test_the_sentence_lookups_cover_the_tokenizers_vocabulary():
         assert getattr(model, name).shape == (size,), name
 
 
+def test_the_state_dict_is_openclips_plus_the_integrity_estimator_and_the_decoder():
+    """A checkpoint holds OpenCLIP's CustomTextCLIP of the same towers and MaCo's two heads; the sentence
+    lookups are rebuilt from the tokenizer, not saved (a checkpoint loads under another vocabulary's
+    lookups only through the tokenizer it names)."""
+    from openclip_unimlip.seam.hub import resolve_text_cfg
+
+    model = _liu_model()
+    config = open_clip.get_model_config("mlip-liu-tiny")
+    clip = open_clip.model.CustomTextCLIP(config["embed_dim"], config["vision_cfg"],
+                                          resolve_text_cfg(config["text_cfg"]))
+    heads = {k for k in model.state_dict() if k.startswith(("integrity.", "decoder."))}
+    assert heads and set(model.state_dict()) == set(clip.state_dict()) | heads
+
+
 def test_train_outputs_are_unit_vectors_along_their_last_dim(images, tokens):
     with torch.no_grad():
         out = _liu_model()(images, tokens)
