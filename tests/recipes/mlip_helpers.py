@@ -43,6 +43,19 @@ def sinkhorn(sim, column_mask, epsilon, iterations):
     return u[:, None] * kernel * v[None, :]
 
 
+def swav_codes(scores, epsilon, iterations):
+    """SwAV's Sinkhorn-Knopp codes [B, K] of ``scores`` [B, K], float64: prototypes get mass 1/K, each
+    iteration ends on the samples (a sample's codes sum to 1). Shifted by the maximum, which the first
+    normalisation cancels, so that sharp scores do not overflow."""
+    q = torch.exp((scores.double() - scores.double().max()) / epsilon).T  # [K, B]
+    q /= q.sum()
+    num_prototypes, batch = q.shape
+    for _ in range(iterations):
+        q /= q.sum(1, keepdim=True) * num_prototypes
+        q /= q.sum(0, keepdim=True) * batch
+    return (q * batch).T
+
+
 # ----- the losses' inputs ----------------------------------------------------------------------------
 def unit(generator, *shape):
     return F.normalize(torch.randn(*shape, generator=generator), dim=-1)

@@ -14,6 +14,7 @@ from open_clip.transformer import PatchDropout
 from openclip_unimlip.recipes import ops
 
 from mlip_helpers import sinkhorn as naive_sinkhorn
+from mlip_helpers import swav_codes as naive_swav_codes
 
 
 # ----- patch masks and MAE targets --------------------------------------------------------------------
@@ -77,19 +78,13 @@ def test_normalize_patches_uses_the_unbiased_variance_and_eps():
 
 
 # ----- the ViT pass over a patch subset --------------------------------------------------------------
-@pytest.fixture(scope="module")
-def visuals():
-    torch.manual_seed(0)
-    return {name: open_clip.create_model(name).visual for name in ("mlip-liu-tiny", "mlip-li-tiny")}
-
-
 @pytest.mark.parametrize("name", ["mlip-liu-tiny", "mlip-li-tiny"])
-def test_vit_tokens_on_a_subset_is_openclip_patch_dropout(visuals, name):
+def test_vit_tokens_on_a_subset_is_openclip_patch_dropout(models, name):
     """OpenCLIP's own ``PatchDropout`` (open_clip/transformer.py) keeps the top-k of ``torch.randn``
     draws: the same draws, sorted, as our ``keep`` give the same embedding and the same tokens
     (OpenCLIP's ``output_tokens``), in our order, since the ViT has no mask and no order of its own
     once the positions are added."""
-    visual = visuals[name]
+    visual = models[name].visual
     images = torch.randn(3, 3, 96, 96, generator=torch.Generator().manual_seed(0))
     num_patches = (96 // 16) ** 2
     visual.patch_dropout, visual.output_tokens = PatchDropout(0.5), True
@@ -116,8 +111,8 @@ def test_vit_tokens_on_a_subset_is_openclip_patch_dropout(visuals, name):
         visual.eval()
 
 
-def test_project_tokens_uses_the_projection_when_there_is_one(visuals):
-    visual = visuals["mlip-li-tiny"]
+def test_project_tokens_uses_the_projection_when_there_is_one(models):
+    visual = models["mlip-li-tiny"].visual
     tokens = torch.randn(2, 5, visual.transformer.width)
     torch.testing.assert_close(ops.project_tokens(visual, tokens), torch.einsum("bkw,wd->bkd", tokens, visual.proj))
     proj, visual.proj = visual.proj, None
@@ -272,16 +267,6 @@ def test_sinkhorn_plan_of_half_precision_similarities_and_of_no_problem():
     assert empty.shape == (0, 4, 3)
 
 
-def _codes_by_loop(scores, epsilon, iterations):
-    q = np.exp((scores - scores.max()) / epsilon).T  # [K, B], float64
-    q /= q.sum()
-    k, b = q.shape
-    for _ in range(iterations):
-        q /= q.sum(1, keepdims=True) * k
-        q /= q.sum(0, keepdims=True) * b
-    return (q * b).T
-
-
 def test_swav_codes_of_sharp_scores_against_float64():
     """ε = 0.01 on scores near 1: exp(s / ε) alone overflows float32, the shift by the maximum does not."""
     scores = 0.9 + 0.1 * torch.rand(5, 7, generator=torch.Generator().manual_seed(6))
@@ -289,20 +274,19 @@ def test_swav_codes_of_sharp_scores_against_float64():
         warnings.simplefilter("error")
         codes = ops.swav_codes(scores.half(), epsilon=0.01, iterations=3)
     assert codes.shape == (5, 7) and codes.dtype == torch.float32 and torch.isfinite(codes).all()
-    expected = _codes_by_loop(scores.half().double().numpy(), 0.01, 3)
+    expected = naive_swav_codes(scores.half(), 0.01, 3).numpy()
     np.testing.assert_allclose(codes.numpy(), expected, atol=1e-6, rtol=1e-4)
 
 
 def test_swav_codes_stop_at_the_tolerance():
     scores = (torch.rand(6, 4, generator=torch.Generator().manual_seed(7)) * 2 - 1).double()
-    values = scores.numpy()
     steps = next(n for n in range(1, 500)
-                 if np.abs(_codes_by_loop(values, 0.1, n).sum(0) * 4 / 6 - 1).max() <= 1e-4)
+                 if (naive_swav_codes(scores, 0.1, n).sum(0) * 4 / 6 - 1).abs().max() <= 1e-4)
     assert steps > 2
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # converged within the iterations: no warning
         codes = ops.swav_codes(scores, epsilon=0.1, iterations=400, tolerance=1e-4)
-    np.testing.assert_allclose(codes.numpy(), _codes_by_loop(values, 0.1, steps), atol=1e-7, rtol=1e-5)
+    np.testing.assert_allclose(codes.numpy(), naive_swav_codes(scores, 0.1, steps).numpy(), atol=1e-7, rtol=1e-5)
 
 
 def test_a_tolerance_of_zero_or_below_runs_every_iteration_unchecked():
@@ -315,7 +299,7 @@ def test_a_tolerance_of_zero_or_below_runs_every_iteration_unchecked():
             plan = ops.sinkhorn_plan(sim, mask, epsilon=0.05, iterations=3, tolerance=tolerance)
             torch.testing.assert_close(plan.double(), naive_sinkhorn(sim, mask, 0.05, 3), atol=1e-7, rtol=1e-5)
             codes = ops.swav_codes(scores, epsilon=0.05, iterations=3, tolerance=tolerance)
-            np.testing.assert_allclose(codes.numpy(), _codes_by_loop(scores.double().numpy(), 0.05, 3), rtol=1e-4)
+            np.testing.assert_allclose(codes.numpy(), naive_swav_codes(scores, 0.05, 3).numpy(), rtol=1e-4)
 
 
 def test_unconverged_warnings_name_the_caller_the_error_and_the_limits():
