@@ -2,9 +2,13 @@
 # A throw-away Slurm cluster on this one machine, for tests/studies/pretraining/test_slurm.py (CPU only, loopback only):
 # munge, one slurmctld and two slurmd emulating the nodes n1 and n2 (Debian's slurmd runs several per
 # host: `slurmd -N n1`). Needs root. Idempotent: installs Debian's slurm-wlm and munge when missing,
-# (re)writes the configuration, starts whatever is not running, waits until both nodes are idle.
+# (re)writes the configuration, starts the cluster unless all of its daemons run, waits until both
+# nodes are idle. A start always begins from empty state: /var/tmp outlives the daemons (a machine
+# started from a saved disk, a killed test run), and a controller that recovered the old state would
+# show the old jobs RUNNING on nodes where nothing runs, holding them from every new job.
 #
 #   .ci/install_slurm.sh [start]   install + configure + start (the default)
+#   .ci/install_slurm.sh restart   stop, then start afresh (forgets every job)
 #   .ci/install_slurm.sh stop      stop the daemons this script started
 #
 # Everything lives under $UNIMLIP_SLURM_DIR (default /var/tmp/openclip-unimlip-slurm); the system's
@@ -19,14 +23,17 @@ NODE_PORTS=(16818 16819)
 
 log() { echo "install_slurm: $*" >&2; }
 
-running() {  # pidfile -> is its process alive?
-    [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null
+running() {  # NAME (slurmd-n1, slurmctld, munged) -> is the process its pidfile names that daemon?
+    # (a pidfile left from an earlier machine may name a pid some other program has now)
+    local pidfile=$STATE/$1.pid
+    [[ -s $pidfile ]] && [[ $(cat "/proc/$(cat "$pidfile")/comm" 2>/dev/null) == "${1%%-*}" ]]
 }
 
-stop() {
-    local name pid tries
-    for name in "${NODES[@]/#/slurmd-}" slurmctld munged; do
-        if running "$STATE/$name.pid"; then
+stop() {  # [NAME...]: those daemons, or all of ours
+    local name pid tries names=("$@")
+    (( ${#names[@]} )) || names=("${NODES[@]/#/slurmd-}" slurmctld munged)
+    for name in "${names[@]}"; do
+        if running "$name"; then
             pid=$(cat "$STATE/$name.pid")
             kill "$pid"
             for tries in $(seq 50); do  # gone before a restart binds its port again
@@ -114,15 +121,19 @@ start_munge() {
 
 start_slurm() {
     export SLURM_CONF=$CONF
-    if ! running "$STATE/slurmctld.pid"; then
-        slurmctld -f "$CONF" && log "started slurmctld"
-    fi
-    local node
-    for node in "${NODES[@]}"; do
-        if ! running "$STATE/slurmd-$node.pid"; then
-            slurmd -f "$CONF" -N "$node" && log "started slurmd $node"
-        fi
+    local node daemons=("${NODES[@]/#/slurmd-}" slurmctld) all_running=1
+    for node in "${daemons[@]}"; do
+        running "$node" || all_running=0
     done
+    if (( ! all_running )); then
+        stop "${daemons[@]}"
+        rm -rf "${STATE:?}/ctld" "${NODES[@]/#/$STATE/spool-}"   # the jobs of daemons that are gone
+        mkdir -p "$STATE/ctld" "${NODES[@]/#/$STATE/spool-}"
+        slurmctld -c -f "$CONF" && log "started slurmctld (empty state)"
+        for node in "${NODES[@]}"; do
+            slurmd -f "$CONF" -N "$node" && log "started slurmd $node"
+        done
+    fi
     local tries
     for tries in $(seq 60); do
         if [[ $(sinfo -h -N -t idle,mixed,allocated -o %N 2>/dev/null | sort -u | wc -l) -eq ${#NODES[@]} ]]; then
@@ -141,6 +152,7 @@ start_slurm() {
 [[ $EUID -eq 0 ]] || { log "needs root (it installs packages and starts slurmd)"; exit 1; }
 case "${1:-start}" in
     start) install; configure; start_munge; start_slurm ;;
+    restart) install; configure; stop; start_munge; start_slurm ;;
     stop) stop ;;
-    *) log "usage: $0 [start|stop]"; exit 2 ;;
+    *) log "usage: $0 [start|restart|stop]"; exit 2 ;;
 esac

@@ -172,6 +172,11 @@ def slurm_env():
                 pytest.fail(f".ci/install_slurm.sh failed:\n{result.stdout}{result.stderr}")
             pytest.skip(f"Slurm cannot be installed here (.ci/install_slurm.sh):\n{result.stderr[-2000:]}")
         started = True
+    try:  # a job left from elsewhere would hold a node from these tests' jobs (one held n1 in a CI run)
+        wait_for(lambda: not _cluster_report(env, "squeue", "-h"), 180, "the cluster's queue to empty")
+    except AssertionError:
+        pytest.fail(f"the test cluster is busy with other jobs; `bash {INSTALL.relative_to(REPO)} restart` "
+                    f"forgets them:\n{_cluster_report(env)}")
     yield env
     if started:
         subprocess.run(["bash", str(INSTALL), "stop"], check=False)
@@ -210,8 +215,16 @@ def wait_done(env, job_id, out: Path, timeout=300) -> dict:
     try:
         return wait_for(done, timeout, f"job {job_id}")
     except AssertionError:
+        reason = job_state(env, job_id).get("Reason")
         subprocess.run(["scancel", job_id], env=env)
-        raise AssertionError(f"job {job_id} did not finish; its output:\n{_tail(out)}") from None
+        raise AssertionError(f"job {job_id} did not finish (reason: {reason}); the cluster:\n"
+                             f"{_cluster_report(env)}\nits output:\n{_tail(out)}") from None
+
+
+def _cluster_report(env, *command) -> str:
+    """What one Slurm command prints (`command`), or the queue and the nodes' states."""
+    commands = [command] if command else [("squeue",), ("sinfo", "-N")]
+    return "".join(subprocess.run(list(each), env=env, capture_output=True, text=True).stdout for each in commands)
 
 
 def _tail(path: Path) -> str:
