@@ -339,13 +339,67 @@ def test_every_shipped_config_is_checked_here():
         assert open_clip.get_model_config(path.stem) == json.loads(path.read_text())  # what OpenCLIP registered
 
 
+def _departures(config: dict, table: Table) -> dict:
+    """Where a config departs from its source table: fields not pinned, pinned but absent, and
+    field -> (the JSON's value, the source's, its citation) where they differ. Empty: it is the table."""
+    fields = _flat(config)
+    departures = {"not pinned": sorted(set(fields) - set(table)), "pinned but absent": sorted(set(table) - set(fields))}
+    departures.update({key: (fields[key], *table[key]) for key in set(table) & set(fields)
+                       if not _same(fields[key], table[key][0])})
+    return {key: value for key, value in departures.items() if value}
+
+
 @pytest.mark.parametrize("name", sorted(SOURCE_TABLES))
 def test_every_field_is_pinned_to_its_source(name):
-    fields, table = _flat(_config(name)), SOURCE_TABLES[name]()
-    assert set(fields) == set(table), {"not pinned": sorted(set(fields) - set(table)),
-                                       "pinned but absent": sorted(set(table) - set(fields))}
-    wrong = {key: (fields[key], *table[key]) for key in table if not _same(fields[key], table[key][0])}
-    assert not wrong, wrong  # field: (the JSON's value, the source's, its citation)
+    departures = _departures(_config(name), SOURCE_TABLES[name]())
+    assert not departures, departures
+
+
+def _changed_values(value: Any) -> List[Any]:
+    """One-value edits a hand could make to a JSON value, none of them the same JSON: a number off by
+    one or doubled or negated, an int written as a float, a flipped boolean, a longer string, a list
+    shortened, lengthened, reversed or with one element changed, a filled empty section."""
+    if isinstance(value, bool):
+        return [not value]
+    if isinstance(value, int):
+        return [value + 1, value - 1, float(value)]
+    if isinstance(value, float):
+        return [value * 2 if value else 1.0, -value if value else -1.0, value + 1e-3]
+    if isinstance(value, str):
+        return [value + "x", value[:-1]]
+    if value is None:
+        return [0]
+    if isinstance(value, list):
+        edits = [value[:-1], value + value[-1:]] + ([value[::-1]] if value[::-1] != value else [])
+        return edits + [value[:i] + [changed] + value[i + 1:] for i, item in enumerate(value)
+                        for changed in _changed_values(item)]
+    if isinstance(value, dict) and not value:
+        return [{"unpinned": 1}]
+    raise TypeError(value)
+
+
+def _one_edit_configs(section: dict, path: str = ""):
+    """(what changed, the config) for every one-edit change of a JSON: each value changed
+    (``_changed_values``), each field removed, an unknown field added to each section."""
+    yield f"{path}+unpinned", {**section, "unpinned": 1}
+    for key, value in section.items():
+        yield f"{path}{key} removed", {k: v for k, v in section.items() if k != key}
+        inner = _one_edit_configs(value, f"{path}{key}.") if isinstance(value, dict) and value else (
+            (f"{path}{key} = {changed!r}", changed) for changed in _changed_values(value))
+        for what, changed in inner:
+            yield what, {**section, key: changed}
+
+
+@pytest.mark.parametrize("name", sorted(SOURCE_TABLES))
+def test_every_one_edit_change_of_a_shipped_config_departs_from_its_table(name):
+    """Generated mutants of the JSON (the mutation tools mutate Python only): every edit of one value,
+    one removed field or one added field must fail ``test_every_field_is_pinned_to_its_source``, so a
+    wrong number in a shipped config cannot pass as its source's."""
+    config, table = _config(name), SOURCE_TABLES[name]()
+    edits = list(_one_edit_configs(config))
+    assert len(edits) > 3 * len(_flat(config))
+    passing = [what for what, edited in edits if not _departures(edited, table)]
+    assert not passing, passing
 
 
 @pytest.mark.parametrize("name", sorted(SOURCE_TABLES))

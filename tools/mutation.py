@@ -10,7 +10,6 @@ working when modules move; a snippet that is not found exactly once is an error,
 pass. The copy, not the editable install, is what the tests import: it goes first on
 ``PYTHONPATH`` (the ``.pth`` autoload hook then also imports it), which is checked for every run.
 """
-import json
 import os
 import shutil
 import subprocess
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 PACKAGE = "openclip_unimlip"
-CONFIG_DIR = "model_configs"  # the shipped OpenCLIP model JSONs, beside the package in a checkout
 FAST_SUITE = ("tests",)
 # outside a git checkout, not copied: environments, VCS, caches and run outputs
 _SKIPPED_AT_TOP = {".git", ".venv", "data", "runs", "logs", "reports", "build", "dist"}
@@ -120,13 +118,13 @@ def copy_tree(root: Path, destination: Path) -> Path:
 
 
 def mutable_files(package_dir: Path) -> List[Path]:
-    """Where a break may be: the package's Python files and the shipped model configs beside it
-    (``model_configs/*.json`` of the source tree, which the package reads in a checkout)."""
-    return sorted(package_dir.rglob("*.py")) + sorted((package_dir.parent / CONFIG_DIR).glob("*.json"))
+    """Where a break may be: the package's Python files (the shipped model configs are pinned field by
+    field, and every one-edit change of them is generated, by tests/test_model_configs.py)."""
+    return sorted(package_dir.rglob("*.py"))
 
 
 def locate(package_dir: Path, snippet: str) -> Path:
-    """The one package or model-config file containing ``snippet`` exactly once; MutationError otherwise."""
+    """The one package file containing ``snippet`` exactly once; MutationError otherwise."""
     hits = []
     for path in mutable_files(package_dir):
         count = path.read_text().count(snippet)
@@ -134,7 +132,7 @@ def locate(package_dir: Path, snippet: str) -> Path:
             hits.append((path, count))
     if len(hits) != 1 or hits[0][1] != 1:
         where = ", ".join(f"{p.relative_to(package_dir.parent)} x{c}" for p, c in hits) or "nowhere"
-        raise MutationError(f"snippet must occur exactly once in {package_dir.name}/ and {CONFIG_DIR}/, "
+        raise MutationError(f"snippet must occur exactly once in {package_dir.name}/, "
                             f"found {where}:\n{snippet}")
     return hits[0][0]
 
@@ -144,13 +142,9 @@ def mutated_source(package_dir: Path, mutation: Mutation) -> Tuple[Path, str]:
     path = locate(package_dir, mutation.find)
     source = path.read_text().replace(mutation.find, mutation.replace)
     try:
-        if path.suffix == ".json":
-            json.loads(source)
-        else:
-            compile(source, str(path), "exec")
+        compile(source, str(path), "exec")
     except (SyntaxError, ValueError) as exc:
-        kind = "JSON" if path.suffix == ".json" else "Python"
-        raise MutationError(f"mutation {mutation.name!r} makes {path.name} invalid {kind}: {exc}") from exc
+        raise MutationError(f"mutation {mutation.name!r} makes {path.name} invalid Python: {exc}") from exc
     return path, source
 
 

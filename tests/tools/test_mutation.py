@@ -97,35 +97,6 @@ def test_bad_mutation_files_are_refused(tmp_path):
         mutation.load_mutations(path)
 
 
-def test_a_model_config_break_is_applied_to_the_copys_json_and_caught(toy_tree):
-    """Shipped model configs sit beside the package in a checkout (``seam.patches.model_configs_dir``):
-    a break of one is found by content there, must stay valid JSON, and the copy's file is the one read."""
-    _write(toy_tree, {
-        f"{mutation.CONFIG_DIR}/toy.json": '{\n    "width": 64,\n    "depth": 2\n}\n',
-        "tests/test_config.py": """
-            import json
-            from pathlib import Path
-
-            import openclip_unimlip
-
-
-            def test_width():
-                configs = Path(openclip_unimlip.__file__).parent.parent / "model_configs"
-                assert json.loads((configs / "toy.json").read_text())["width"] == 64
-            """,
-    })
-    package = toy_tree / mutation.PACKAGE
-    assert mutation.locate(package, '"width": 64').name == "toy.json"
-    with pytest.raises(mutation.MutationError, match="invalid JSON"):
-        mutation.apply(package, mutation.Mutation("bad", "json", '"width": 64,', '"width": 64,,'))
-    width = mutation.Mutation("width", "width is 64", '"width": 64', '"width": 96', ("tests/test_config.py",))
-    depth = mutation.Mutation("depth", "depth is 2", '"depth": 2', '"depth": 3', ("tests/test_config.py",))
-    outcomes = {o.mutation.name: o for o in mutation.run_all(toy_tree, [width, depth])}
-    assert {n: o.status for n, o in outcomes.items()} == {"width": "caught", "depth": "survived"}
-    assert outcomes["width"].module == f"{mutation.CONFIG_DIR}/toy.json"
-    assert '"width": 64' in (toy_tree / mutation.CONFIG_DIR / "toy.json").read_text()  # the source is untouched
-
-
 def test_names_are_unique_across_the_files_of_a_folder(tmp_path):
     entry = "[[mutation]]\nname = 'same'\nbreaks = 'b'\nfind = 'x'\nreplace = 'y'\n"
     (tmp_path / "a.toml").write_text(entry)
