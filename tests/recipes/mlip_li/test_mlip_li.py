@@ -95,6 +95,17 @@ def test_token_weights_are_clipped_normalised_attention():
     torch.testing.assert_close(weights[0, 1:5], row.clamp(low, high) / row.clamp(low, high).sum())
 
 
+def test_a_caption_with_no_valid_token_weighs_every_token_zero():
+    """A caption of special tokens only (or a zero attention row): weights of 0, never the NaN of 0 / 0,
+    which would reach the local loss through its weighted sum."""
+    attention = torch.tensor([[0.5, 0.3, 0.2], [0.4, 0.0, 0.0], [0.2, 0.5, 0.3]])
+    valid = torch.tensor([[False, False, False], [False, True, True], [False, True, True]])
+    weights = clipped_token_weights(attention, valid, 0.1, 0.9)
+    assert weights[:2].eq(0).all()  # nothing valid; valid tokens whose attention is 0
+    # the 10th / 90th percentiles of (0.5, 0.3), interpolated linearly: 0.32 and 0.48; clipped and normalised
+    torch.testing.assert_close(weights[2], torch.tensor([0.0, 0.48, 0.32]) / 0.8)
+
+
 # ----- model --------------------------------------------------------------------------------------
 def test_cls_attention_matches_the_eager_attention_weights(models, batch):
     model = models["mlip-li-tiny"].eval()
