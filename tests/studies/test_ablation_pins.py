@@ -84,6 +84,9 @@ def test_the_plateau_rule_compares_the_last_epochs_with_the_one_before_them(epoc
     curve = [{"i2t_mean_rank": rank, "t2i_mean_rank": rank} for rank in just_below]
     assert ablation.has_plateaued(curve, epochs=epochs, tolerance=0.05)
     assert not ablation.has_plateaued(curve, epochs=epochs, tolerance=0.04)
+    exactly = head + [4.0] + [3.0] * epochs  # 25 % lower, exactly in binary: not *less* than 25 %
+    curve = [{"i2t_mean_rank": rank, "t2i_mean_rank": rank} for rank in exactly]
+    assert not ablation.has_plateaued(curve, epochs=epochs, tolerance=0.25)
 
 
 def test_the_progress_line_shows_both_directions_in_percent():

@@ -356,3 +356,25 @@ def test_stage1_curve_is_recomputed(written):
         assert row[0] == str(epoch["epoch"])
         for text, (_, name, scale) in zip(row[1:], columns, strict=True):
             assert float(text) == pytest.approx(scale * epoch[name], abs=ROUNDING), (epoch["epoch"], name)
+
+
+def test_the_settings_name_the_protocol_that_ran(written):
+    """The made-up grid is two-stage (stage 1 for 10 epochs): the report's settings say so, with SimCLR
+    from stage 2's first epoch."""
+    settings = written[3]["settings"]
+    assert (settings["protocol"], settings["stage1_epochs"], settings["simclr_start_epoch"]) == ("two-stage", 10, 0)
+
+
+@pytest.mark.parametrize("rows, listed", [(["untrained"], ["untrained"]), (["clip"], ["clip"]),
+                                          ([ablation.BASELINE], []), ([ablation.BASELINE, "untrained"],
+                                                                      [ablation.BASELINE, "untrained"])])
+def test_reference_rows_are_listed_beside_the_baseline_not_alone_with_it(written, rows, listed):
+    """The reference table lists the grid's reference rows (before any training, plain CLIP), with the
+    baseline beside them when other rows ran; a grid of the baseline alone has no reference table."""
+    summary = {key: written[3]["summary"][key] for key in rows}
+    tables = _tables(ablation.format_tables(summary, eval_split=EVAL_SPLIT))
+    labels = {label: key for key, label in ((k, ablation.ROWS[k].label) for k in ablation.ROWS)}
+    found = [rows_of for title, (_, rows_of) in tables.items() if title.startswith("**Reference rows**")]
+    assert len(found) == (2 if listed else 0)  # one per evaluation
+    for body in found:
+        assert sorted(labels[row[0]] for row in body) == sorted(listed)

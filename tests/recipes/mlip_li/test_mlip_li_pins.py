@@ -147,8 +147,8 @@ def test_a_caption_with_no_weighted_token_is_left_out_of_the_local_term():
 
 
 # ----- what the model builds ----------------------------------------------------------------------
-def _without_dropout(monkeypatch):
-    """OpenCLIP reads the text tower's config with AutoConfig; this one comes back without dropout."""
+def _without_dropout(monkeypatch, kinds=("hidden_dropout_prob", "attention_probs_dropout_prob")):
+    """OpenCLIP reads the text tower's config with AutoConfig; this one comes back without those dropouts."""
     from open_clip import hf_model
 
     read = hf_model.AutoConfig.from_pretrained
@@ -157,7 +157,8 @@ def _without_dropout(monkeypatch):
         @staticmethod
         def from_pretrained(name, **kwargs):
             config = read(name, **kwargs)
-            config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+            for kind in kinds:
+                setattr(config, kind, 0.0)
             return config
 
     monkeypatch.setattr(hf_model, "AutoConfig", NoDropoutConfig)
@@ -170,6 +171,32 @@ def test_a_text_tower_without_dropout_is_refused_only_with_the_divergence_term(s
     model = open_clip.create_model("mlip-li-tiny", mlip_li_cfg={"knowledge_file": small_knowledge,
                                                                 "loss_weights": {"divergence": 0.0}})
     assert model.text.config.hidden_dropout_prob == 0.0 and "divergence" not in model.active_terms
+
+
+@pytest.mark.parametrize("kind", ["hidden_dropout_prob", "attention_probs_dropout_prob"])
+def test_a_text_tower_with_either_dropout_diverges_its_text_view(small_knowledge, monkeypatch, kind):
+    """One kind of dropout is enough for two text passes to differ: only a tower with neither is refused."""
+    _without_dropout(monkeypatch, kinds=(kind,))
+    model = open_clip.create_model("mlip-li-tiny", mlip_li_cfg={"knowledge_file": small_knowledge})
+    assert getattr(model.text.config, kind) == 0.0 and "divergence" in model.active_terms
+
+
+@pytest.mark.parametrize("freeze_epochs", [0, 1, 2])
+def test_the_prototypes_are_frozen_in_exactly_the_first_epochs(li_model, freeze_epochs):
+    """MGCA's rule (mgca_module.py l.340-343): frozen while ``current_epoch < freeze_prototypes_epochs``,
+    and never again after."""
+    from dataclasses import replace
+
+    configured = li_model.cfg
+    li_model.cfg = replace(configured, freeze_prototypes_epochs=freeze_epochs)
+    try:
+        frozen = []
+        for epoch in range(6):
+            li_model.set_epoch(epoch)
+            frozen.append(li_model.prototypes_frozen)
+    finally:
+        li_model.cfg = configured
+    assert frozen == [True] * freeze_epochs + [False] * (6 - freeze_epochs)
 
 
 def test_the_state_dict_is_openclips_plus_the_prototypes(li_model):
