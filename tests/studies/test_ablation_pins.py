@@ -74,7 +74,7 @@ def test_rows_are_scored_on_the_papers_2000_pair_draw():
 def test_the_plateau_rule_compares_the_last_epochs_with_the_one_before_them(epochs):
     """Whatever the window: the mean rank just before the last ``epochs`` epochs against the best of
     them; the epochs before that one do not count."""
-    head = [100.0, 90.0]  # earlier epochs: far higher, never the reference
+    head = [5.0, 90.0]  # earlier epochs, one far lower, one far higher: neither counts
     flat = head + [20.0] * (epochs + 1)  # the last epochs no lower than the one before them
     steep = head + [20.0] + [20.0 - 5.0 * (i + 1) for i in range(epochs)]  # 25 % lower or more
     for mean_ranks, plateaued in ((flat, True), (steep, False)):
