@@ -64,6 +64,14 @@ def test_each_preset_is_its_row_of_the_docs_table(preset, tmp_path):
     assert config.simclr_start_epoch == int(row["SimCLR from (`--from-scratch`)"].removeprefix("epoch "))
 
 
+def test_the_librarys_one_stage_simclr_start_is_the_default_presets():
+    """``AblationConfig`` built without the command starts the one-stage protocol's views where the
+    command's default preset does (the docs table's "epoch 1")."""
+    row = _presets_table()["default (CPU)"]
+    default = ablation.AblationConfig.__dataclass_fields__["simclr_start_epoch"].default
+    assert default == int(row["SimCLR from (`--from-scratch`)"].removeprefix("epoch "))
+
+
 def test_rows_are_scored_on_the_papers_2000_pair_draw():
     """Uni-Mlip, "Implementation Details of Downstream Tasks": "we randomly select 2000 test image-text
     pairs" (the whole val split where it is smaller)."""

@@ -378,3 +378,16 @@ def test_reference_rows_are_listed_beside_the_baseline_not_alone_with_it(written
     assert len(found) == (2 if listed else 0)  # one per evaluation
     for body in found:
         assert sorted(labels[row[0]] for row in body) == sorted(listed)
+
+
+def test_a_row_without_a_common_seed_does_not_stop_the_rows_after_it():
+    """A row none of whose seeds the baseline ran gets no difference; the rows after it still do."""
+    records = _records()
+    kept = [r for r in records if (r["row"], r["seed"]) in {(ablation.BASELINE, 0), (ablation.BASELINE, 1),
+                                                               ("simclr_freeze", 0), ("all_five", 0), ("all_five", 1)}]
+    for record in kept:
+        if record["row"] == "simclr_freeze":
+            record["seed"] = 7  # a seed the baseline never ran
+    summary = ablation.summarize(kept, (ablation.BASELINE, "simclr_freeze", "all_five"), num_resamples=200)
+    assert "difference" not in summary["simclr_freeze"] and summary["simclr_freeze"]["as_trained"]["i2t_r1"]["values"]
+    assert summary["all_five"]["difference"]["seeds"] == [0, 1]

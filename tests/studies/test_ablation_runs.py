@@ -13,6 +13,7 @@ import torch
 
 from openclip_unimlip.studies import ablation
 from openclip_unimlip.studies.experiment import DataConfig, ExperimentData, PretrainConfig, PretrainRun, RetrievalResult
+from openclip_unimlip.studies.grid import settings_hash
 
 DATA = ExperimentData(name="embedded", train_data="train/{0..1}.tar", train_num_samples=64,
                       val_data="val/0.tar", val_num_samples=8, eval_data="eval/0.tar", eval_num_samples=6,
@@ -177,3 +178,31 @@ def test_the_untrained_row_scores_the_initial_weights_of_its_seed(tmp_path, trai
         (None, 3, None), (None, 3, DATA.train_data)]
     assert (record["row"], record["seed"], record["num_steps"], record["train_seconds"], record["num_pairs"]) == (
         "untrained", 3, 0, 0.0, 6)
+
+
+def test_an_unconverged_stage1_warns_with_the_plateau_rule(tmp_path, trainer, caplog):
+    """The fake stage 1 trains 2 epochs, fewer than the rule's window (docs/ablation.md: a baseline has
+    plateaued when its last 3 epochs lowered the val mean rank by less than 5 %)."""
+    ablation.ensure_stage1(_config(tmp_path, stage1_epochs=2), DATA)
+    assert "fell by 5% or more over its last 3 epochs" in caplog.text
+
+
+def test_the_chart_is_drawn_once_a_run_is_recorded(tmp_path, monkeypatch):
+    """``ablation.png`` is drawn from the tables' summary, and not at all before any run has a record."""
+    config = _config(tmp_path, rows=("itc_mlm",), seeds=(0,))
+    charts = []
+    monkeypatch.setattr(ablation, "plot_summary", lambda summary, path: charts.append((set(summary), Path(path))))
+    ablation.write_outputs(config, DATA.eval_split)
+    assert charts == []
+    ranks = [1, 1, 2]
+    metrics = {f"{d}_{m}": v for d in ("image_to_text", "text_to_image")
+               for m, v in (("R@1", 2 / 3), ("R@5", 1.0), ("R@10", 1.0), ("mean_rank", 4 / 3), ("median_rank", 1.0))}
+    scored = {"metrics": metrics, "ranks": {"image_to_text": ranks, "text_to_image": ranks}}
+    record = {"row": "itc_mlm", "seed": 0, "flags": [], "num_pairs": 3, "train_seconds": 1.0, "num_steps": 1,
+              "final_losses": {}, "checkpoint": None,
+              "evaluations": {"as_trained": scored, "bn_reestimated": scored}}
+    (config.out / "runs").mkdir()
+    (config.out / "runs" / "itc_mlm-seed0.json").write_text(json.dumps(
+        {**record, "origin": settings_hash(ablation.run_settings(config)), "seconds": 1.0, "units": 1}))
+    ablation.write_outputs(config, DATA.eval_split)
+    assert charts == [({"itc_mlm"}, config.out / "ablation.png")]
