@@ -147,6 +147,9 @@ def test_stage1_cache_key_follows_stage1_settings_only():
     # stale stage-2 records
     stage2_key = settings_hash(ablation.run_settings(config()))
     assert settings_hash(ablation.run_settings(config("--epochs", "5"))) != stage2_key
+    # a row continues its stage 1: another stage 1 makes every stage-2 record stale, and so does from-scratch
+    assert settings_hash(ablation.run_settings(config("--stage1-epochs", "5"))) != stage2_key
+    assert settings_hash(ablation.run_settings(config("--from-scratch"))) != stage2_key
 
 
 def test_refuses_contradictory_options(capsys):

@@ -38,6 +38,8 @@ from openclip_unimlip.studies import ablation
 from openclip_unimlip.studies.experiment import DataConfig, PretrainConfig
 from openclip_unimlip.studies.grid import settings_hash
 
+from paths import REPO  # noqa: E402
+
 NUM_PAIRS = 48
 NUM_RESAMPLES = 4000  # write_outputs' summarize default
 LEVEL = 0.95
@@ -391,3 +393,31 @@ def test_a_row_without_a_common_seed_does_not_stop_the_rows_after_it():
     summary = ablation.summarize(kept, (ablation.BASELINE, "simclr_freeze", "all_five"), num_resamples=200)
     assert "difference" not in summary["simclr_freeze"] and summary["simclr_freeze"]["as_trained"]["i2t_r1"]["values"]
     assert summary["all_five"]["difference"]["seeds"] == [0, 1]
+
+
+def test_the_chart_shows_each_rows_r1_as_trained_recomputed(written, expected, monkeypatch, tmp_path):
+    """``ablation.png``: per row (the summary's order), I2T then T2I R@1 as trained: mean, ± the seeds'
+    std, and each seed's value as a dot."""
+    drawn = {}
+    monkeypatch.setattr(ablation, "bar_chart", lambda path, categories, series, title: drawn.update(
+        path=path, categories=categories, series=series) or path)
+    summary = written[3]["summary"]
+    assert ablation.plot_summary(summary, tmp_path / "chart.png") == tmp_path / "chart.png"
+    keys = list(summary)
+    assert drawn["categories"] == [ablation.ROWS[key].label for key in keys]
+    assert [series.label for series in drawn["series"]] == ["I2T R@1", "T2I R@1"]
+    for series, short in zip(drawn["series"], ("i2t_r1", "t2i_r1")):
+        cells = [expected[key, "as_trained", short] for key in keys]
+        assert series.heights == pytest.approx([cell["mean"] for cell in cells])
+        stds = [cell["std"] for cell in cells]
+        assert series.errors[0] == pytest.approx(stds) and series.errors[1] == pytest.approx(stds)
+        assert [list(points) for points in series.points] == [pytest.approx(cell["values"]) for cell in cells]
+
+
+def test_the_bootstrap_draws_the_replicates_the_docs_state():
+    """docs/ablation.md: "each of 4000 replicates" (the paired bootstrap's interval)."""
+    import inspect
+
+    docs = (REPO / "docs" / "ablation.md").read_text(encoding="utf-8")
+    stated = int(re.search(r"each of (\d+) replicates", docs).group(1))
+    assert inspect.signature(ablation.summarize).parameters["num_resamples"].default == stated
