@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,10 @@ def test_stage1_cache_key_follows_stage1_settings_only():
     # a row continues its stage 1: another stage 1 makes every stage-2 record stale, and so does from-scratch
     assert settings_hash(ablation.run_settings(config("--stage1-epochs", "5"))) != stage2_key
     assert settings_hash(ablation.run_settings(config("--from-scratch"))) != stage2_key
+    # the views' start shapes a from-scratch run only (stage 2 starts them at its first epoch)
+    scratch_key = settings_hash(ablation.run_settings(config("--from-scratch")))
+    assert settings_hash(ablation.run_settings(config("--from-scratch", "--simclr-start-epoch", "2"))) != scratch_key
+    assert ablation.run_settings(replace(config(), simclr_start_epoch=2)) == ablation.run_settings(config())
 
 
 def test_refuses_contradictory_options(capsys):

@@ -206,3 +206,33 @@ def test_the_chart_is_drawn_once_a_run_is_recorded(tmp_path, monkeypatch):
         {**record, "origin": settings_hash(ablation.run_settings(config)), "seconds": 1.0, "units": 1}))
     ablation.write_outputs(config, DATA.eval_split)
     assert charts == [({"itc_mlm"}, config.out / "ablation.png")]
+
+
+def test_a_run_is_complete_once_scored_with_the_weights_it_keeps(tmp_path):
+    config = _config(tmp_path, keep_rows=("all_five", "untrained"))
+    grid = ablation.AblationGrid(config, DATA, None)
+    kept = tmp_path / "all_five-seed0.pt"
+    scored = {"evaluations": {}, "checkpoint": str(kept)}
+    assert not grid.is_complete(ablation.AblationRun("itc_mlm", 0), {"checkpoint": None})  # never scored
+    assert grid.is_complete(ablation.AblationRun("itc_mlm", 0), {"evaluations": {}, "checkpoint": None})
+    assert not grid.is_complete(ablation.AblationRun("all_five", 0), scored)  # its weights are gone
+    kept.touch()
+    assert grid.is_complete(ablation.AblationRun("all_five", 0), scored)
+    assert grid.is_complete(ablation.AblationRun("untrained", 0), {"evaluations": {}, "checkpoint": None})
+
+
+def test_the_report_leaves_out_stale_and_broken_records_and_lists_the_failures(tmp_path, monkeypatch):
+    """Only current records (this grid's settings hash) are tabled; each failed run gets its line."""
+    config = _config(tmp_path, rows=("itc_mlm", "clip"), seeds=(0,))
+    monkeypatch.setattr(ablation, "plot_summary", lambda summary, path: path)
+    runs = config.out / "runs"
+    runs.mkdir(parents=True)
+    (runs / "clip-seed0.json").write_text(json.dumps({"row": "clip", "seed": 0, "origin": "0" * 16}))  # stale
+    (runs / "itc_mlm-seed0.json").write_text("{")  # cut short
+    ablation.write_outputs(config, DATA.eval_split)
+    report = json.loads((config.out / "ablation.json").read_text())
+    assert report["summary"] == {} and report["runs"] == []
+    assert "**Problems**" not in (config.out / "ablation.md").read_text()
+    failures = [{"row": "clip", "seed": 0, "message": "RuntimeError: out of memory"}]
+    ablation.write_outputs(config, DATA.eval_split, failures=failures)
+    assert "- clip seed 0: RuntimeError: out of memory" in (config.out / "ablation.md").read_text()

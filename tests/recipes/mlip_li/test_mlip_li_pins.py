@@ -215,6 +215,9 @@ def test_frozen_prototypes_score_as_themselves_with_a_zero_gradient(small_knowle
     model = open_clip.create_model("mlip-li-tiny", output_dict=True,
                                    mlip_li_cfg={"knowledge_file": small_knowledge}).train()
     model.set_epoch(0)  # MGCA's first epoch: frozen
+    with torch.no_grad():
+        model(images, tokens)  # the first forward initialises the prototypes from the knowledge
+        model.prototypes[0, 0] = 0.0  # an element of exactly 0 still scores (and passes its gradient) as itself
     out = model(images, tokens)
     expected = out["image_features"] @ F.normalize(model.prototypes, dim=-1).T
     torch.testing.assert_close(out["image_prototype_scores"], expected)
