@@ -82,7 +82,7 @@ def test_rows_are_scored_on_the_papers_2000_pair_draw():
 def test_the_plateau_rule_compares_the_last_epochs_with_the_one_before_them(epochs):
     """Whatever the window: the mean rank just before the last ``epochs`` epochs against the best of
     them; the epochs before that one do not count."""
-    head = [5.0, 90.0]  # earlier epochs, one far lower, one far higher: neither counts
+    head = [90.0, 5.0] * 3  # earlier epochs, far higher and far lower: none counts
     flat = head + [20.0] * (epochs + 1)  # the last epochs no lower than the one before them
     steep = head + [20.0] + [20.0 - 5.0 * (i + 1) for i in range(epochs)]  # 25 % lower or more
     for mean_ranks, plateaued in ((flat, True), (steep, False)):
@@ -110,3 +110,28 @@ def test_the_docs_table_is_read_from_the_file():
     assert {"medpix" if "medpix" in name else "full" if "full" in name else "cpu"
             for name in PRESET_FLAGS} == set(ablation.PRESETS)
 
+
+
+def test_batchnorm_is_frozen_in_every_row_with_simclr_but_the_one_that_ablates_it():
+    """The paper (Sec. 3.3; Table 4's "I2I (SimCLR, BN frozen)" column): SimCLR always runs with frozen
+    BatchNorm statistics; only Table 3's "+ SimCLR, BN statistics updating" row lets them update."""
+    frozen = {key: row.freeze_bn for key, row in ablation.ROWS.items()}
+    with_simclr = {key for key, row in ablation.ROWS.items() if "simclr" in row.terms}
+    assert with_simclr == {"simclr_no_freeze", "simclr_freeze", "all_five"}
+    assert {key for key, value in frozen.items() if value} == with_simclr - {"simclr_no_freeze"}
+
+
+def test_the_baseline_is_found_by_value_whatever_string_names_it(tmp_path):
+    """Rows named on the command line are strings argparse built, not the module's literals: the
+    baseline among them still gets no difference against itself, and the others get theirs."""
+    records = []
+    for key, seed in ((ablation.BASELINE, 0), (ablation.BASELINE, 1), ("all_five", 0), ("all_five", 1)):
+        ranks = {"image_to_text": [1, 2, 3, 1], "text_to_image": [2, 1, 1, 4]}
+        metrics = {f"{d}_{m}": 0.5 for d in ranks for m in ("R@1", "R@5", "R@10", "mean_rank", "median_rank")}
+        scored = {"metrics": metrics, "ranks": ranks}
+        records.append({"row": key, "seed": seed, "train_seconds": 1.0,
+                        "evaluations": {"as_trained": scored, "bn_reestimated": scored}})
+    rows = tuple("".join(list(key)) for key in (ablation.BASELINE, "all_five"))  # new string objects
+    assert rows[0] == ablation.BASELINE and rows[0] is not ablation.BASELINE
+    summary = ablation.summarize(records, rows, num_resamples=100)
+    assert "difference" not in summary[rows[0]] and summary["all_five"]["difference"]["seeds"] == [0, 1]

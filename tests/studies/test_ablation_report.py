@@ -365,6 +365,7 @@ def test_the_settings_name_the_protocol_that_ran(written):
     from stage 2's first epoch."""
     settings = written[3]["settings"]
     assert (settings["protocol"], settings["stage1_epochs"], settings["simclr_start_epoch"]) == ("two-stage", 10, 0)
+    assert settings["dataset"] == "embedded"  # the made-up grid's DataConfig
 
 
 @pytest.mark.parametrize("rows, listed", [(["untrained"], ["untrained"]), (["clip"], ["clip"]),

@@ -173,6 +173,16 @@ def test_a_text_tower_without_dropout_is_refused_only_with_the_divergence_term(s
     assert model.text.config.hidden_dropout_prob == 0.0 and "divergence" not in model.active_terms
 
 
+def test_a_text_tower_without_a_bert_attention_layer_is_refused_with_one_message(small_knowledge, monkeypatch):
+    """A tower whose last layer has no BERT self-attention (``encoder.layer[-1].attention.self``)."""
+    def missing(self):
+        raise AttributeError("'Encoder' object has no attribute 'layer'")
+
+    monkeypatch.setattr(li_model_module.MlipLi, "_last_text_attention", missing)
+    with pytest.raises(ValueError, match=r"reads the \[CLS\] attention of a BERT-family text tower"):
+        open_clip.create_model("mlip-li-tiny", mlip_li_cfg={"knowledge_file": small_knowledge})
+
+
 @pytest.mark.parametrize("kind", ["hidden_dropout_prob", "attention_probs_dropout_prob"])
 def test_a_text_tower_with_either_dropout_diverges_its_text_view(small_knowledge, monkeypatch, kind):
     """One kind of dropout is enough for two text passes to differ: only a tower with neither is refused."""
