@@ -236,3 +236,24 @@ def test_the_report_leaves_out_stale_and_broken_records_and_lists_the_failures(t
     failures = [{"row": "clip", "seed": 0, "message": "RuntimeError: out of memory"}]
     ablation.write_outputs(config, DATA.eval_split, failures=failures)
     assert "- clip seed 0: RuntimeError: out of memory" in (config.out / "ablation.md").read_text()
+
+
+def test_a_grid_started_again_resumes_and_trains_nothing_twice(tmp_path, trainer, monkeypatch):
+    """``run_grid`` a second time on the same folder (a resumed study): stage 1 and every row are
+    current records, so nothing trains again and the tables are the same."""
+    def evaluate(model, checkpoint, data, *, num_samples, init_seed, device, reestimate_bn_on=None):
+        metrics = {f"{d}_{m}": value for d in ("image_to_text", "text_to_image")
+                   for m, value in (("R@1", 0.5), ("R@5", 1.0), ("R@10", 1.0), ("mean_rank", 1.5), ("median_rank", 1.5))}
+        return RetrievalResult(metrics=metrics, chance={1: 0.5}, pairs=[None] * 2, image_features=torch.eye(2),
+                               text_features=torch.tensor([[1.0, 0.2], [0.6, 0.4]]))
+
+    monkeypatch.setattr(ablation, "ensure_data", lambda data, progress=True: DATA)
+    monkeypatch.setattr(ablation, "evaluate_checkpoint", evaluate)
+    monkeypatch.setattr(ablation, "plot_summary", lambda summary, path: path)
+    config = _config(tmp_path, rows=("itc_mlm", "clip"), seeds=(0,), stage1_epochs=2)
+    first = ablation.run_grid(config)
+    assert [call["name"] for call in trainer.calls] == ["stage1", "itc_mlm-seed0", "clip-seed0"]
+    tables = (config.out / "ablation.md").read_text()
+    second = ablation.run_grid(config)
+    assert len(trainer.calls) == 3 and set(second) == set(first) == {"itc_mlm", "clip"}
+    assert (config.out / "ablation.md").read_text() == tables
