@@ -98,10 +98,10 @@ def test_the_plateau_rule_compares_the_last_epochs_with_the_one_before_them(epoc
 
 
 def test_the_progress_line_shows_both_directions_in_percent():
-    record = {"evaluations": {"as_trained": {"metrics": {"image_to_text_R@1": 0.1234, "text_to_image_R@1": 0.0456}}},
+    record = {"evaluations": {"as_trained": {"metrics": {"image_to_text_R@1": 0.1234, "text_to_image_R@1": 0.5}}},
               "train_seconds": 61.6}
     line = ablation.AblationGrid.summarize(None, record)
-    assert line == "I2T R@1 12.3%, T2I R@1 4.6%, trained 62 s"
+    assert line == "I2T R@1 12.3%, T2I R@1 50.0%, trained 62 s"
 
 
 def test_the_docs_table_is_read_from_the_file():

@@ -383,15 +383,18 @@ def test_reference_rows_are_listed_beside_the_baseline_not_alone_with_it(written
         assert sorted(labels[row[0]] for row in body) == sorted(listed)
 
 
-def test_a_row_without_a_common_seed_does_not_stop_the_rows_after_it():
-    """A row none of whose seeds the baseline ran gets no difference; the rows after it still do."""
+def test_a_row_without_a_common_seed_or_any_run_does_not_stop_the_rows_after_it():
+    """A row with no run is left out, and one none of whose seeds the baseline ran gets no difference;
+    the rows after them are still summarised, with their differences."""
     records = _records()
     kept = [r for r in records if (r["row"], r["seed"]) in {(ablation.BASELINE, 0), (ablation.BASELINE, 1),
                                                                ("simclr_freeze", 0), ("all_five", 0), ("all_five", 1)}]
     for record in kept:
         if record["row"] == "simclr_freeze":
             record["seed"] = 7  # a seed the baseline never ran
-    summary = ablation.summarize(kept, (ablation.BASELINE, "simclr_freeze", "all_five"), num_resamples=200)
+    rows = (ablation.BASELINE, "clip", "simclr_freeze", "all_five")  # clip: a row with no run at all
+    summary = ablation.summarize(kept, rows, num_resamples=200)
+    assert list(summary) == [ablation.BASELINE, "simclr_freeze", "all_five"]
     assert "difference" not in summary["simclr_freeze"] and summary["simclr_freeze"]["as_trained"]["i2t_r1"]["values"]
     assert summary["all_five"]["difference"]["seeds"] == [0, 1]
 
