@@ -242,8 +242,8 @@ def test_a_grid_started_again_resumes_and_trains_nothing_twice(tmp_path, trainer
     """``run_grid`` a second time on the same folder (a resumed study): stage 1 and every row are
     current records, so nothing trains again and the tables are the same."""
     def evaluate(model, checkpoint, data, *, num_samples, init_seed, device, reestimate_bn_on=None):
-        metrics = {f"{d}_{m}": value for d in ("image_to_text", "text_to_image")
-                   for m, value in (("R@1", 0.5), ("R@5", 1.0), ("R@10", 1.0), ("mean_rank", 1.5), ("median_rank", 1.5))}
+        values = (("R@1", 0.5), ("R@5", 1.0), ("R@10", 1.0), ("mean_rank", 1.5), ("median_rank", 1.5))
+        metrics = {f"{d}_{m}": value for d in ("image_to_text", "text_to_image") for m, value in values}
         return RetrievalResult(metrics=metrics, chance={1: 0.5}, pairs=[None] * 2, image_features=torch.eye(2),
                                text_features=torch.tensor([[1.0, 0.2], [0.6, 0.4]]))
 
