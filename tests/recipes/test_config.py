@@ -47,3 +47,37 @@ def test_loss_factories_pass_every_value_of_the_config_section():
     direct = MlipLiLoss(weights={"local": 0.25}, divergence_temperature=0.05, local_temperature=0.2,
                         prototype_temperature=0.3, sinkhorn_epsilon=0.1, sinkhorn_iterations=5, sinkhorn_tolerance=0.5)
     torch.testing.assert_close(loss(**_li_inputs()), direct(**_li_inputs()))
+
+
+def test_loss_weights_refuse_any_negative_and_an_all_zero_set():
+    from openclip_unimlip.recipes.config import check_loss_weights
+
+    terms = ("a", "b")
+    check_loss_weights({"a": 0.0, "b": 1e-9}, terms, "R")  # one term barely on: accepted
+    for weights in ({"a": -0.5, "b": 1.0}, {"a": -1e-9, "b": 1.0}):
+        with pytest.raises(ValueError, match="R loss weights must be >= 0"):
+            check_loss_weights(weights, terms, "R")
+    with pytest.raises(ValueError, match="every R loss weight is 0: nothing to train"):
+        check_loss_weights({"a": 0.0, "b": 0.0}, terms, "R")
+
+
+def test_the_active_terms_are_those_weighted_above_0():
+    from openclip_unimlip.recipes.config import active_terms
+
+    assert active_terms({"a": 0.0, "b": 0.5, "c": 1e-9, "d": -0.0}) == ("b", "c")
+
+
+@pytest.mark.parametrize("value, positive, non_negative", [(1e-9, True, True), (0.0, False, True),
+                                                          (-1e-9, False, False), (-0.5, False, False)])
+def test_positive_and_non_negative_checks_name_the_field(value, positive, non_negative):
+    from types import SimpleNamespace
+
+    from openclip_unimlip.recipes.config import check_non_negative, check_positive
+
+    cfg = SimpleNamespace(fine=1.0, value=value)
+    for check, accepted, word in ((check_positive, positive, "> 0"), (check_non_negative, non_negative, ">= 0")):
+        if accepted:
+            check(cfg, ("fine", "value"))
+        else:
+            with pytest.raises(ValueError, match=f"value must be {word}, got {value}"):
+                check(cfg, ("fine", "value"))  # the second name is checked too
