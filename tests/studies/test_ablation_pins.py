@@ -11,6 +11,8 @@ import pytest
 from openclip_unimlip.commands import ablation as ablation_command
 from openclip_unimlip.studies import ablation
 
+from ablation_records import scored  # noqa: E402
+from medpix_release import empty_medpix_release  # noqa: E402
 from paths import REPO  # noqa: E402
 
 PRESET_FLAGS = {"default (CPU)": [], "`--full` (GPU)": ["--full"], "`--dataset medpix` (CPU)": ["--dataset", "medpix"]}
@@ -35,11 +37,7 @@ def _epochs_and_steps(cell: str) -> tuple:
 @pytest.mark.parametrize("preset", sorted(PRESET_FLAGS))
 def test_each_preset_is_its_row_of_the_docs_table(preset, tmp_path):
     row = _presets_table()[preset]
-    release = tmp_path / "MedPix-2-0"  # the folders the command checks before it starts (no data is read)
-    for name in ("train", "dev", "test"):
-        (release / "splitted_dataset").mkdir(parents=True, exist_ok=True)
-        (release / "splitted_dataset" / f"descriptions_{name}.jsonl").touch()
-    (release / "images").mkdir()
+    release = empty_medpix_release(tmp_path / "MedPix-2-0")  # the command checks it; no data is read
     flags = PRESET_FLAGS[preset] + (["--data-root", str(release)] if "medpix" in preset else [])
     config = ablation_command.config_from_args(ablation_command.parse_args([*flags, "--out", str(tmp_path)]))
     pretrain, data = config.pretrain, config.data
@@ -126,11 +124,9 @@ def test_the_baseline_is_found_by_value_whatever_string_names_it(tmp_path):
     baseline among them still gets no difference against itself, and the others get theirs."""
     records = []
     for key, seed in ((ablation.BASELINE, 0), (ablation.BASELINE, 1), ("all_five", 0), ("all_five", 1)):
-        ranks = {"image_to_text": [1, 2, 3, 1], "text_to_image": [2, 1, 1, 4]}
-        metrics = {f"{d}_{m}": 0.5 for d in ranks for m in ("R@1", "R@5", "R@10", "mean_rank", "median_rank")}
-        scored = {"metrics": metrics, "ranks": ranks}
+        run = scored({"image_to_text": [1, 2, 3, 1], "text_to_image": [2, 1, 1, 4]})
         records.append({"row": key, "seed": seed, "train_seconds": 1.0,
-                        "evaluations": {"as_trained": scored, "bn_reestimated": scored}})
+                        "evaluations": {"as_trained": run, "bn_reestimated": run}})
     rows = tuple("".join(list(key)) for key in (ablation.BASELINE, "all_five"))  # new string objects
     assert rows[0] == ablation.BASELINE and rows[0] is not ablation.BASELINE
     summary = ablation.summarize(records, rows, num_resamples=100)

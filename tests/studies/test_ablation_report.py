@@ -38,6 +38,7 @@ from openclip_unimlip.studies import ablation
 from openclip_unimlip.studies.experiment import DataConfig, PretrainConfig
 from openclip_unimlip.studies.grid import settings_hash
 
+from ablation_records import scored  # noqa: E402
 from paths import REPO  # noqa: E402
 
 NUM_PAIRS = 48
@@ -78,15 +79,6 @@ def _ranks(rng, quality):
     return np.clip(np.ceil(NUM_PAIRS * rng.random(NUM_PAIRS) ** quality), 1, NUM_PAIRS).astype(int)
 
 
-def _scored(ranks):
-    """What ``_evaluations`` stores: retrieval_metrics' fractions and the positives' ranks."""
-    metrics = {}
-    for direction, r in ranks.items():
-        metrics.update({f"{direction}_R@{k}": float(np.mean(r <= k)) for k in (1, 5, 10)})
-        metrics.update({f"{direction}_mean_rank": float(r.mean()), f"{direction}_median_rank": float(np.median(r))})
-    return {"metrics": metrics, "ranks": {d: r.tolist() for d, r in ranks.items()}}
-
-
 def _records():
     rng = np.random.default_rng(34)
     records = []
@@ -98,7 +90,7 @@ def _records():
                 "bn_reestimated": {"image_to_text": _ranks(rng, 1.3 * quality),
                                    "text_to_image": _ranks(rng, 0.8 * quality)}}
             records.append({"row": key, "seed": seed, "flags": [], "num_pairs": NUM_PAIRS,
-                            "evaluations": {e: _scored(r) for e, r in evaluations.items()},
+                            "evaluations": {e: scored(r) for e, r in evaluations.items()},
                             "train_seconds": 10.0 + seed, "num_steps": 4, "final_losses": {}, "checkpoint": None})
     return records
 

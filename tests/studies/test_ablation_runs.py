@@ -15,6 +15,8 @@ from openclip_unimlip.studies import ablation
 from openclip_unimlip.studies.experiment import DataConfig, ExperimentData, PretrainConfig, PretrainRun, RetrievalResult
 from openclip_unimlip.studies.grid import settings_hash
 
+from ablation_records import scored  # noqa: E402
+
 DATA = ExperimentData(name="embedded", train_data="train/{0..1}.tar", train_num_samples=64,
                       val_data="val/0.tar", val_num_samples=8, eval_data="eval/0.tar", eval_num_samples=6,
                       eval_split="test", description="stand-in shards")
@@ -194,13 +196,10 @@ def test_the_chart_is_drawn_once_a_run_is_recorded(tmp_path, monkeypatch):
     monkeypatch.setattr(ablation, "plot_summary", lambda summary, path: charts.append((set(summary), Path(path))))
     ablation.write_outputs(config, DATA.eval_split)
     assert charts == []
-    ranks = [1, 1, 2]
-    metrics = {f"{d}_{m}": v for d in ("image_to_text", "text_to_image")
-               for m, v in (("R@1", 2 / 3), ("R@5", 1.0), ("R@10", 1.0), ("mean_rank", 4 / 3), ("median_rank", 1.0))}
-    scored = {"metrics": metrics, "ranks": {"image_to_text": ranks, "text_to_image": ranks}}
+    run = scored({"image_to_text": [1, 1, 2], "text_to_image": [1, 1, 2]})
     record = {"row": "itc_mlm", "seed": 0, "flags": [], "num_pairs": 3, "train_seconds": 1.0, "num_steps": 1,
               "final_losses": {}, "checkpoint": None,
-              "evaluations": {"as_trained": scored, "bn_reestimated": scored}}
+              "evaluations": {"as_trained": run, "bn_reestimated": run}}
     (config.out / "runs").mkdir()
     (config.out / "runs" / "itc_mlm-seed0.json").write_text(json.dumps(
         {**record, "origin": settings_hash(ablation.run_settings(config)), "seconds": 1.0, "units": 1}))

@@ -37,6 +37,7 @@ from openclip_unimlip.studies.benchmark import engine, tables
 from openclip_unimlip.studies.benchmark.tasks import ChestXrayTask, RetrievalTask, tasks_for
 
 from benchmark_tables import check_every_number
+from medpix_release import empty_medpix_release
 from nih_release import write_nih_release
 from paths import REPO
 
@@ -372,9 +373,7 @@ def _touch(path: Path, text: str = "") -> None:
 
 def test_every_release_layout_is_found_under_its_folder_names(tmp_path):
     _touch(tmp_path / "roco-dataset" / "data" / "test" / "radiology" / "captions.txt")
-    for name in ("descriptions_train.jsonl", "descriptions_dev.jsonl", "descriptions_test.jsonl"):
-        _touch(tmp_path / "MedPix-2.0" / "MedPix-2-0" / "splitted_dataset" / name)  # the repository root
-    (tmp_path / "MedPix-2.0" / "MedPix-2-0" / "images").mkdir()
+    empty_medpix_release(tmp_path / "MedPix-2.0" / "MedPix-2-0")  # the repository root
     for name in ("train.csv", "valid.csv"):
         _touch(tmp_path / "CheXpert-v1.0-small" / name)
     release = tmp_path / "mimic-cxr-jpg" / "2.0.0"  # PhysioNet's version folder
