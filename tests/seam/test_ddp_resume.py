@@ -37,3 +37,14 @@ def test_a_single_process_checkpoint_resumes_into_several_processes(ddp):
     assert all(torch.equal(wrapped.state_dict()[key], value) for key, value in saved.items())
     with pytest.raises(RuntimeError, match="Missing key"):
         wrapped.load_state_dict({key: value for key, value in checkpoint.items() if key != "0.weight"})
+
+
+def test_the_replacement_is_installed_once(monkeypatch):
+    """Every training run's parse installs it; a second run in the same process keeps the one
+    installed, whose only base is torch's own class."""
+    stock = parallel.distributed.DistributedDataParallel
+    monkeypatch.setattr(parallel, "DistributedDataParallel", stock)
+    patches._patch_ddp()
+    installed = parallel.DistributedDataParallel
+    patches._patch_ddp()
+    assert parallel.DistributedDataParallel is installed and installed.__bases__ == (stock,)

@@ -6,6 +6,7 @@ import torch
 
 from openclip_unimlip.recipes.unimlip.views import VIEW_AUGMENTATIONS
 
+from paths import REPO
 from train_data import InMemoryData
 
 FLAGS = {  # flag -> value, each different from its default
@@ -80,6 +81,26 @@ def test_zero_weights_head_and_feed_views_reach_the_built_loss_and_model(trainer
     assert (model.image_perturbation.drop_prob, model.text_perturbation.p, model.masker.probability) == (
         0.5, 0.75, 0.15)
     assert model.strong_views.augmentation == VIEW_AUGMENTATIONS["simclr"] and model.image_perturbation.per_channel
+
+
+def test_a_teacher_of_the_same_recipe_is_built_from_its_own_config(trainer, tmp_path):
+    """``--distill-model``: ``open_clip_train.main`` builds the teacher with the same
+    ``create_model_and_transforms``; only the run's own model takes the run's flags, whatever the
+    teacher's name (here one that sorts before the student's)."""
+    import open_clip
+
+    (tmp_path / "unimlip-teacher.json").write_text((REPO / "model_configs" / "unimlip-tiny.json").read_text())
+    open_clip.add_model_config(tmp_path)
+    args, student, _ = _build(trainer, ["--unimlip-dropblock-prob", "0.2", "--unimlip-text-dropout", "0.4",
+                                        "--unimlip-mlm-probability", "0.3"])
+    _, main = trainer
+    teacher, _, _ = main.create_model_and_transforms("unimlip-teacher", None, precision="fp32", device="cpu",
+                                                     output_dict=True)
+    assert (student.image_perturbation.drop_prob, student.text_perturbation.p, student.masker.probability) == (
+        0.2, 0.4, 0.3)
+    # the paper's values, the teacher's config's
+    assert (teacher.image_perturbation.drop_prob, teacher.text_perturbation.p, teacher.masker.probability) == (
+        0.5, 0.75, 0.15)
 
 
 def test_simclr_phase_starts_exactly_at_its_epoch(trainer, captions):
