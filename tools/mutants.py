@@ -298,16 +298,24 @@ def _reopen_survivors(session: Path, module: ModuleConfig, hold_unrun: bool) -> 
 
 def _warm_server(module: ModuleConfig, root: Path, env: Dict[str, str]) -> Optional[subprocess.Popen]:
     """A warm pytest server for ``module``'s mutants, or None where importing the preloaded libraries
-    already imports the module (OpenCLIP's import runs the seam's patches): a fork would test the
-    unmutated copy, so those mutants run in fresh interpreters."""
+    already imports the module: a fork would test the unmutated copy, so those mutants run in fresh
+    interpreters. A module that importing OpenCLIP imports (the seam's patches, what they import)
+    gets a server that preloads every library but OpenCLIP: each fork imports OpenCLIP and the
+    mutated module from disk."""
     warm = [sys.executable, str(root / "tools" / "warm_pytest.py")]
-    preloaded = subprocess.run([*warm, "preloaded"], cwd=root, env=env, capture_output=True, text=True,
-                               check=True).stdout.split()
-    if module.dotted_name() in preloaded:
-        print(f"{module.path}: imported with OpenCLIP, so each mutant runs in a fresh interpreter", flush=True)
+    for preload in ([], ["--without-openclip"]):
+        preloaded = subprocess.run([*warm, "preloaded", *preload], cwd=root, env=env, capture_output=True,
+                                   text=True, check=True).stdout.split()
+        if module.dotted_name() not in preloaded:
+            break
+    else:
+        print(f"{module.path}: imported with its server's libraries, so each mutant runs in a fresh interpreter",
+              flush=True)
         return None
-    server = subprocess.Popen([*warm, "serve", str(module.session().with_suffix(".sock"))], cwd=root, env=env,
-                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    if preload:
+        print(f"{module.path}: imported with OpenCLIP, so its server preloads every library but OpenCLIP", flush=True)
+    server = subprocess.Popen([*warm, "serve", str(module.session().with_suffix(".sock")), *preload], cwd=root,
+                              env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
     if "ready" not in server.stdout.readline():
         server.kill()
         raise SystemExit(f"the warm pytest server did not start (exit status {server.wait()})")

@@ -13,7 +13,10 @@ but it copies the project away from ``../shared``: docs/development.md, "Generat
 The server imports only third-party libraries (and what importing OpenCLIP imports of this package:
 the seam's patches), never the module under mutation: ``tools/mutants.py`` uses the server only for
 a module that ``preloaded`` does not list, so each fork imports the mutated file from disk, as a
-fresh interpreter would. Nothing computes in the server before it forks (no thread pool exists to
+fresh interpreter would. For a module that importing OpenCLIP imports, the server preloads every
+library but OpenCLIP (``--without-openclip``): each fork imports OpenCLIP, and through
+``openclip_unimlip.pth``'s hook the mutated module, itself (about a second once torch,
+torchvision and transformers are in). Nothing computes in the server before it forks (no thread pool exists to
 be copied half-held), and a fork's changes to imported state die with it. The client hands its
 standard streams to the fork (the test output reaches cosmic-ray as from any command); when the
 client is killed (cosmic-ray's timeout kills its process group), the server kills the fork's group.
@@ -43,6 +46,8 @@ PRELOAD = ("torch", "torchvision", "open_clip", "open_clip_train.main", "transfo
            "transformers.models.bert.modeling_bert", "timm", "numpy", "scipy.stats", "sklearn.linear_model",
            "sklearn.metrics", "PIL.Image", "matplotlib.backends.backend_agg", "matplotlib.figure",
            "kornia.augmentation", "webdataset", "pydicom", "imagehash", "requests", "pytest")
+# OpenCLIP's import runs the seam's patches (openclip_unimlip.pth's hook), which import recipe modules
+WITHOUT_OPENCLIP = tuple(name for name in PRELOAD if name.split(".")[0] not in ("open_clip", "open_clip_train"))
 _STATUS = struct.Struct("!i")
 
 
@@ -187,17 +192,21 @@ def _ask(path: str, args: Sequence[str]) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("preloaded", help="the package's modules the server imports before any fork")
+    preloaded_parser = commands.add_parser("preloaded", help="the package's modules the server imports before any fork")
     serve_parser = commands.add_parser("serve", help="import the heavy libraries, then serve clients")
     serve_parser.add_argument("socket")
-    serve_parser.add_argument("--preload", nargs="+", default=PRELOAD, help="the modules to import first")
+    for sub in (preloaded_parser, serve_parser):
+        choice = sub.add_mutually_exclusive_group()
+        choice.add_argument("--preload", nargs="+", default=PRELOAD, help="the modules to import first")
+        choice.add_argument("--without-openclip", dest="preload", action="store_const", const=WITHOUT_OPENCLIP,
+                            help="every library but OpenCLIP (whose import imports the seam's patches)")
     run_parser = commands.add_parser("run", help="pytest ARGS (after --) in a fork of the server")
     run_parser.add_argument("socket")
     run_parser.add_argument("--lines", help="a line map (tools/mutants.py): the tests that ran the changed lines first")
     run_parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "preloaded":
-        print("\n".join(preloaded()))
+        print("\n".join(preloaded(preload=args.preload)))
         return 0
     if args.command == "serve":
         serve(args.socket, args.preload)

@@ -92,11 +92,17 @@ def test_a_killed_client_takes_its_fork_with_it(server):
     assert _warm(server, "test_passes.py").returncode == 0  # the server serves the next mutant
 
 
-def test_importing_open_clip_imports_the_seam_so_its_mutants_run_fresh():
-    # OpenCLIP's import runs the seam's patches (openclip_unimlip.pth's hook): a fork of the server would
-    # test the unmutated copy, so tools/mutants.py runs their mutants in fresh interpreters
+def test_importing_open_clip_imports_the_seam_so_its_mutants_get_a_server_without_it():
+    # OpenCLIP's import runs the seam's patches (openclip_unimlip.pth's hook): a fork of a server that
+    # preloaded OpenCLIP would test the unmutated copy, so tools/mutants.py gives those modules a
+    # server with every other library preloaded, whose forks import OpenCLIP and the seam from disk
     assert "open_clip" in warm_pytest.PRELOAD
     assert "openclip_unimlip.seam.patches" in warm_pytest.preloaded(preload=("open_clip",))
+    # in a fresh interpreter: this one imported OpenCLIP long ago
+    listed = subprocess.run([sys.executable, TOOL, "preloaded", "--without-openclip"], capture_output=True,
+                            text=True, check=True).stdout.split()
+    assert listed == ["openclip_unimlip", "openclip_unimlip.seam", "openclip_unimlip.seam.autoload"]  # the .pth hook
+    assert set(warm_pytest.PRELOAD) - set(warm_pytest.WITHOUT_OPENCLIP) == {"open_clip", "open_clip_train.main"}
 
 
 def _alive(pid: int) -> bool:

@@ -252,3 +252,59 @@ def test_li_token_and_patch_embeddings_are_unit_vectors_along_their_last_dim(li_
     for name in ("token_embeddings", "patch_embeddings", "image_features", "text_features"):
         torch.testing.assert_close(out[name].norm(dim=-1), torch.ones(out[name].shape[:-1]), msg=name)
 
+
+
+def _hyper_parameter_table():
+    """docs/methods/mlip-li.md's "Hyper-parameters" table: key -> its default cell."""
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "methods" / "mlip-li.md").read_text()
+    section = doc.split("## Hyper-parameters (`mlip_li_cfg`)")[1].split("\n## ")[0]
+    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| `")]
+    return {key.strip(): default.strip() for key, default in rows}
+
+
+def test_every_default_of_the_section_is_the_docs_tables():
+    table = _hyper_parameter_table()
+    cfg = LiCfg()
+    assert table["`knowledge_file`"].startswith("`null`") and cfg.knowledge_file is None
+    for key in ("divergence_temperature", "divergence_image_keep", "local_temperature", "prototype_temperature",
+                "freeze_prototypes_epochs"):
+        assert getattr(cfg, key) == float(table[f"`{key}`"]), key
+    assert cfg.attention_percentiles == tuple(json.loads(table["`attention_percentiles`"]))
+    epsilon, iterations = (float(v) for v in table["`sinkhorn_epsilon` / `sinkhorn_iterations`"].split(" / "))
+    assert (cfg.sinkhorn_epsilon, cfg.sinkhorn_iterations) == (epsilon, iterations)
+    assert cfg.sinkhorn_tolerance == float(table["`sinkhorn_tolerance`"].split()[0])
+    weights = dict(part.split() for part in table["`loss_weights`"].split(", "))
+    assert cfg.loss_weights == {term: float(value) for term, value in weights.items()}
+    # a partial set keeps the table's weight for every term it leaves out
+    assert LiCfg(loss_weights={"local": 0.0}).loss_weights == {**cfg.loss_weights, "local": 0.0}
+
+
+# (field, value, accepted): each range's ends (0 <= low <= high <= 1; keep in (0, 1]; temperatures,
+# epsilon and iterations > 0; tolerance and frozen epochs >= 0), just inside and just outside
+BOUNDS = [("attention_percentiles", (0, 0), True), ("attention_percentiles", (1, 1), True),
+          ("attention_percentiles", (0.4, 0.4), True), ("attention_percentiles", (0, 1), True),
+          ("attention_percentiles", (-1e-9, 0.5), False), ("attention_percentiles", (0.5, 1 + 1e-9), False),
+          ("attention_percentiles", (0.6, 0.5), False),
+          ("divergence_image_keep", 1.0, True), ("divergence_image_keep", 1e-9, True),
+          ("divergence_image_keep", 0.0, False), ("divergence_image_keep", 1 + 1e-9, False),
+          *((key, 1e-9, True) for key in ("divergence_temperature", "local_temperature", "prototype_temperature",
+                                          "sinkhorn_epsilon")),
+          *((key, 0.0, False) for key in ("divergence_temperature", "local_temperature", "prototype_temperature",
+                                          "sinkhorn_epsilon")),
+          ("sinkhorn_iterations", 1, True), ("sinkhorn_iterations", 0, False),
+          ("sinkhorn_tolerance", 0.0, True), ("sinkhorn_tolerance", -1e-9, False),
+          ("freeze_prototypes_epochs", 0, True), ("freeze_prototypes_epochs", -1, False)]
+
+
+@pytest.mark.parametrize("key, value, accepted", BOUNDS)
+def test_each_value_is_accepted_exactly_within_its_range(key, value, accepted):
+    if accepted:
+        cfg = LiCfg.from_dict({key: value})
+        if key == "attention_percentiles":  # stored as a pair of floats, whatever JSON held
+            assert cfg.attention_percentiles == tuple(map(float, value))
+            assert all(type(v) is float for v in cfg.attention_percentiles)
+        else:
+            assert getattr(cfg, key) == value
+    else:
+        with pytest.raises(ValueError, match=key):
+            LiCfg.from_dict({key: value})
