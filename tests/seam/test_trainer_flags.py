@@ -122,3 +122,24 @@ def test_simclr_phase_starts_exactly_at_its_epoch(trainer, captions):
             assert "simclr_features_a" not in keys and bn_training and changed
         else:
             assert {"simclr_features_a", "simclr_features_b"} <= keys and not bn_training and not changed
+
+
+def test_a_resumed_runs_params_are_those_its_last_launch_wrote(tmp_path):
+    """open_clip_train writes ``<logs>/<name>/params.txt`` and its checkpoints to
+    ``<logs>/<name>/checkpoints/``; ``--resume latest`` finds the run by ``--logs``/``--name``,
+    ``--resume PATH`` by the checkpoint's folder. No params file, or no run: nothing to read."""
+    from argparse import Namespace
+
+    from openclip_unimlip.seam.patches import previous_params
+
+    run = tmp_path / "logs" / "run"
+    checkpoint = run / "checkpoints" / "epoch_2.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.touch()
+    latest = Namespace(resume="latest", logs=str(tmp_path / "logs"), name="run")
+    by_path = Namespace(resume=str(checkpoint), logs=str(tmp_path / "logs"), name=None)
+    assert previous_params(Namespace(resume=None, logs=str(tmp_path / "logs"), name="run")) is None
+    assert previous_params(latest) is None and previous_params(by_path) is None  # nothing written yet
+    (run / "params.txt").write_text("epochs: 4\n")
+    assert previous_params(latest) == run / "params.txt" and previous_params(by_path) == run / "params.txt"
+    assert previous_params(Namespace(resume="latest", logs=str(tmp_path / "logs"), name=None)) is None
