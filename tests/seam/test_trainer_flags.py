@@ -86,21 +86,23 @@ def test_zero_weights_head_and_feed_views_reach_the_built_loss_and_model(trainer
 def test_a_teacher_of_the_same_recipe_is_built_from_its_own_config(trainer, tmp_path):
     """``--distill-model``: ``open_clip_train.main`` builds the teacher with the same
     ``create_model_and_transforms``; only the run's own model takes the run's flags, whatever the
-    teacher's name (here one that sorts before the student's)."""
+    teacher's name (here one that sorts before the student's and one after)."""
     import open_clip
 
-    (tmp_path / "unimlip-teacher.json").write_text((REPO / "model_configs" / "unimlip-tiny.json").read_text())
+    teachers = ("unimlip-teacher", "unimlip-tiny-teacher")
+    for name in teachers:
+        (tmp_path / f"{name}.json").write_text((REPO / "model_configs" / "unimlip-tiny.json").read_text())
     open_clip.add_model_config(tmp_path)
     args, student, _ = _build(trainer, ["--unimlip-dropblock-prob", "0.2", "--unimlip-text-dropout", "0.4",
                                         "--unimlip-mlm-probability", "0.3"])
     _, main = trainer
-    teacher, _, _ = main.create_model_and_transforms("unimlip-teacher", None, precision="fp32", device="cpu",
-                                                     output_dict=True)
     assert (student.image_perturbation.drop_prob, student.text_perturbation.p, student.masker.probability) == (
         0.2, 0.4, 0.3)
-    # the paper's values, the teacher's config's
-    assert (teacher.image_perturbation.drop_prob, teacher.text_perturbation.p, teacher.masker.probability) == (
-        0.5, 0.75, 0.15)
+    for name in teachers:
+        teacher, _, _ = main.create_model_and_transforms(name, None, precision="fp32", device="cpu", output_dict=True)
+        # the paper's values, the teacher's config's
+        assert (teacher.image_perturbation.drop_prob, teacher.text_perturbation.p, teacher.masker.probability) == (
+            0.5, 0.75, 0.15), name
 
 
 def test_simclr_phase_starts_exactly_at_its_epoch(trainer, captions):
