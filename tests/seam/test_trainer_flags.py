@@ -145,3 +145,15 @@ def test_a_resumed_runs_params_are_those_its_last_launch_wrote(tmp_path):
     (run / "params.txt").write_text("epochs: 4\n")
     assert previous_params(latest) == run / "params.txt" and previous_params(by_path) == run / "params.txt"
     assert previous_params(Namespace(resume="latest", logs=str(tmp_path / "logs"), name=None)) is None
+
+
+def test_help_lists_every_recipes_flags_after_openclips(trainer, capsys):
+    parse_args, _ = trainer
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--help"])
+    assert stop.value.code == 0
+    shown = capsys.readouterr().out
+    assert shown.index("--train-data") < shown.index("--unimlip-itc-weight")  # OpenCLIP's own first
+    for flag in [*FLAGS, *(item for item in SWITCHES if item.startswith("--")), "--unimlip-simclr-start-epoch",
+                 "--mlip-liu-masked-contrastive-weight", "--mlip-li-global-weight"]:
+        assert f"  {flag}" in shown, flag
