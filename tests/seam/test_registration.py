@@ -109,3 +109,19 @@ def test_unsupported_openclip_version_is_refused_clearly(monkeypatch):
         patches.check_openclip_version()
     with pytest.warns(RuntimeWarning, match="not registered"):
         assert not patches._supported_or_warn()
+
+
+@pytest.mark.parametrize("layout", ["wheel", "checkout"])
+def test_the_model_configs_are_found_in_a_wheel_and_in_a_checkout(tmp_path, monkeypatch, layout):
+    """A wheel ships them inside the package (``openclip_unimlip/model_configs/``, pyproject's
+    package data); a source checkout keeps them beside it, at the repository root."""
+    from openclip_unimlip.seam import patches
+
+    root = tmp_path / layout
+    configs = root / "openclip_unimlip" / "model_configs" if layout == "wheel" else root / "model_configs"
+    configs.mkdir(parents=True)
+    (root / "openclip_unimlip" / "seam").mkdir(parents=True)
+    if layout == "wheel":
+        (tmp_path / "model_configs").mkdir()  # a folder of that name above the install is not ours
+    monkeypatch.setattr(patches, "__file__", str(root / "openclip_unimlip" / "seam" / "patches.py"))
+    assert patches.model_configs_dir() == configs
