@@ -125,3 +125,28 @@ def test_the_model_configs_are_found_in_a_wheel_and_in_a_checkout(tmp_path, monk
         (tmp_path / "model_configs").mkdir()  # a folder of that name above the install is not ours
     monkeypatch.setattr(patches, "__file__", str(root / "openclip_unimlip" / "seam" / "patches.py"))
     assert patches.model_configs_dir() == configs
+
+
+@pytest.mark.parametrize("version", ["2.24.0", "3.2.9", "3.3.0", "3.3.1", "3.9.0", "4.0.0", "4.0.1", "5.0.0"])
+def test_the_supported_versions_are_the_packages_requirement(monkeypatch, version):
+    """Exactly the OpenCLIP versions the installed package requires (its metadata, from pyproject, read
+    with packaging's own specifier parser) are patched, with the requirement in the refusal's message."""
+    from importlib.metadata import requires
+
+    import open_clip.version
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    from openclip_unimlip.seam import patches
+
+    requirement = next(Requirement(d) for d in requires("openclip-unimlip")
+                       if canonicalize_name(Requirement(d).name) == "open-clip-torch")
+    assert requirement.marker is None  # a base requirement, not an extra's
+    monkeypatch.setattr(open_clip.version, "__version__", version)
+    if requirement.specifier.contains(version):
+        patches.check_openclip_version()
+    else:
+        with pytest.raises(patches.UnsupportedOpenCLIP, match=f"found {version}") as refusal:
+            patches.check_openclip_version()
+        install = str(refusal.value).split("pip install 'open_clip_torch")[1].rstrip("'")
+        assert Requirement(f"open_clip_torch{install}").specifier == requirement.specifier
