@@ -150,3 +150,15 @@ def test_the_supported_versions_are_the_packages_requirement(monkeypatch, versio
             patches.check_openclip_version()
         install = str(refusal.value).split("pip install 'open_clip_torch")[1].rstrip("'")
         assert Requirement(f"open_clip_torch{install}").specifier == requirement.specifier
+
+
+@pytest.mark.parametrize("version", ["3.4.0rc1", "3.3.1+cu121", "3.3.0.dev0"])
+def test_a_pre_release_or_local_build_within_the_range_is_patched(monkeypatch, version):
+    """Only the major and minor numbers decide (a source build's or a release candidate's suffix is
+    not a number)."""
+    import open_clip.version
+
+    from openclip_unimlip.seam import patches
+
+    monkeypatch.setattr(open_clip.version, "__version__", version)
+    patches.check_openclip_version()

@@ -157,3 +157,45 @@ def test_help_lists_every_recipes_flags_after_openclips(trainer, capsys):
     for flag in [*FLAGS, *(item for item in SWITCHES if item.startswith("--")), "--unimlip-simclr-start-epoch",
                  "--mlip-liu-masked-contrastive-weight", "--mlip-li-global-weight"]:
         assert f"  {flag}" in shown, flag
+
+
+@pytest.mark.parametrize("start, refused", [(3, False), (4, True), (5, True)])
+def test_simclr_must_start_before_the_last_epoch_ends(trainer, start, refused):
+    """With 4 epochs (0-3), SimCLR can start at epoch 3 at the latest."""
+    argv = ["--unimlip-simclr-start-epoch", str(start), "--epochs", "4"]
+    if refused:
+        with pytest.raises(SystemExit, match=f"--unimlip-simclr-start-epoch {start} is not before --epochs 4"):
+            _build(trainer, argv)
+    else:
+        assert _build(trainer, argv)[0].unimlip_simclr_start_epoch == start
+
+
+def test_an_mlp_head_needs_simclr_from_epoch_0(trainer):
+    """DDP (no find_unused_parameters) rejects a head without gradient in the epochs before SimCLR; the
+    head's name as argparse builds it, a string of its own (not the interned literal)."""
+    mlp = "".join(["ml", "p"])
+    with pytest.raises(SystemExit, match="a SimCLR MLP head with --unimlip-simclr-start-epoch > 0"):
+        _build(trainer, ["--unimlip-simclr-head", mlp, "--unimlip-simclr-start-epoch", "1", "--epochs", "4"])
+    model = _build(trainer, ["--unimlip-simclr-head", mlp, "--unimlip-simclr-start-epoch", "0", "--epochs", "4",
+                             "--unimlip-no-bn-freeze"])[1]  # from scratch, epoch 0 needs updating statistics
+    assert model.simclr_head is not None
+    # without SimCLR the head never trains, whatever the start
+    _build(trainer, ["--unimlip-simclr-head", mlp, "--unimlip-simclr-weight", "0", "--unimlip-simclr-start-epoch", "1",
+                     "--epochs", "4"])
+
+
+def test_why_simclr_starts_when_it_does_is_logged_by_the_global_master_only(trainer, caplog):
+    from argparse import Namespace
+
+    from openclip_unimlip.recipes.unimlip.flags import UniMlipOptions
+
+    args, model, _ = _build(trainer, ["--epochs", "4"])  # from scratch: the derived start, with its reason
+    options = UniMlipOptions.from_args(args)
+    logged = []
+    for rank in (0, 1, None):
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            fields = {key: value for key, value in vars(args).items() if key != "rank"}
+            options.configure_model(model, Namespace(**fields, **({} if rank is None else {"rank": rank})))
+        logged.append(sum("Uni-Mlip: SimCLR phase from epoch 2" in r.getMessage() for r in caplog.records))
+    assert logged == [1, 0, 1]  # rank 0 logs; another rank does not; no rank yet (one process) logs
