@@ -199,3 +199,27 @@ def test_why_simclr_starts_when_it_does_is_logged_by_the_global_master_only(trai
             options.configure_model(model, Namespace(**fields, **({} if rank is None else {"rank": rank})))
         logged.append(sum("Uni-Mlip: SimCLR phase from epoch 2" in r.getMessage() for r in caplog.records))
     assert logged == [1, 0, 1]  # rank 0 logs; another rank does not; no rank yet (one process) logs
+
+
+@pytest.mark.parametrize("flags, refused", [(["--local-loss"], True), (["--local-loss", "--gather-with-grad"], False),
+                                            (["--gather-with-grad"], False), ([], False)])
+def test_local_loss_is_refused_without_gather_with_grad(trainer, flags, refused):
+    argv = ["--epochs", "4", *flags]
+    if refused:
+        with pytest.raises(SystemExit, match="--local-loss"):
+            _build(trainer, argv)
+    else:
+        args, _, loss = _build(trainer, argv)
+        assert (args.local_loss, args.gather_with_grad) == ("--local-loss" in flags, "--gather-with-grad" in flags)
+
+
+def test_a_start_without_a_reason_is_not_logged(trainer, caplog):
+    import dataclasses
+
+    from openclip_unimlip.recipes.unimlip.flags import UniMlipOptions
+
+    args, model, _ = _build(trainer, ["--epochs", "4"])
+    options = dataclasses.replace(UniMlipOptions.from_args(args), simclr_start_reason="")
+    with caplog.at_level("INFO"):
+        options.configure_model(model, args)
+    assert not any("Uni-Mlip: SimCLR phase" in r.getMessage() for r in caplog.records)
