@@ -48,3 +48,17 @@ def test_the_replacement_is_installed_once(monkeypatch):
     installed = parallel.DistributedDataParallel
     patches._patch_ddp()
     assert parallel.DistributedDataParallel is installed and installed.__bases__ == (stock,)
+
+
+def test_only_cpu_device_ids_are_dropped(monkeypatch):
+    """open_clip_train passes ``device_ids=[device]``: dropped for a CPU device (torch rejects them for
+    CPU modules), kept for a GPU, and no ids stay no ids (torch's constructor, recorded)."""
+    stock = parallel.distributed.DistributedDataParallel
+    monkeypatch.setattr(parallel, "DistributedDataParallel", stock)
+    received = []
+    monkeypatch.setattr(stock, "__init__", lambda self, module, device_ids=None, *args, **kwargs:
+                        received.append(device_ids))
+    patches._patch_ddp()
+    for device_ids in (["cpu"], [torch.device("cpu")], ["cuda:0"], [0], None):
+        parallel.DistributedDataParallel(torch.nn.Linear(2, 2), device_ids)
+    assert received == [None, None, ["cuda:0"], [0], None]

@@ -138,7 +138,7 @@ def test_a_resumed_runs_params_are_those_its_last_launch_wrote(tmp_path):
     checkpoint = run / "checkpoints" / "epoch_2.pt"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.touch()
-    latest = Namespace(resume="latest", logs=str(tmp_path / "logs"), name="run")
+    latest = Namespace(resume="".join(["lat", "est"]), logs=str(tmp_path / "logs"), name="run")  # as argparse builds it
     by_path = Namespace(resume=str(checkpoint), logs=str(tmp_path / "logs"), name=None)
     assert previous_params(Namespace(resume=None, logs=str(tmp_path / "logs"), name="run")) is None
     assert previous_params(latest) is None and previous_params(by_path) is None  # nothing written yet
@@ -223,3 +223,21 @@ def test_a_start_without_a_reason_is_not_logged(trainer, caplog):
     with caplog.at_level("INFO"):
         options.configure_model(model, args)
     assert not any("Uni-Mlip: SimCLR phase" in r.getMessage() for r in caplog.records)
+
+
+def test_a_parse_error_prints_no_recipe_help(trainer, capsys):
+    parse_args, _ = trainer
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--model", "unimlip-tiny", "--no-such-openclip-flag"])
+    assert stop.value.code == 2
+    assert "--unimlip-itc-weight" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("temperature, refused", [(0.0, True), (-0.5, True), (1e-6, False)])
+def test_the_simclr_temperature_must_be_positive(trainer, temperature, refused):
+    argv = ["--unimlip-simclr-temperature", str(temperature), "--epochs", "4"]
+    if refused:
+        with pytest.raises(SystemExit, match=f"--unimlip-simclr-temperature must be > 0, got {temperature}"):
+            _build(trainer, argv)
+    else:
+        assert _build(trainer, argv)[2].simclr_temperature == temperature
