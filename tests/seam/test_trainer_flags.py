@@ -83,14 +83,15 @@ def test_zero_weights_head_and_feed_views_reach_the_built_loss_and_model(trainer
     assert model.strong_views.augmentation == VIEW_AUGMENTATIONS["simclr"] and model.image_perturbation.per_channel
 
 
-def test_a_teacher_of_the_same_recipe_is_built_from_its_own_config(trainer, tmp_path):
-    """``--distill-model``: ``open_clip_train.main`` builds the teacher with the same
-    ``create_model_and_transforms``; only the run's own model takes the run's flags, whatever the
-    teacher's name (here one that sorts before the student's and one after)."""
+def test_another_model_of_the_same_recipe_is_built_from_its_own_config(trainer, tmp_path):
+    """A second model built in the run's process through the same ``create_model_and_transforms`` (a
+    model to compare with, say; distillation itself is refused for Uni-Mlip) takes its own config;
+    only the run's model takes the run's flags, whatever the other's name (here one that sorts before
+    the run's and one after)."""
     import open_clip
 
-    teachers = ("unimlip-teacher", "unimlip-tiny-teacher")
-    for name in teachers:
+    others = ("unimlip-other", "unimlip-tiny-other")
+    for name in others:
         (tmp_path / f"{name}.json").write_text((REPO / "model_configs" / "unimlip-tiny.json").read_text())
     open_clip.add_model_config(tmp_path)
     args, student, _ = _build(trainer, ["--unimlip-dropblock-prob", "0.2", "--unimlip-text-dropout", "0.4",
@@ -98,10 +99,10 @@ def test_a_teacher_of_the_same_recipe_is_built_from_its_own_config(trainer, tmp_
     _, main = trainer
     assert (student.image_perturbation.drop_prob, student.text_perturbation.p, student.masker.probability) == (
         0.2, 0.4, 0.3)
-    for name in teachers:
-        teacher, _, _ = main.create_model_and_transforms(name, None, precision="fp32", device="cpu", output_dict=True)
-        # the paper's values, the teacher's config's
-        assert (teacher.image_perturbation.drop_prob, teacher.text_perturbation.p, teacher.masker.probability) == (
+    for name in others:
+        other, _, _ = main.create_model_and_transforms(name, None, precision="fp32", device="cpu", output_dict=True)
+        # the paper's values, the other config's
+        assert (other.image_perturbation.drop_prob, other.text_perturbation.p, other.masker.probability) == (
             0.5, 0.75, 0.15), name
 
 
@@ -241,3 +242,15 @@ def test_the_simclr_temperature_must_be_positive(trainer, temperature, refused):
             _build(trainer, argv)
     else:
         assert _build(trainer, argv)[2].simclr_temperature == temperature
+
+
+def test_distillation_is_refused(trainer):
+    """``--distill-model`` with ``--distill-pretrained`` (open_clip_train's ``args.distill`` is set only
+    after parsing, from those two)."""
+    with pytest.raises(SystemExit, match="distillation is not supported with Uni-Mlip models"):
+        _build(trainer, ["--distill-model", "RN50", "--distill-pretrained", "openai", "--epochs", "4"])
+
+
+def test_a_negative_simclr_start_is_refused(trainer):
+    with pytest.raises(SystemExit, match="--unimlip-simclr-start-epoch must be >= 0, got -1"):
+        _build(trainer, ["--unimlip-simclr-start-epoch", "-1", "--epochs", "4"])

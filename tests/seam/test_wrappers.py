@@ -3,6 +3,7 @@ read signatures (``functools.wraps``), checked against OpenCLIP's source file; a
 wrappers swap inside a call (``seam/patches.py``'s ``_swapped``) are OpenCLIP's own again after it."""
 import ast
 import inspect
+import re
 from pathlib import Path
 
 import open_clip
@@ -51,3 +52,36 @@ def test_the_names_swapped_for_a_call_are_openclips_again_after_it():
     open_clip.get_tokenizer("unimlip-tiny")  # ours: HFTokenizer swapped for the call
     open_clip.create_model("RN50")  # OpenCLIP's: the same wrapper, the same swap
     assert openclips_own()
+
+
+def test_patching_again_changes_nothing():
+    """The import hooks patched OpenCLIP already; ``install_all`` (``python -m
+    openclip_unimlip.commands.train``) or a second hook call must not wrap the wrappers."""
+    from openclip_unimlip.seam import patches
+
+    before = {(module.__name__, name): getattr(module, name) for module, name in WRAPPED}
+    patches.install_all()
+    patches.patch_open_clip(open_clip)
+    patches.patch_params(open_clip_train.params)
+    patches.patch_train(open_clip_train.train)
+    assert {(module.__name__, name): getattr(module, name) for module, name in WRAPPED} == before
+    for module, name in WRAPPED:  # each wraps OpenCLIP's own function, defined in its own module
+        assert getattr(module, name).__wrapped__.__module__ == module.__name__
+        assert not hasattr(getattr(module, name).__wrapped__, "__wrapped__")
+
+
+def test_weights_that_do_not_fit_one_of_our_models_are_explained_and_openclips_errors_left_alone(tmp_path):
+    import torch
+
+    from openclip_unimlip.seam.hub import WeightsDoNotFit
+
+    ours = open_clip.create_model("unimlip-tiny")
+    state = ours.state_dict()
+    missing = next(iter(state))
+    torch.save({key: value for key, value in state.items() if key != missing}, tmp_path / "ours.pt")
+    with pytest.raises(WeightsDoNotFit, match=re.escape(missing)):
+        open_clip.create_model("unimlip-tiny", pretrained=str(tmp_path / "ours.pt"))
+    torch.save({"not": torch.zeros(1)}, tmp_path / "theirs.pt")
+    with pytest.raises(RuntimeError, match=re.escape("Error(s) in loading state_dict")) as error:
+        open_clip.create_model("RN50", pretrained=str(tmp_path / "theirs.pt"))
+    assert type(error.value) is RuntimeError  # OpenCLIP's model: torch's own error
