@@ -254,3 +254,16 @@ def test_distillation_is_refused(trainer):
 def test_a_negative_simclr_start_is_refused(trainer):
     with pytest.raises(SystemExit, match="--unimlip-simclr-start-epoch must be >= 0, got -1"):
         _build(trainer, ["--unimlip-simclr-start-epoch", "-1", "--epochs", "4"])
+
+
+def test_ddp_is_replaced_only_for_a_run_of_our_models(trainer, monkeypatch):
+    """Nothing changes for OpenCLIP's own models: their runs keep torch's DistributedDataParallel."""
+    import torch.nn.parallel as parallel
+
+    stock = parallel.distributed.DistributedDataParallel
+    monkeypatch.setattr(parallel, "DistributedDataParallel", stock)
+    parse_args, _ = trainer
+    parse_args(["--model", "RN50", "--dataset-type", "synthetic"])
+    assert parallel.DistributedDataParallel is stock
+    parse_args(["--model", "unimlip-tiny", "--dataset-type", "synthetic", "--epochs", "4"])
+    assert parallel.DistributedDataParallel is not stock and issubclass(parallel.DistributedDataParallel, stock)
