@@ -267,3 +267,11 @@ def test_ddp_is_replaced_only_for_a_run_of_our_models(trainer, monkeypatch):
     assert parallel.DistributedDataParallel is stock
     parse_args(["--model", "unimlip-tiny", "--dataset-type", "synthetic", "--epochs", "4"])
     assert parallel.DistributedDataParallel is not stock and issubclass(parallel.DistributedDataParallel, stock)
+
+
+@pytest.mark.parametrize("model, flags, recipe", [("RN50", ["--unimlip-mlm-weight", "0.5"], "unimlip"),
+                                                  ("unimlip-tiny", ["--mlip-li-global-weight", "0.5"], "mlip-li")])
+def test_a_recipes_flags_are_refused_for_another_model(trainer, model, flags, recipe):
+    parse_args, _ = trainer
+    with pytest.raises(SystemExit, match=f"error: --{recipe}-\\* flags apply only to .* models, not --model {model}"):
+        parse_args(["--model", model, "--dataset-type", "synthetic", "--epochs", "4", *flags])
