@@ -129,7 +129,7 @@ def test_simclr_phase_starts_exactly_at_its_epoch(trainer, captions):
             assert {"simclr_features_a", "simclr_features_b"} <= keys and not bn_training and not changed
 
 
-def test_a_resumed_runs_params_are_those_its_last_launch_wrote(tmp_path):
+def test_a_resumed_runs_params_are_those_its_last_launch_wrote(tmp_path, monkeypatch):
     """open_clip_train writes ``<logs>/<name>/params.txt`` and its checkpoints to
     ``<logs>/<name>/checkpoints/``; ``--resume latest`` finds the run by ``--logs``/``--name``,
     ``--resume PATH`` by the checkpoint's folder. No params file, or no run: nothing to read."""
@@ -148,6 +148,11 @@ def test_a_resumed_runs_params_are_those_its_last_launch_wrote(tmp_path):
     (run / "params.txt").write_text("epochs: 4\n")
     assert previous_params(latest) == run / "params.txt" and previous_params(by_path) == run / "params.txt"
     assert previous_params(Namespace(resume="latest", logs=str(tmp_path / "logs"), name=None)) is None
+    # a checkpoint path relative to the working folder, whatever letter it starts with
+    monkeypatch.chdir(tmp_path / "logs")
+    for relative in ("run/checkpoints/epoch_2.pt", "./run/checkpoints/epoch_2.pt"):
+        found = previous_params(Namespace(resume=relative, logs=".", name=None))
+        assert found is not None and found.resolve() == (run / "params.txt").resolve()
 
 
 def test_help_lists_every_recipes_flags_after_openclips(trainer, capsys):
