@@ -19,6 +19,14 @@ def ddp(monkeypatch):
     dist.destroy_process_group()
 
 
+@pytest.fixture
+def stock_ddp(monkeypatch):
+    """torch's own DistributedDataParallel in its place (restored afterwards), for ``_patch_ddp`` to replace."""
+    stock = parallel.distributed.DistributedDataParallel
+    monkeypatch.setattr(parallel, "DistributedDataParallel", stock)
+    return stock
+
+
 def _model(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
@@ -39,24 +47,20 @@ def test_a_single_process_checkpoint_resumes_into_several_processes(ddp):
         wrapped.load_state_dict({key: value for key, value in checkpoint.items() if key != "0.weight"})
 
 
-def test_the_replacement_is_installed_once(monkeypatch):
+def test_the_replacement_is_installed_once(stock_ddp):
     """Every training run's parse installs it; a second run in the same process keeps the one
     installed, whose only base is torch's own class."""
-    stock = parallel.distributed.DistributedDataParallel
-    monkeypatch.setattr(parallel, "DistributedDataParallel", stock)
     patches._patch_ddp()
     installed = parallel.DistributedDataParallel
     patches._patch_ddp()
-    assert parallel.DistributedDataParallel is installed and installed.__bases__ == (stock,)
+    assert parallel.DistributedDataParallel is installed and installed.__bases__ == (stock_ddp,)
 
 
-def test_only_cpu_device_ids_are_dropped(monkeypatch):
+def test_only_cpu_device_ids_are_dropped(stock_ddp, monkeypatch):
     """open_clip_train passes ``device_ids=[device]``: dropped for a CPU device (torch rejects them for
     CPU modules), kept for a GPU, and no ids stay no ids (torch's constructor, recorded)."""
-    stock = parallel.distributed.DistributedDataParallel
-    monkeypatch.setattr(parallel, "DistributedDataParallel", stock)
     received = []
-    monkeypatch.setattr(stock, "__init__", lambda self, module, device_ids=None, *args, **kwargs:
+    monkeypatch.setattr(stock_ddp, "__init__", lambda self, module, device_ids=None, *args, **kwargs:
                         received.append(device_ids))
     patches._patch_ddp()
     for device_ids in (["cpu"], [torch.device("cpu")], ["cuda:0"], [0], None):
