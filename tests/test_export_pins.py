@@ -31,6 +31,20 @@ def test_params_txt_reads_back_the_values_open_clip_train_wrote(tmp_path):
     assert [type(read[k]) for k in sorted(values)] == [type(values[k]) for k in sorted(values)]
 
 
+def test_a_multi_line_flag_value_leaves_the_lines_after_it_read(tmp_path):
+    """A value holding a line break (``--wandb-notes`` is free text) writes a line with no ``: ``: the
+    flags written after it (sorted after ``wandb_notes``: ``wd``, ``workers``) are still read."""
+    values = {"model": "unimlip-tiny", "wandb_notes": "pilot run\nsame data, longer schedule", "warmup": 100,
+              "wd": 0.2, "workers": 4}
+    path = tmp_path / "params.txt"
+    with open(path, "w") as f:  # open_clip_train/main.py l.289-293, verbatim
+        for name in sorted(values):
+            f.write(f"{name}: {values[name]}\n")
+    read = export.read_params(path)
+    assert {name: read[name] for name in ("model", "warmup", "wd", "workers")} == {
+        "model": "unimlip-tiny", "warmup": 100, "wd": 0.2, "workers": 4}
+
+
 def test_exported_config_is_the_registered_one_with_the_runs_flags_over_it():
     registered = open_clip.get_model_config("unimlip-tiny")
     params = {"unimlip_text_dropout": 0.5, "unimlip_dropblock_size": 2, "unimlip_fusion_image_tokens": "grid",
