@@ -106,6 +106,11 @@ def test_another_model_of_the_same_recipe_is_built_from_its_own_config(trainer, 
         # the paper's values, the other config's
         assert (other.image_perturbation.drop_prob, other.text_perturbation.p, other.masker.probability) == (
             0.5, 0.75, 0.15), name
+    # the run's model by its name as another string object (a caller's copy, not args.model itself)
+    same_name = "".join(list(args.model))
+    assert same_name == args.model and same_name is not args.model
+    again, _, _ = main.create_model_and_transforms(same_name, None, precision="fp32", device="cpu", output_dict=True)
+    assert (again.image_perturbation.drop_prob, again.text_perturbation.p, again.masker.probability) == (0.2, 0.4, 0.3)
 
 
 def test_simclr_phase_starts_exactly_at_its_epoch(trainer, captions):
