@@ -7,7 +7,11 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+# Two cores (the CI machine's) shared by the suite's workers (README command 2: pytest -n 2): one
+# intra-op thread each there, two in a single process. The child processes tests start keep torch's
+# default, as a user's run does.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, 2 // _WORKERS))
 
 
 @pytest.fixture(scope="module")
