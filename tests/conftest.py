@@ -8,10 +8,25 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 # Two cores (the CI machine's) shared by the suite's workers (README command 2: pytest -n 2): one
-# intra-op thread each there, two in a single process. The child processes tests start keep torch's
-# default, as a user's run does.
+# intra-op thread per worker there, and one in each child process a test starts (OMP_NUM_THREADS,
+# read by torch at start): two training runs side by side, each with torch's default of a thread
+# per core, took about three times as long as one alone. In a single process: two threads, and
+# children keep torch's default, as a user's run does.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, 2 // _WORKERS))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """On several workers, the files with end-to-end runs (marked slow) first: the long runs then share
+    the cores with each other and the short tests fill the end, instead of the last two long runs
+    ending the suite side by side. Within a file, and among the other files, the order is pytest's;
+    in a single process (a developer's run, tools/mutants.py's) nothing moves."""
+    if _WORKERS == 1:
+        return
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: False (a slow file) first
 
 
 @pytest.fixture(scope="module")
