@@ -49,7 +49,7 @@ def test_demo_pretraining_beats_chance_and_writes_the_report(tmp_path):
     out = tmp_path / "report"
     command = [sys.executable, str(REPO / "scripts" / "demo.py"), "--out", str(out),
                "--data-root", str(tmp_path / "data"), "--num-samples", "700", "--epochs", "3",
-               "--batch-size", "32", "--simclr-start-epoch", "1"]
+               "--batch-size", "32", "--simclr-start-epoch", "2"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-4000:]
     assert str((out / "report.md").resolve()) in result.stdout
@@ -63,7 +63,10 @@ def test_demo_pretraining_beats_chance_and_writes_the_report(tmp_path):
     # with a buffer seeded from the process id and the clock (wds.shuffle without an rng). After 2
     # epochs the mean rank (both directions, chance 35.5) spread over 7.4-16.3 in six runs here and
     # reached 22.7 in a CI run, past the 21.3 asserted; 3 epochs (20 steps more) gave 6.2-7.6 in
-    # three runs, R@10 74-87 % (chance 14 %).
+    # three runs, R@10 74-87 % (chance 14 %). With SimCLR from epoch 1 (after 20 CLIP steps, near the
+    # peak learning rate, statistics frozen) one of four runs on 2026-12-07 collapsed in its first SimCLR epoch:
+    # ITC back at chance (0.58 = log 32 x 0.167) and every val embedding alike (mean rank 35.5), the
+    # small-scale harm of SimCLR docs/results.md reports; from epoch 2 the SimCLR phase still runs.
     pairs = results["val_num_samples"]
     chance_r10, chance_mean_rank = results["after"]["chance"]["R@10"], (pairs + 1) / 2
 
