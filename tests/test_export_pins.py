@@ -17,16 +17,21 @@ from openclip_unimlip.commands import export as export_command
 from openclip_unimlip.recipes import RECIPES
 
 
+def _params_txt(folder, values):
+    """``params.txt`` as open_clip_train writes it (main.py l.289-293, verbatim)."""
+    path = folder / "params.txt"
+    with open(path, "w") as f:
+        for name in sorted(values):
+            f.write(f"{name}: {values[name]}\n")
+    return path
+
+
 def test_params_txt_reads_back_the_values_open_clip_train_wrote(tmp_path):
     values = {"model": "unimlip-tiny", "lr": 0.0005, "epochs": 2, "force_image_size": None, "lock_image": False,
               "image_mean": (0.48145466, 0.4578275, 0.40821073), "unimlip_view_crop_scale": [0.2, 1.0],
               "unimlip_text_dropout": 0.5, "train_data": "data/embedded/train/{00000..00009}.tar",
               "logs": str(tmp_path / "logs"), "name": "tiny-run", "precision": "fp32", "wd": 0.2}
-    path = tmp_path / "params.txt"
-    with open(path, "w") as f:  # open_clip_train/main.py l.289-293, verbatim
-        for name in sorted(values):
-            f.write(f"{name}: {values[name]}\n")
-    read = export.read_params(path)
+    read = export.read_params(_params_txt(tmp_path, values))
     assert read == values
     assert [type(read[k]) for k in sorted(values)] == [type(values[k]) for k in sorted(values)]
 
@@ -36,11 +41,7 @@ def test_a_multi_line_flag_value_leaves_the_lines_after_it_read(tmp_path):
     flags written after it (sorted after ``wandb_notes``: ``wd``, ``workers``) are still read."""
     values = {"model": "unimlip-tiny", "wandb_notes": "pilot run\nsame data, longer schedule", "warmup": 100,
               "wd": 0.2, "workers": 4}
-    path = tmp_path / "params.txt"
-    with open(path, "w") as f:  # open_clip_train/main.py l.289-293, verbatim
-        for name in sorted(values):
-            f.write(f"{name}: {values[name]}\n")
-    read = export.read_params(path)
+    read = export.read_params(_params_txt(tmp_path, values))
     assert {name: read[name] for name in ("model", "warmup", "wd", "workers")} == {
         "model": "unimlip-tiny", "warmup": 100, "wd": 0.2, "workers": 4}
 
