@@ -19,6 +19,7 @@ docs/methods/ for our own choices; only what no table states is typed here (with
 The large text towers are not downloaded: a random BERT-base stands in for them (their names are
 compared as strings); the tiny configs use the MiniLM copy shipped on PyPI.
 """
+import dataclasses
 import json
 import math
 import re
@@ -458,10 +459,35 @@ def test_unimlip_rn50_builds_the_papers_model(bert_base_dir):
     assert model.masker.probability == 0.15
 
 
-def test_unimlip_section_defaults_are_the_papers():
+# Every field of the unimlip_cfg section a config that leaves it out gets, with its source.
+UNIMLIP_SECTION_DEFAULTS = {
+    "fusion_layers": 4,  # Sec. 4.2: a 4-layer fusion module (PMC-CLIP's fusion4)
+    "fusion_heads": PMC_CLIP_RN50_FUSION4["heads"],
+    "fusion_mlp_ratio": PMC_CLIP_MLP_RATIO,
+    "fusion_image_tokens": "pooled",  # PMC-CLIP fuses the pooled image embedding
+    "mlm_probability": 0.15,  # Sec. 3.4
+    "mlm_whole_word": True,  # ours: whole-word masking (docs/methods/unimlip.md, the loss table)
+    "mlm_replacement": "mask",  # Sec. 3.4: "replaced with a unique token [MASK]"
+    "dropblock_prob": 0.5, "dropblock_size": 3,  # Sec. 4.2
+    "dropblock_per_channel": True,  # ours: DropBlock's Algorithm 1 and reference code (docs/methods/unimlip.md)
+    "text_dropout": 0.75,  # Sec. 4.2
+    "itc_on_clean_caption": False,  # ours: one text pass for ITC and MLM, as PMC-CLIP
+    "simclr_head": "none",  # ours: the image embedding itself (docs/methods/unimlip.md)
+    "simclr_head_hidden": 4096, "simclr_head_dim": 256,  # SLIP main.py: --ssl-mlp-dim 4096, --ssl-emb-dim 256
+    "freeze_bn_with_simclr": True,  # the paper's fix (Sec. 3.3)
+    "feed_views_without_simclr": False,  # Table 3 row 3 only
+    "view_crop_scale": None,  # ours: the views share the clean view's crop (docs/methods/unimlip.md)
+    "view_augmentation": "simclr",  # the paper names SimCLR's augmentation
+    "loss_weights": {"itc": 0.5 / 3, "image_perturbed_itc": 0.5 / 3, "text_perturbed_itc": 0.5 / 3,
+                     "simclr": 0.5, "mlm": 0.5},  # Sec. 4.2: lambda_cm = 0.5/3, lambda_um = lambda_fm = 0.5
+}
+
+
+def test_unimlip_section_defaults_are_the_papers_or_labelled_ours():
     cfg = UniMlipCfg()
-    assert (cfg.fusion_layers, cfg.fusion_heads, cfg.fusion_mlp_ratio) == (4, 8, PMC_CLIP_MLP_RATIO)
-    assert (cfg.dropblock_prob, cfg.dropblock_size, cfg.text_dropout, cfg.mlm_probability) == (0.5, 3, 0.75, 0.15)
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    assert values == UNIMLIP_SECTION_DEFAULTS
+    assert {k: type(v) for k, v in values.items()} == {k: type(v) for k, v in UNIMLIP_SECTION_DEFAULTS.items()}
 
 
 # ----- mlip-liu-vitb16: MaCo and OpenCLIP's ViT-B/16 ------------------------------------------------

@@ -1,6 +1,7 @@
 """The ``--unimlip-*`` flags reach the loss and the model OpenCLIP's trainer builds, and the SimCLR
 phase starts at its epoch: built and run through the names ``open_clip_train.main`` holds (the
 patched factories and ``train_one_epoch``), with the arguments its parser returns."""
+import logging
 import re
 
 import pytest
@@ -113,16 +114,17 @@ def test_another_model_of_the_same_recipe_is_built_from_its_own_config(trainer, 
     assert (again.image_perturbation.drop_prob, again.text_perturbation.p, again.masker.probability) == (0.2, 0.4, 0.3)
 
 
-def test_simclr_phase_starts_exactly_at_its_epoch(trainer, captions):
-    """Through the trainer's own ``train_one_epoch`` for epochs start-1 and start: before, no views
-    and updating statistics; from the start epoch, the SimCLR term with frozen statistics."""
+def test_simclr_phase_starts_exactly_at_its_epoch(trainer, captions, caplog):
+    """Through the trainer's own ``train_one_epoch`` for epochs start-1, start and start+1: before, no
+    views and updating statistics; from the start epoch on, the SimCLR term with frozen statistics."""
     args, model, loss = _build(trainer, ["--unimlip-simclr-start-epoch", "2", "--epochs", "4"])
     _, main = trainer
     seen = []
     model.register_forward_hook(lambda m, i, out: seen.append((set(out), m.visual.bn1.training)))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     batch = (torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0)), captions[:2])
-    for epoch in (1, 2):
+    caplog.set_level(logging.INFO)
+    for epoch in (1, 2, 3):
         before = model.visual.bn1.running_mean.clone()
         main.train_one_epoch(model, {"train": InMemoryData([batch])}, loss, epoch, optimizer, None, lambda step: None,
                              None, args)
@@ -132,6 +134,10 @@ def test_simclr_phase_starts_exactly_at_its_epoch(trainer, captions):
             assert "simclr_features_a" not in keys and bn_training and changed
         else:
             assert {"simclr_features_a", "simclr_features_b"} <= keys and not bn_training and not changed
+    phases = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Uni-Mlip epoch")]
+    assert phases == ["Uni-Mlip epoch 1: SimCLR off, BatchNorm statistics updating",
+                      "Uni-Mlip epoch 2: SimCLR on, BatchNorm statistics frozen",
+                      "Uni-Mlip epoch 3: SimCLR on, BatchNorm statistics frozen"]  # the run's log says the phase
 
 
 def test_a_resumed_runs_params_are_those_its_last_launch_wrote(tmp_path, monkeypatch):
