@@ -129,7 +129,9 @@ def test_an_explicit_zero_from_scratch_is_refused_before_the_run_folder(trainer,
     (["--epochs", "4", "--unimlip-simclr-head", "mlp"],
      "a SimCLR MLP head needs SimCLR from epoch 0 (DDP, built without find_unused_parameters, rejects a head without "
      "gradient), but without --pretrained SimCLR with frozen BatchNorm statistics waits for a warm-up (until epoch 2)"),
-], ids=["one-epoch", "mlp-head"])
+    (["--epochs", "4", "--unimlip-simclr-head", "".join(["ml", "p"])],  # as typed: not the interned literal
+     "a SimCLR MLP head needs SimCLR from epoch 0"),
+], ids=["one-epoch", "mlp-head", "mlp-head-as-typed"])
 def test_a_warmup_the_run_cannot_hold_is_refused(trainer, argv, message):
     with pytest.raises(SystemExit, match=re.escape(f"error: {message}")):
         _parse(trainer, *argv)

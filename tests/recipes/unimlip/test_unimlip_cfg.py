@@ -1,5 +1,5 @@
 """``UniMlipCfg``'s ranges at their ends: the value at each end that its message admits is kept, the
-value just past it refused with that message, before any model is built. The ranges are the
+value just past it, and one well past it, refused with that message, before any model is built. The ranges are the
 messages' own words (``config.py``; the flags, ``docs/methods/unimlip.md``): probabilities in
 [0, 1) for dropping, (0, 1) for masking, a block of at least one pixel, a crop scale 0 < min <= max <= 1."""
 import pytest
@@ -22,10 +22,14 @@ ADMITTED = [
 REFUSED = [
     ({"dropblock_prob": 1.0}, "dropblock_prob must be in \\[0, 1\\)"),
     ({"dropblock_prob": -0.001}, "dropblock_prob must be in \\[0, 1\\)"),
+    ({"dropblock_prob": 1.5}, "dropblock_prob must be in \\[0, 1\\)"),
     ({"text_dropout": 1.0}, "text_dropout must be in \\[0, 1\\)"),
     ({"text_dropout": -0.001}, "text_dropout must be in \\[0, 1\\)"),
+    ({"text_dropout": 2.0}, "text_dropout must be in \\[0, 1\\)"),
     ({"mlm_probability": 0.0}, "mlm_probability must be in \\(0, 1\\)"),
     ({"mlm_probability": 1.0}, "mlm_probability must be in \\(0, 1\\)"),
+    ({"mlm_probability": -0.15}, "mlm_probability must be in \\(0, 1\\)"),
+    ({"mlm_probability": 1.5}, "mlm_probability must be in \\(0, 1\\)"),
     ({"dropblock_size": 0}, "dropblock_size must be >= 1"),
     ({"view_crop_scale": (0.0, 0.5)}, "view_crop_scale needs 0 < min <= max <= 1"),
     ({"view_crop_scale": (0.6, 0.5)}, "view_crop_scale needs 0 < min <= max <= 1"),
