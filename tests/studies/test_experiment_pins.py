@@ -4,7 +4,9 @@ defaults are OpenCLIP's or the documented ones, the subprocess's environment kee
 and the per-epoch val metrics are read as ``open_clip_train`` writes them. The whole run, for real:
 tests/studies/test_demo.py."""
 import json
+import os
 import sys
+import time
 from dataclasses import fields
 
 import pytest
@@ -116,3 +118,117 @@ def test_val_metrics_are_open_clip_trains_results_jsonl_line_by_line(tmp_path):
 def test_mean_r1_is_the_mean_of_the_two_directions():
     metrics = {"image_to_text_R@1": 0.2, "text_to_image_R@1": 0.05, "image_to_text_R@10": 0.9}
     assert experiment.mean_r1(metrics) == pytest.approx(0.125)
+
+
+# ----- run_pretraining, with open_clip_train played by a small Python process ---------------------------
+# It writes what open_clip_train writes where it writes it (out.log with two step lines in its format,
+# results.jsonl, checkpoints/epoch_<N>.pt), prints a console of known length and exits as told.
+STAND_IN = r"""
+import json, os, sys, time
+logs, name, epochs, exit_code, checkpoint = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+run = os.path.join(logs, name)
+os.makedirs(os.path.join(run, "checkpoints"), exist_ok=True)
+with open(os.path.join(run, "pid"), "w") as f:
+    f.write(str(os.getpid()))
+with open(os.path.join(run, "env.json"), "w") as f:
+    json.dump({k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_VERBOSITY")}, f)
+with open(os.path.join(run, "out.log"), "w") as f:
+    for step, loss in ((1, 5.5), (2, 4.25)):
+        f.write(f"2026-01-01,00:00:0{step} | INFO | Train Epoch: 0 [ {32 * step}/64 ({50 * step}%)] Data (t): 0.1 "
+                f"Batch (t): 1.0, 32.0/s, 32.0/s/gpu LR: 0.000100 Logit Scale: 14.286 Loss: {loss} ({loss})\n")
+with open(os.path.join(run, "checkpoints", "results.jsonl"), "a+") as f:
+    f.write(json.dumps({"epoch": epochs, "image_to_text_R@1": 0.5}) + "\n")
+if checkpoint == "write":
+    open(os.path.join(run, "checkpoints", f"epoch_{epochs}.pt"), "wb").close()
+print("HEAD" + "x" * 5000 + "TAIL", flush=True)
+time.sleep(float(os.environ.get("STAND_IN_SECONDS", "0.3")))
+sys.exit(exit_code)
+"""
+
+
+class StandIn:
+    """run_pretraining's command replaced by the stand-in's; the real commands are recorded in
+    ``commands``. ``exit_code`` and ``checkpoint`` ("write" or "none") set how the run ends."""
+
+    def __init__(self):
+        self.commands, self.exit_code, self.checkpoint = [], 0, "write"
+        self.real = experiment.pretrain_command
+
+    def __call__(self, config, data, logs, name, with_val=True):
+        self.commands.append(self.real(config, data, logs, name, with_val=with_val))
+        return [sys.executable, "-c", STAND_IN, str(logs), name, str(config.epochs), str(self.exit_code),
+                self.checkpoint]
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    trainer = StandIn()
+    monkeypatch.setattr(experiment, "pretrain_command", trainer)
+    monkeypatch.setattr(experiment, "follow_training", lambda process, *a, **k: None)
+    return trainer
+
+
+def _run(tmp_path, name="run-a", **options):
+    return experiment.run_pretraining(PretrainConfig(epochs=2), DATA, tmp_path / "logs", name, **options)
+
+
+def test_a_finished_run_returns_its_checkpoint_steps_val_metrics_and_command(tmp_path, stand_in, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    run = _run(tmp_path, progress=False)
+    run_dir = tmp_path / "logs" / "run-a"
+    assert (run.name, run.run_dir, run.checkpoint) == ("run-a", run_dir, run_dir / "checkpoints" / "epoch_2.pt")
+    assert [(s["step"], s["loss"]) for s in run.steps] == [(1, 5.5), (2, 4.25)]
+    assert run.val_metrics == [{"epoch": 2, "image_to_text_R@1": 0.5}]
+    assert 0.3 <= run.seconds < 120  # the stand-in's 0.3 s, timed around the process
+    ran = [sys.executable, "-c", STAND_IN, str(tmp_path / "logs"), "run-a", "2", "0", "write"]
+    assert (run_dir / "command.txt").read_text() == " ".join(ran) + "\n"
+    real = stand_in.commands[0]
+    assert real[real.index("--name") + 1] == "run-a" and "--val-data" in real
+    assert json.loads((run_dir / "env.json").read_text()) == {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+
+
+def test_a_failed_run_raises_with_the_console_tail(tmp_path, stand_in):
+    stand_in.exit_code = 3
+    with pytest.raises(RuntimeError) as error:
+        _run(tmp_path, with_val=False)
+    head, tail = str(error.value).split("\n", 1)
+    assert head == "pretraining 'run-a' failed (exit 3):"
+    assert len(tail) == 4000 and tail.endswith("x" * 3995 + "TAIL\n")  # the last 4000 characters, not the head
+    assert "--val-data" not in stand_in.commands[0]
+
+
+def test_a_run_that_exits_0_without_its_checkpoint_raises(tmp_path, stand_in):
+    stand_in.checkpoint = "none"
+    with pytest.raises(RuntimeError) as error:
+        _run(tmp_path)
+    checkpoint = tmp_path / "logs" / "run-a" / "checkpoints" / "epoch_2.pt"
+    head, tail = str(error.value).split("\n", 1)
+    assert head == f"pretraining 'run-a' exited without writing {checkpoint}:"
+    assert len(tail) == 4000 and tail.endswith("TAIL\n")
+
+
+def test_the_progress_bar_follows_the_run_unless_asked_not_to(tmp_path, stand_in, monkeypatch):
+    followed = []
+    monkeypatch.setattr(experiment, "follow_training",
+                        lambda process, log_path, epochs, desc: followed.append((log_path, epochs, desc)))
+    _run(tmp_path, name="with-bar")
+    _run(tmp_path, name="without-bar", progress=False)
+    assert followed == [(tmp_path / "logs" / "with-bar" / "out.log", 2, "with-bar")]
+
+
+def test_an_interrupted_run_leaves_no_trainer_running(tmp_path, stand_in, monkeypatch):
+    monkeypatch.setenv("STAND_IN_SECONDS", "60")
+
+    def interrupted(process, log_path, epochs, desc):
+        while not (log_path.parent / "pid").is_file():
+            time.sleep(0.05)
+        raise KeyboardInterrupt  # Ctrl-C while the trainer runs
+
+    monkeypatch.setattr(experiment, "follow_training", interrupted)
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path)
+    pid = int((tmp_path / "logs" / "run-a" / "pid").read_text())
+    assert time.monotonic() - start < 30
+    with pytest.raises(ProcessLookupError):  # killed and reaped, not left behind
+        os.kill(pid, 0)
