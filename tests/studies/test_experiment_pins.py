@@ -4,13 +4,18 @@ defaults are OpenCLIP's or the documented ones, the subprocess's environment kee
 and the per-epoch val metrics are read as ``open_clip_train`` writes them. The whole run, for real:
 tests/studies/test_demo.py."""
 import json
+import logging
 import os
 import sys
 import time
 from dataclasses import fields
+from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from openclip_unimlip.data.stored import load_pairs
 from openclip_unimlip.studies import experiment
 from openclip_unimlip.studies.experiment import DataConfig, ExperimentData, MedpixConfig, PretrainConfig
 
@@ -232,3 +237,54 @@ def test_an_interrupted_run_leaves_no_trainer_running(tmp_path, stand_in, monkey
     assert time.monotonic() - start < 30
     with pytest.raises(ProcessLookupError):  # killed and reaped, not left behind
         os.kill(pid, 0)
+
+
+# ----- ensure_medpix_data on a made-up release with bad rows ----------------------------------------------
+def _medpix_release(root: Path, missing: str) -> Path:
+    """A MedPix 2.0 release layout (``splitted_dataset/descriptions_<split>.jsonl``, ``images/``): two
+    cases a split, two images a case, one of them a VQA-RAD case (MPX1007) in train; the image
+    ``missing`` is listed but not in ``images/``."""
+    (root / "splitted_dataset").mkdir(parents=True)
+    (root / "images").mkdir()
+    cases = {"train": ("MPX1007", "MPX4001"), "dev": ("MPX4101", "MPX4102"), "test": ("MPX4201", "MPX4202")}
+    for split, split_cases in cases.items():
+        lines = []
+        for case in split_cases:
+            for k in range(2):
+                image_id = f"{case}_synpic{case[3:]}{k}"
+                colour = tuple(int(c) for c in np.random.default_rng(int(case[3:]) * 2 + k).integers(0, 256, 3))
+                if image_id != missing:  # every picture its own colour: a copy would be a duplicate-image bad row
+                    Image.new("RGB", (24, 24), colour).save(root / "images" / f"{image_id}.png")
+                lines.append(json.dumps({"Type": "CT", "U_id": case, "image": image_id, "Location": "Head",
+                                         "Location Category": "Head",
+                                         "Description": {"Caption": f"Axial CT {image_id} of the head",
+                                                         "Plane": "Axial", "Modality": "CT", "Age": None, "Sex": None,
+                                                         "ACR Codes": None, "Figure Part": None}}))
+        (root / "splitted_dataset" / f"descriptions_{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("missing, warned", [("MPX4001_synpic40010", "pretrain"), ("MPX4201_synpic42011", "eval")])
+def test_medpix_data_warns_of_each_conversions_bad_rows_and_names_its_splits(tmp_path, caplog, missing, warned):
+    from openclip_unimlip.data.medpix import VQA_RAD_CASES
+
+    assert "MPX1007" in VQA_RAD_CASES
+    release = _medpix_release(tmp_path / "MedPix-2-0", missing)
+    caplog.set_level(logging.WARNING)
+    data = experiment.ensure_medpix_data(MedpixConfig(root=str(tmp_path / "cache"), release=str(release),
+                                                      image_size=16, shard_size=2))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    report = tmp_path / "cache" / warned / "bad_rows.csv"
+    assert warnings == [f"MedPix: 1 bad rows left out, listed in {report}"]
+    assert missing in report.read_text()
+    # train without the VQA-RAD case's 2 images, the dev split for open_clip_train's val, test scored
+    assert (data.name, data.eval_split) == ("medpix", "test")
+    assert data.train_num_samples == 2 - (warned == "pretrain")
+    assert (data.val_num_samples, data.eval_num_samples) == (4, 4 - (warned == "eval"))
+    assert [len(load_pairs(p)) for p in (data.train_data, data.val_data, data.eval_data)] == [
+        data.train_num_samples, data.val_num_samples, data.eval_num_samples]
+    assert {p.key.split("_")[0] for p in load_pairs(data.val_data)} == {"MPX4101", "MPX4102"}
+    assert {p.key.split("_")[0] for p in load_pairs(data.eval_data)} == {"MPX4201", "MPX4202"}
+    assert (f"{data.train_num_samples} images (2 images of the {len(VQA_RAD_CASES)} cases with a VQA-RAD image "
+            "left out, ours)") in data.description
+    assert f"val on the 4 dev images, retrieval on the {data.eval_num_samples} test images" in data.description
