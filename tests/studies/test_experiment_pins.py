@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from openclip_unimlip.data.stored import load_pairs
@@ -288,3 +289,31 @@ def test_medpix_data_warns_of_each_conversions_bad_rows_and_names_its_splits(tmp
     assert (f"{data.train_num_samples} images (2 images of the {len(VQA_RAD_CASES)} cases with a VQA-RAD image "
             "left out, ours)") in data.description
     assert f"val on the 4 dev images, retrieval on the {data.eval_num_samples} test images" in data.description
+
+
+def test_evaluation_draws_its_pairs_and_its_untrained_weights_under_seed_0_by_default(tmp_path):
+    """The demo scores the pairs ``sample_pairs`` draws under seed 0 and the untrained model open_clip_train
+    starts from under ``--seed 0`` (it seeds torch before building the model)."""
+    from openclip_unimlip.data.stored import sample_pairs
+
+    (tmp_path / "images").mkdir()
+    lines = []
+    for i in range(7):
+        colour = tuple(int(c) for c in np.random.default_rng(i).integers(0, 256, 3))
+        Image.new("RGB", (96, 96), colour).save(tmp_path / "images" / f"{i}.png")
+        lines.append(f"{tmp_path / 'images' / f'{i}.png'}\tan image of colour number {i}\n")
+    table = tmp_path / "pairs.csv"
+    table.write_text("filepath\ttitle\n" + "".join(lines))
+
+    def keys(pairs):
+        return [p.key for p in pairs]
+
+    def evaluate(**seeds):
+        return experiment.evaluate_checkpoint("unimlip-tiny", None, str(table), num_samples=4, batch_size=8, **seeds)
+
+    default, explicit = evaluate(), evaluate(seed=0, init_seed=0)
+    assert keys(default.pairs) == keys(explicit.pairs) == keys(sample_pairs(load_pairs(str(table)), 4, 0))
+    assert torch.equal(default.image_features, explicit.image_features)
+    assert keys(sample_pairs(load_pairs(str(table)), 4, 1)) != keys(default.pairs)  # the seed matters here
+    assert keys(evaluate(seed=1).pairs) != keys(default.pairs)
+    assert not torch.allclose(evaluate(init_seed=1).image_features, default.image_features)
