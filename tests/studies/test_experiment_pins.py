@@ -175,18 +175,19 @@ def stand_in(monkeypatch):
 
 
 def _run(tmp_path, name="run-a", **options):
-    return experiment.run_pretraining(PretrainConfig(epochs=2), DATA, tmp_path / "logs", name, **options)
+    """A run under ``<tmp_path>/study/logs``, folders not there yet (run_pretraining makes it)."""
+    return experiment.run_pretraining(PretrainConfig(epochs=2), DATA, tmp_path / "study" / "logs", name, **options)
 
 
 def test_a_finished_run_returns_its_checkpoint_steps_val_metrics_and_command(tmp_path, stand_in, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     run = _run(tmp_path, progress=False)
-    run_dir = tmp_path / "logs" / "run-a"
+    run_dir = tmp_path / "study" / "logs" / "run-a"
     assert (run.name, run.run_dir, run.checkpoint) == ("run-a", run_dir, run_dir / "checkpoints" / "epoch_2.pt")
     assert [(s["step"], s["loss"]) for s in run.steps] == [(1, 5.5), (2, 4.25)]
     assert run.val_metrics == [{"epoch": 2, "image_to_text_R@1": 0.5}]
     assert 0.3 <= run.seconds < 120  # the stand-in's 0.3 s, timed around the process
-    ran = [sys.executable, "-c", STAND_IN, str(tmp_path / "logs"), "run-a", "2", "0", "write"]
+    ran = [sys.executable, "-c", STAND_IN, str(tmp_path / "study" / "logs"), "run-a", "2", "0", "write"]
     assert (run_dir / "command.txt").read_text() == " ".join(ran) + "\n"
     real = stand_in.commands[0]
     assert real[real.index("--name") + 1] == "run-a" and "--val-data" in real
@@ -207,7 +208,7 @@ def test_a_run_that_exits_0_without_its_checkpoint_raises(tmp_path, stand_in):
     stand_in.checkpoint = "none"
     with pytest.raises(RuntimeError) as error:
         _run(tmp_path)
-    checkpoint = tmp_path / "logs" / "run-a" / "checkpoints" / "epoch_2.pt"
+    checkpoint = tmp_path / "study" / "logs" / "run-a" / "checkpoints" / "epoch_2.pt"
     head, tail = str(error.value).split("\n", 1)
     assert head == f"pretraining 'run-a' exited without writing {checkpoint}:"
     assert len(tail) == 4000 and tail.endswith("TAIL\n")
@@ -219,7 +220,7 @@ def test_the_progress_bar_follows_the_run_unless_asked_not_to(tmp_path, stand_in
                         lambda process, log_path, epochs, desc: followed.append((log_path, epochs, desc)))
     _run(tmp_path, name="with-bar")
     _run(tmp_path, name="without-bar", progress=False)
-    assert followed == [(tmp_path / "logs" / "with-bar" / "out.log", 2, "with-bar")]
+    assert followed == [(tmp_path / "study" / "logs" / "with-bar" / "out.log", 2, "with-bar")]
 
 
 def test_an_interrupted_run_leaves_no_trainer_running(tmp_path, stand_in, monkeypatch):
@@ -234,7 +235,7 @@ def test_an_interrupted_run_leaves_no_trainer_running(tmp_path, stand_in, monkey
     start = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path)
-    pid = int((tmp_path / "logs" / "run-a" / "pid").read_text())
+    pid = int((tmp_path / "study" / "logs" / "run-a" / "pid").read_text())
     assert time.monotonic() - start < 30
     with pytest.raises(ProcessLookupError):  # killed and reaped, not left behind
         os.kill(pid, 0)
@@ -317,3 +318,34 @@ def test_evaluation_draws_its_pairs_and_its_untrained_weights_under_seed_0_by_de
     assert keys(sample_pairs(load_pairs(str(table)), 4, 1)) != keys(default.pairs)  # the seed matters here
     assert keys(evaluate(seed=1).pairs) != keys(default.pairs)
     assert not torch.allclose(evaluate(init_seed=1).image_features, default.image_features)
+
+
+def test_evaluation_samples_2000_pairs_and_512_images_for_precise_bn_by_default(tmp_path, monkeypatch):
+    """Sec. 4.2: retrieval on 2000 randomly selected test pairs; docs/ablation.md: BatchNorm statistics
+    re-estimated on 512 clean train images. Read from the calls to ``sample_pairs`` (the data here is smaller)."""
+    from openclip_unimlip.data import stored
+
+    (tmp_path / "images").mkdir()
+    lines = []
+    for i in range(3):
+        Image.new("RGB", (96, 96), (60 * i, 90, 200)).save(tmp_path / "images" / f"{i}.png")
+        lines.append(f"{tmp_path / 'images' / f'{i}.png'}\tcaption {i}\n")
+    table = tmp_path / "pairs.csv"
+    table.write_text("filepath\ttitle\n" + "".join(lines))
+    drawn = []
+
+    def recorded(pairs, num_samples, seed):
+        drawn.append((len(pairs), num_samples, seed))
+        return stored.sample_pairs(pairs, num_samples, seed)
+
+    monkeypatch.setattr(experiment, "sample_pairs", recorded)
+    experiment.evaluate_checkpoint("unimlip-tiny", None, str(table), reestimate_bn_on=str(table), batch_size=4)
+    assert drawn == [(3, 2000, 0), (3, 512, 0)]
+
+
+def test_medpix_needs_its_release_folder_before_anything_starts(tmp_path):
+    with pytest.raises(ValueError, match="^--dataset medpix needs --data-root: the MedPix-2-0 folder"):
+        experiment.check_medpix_root(None)
+    with pytest.raises(ValueError):
+        experiment.check_medpix_root(tmp_path)  # a folder that is not the release
+    assert experiment.check_medpix_root(_medpix_release(tmp_path / "MedPix-2-0", missing="")) is None
