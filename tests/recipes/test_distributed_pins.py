@@ -90,7 +90,8 @@ def test_only_the_own_rows_carry_a_gradient_scaled_by_the_world_size_for_the_glo
     rank = 1
     ranks(rank)
     tensors = _inputs()
-    out = gather_batch(tensors, rank=rank, world_size=WORLD, with_grad=with_grad, global_gradient=global_gradient)
+    asked = {"global_gradient": True} if global_gradient else {}  # without it: the default, none
+    out = gather_batch(tensors, rank=rank, world_size=WORLD, with_grad=with_grad, **asked)
     g = torch.Generator().manual_seed(1)
     weights = [torch.randn(o.shape, generator=g) for o in out]
     sum((w * o).sum() for w, o in zip(weights, out)).backward()

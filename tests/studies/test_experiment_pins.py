@@ -181,12 +181,13 @@ def _run(tmp_path, name="run-a", **options):
 
 def test_a_finished_run_returns_its_checkpoint_steps_val_metrics_and_command(tmp_path, stand_in, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("STAND_IN_SECONDS", "1.5")
     run = _run(tmp_path, progress=False)
     run_dir = tmp_path / "study" / "logs" / "run-a"
     assert (run.name, run.run_dir, run.checkpoint) == ("run-a", run_dir, run_dir / "checkpoints" / "epoch_2.pt")
     assert [(s["step"], s["loss"]) for s in run.steps] == [(1, 5.5), (2, 4.25)]
     assert run.val_metrics == [{"epoch": 2, "image_to_text_R@1": 0.5}]
-    assert 0.3 <= run.seconds < 120  # the stand-in's 0.3 s, timed around the process
+    assert 1.5 <= run.seconds < 120  # the stand-in's 1.5 s, timed around the process
     ran = [sys.executable, "-c", STAND_IN, str(tmp_path / "study" / "logs"), "run-a", "2", "0", "write"]
     assert (run_dir / "command.txt").read_text() == " ".join(ran) + "\n"
     real = stand_in.commands[0]
@@ -320,7 +321,7 @@ def test_evaluation_draws_its_pairs_and_its_untrained_weights_under_seed_0_by_de
     assert not torch.allclose(evaluate(init_seed=1).image_features, default.image_features)
 
 
-def test_evaluation_samples_2000_pairs_and_512_images_for_precise_bn_by_default(tmp_path, monkeypatch):
+def test_evaluation_samples_2000_pairs_and_512_images_for_precise_bn_in_batches_of_64(tmp_path, monkeypatch):
     """Sec. 4.2: retrieval on 2000 randomly selected test pairs; docs/ablation.md: BatchNorm statistics
     re-estimated on 512 clean train images. Read from the calls to ``sample_pairs`` (the data here is smaller)."""
     from openclip_unimlip.data import stored
@@ -338,9 +339,17 @@ def test_evaluation_samples_2000_pairs_and_512_images_for_precise_bn_by_default(
         drawn.append((len(pairs), num_samples, seed))
         return stored.sample_pairs(pairs, num_samples, seed)
 
+    reestimated = []
+
+    def reestimate(tower, preprocess, images, batch_size, device):
+        reestimated.append((len(images), batch_size))
+
     monkeypatch.setattr(experiment, "sample_pairs", recorded)
-    experiment.evaluate_checkpoint("unimlip-tiny", None, str(table), reestimate_bn_on=str(table), batch_size=4)
+    monkeypatch.setattr(experiment, "reestimate_batchnorm_statistics", reestimate)
+    experiment.evaluate_checkpoint("unimlip-tiny", None, str(table), reestimate_bn_on=str(table))
     assert drawn == [(3, 2000, 0), (3, 512, 0)]
+    # ours: batches of 64, the evaluation's (a deeper BatchNorm's statistics depend on the batches)
+    assert reestimated == [(3, 64)]
 
 
 def test_medpix_needs_its_release_folder_before_anything_starts(tmp_path):
