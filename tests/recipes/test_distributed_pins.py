@@ -182,6 +182,7 @@ def test_rows_are_the_own_with_local_loss_and_the_gathered_otherwise():
 def test_per_sample_mean_is_the_share_of_the_global_mean(ranks):
     values = torch.tensor([1.0, 2.0, 6.0], requires_grad=True)
     assert _loss()._per_sample_mean(values).item() == pytest.approx(3.0)  # one process: the mean
+    assert _loss()._per_sample_mean(torch.tensor([2.5])).item() == 2.5  # of one sample: itself
     ranks(0, other_counts=(5.0, 4.0))  # 3 + 5 + 4 = 12 samples over the ranks
     mean = _loss(rank=0, world_size=WORLD)._per_sample_mean(values)
     assert mean.item() == pytest.approx(9.0 * WORLD / 12.0)
