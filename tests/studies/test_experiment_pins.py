@@ -62,6 +62,8 @@ def test_the_command_is_open_clip_trains_with_every_setting_in_its_flag(tmp_path
         "unimlip_simclr_start_epoch": 5, "grad_clip_norm": 1.0}
     assert DATA.eval_data not in command[command.index("--train-data"):command.index("--train-data") + 2]
     assert command[-4:] == ["--unimlip-simclr-start-epoch", "5", "--grad-clip-norm", "1.0"]  # the caller's last
+    if with_val:  # open_clip_train's own val pass is on unless asked off
+        assert experiment.pretrain_command(CHANGED, DATA, tmp_path / "logs", "row-1") == command
 
 
 def test_more_workers_than_train_shards_is_refused_before_anything_starts(tmp_path):
