@@ -6,6 +6,7 @@ tests/studies/test_demo.py."""
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from dataclasses import fields
@@ -148,8 +149,10 @@ with open(os.path.join(run, "checkpoints", "results.jsonl"), "a+") as f:
     f.write(json.dumps({"epoch": epochs, "image_to_text_R@1": 0.5}) + "\n")
 if checkpoint == "write":
     open(os.path.join(run, "checkpoints", f"epoch_{epochs}.pt"), "wb").close()
-print("HEAD" + "x" * 5000 + "TAIL", flush=True)
+print("HEAD" + "x" * int(os.environ.get("STAND_IN_CONSOLE", "5000")) + "TAIL", flush=True)
 time.sleep(float(os.environ.get("STAND_IN_SECONDS", "0.3")))
+if exit_code < 0:  # killed by a signal, as the kernel's OOM killer ends a trainer
+    os.kill(os.getpid(), -exit_code)
 sys.exit(exit_code)
 """
 
@@ -205,6 +208,17 @@ def test_a_failed_run_raises_with_the_console_tail(tmp_path, stand_in):
     assert head == "pretraining 'run-a' failed (exit 3):"
     assert len(tail) == 4000 and tail.endswith("x" * 3995 + "TAIL\n")  # the last 4000 characters, not the head
     assert "--val-data" not in stand_in.commands[0]
+
+
+def test_a_trainer_killed_by_a_signal_fails_even_with_a_checkpoint(tmp_path, stand_in, monkeypatch):
+    """A negative exit status (killed by a signal) is a failure, whatever the run wrote; a short
+    console is quoted whole, from its first character."""
+    monkeypatch.setenv("STAND_IN_CONSOLE", "10")
+    stand_in.exit_code = -signal.SIGKILL
+    with pytest.raises(RuntimeError) as error:
+        _run(tmp_path)
+    assert str(error.value) == f"pretraining 'run-a' failed (exit {-signal.SIGKILL}):\nHEAD{'x' * 10}TAIL\n"
+    assert (tmp_path / "study" / "logs" / "run-a" / "checkpoints" / "epoch_2.pt").is_file()
 
 
 def test_a_run_that_exits_0_without_its_checkpoint_raises(tmp_path, stand_in):
