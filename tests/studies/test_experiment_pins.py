@@ -309,19 +309,25 @@ def test_medpix_data_warns_of_each_conversions_bad_rows_and_names_its_splits(tmp
     assert f"val on the 4 dev images, retrieval on the {data.eval_num_samples} test images" in data.description
 
 
+def _pairs_table(folder: Path, count: int) -> Path:
+    """A csv table of ``count`` image-caption pairs, each 96 px image its own colour."""
+    (folder / "images").mkdir()
+    lines = []
+    for i in range(count):
+        colour = tuple(int(c) for c in np.random.default_rng(i).integers(0, 256, 3))
+        Image.new("RGB", (96, 96), colour).save(folder / "images" / f"{i}.png")
+        lines.append(f"{folder / 'images' / f'{i}.png'}\tan image of colour number {i}\n")
+    table = folder / "pairs.csv"
+    table.write_text("filepath\ttitle\n" + "".join(lines))
+    return table
+
+
 def test_evaluation_draws_its_pairs_and_its_untrained_weights_under_seed_0_by_default(tmp_path):
     """The demo scores the pairs ``sample_pairs`` draws under seed 0 and the untrained model open_clip_train
     starts from under ``--seed 0`` (it seeds torch before building the model)."""
     from openclip_unimlip.data.stored import sample_pairs
 
-    (tmp_path / "images").mkdir()
-    lines = []
-    for i in range(7):
-        colour = tuple(int(c) for c in np.random.default_rng(i).integers(0, 256, 3))
-        Image.new("RGB", (96, 96), colour).save(tmp_path / "images" / f"{i}.png")
-        lines.append(f"{tmp_path / 'images' / f'{i}.png'}\tan image of colour number {i}\n")
-    table = tmp_path / "pairs.csv"
-    table.write_text("filepath\ttitle\n" + "".join(lines))
+    table = _pairs_table(tmp_path, 7)
 
     def keys(pairs):
         return [p.key for p in pairs]
@@ -342,13 +348,7 @@ def test_evaluation_samples_2000_pairs_and_512_images_for_precise_bn_in_batches_
     re-estimated on 512 clean train images. Read from the calls to ``sample_pairs`` (the data here is smaller)."""
     from openclip_unimlip.data import stored
 
-    (tmp_path / "images").mkdir()
-    lines = []
-    for i in range(3):
-        Image.new("RGB", (96, 96), (60 * i, 90, 200)).save(tmp_path / "images" / f"{i}.png")
-        lines.append(f"{tmp_path / 'images' / f'{i}.png'}\tcaption {i}\n")
-    table = tmp_path / "pairs.csv"
-    table.write_text("filepath\ttitle\n" + "".join(lines))
+    table = _pairs_table(tmp_path, 3)
     drawn = []
 
     def recorded(pairs, num_samples, seed):
